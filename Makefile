@@ -1,0 +1,33 @@
+# Two entry points for a fresh machine: `make demo` (phantom end to end) and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+SNAKE  := $(VENV)/bin/snakemake
+CORES  ?= 2
+
+.PHONY: install demo test test-fast lint dag report clean
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	# CPU torch first, pinned, so nothing below can pull a CUDA build.
+	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet -c requirements.txt -e ".[workflow,dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(SNAKE) --cores $(CORES) --configfile config/config.yaml
+	@echo "archive: results/archive/demo   report: results/report.html"
+
+test: install
+	SYNTHCXR_NO_PROGRESS=1 $(VENV)/bin/pytest -q
+
+lint: install
+	$(SNAKE) --lint
+	$(SNAKE) -n --quiet
+
+clean:
+	rm -rf results .snakemake

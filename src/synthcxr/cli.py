@@ -1,0 +1,33 @@
+"""``synthcxr`` command line: one sub-command per user-facing tool, each implemented in its own module."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# name -> (module, function taking argv, one-line help). Modules are imported only when used.
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "phantom": ("synthcxr.data.phantom", "cli", "write a phantom dataset in a real on-disk layout"),
+    "verify": ("synthcxr.archive.verify", "cli", "check an archive's checksums and shard integrity"),
+    "regenerate": ("synthcxr.archive.regenerate", "cli", "re-render one archive sample from its manifest"),
+    "reader-study": ("synthcxr.reader_study.cli", "cli", "build or score a radiologist reader study"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: synthcxr COMMAND [ARGS...]\n\ncommands:")
+        for name, (_, _, helptext) in COMMANDS.items():
+            print(f"  {name:<14}{helptext}")
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"synthcxr: unknown command {name!r}; run 'synthcxr --help'", file=sys.stderr)
+        return 2
+    module, func, _ = COMMANDS[name]
+    return int(getattr(importlib.import_module(module), func)(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""Load the workflow config and validate it against config/schemas/config.schema.yaml.
+
+Validation happens before any rule runs (common.smk calls :func:`validate_config`), fills schema
+defaults, and turns jsonschema's errors into one message per problem that names the dotted key.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jsonschema import Draft202012Validator, validators
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SCHEMA_PATH = REPO_ROOT / "config" / "schemas" / "config.schema.yaml"
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names every offending key."""
+
+
+def _with_defaults(base):
+    validate_props = base.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for key, sub in properties.items():
+                if isinstance(sub, dict) and "default" in sub and key not in instance:
+                    instance[key] = copy.deepcopy(sub["default"])
+        yield from validate_props(validator, properties, instance, schema)
+
+    return validators.extend(base, {"properties": set_defaults})
+
+
+_DefaultingValidator = _with_defaults(Draft202012Validator)
+
+
+def load_schema(path: str | os.PathLike | None = None) -> dict:
+    with open(path or SCHEMA_PATH) as fh:
+        return yaml.safe_load(fh)
+
+
+def _key_of(error) -> str:
+    parts = [str(p) for p in error.absolute_path]
+    return ".".join(parts) if parts else "<top level>"
+
+
+def _describe(error) -> str:
+    key = _key_of(error)
+    if error.validator == "additionalProperties":
+        allowed = sorted((error.schema.get("properties") or {}).keys())
+        extra = sorted(set(error.instance) - set(allowed))
+        where = f"'{key}'" if key != "<top level>" else "the top level"
+        names = ", ".join(f"'{'.'.join([*map(str, error.absolute_path), e])}'" for e in extra)
+        return f"unknown key {names} in {where}; allowed keys: {', '.join(allowed)}"
+    if error.validator == "required":
+        return f"'{key}': {error.message}"
+    return f"'{key}': {error.message}"
+
+
+def validate_config(config: dict, schema: dict | None = None) -> dict:
+    """Validate ``config`` in place (schema defaults are filled in) and return it.
+
+    Raises :class:`ConfigError` listing each problem with its dotted key, e.g.
+    ``'pggan.lr': 'fast' is not of type 'number'``.
+    """
+    schema = schema if schema is not None else load_schema()
+    validator = _DefaultingValidator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: (list(map(str, e.absolute_path)), e.message))
+    if errors:
+        lines = "\n".join(f"  - {_describe(e)}" for e in errors)
+        raise ConfigError(f"invalid configuration ({len(errors)} problem(s)):\n{lines}")
+    _cross_checks(config)
+    return config
+
+
+def _cross_checks(config: dict) -> None:
+    """Rules jsonschema cannot express cleanly."""
+    from .labels import check_labels
+
+    try:
+        check_labels(config["labels"], where="labels")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    ds = config["dataset"]
+    if ds["format"] != "phantom" and not ds.get("root"):
+        raise ConfigError(f"'dataset.root': required for dataset.format '{ds['format']}' (the folder holding the dataset)")
+    res = ds["max_res"]
+    if res & (res - 1):
+        raise ConfigError(f"'dataset.max_res': {res} is not a power of two")
+    split = ds["split"]
+    total = split["train"] + split["val"] + split["test"]
+    if abs(total - 1.0) > 1e-6:
+        raise ConfigError(f"'dataset.split': train+val+test must sum to 1, got {total:g}")
+    if config["pggan"]["resolution"] > res:
+        raise ConfigError(
+            f"'pggan.resolution': {config['pggan']['resolution']} exceeds 'dataset.max_res' {res}; "
+            "prepare a larger pyramid or lower the GAN resolution"
+        )
+
+
+def load_config(path: str | os.PathLike, overrides: dict | None = None) -> dict:
+    """Read a YAML config, apply ``overrides`` (deep-merged), validate and return it."""
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"config file {p} does not exist")
+    with open(p) as fh:
+        cfg = yaml.safe_load(fh) or {}
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"config file {p}: top level must be a mapping")
+    if overrides:
+        cfg = deep_merge(cfg, overrides)
+    return validate_config(cfg)
+
+
+def deep_merge(base: dict, update: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def section(config: dict, name: str) -> dict[str, Any]:
+    """Return a stage's config section merged with the global keys it needs (seed, device, labels)."""
+    sec = dict(config[name])
+    for k in ("seed", "device", "labels"):
+        sec.setdefault(k, config[k])
+    return sec

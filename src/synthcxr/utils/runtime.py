@@ -1,0 +1,61 @@
+"""Seeding, device choice and per-rule logging, so every stage starts the same way."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices)."""
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str = "auto"):
+    """``auto`` -> cuda when available else cpu; anything else is passed to ``torch.device``."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} requested but CUDA is not available; set device: auto or cpu")
+    return dev
+
+
+def setup_logging(log_file: str | os.PathLike | None = None, level: int = logging.INFO) -> logging.Logger:
+    """Log to stderr and, when given, to ``log_file`` (the rule's ``log:``). Returns the package logger."""
+    logger = logging.getLogger("synthcxr")
+    logger.setLevel(level)
+    for h in list(logger.handlers):
+        logger.removeHandler(h)
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    sh = logging.StreamHandler(sys.stderr)
+    sh.setFormatter(fmt)
+    logger.addHandler(sh)
+    if log_file is not None:
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+        fh = logging.FileHandler(log_file, mode="a")
+        fh.setFormatter(fmt)
+        logger.addHandler(fh)
+    logger.propagate = False
+    return logger
+
+
+def progress(iterable=None, **kwargs):
+    """tqdm progress bar on stderr; quiet when SYNTHCXR_NO_PROGRESS=1 (tests)."""
+    from tqdm.auto import tqdm
+
+    kwargs.setdefault("disable", os.environ.get("SYNTHCXR_NO_PROGRESS") == "1")
+    kwargs.setdefault("dynamic_ncols", True)
+    kwargs.setdefault("file", sys.stderr)
+    return tqdm(iterable, **kwargs)

@@ -1,0 +1,27 @@
+# Config validation and path helpers shared by every rule file.
+import math
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(workflow.basedir).parent / "src"))
+from synthcxr.config import ConfigError, section, validate_config  # noqa: E402
+
+try:
+    validate_config(config)
+except ConfigError as exc:
+    raise WorkflowError(str(exc)) from None
+
+PREP = f"results/prepared/{config['dataset']['name']}"
+PGGAN = f"results/pggan/{config['pggan']['run']}"
+CLF = "results/classifier"
+ARCH = f"results/archive/{config['archive']['name']}"
+VAL = f"results/validate/{config['archive']['name']}"
+LOGS = "results/logs"
+N_SHARDS = math.ceil(config["lco"]["plan"]["n_samples"] / config["lco"]["shard_size"])
+SHARDS = [f"{i:05d}" for i in range(N_SHARDS)]
+
+
+
+def stage(name):
+    """A stage's config section plus the global keys (seed, device, labels); used as rule params."""
+    return section(config, name)
