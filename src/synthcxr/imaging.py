@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 def uint8_to_float(x: np.ndarray | torch.Tensor) -> torch.Tensor:
     """uint8 ``[..., H, W]`` -> float32 in [-1, 1] (same shape)."""
-    t = torch.as_tensor(x)
+    t = torch.as_tensor(np.array(x, copy=True) if isinstance(x, np.ndarray) and not x.flags.writeable else x)
     return t.to(torch.float32).div_(127.5).sub_(1.0)
 
 

@@ -88,7 +88,7 @@ class ImageLabelDataset(Dataset):
         img = uint8_to_float(self._images()[self.rows[i]]).unsqueeze(0)
         if self.labels is None:
             return img
-        return img, torch.from_numpy(self.labels[i])
+        return img, torch.tensor(self.labels[i])
 
     def __getstate__(self):
         state = self.__dict__.copy()
