@@ -1,0 +1,30 @@
+# synthcxr: real chest X-rays -> PGGAN + latent class optimisation -> labelled synthetic archive.
+# Logic lives in the synthcxr package; rules wire files to it. See README.md for the DAG.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/prepare.smk"
+include: "workflow/rules/pggan.smk"
+include: "workflow/rules/classifier.smk"
+include: "workflow/rules/lco.smk"
+include: "workflow/rules/sample.smk"
+include: "workflow/rules/validate.smk"
+include: "workflow/rules/reader_study.smk"
+
+
+rule all:
+    input:
+        f"{ARCH}/manifest.parquet",
+        f"{ARCH}/SHA256SUMS",
+        f"{ARCH}/DATASET_CARD.md",
+        f"{VAL}/fid.json",
+        f"{VAL}/tstr.json",
+        f"{VAL}/memorization.parquet",
+        f"{VAL}/answer_key/key.csv",
+    default_target: True

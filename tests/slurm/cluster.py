@@ -1,0 +1,154 @@
+"""A throw-away single-node SLURM cluster on loopback (munged + slurmctld + slurmd) for tests.
+
+Everything lives under one folder; the daemons are started in the foreground-less daemon mode with
+pid files there and stopped by PID in :meth:`SlurmCluster.stop`. Accounting is disabled, so job
+status comes from ``squeue`` (MinJobAge keeps finished jobs visible long enough).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+BINARIES = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "sinfo", "scontrol")
+
+
+def missing_binaries() -> list[str]:
+    return [b for b in BINARIES if shutil.which(b) is None and not Path("/usr/sbin", b).exists()]
+
+
+def _which(name: str) -> str:
+    return shutil.which(name) or str(Path("/usr/sbin", name))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class SlurmCluster:
+    def __init__(self, root: Path, cpus: int | None = None, mem_mb: int | None = None):
+        self.root = Path(root)
+        self.cpus = cpus or os.cpu_count() or 1
+        self.mem_mb = mem_mb or 4000
+        self.node = socket.gethostname().split(".")[0]
+        self.conf = self.root / "slurm.conf"
+        self.pids: dict[str, int] = {}
+        self.env = dict(os.environ, SLURM_CONF=str(self.conf))
+
+    # -- set-up ---------------------------------------------------------------------------
+    def _write_conf(self) -> None:
+        for sub in ("state", "spool", "log", "munge"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        r = self.root
+        self.conf.write_text(
+            "\n".join(
+                [
+                    "ClusterName=synthcxrtest",
+                    f"SlurmctldHost={self.node}(127.0.0.1)",
+                    "SlurmUser=root",
+                    "SlurmdUser=root",
+                    f"SlurmctldPort={_free_port()}",
+                    f"SlurmdPort={_free_port()}",
+                    "AuthType=auth/munge",
+                    f"AuthInfo=socket={r / 'munge' / 'munge.socket'}",
+                    f"StateSaveLocation={r / 'state'}",
+                    f"SlurmdSpoolDir={r / 'spool'}",
+                    f"SlurmctldPidFile={r / 'slurmctld.pid'}",
+                    f"SlurmdPidFile={r / 'slurmd.pid'}",
+                    f"SlurmctldLogFile={r / 'log' / 'slurmctld.log'}",
+                    f"SlurmdLogFile={r / 'log' / 'slurmd.log'}",
+                    "ProctrackType=proctrack/linuxproc",
+                    "TaskPlugin=task/none",
+                    "MpiDefault=none",
+                    "SchedulerType=sched/backfill",
+                    "SelectType=select/cons_tres",
+                    "SelectTypeParameters=CR_Core_Memory",
+                    "ReturnToService=2",
+                    "MinJobAge=600",
+                    "AccountingStorageType=accounting_storage/none",
+                    "JobAcctGatherType=jobacct_gather/none",
+                    "JobCompType=jobcomp/none",
+                    "SlurmctldTimeout=30",
+                    "SlurmdTimeout=30",
+                    f"NodeName={self.node} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={self.mem_mb} State=UNKNOWN",
+                    "PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP",
+                    "",
+                ]
+            )
+        )
+
+    def _start_munge(self) -> None:
+        key = self.root / "munge" / "munge.key"
+        key.write_bytes(os.urandom(128))
+        key.chmod(0o600)
+        pidfile = self.root / "munge" / "munged.pid"
+        subprocess.run(
+            [
+                _which("munged"),
+                "--force",
+                f"--key-file={key}",
+                f"--socket={self.root / 'munge' / 'munge.socket'}",
+                f"--pid-file={pidfile}",
+                f"--log-file={self.root / 'log' / 'munged.log'}",
+                f"--seed-file={self.root / 'munge' / 'munged.seed'}",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        self.pids["munged"] = self._wait_pid(pidfile)
+
+    def _wait_pid(self, pidfile: Path, timeout: float = 20.0) -> int:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if pidfile.exists() and pidfile.read_text().strip():
+                return int(pidfile.read_text().split()[0])
+            time.sleep(0.2)
+        raise RuntimeError(f"daemon did not write {pidfile}; see logs in {self.root / 'log'}")
+
+    def start(self, timeout: float = 60.0) -> "SlurmCluster":
+        self._write_conf()
+        self._start_munge()
+        subprocess.run([_which("slurmctld"), "-f", str(self.conf), "-i"], check=True, env=self.env, capture_output=True)
+        self.pids["slurmctld"] = self._wait_pid(self.root / "slurmctld.pid")
+        subprocess.run([_which("slurmd"), "-f", str(self.conf), "-N", self.node], check=True, env=self.env, capture_output=True)
+        self.pids["slurmd"] = self._wait_pid(self.root / "slurmd.pid")
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            out = subprocess.run(["sinfo", "-h", "-o", "%t"], env=self.env, capture_output=True, text=True)
+            state = out.stdout.strip()
+            if state.startswith("idle") or state.startswith("mix"):
+                return self
+            time.sleep(1.0)
+        self.stop()
+        raise RuntimeError(f"SLURM node never became idle (sinfo says {state!r}); logs in {self.root / 'log'}")
+
+    def stop(self) -> None:
+        for name in ("slurmd", "slurmctld", "munged"):
+            pid = self.pids.pop(name, None)
+            if pid is None:
+                continue
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                continue
+            for _ in range(50):
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.1)
+            else:
+                os.kill(pid, signal.SIGKILL)
+
+    def __enter__(self) -> "SlurmCluster":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
