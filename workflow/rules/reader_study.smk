@@ -1,0 +1,16 @@
+# Reader study kit: blinded, shuffled real + generated scans for radiologists, with the answer key
+# kept outside the folder that is handed to readers. Scoring runs later: synthcxr reader-study score.
+rule reader_study:
+    input:
+        labels=f"{PREP}/labels.parquet",
+        images=f"{PREP}/images.h5",
+        manifest=f"{ARCH}/manifest.parquet",
+    output:
+        kit=directory(f"{VAL}/reader_kit"),
+        key=f"{VAL}/answer_key/key.csv",
+    params:
+        cfg=stage("reader_study"),
+    log:
+        f"{LOGS}/reader_study.log",
+    script:
+        "../scripts/reader_study.py"
