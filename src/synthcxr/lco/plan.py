@@ -1,0 +1,261 @@
+"""The label plan: which multi-label targets the archive will hold, in which shard, from which seed.
+
+The plan is fixed before any latent is optimised so that every per-shard LCO job is independent and a
+rerun of one shard reproduces exactly the same targets and seeds. Three ways to choose the targets:
+
+``match_real``
+    Reproduce the label combinations of the real *train* split with their frequencies. Unknown labels
+    (NaN) count as absent (the "U-zeros" convention, which keeps every image; dropping partially
+    labelled rows would bias the plan towards fully annotated sources). ``No_Finding`` is derived from
+    the findings, never read from the table, so every target is self-consistent. Counts come from
+    largest-remainder (Hamilton) rounding of ``n_samples * frequency``, so they sum to ``n_samples``
+    exactly and each differs from its ideal share by less than one sample. With ``plan.keep_rare``
+    (default) and ``n_samples`` at least the number of observed combinations, every observed combination
+    gets at least one sample; the samples it needs are taken one at a time from the combination with
+    the largest surplus over its ideal share.
+``balanced``
+    Single-finding targets: each configured label (``No_Finding`` included) is one sample's only
+    positive label, in equal numbers; the ``n_samples % n_labels`` leftover samples go to the first
+    labels in configured order.
+``quotas``
+    Explicit counts per combination from ``lco.plan.quotas`` (keys parsed with
+    :func:`synthcxr.labels.parse_combo`). ``n_samples`` must equal the sum of the quotas because the
+    workflow derives its shard list from ``n_samples``.
+
+Rows are shuffled with the seed so every shard mixes combinations; ``shard = position // shard_size``.
+Each sample's seed is a 63-bit hash of (config seed, sample position), independent of shard layout.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..labels import NO_FINDING, check_labels, combo_key, findings_of, parse_combo
+from ..utils.atomic import atomic_path
+
+log = logging.getLogger("synthcxr")
+
+MODES = ("match_real", "balanced", "quotas")
+
+# Stream tags so the seeds of different uses of the master seed never coincide.
+_TAG_SAMPLE = 0x53414D50  # "SAMP"
+_TAG_ATTEMPT = 0x41545450  # "ATTP"
+_TAG_SHUFFLE = 0x53485546  # "SHUF"
+
+_MASK64 = (1 << 64) - 1
+
+
+def _splitmix64(x: int) -> int:
+    """One round of SplitMix64: a cheap, well-mixed 64-bit hash with no platform dependence."""
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def derive_seed(base: int, *keys: int) -> int:
+    """A non-negative int64 seed from ``base`` and integer ``keys`` (order matters).
+
+    Pure integer arithmetic, so the same inputs give the same seed on every platform and numpy version.
+    """
+    h = _splitmix64(int(base) & _MASK64)
+    for k in keys:
+        h = _splitmix64(h ^ (int(k) & _MASK64))
+    return h >> 1
+
+
+def sample_seeds(seed: int, n: int) -> np.ndarray:
+    """Seeds of samples ``0..n-1`` of a plan made from master ``seed`` (int64)."""
+    return np.array([derive_seed(seed, _TAG_SAMPLE, i) for i in range(n)], dtype=np.int64)
+
+
+def attempt_seed(sample_seed: int, attempt: int) -> int:
+    """Seed of retry ``attempt`` of a sample; attempt 0 uses the plan's seed unchanged."""
+    return int(sample_seed) if attempt == 0 else derive_seed(sample_seed, _TAG_ATTEMPT, attempt)
+
+
+@dataclass
+class PlanConfig:
+    """The ``lco.plan`` section plus ``lco.shard_size``."""
+
+    mode: str
+    n_samples: int
+    shard_size: int
+    quotas: dict[str, int] = field(default_factory=dict)
+    keep_rare: bool = True
+
+    @classmethod
+    def from_section(cls, cfg: Mapping[str, Any] | "PlanConfig") -> "PlanConfig":
+        """Build from the ``lco`` config section (as produced by ``synthcxr.config.section``)."""
+        if isinstance(cfg, PlanConfig):
+            return cfg
+        try:
+            plan = cfg["plan"]
+            out = cls(
+                mode=str(plan["mode"]),
+                n_samples=int(plan["n_samples"]),
+                shard_size=int(cfg.get("shard_size", 1000)),
+                quotas=dict(plan.get("quotas") or {}),
+                keep_rare=bool(plan.get("keep_rare", True)),
+            )
+        except KeyError as exc:
+            raise ValueError(f"lco config: missing key {exc.args[0]!r} (expected lco.plan.mode, lco.plan.n_samples)") from None
+        if out.mode not in MODES:
+            raise ValueError(f"'lco.plan.mode': {out.mode!r} is not one of {', '.join(MODES)}")
+        if out.n_samples < 1 or out.shard_size < 1:
+            raise ValueError("'lco.plan.n_samples' and 'lco.shard_size' must be positive")
+        return out
+
+
+def largest_remainder(weights: np.ndarray, n: int, keep_all: bool = False) -> np.ndarray:
+    """Integer counts summing to ``n`` proportional to ``weights`` (Hamilton's method).
+
+    Ties in the remainders go to the lower index, so the result is deterministic. With ``keep_all`` and
+    ``n >= len(weights)``, every positive weight gets at least one count; each missing count is taken
+    from the entry whose count most exceeds its ideal share (lowest index on ties).
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    if w.ndim != 1 or len(w) == 0 or np.any(w < 0) or w.sum() <= 0:
+        raise ValueError("largest_remainder: weights must be a non-empty 1-d array of non-negative numbers with a positive sum")
+    ideal = n * w / w.sum()
+    counts = np.floor(ideal).astype(np.int64)
+    rest = n - int(counts.sum())
+    if rest > 0:
+        order = np.lexsort((np.arange(len(w)), -(ideal - counts)))
+        counts[order[:rest]] += 1
+    if keep_all and n >= int(np.count_nonzero(w > 0)):
+        for j in np.flatnonzero((w > 0) & (counts == 0)):
+            surplus = np.where(counts > 1, counts - ideal, -np.inf)
+            donor = int(np.argmax(surplus))
+            counts[donor] -= 1
+            counts[j] += 1
+    return counts
+
+
+def _combos_from_real(real_table: pd.DataFrame, labels: Sequence[str]) -> pd.Series:
+    """Combination key per train row (NaN counted as absent; No_Finding derived from the findings)."""
+    table = real_table
+    if "split" in table.columns:
+        table = table[table["split"] == "train"]
+    if len(table) == 0:
+        raise ValueError("match_real: the real table has no train rows; check the prepare stage's labels.parquet")
+    findings = findings_of(labels)
+    missing = [n for n in findings if n not in table.columns]
+    if missing:
+        raise ValueError(
+            f"match_real: labels.parquet has no column for configured label(s) {missing}; "
+            "re-run prepare with these labels or remove them from config 'labels'"
+        )
+    mat = table[findings].to_numpy(dtype=np.float64)
+    mat = np.where(np.isnan(mat), 0.0, mat)
+    present = mat >= 0.5
+    keys = ["+".join(f for f, p in zip(findings, row) if p) or NO_FINDING for row in present]
+    return pd.Series(keys, index=table.index)
+
+
+def _vector(key: str, labels: Sequence[str]) -> list[int]:
+    if key == NO_FINDING and NO_FINDING not in labels:
+        return [0] * len(labels)
+    return parse_combo(key, labels)
+
+
+def plan_counts(cfg: PlanConfig, labels: Sequence[str], real_table: pd.DataFrame | None) -> dict[str, int]:
+    """Number of samples per combination key (``Cardiomegaly+Effusion``, ``No_Finding``) for the plan."""
+    labels = check_labels(labels, where="labels")
+    if cfg.mode == "match_real":
+        if real_table is None:
+            raise ValueError("match_real needs the real labels table (prepare stage's labels.parquet)")
+        freq = _combos_from_real(real_table, labels).value_counts()
+        keys = sorted(freq.index)  # sorted so equal remainders break ties the same way everywhere
+        counts = largest_remainder(freq.loc[keys].to_numpy(), cfg.n_samples, keep_all=cfg.keep_rare)
+        return {k: int(c) for k, c in zip(keys, counts) if c > 0}
+    if cfg.mode == "balanced":
+        base, extra = divmod(cfg.n_samples, len(labels))
+        return {name: base + (1 if j < extra else 0) for j, name in enumerate(labels) if base + (j < extra) > 0}
+    if not cfg.quotas:
+        raise ValueError("'lco.plan.quotas' is empty; quotas mode needs counts like {'Effusion+Cardiomegaly': 500}")
+    out: dict[str, int] = {}
+    origin: dict[str, str] = {}
+    for key, count in cfg.quotas.items():
+        try:
+            vec = _vector(str(key), labels)
+        except ValueError as exc:
+            raise ValueError(f"'lco.plan.quotas.{key}': {exc}") from None
+        if not isinstance(count, (int, np.integer)) or isinstance(count, bool) or count < 1:
+            raise ValueError(f"'lco.plan.quotas.{key}': count must be a positive integer, got {count!r}")
+        canon = combo_key(vec, labels)
+        if canon in out:
+            raise ValueError(f"'lco.plan.quotas.{key}': same combination as 'lco.plan.quotas.{origin[canon]}'; merge them")
+        out[canon], origin[canon] = int(count), str(key)
+    total = sum(out.values())
+    if total != cfg.n_samples:
+        raise ValueError(
+            f"'lco.plan.n_samples' is {cfg.n_samples} but 'lco.plan.quotas' sum to {total}; "
+            f"set n_samples: {total} (the workflow derives its shard list from n_samples)"
+        )
+    return out
+
+
+def make_plan(cfg: Mapping[str, Any] | PlanConfig, labels: Sequence[str], real_table: pd.DataFrame | None, seed: int) -> pd.DataFrame:
+    """Build the plan table: sample_id, shard, index, seed and one int8 column per label.
+
+    ``cfg`` is the ``lco`` config section (or a :class:`PlanConfig`); ``real_table`` is the prepared
+    dataset's label table (only its train split is used, and only in ``match_real`` mode).
+    """
+    pc = PlanConfig.from_section(cfg)
+    labels = check_labels(labels, where="labels")
+    counts = plan_counts(pc, labels, real_table)
+    keys = sorted(counts)
+    vectors = np.array([_vector(k, labels) for k in keys], dtype=np.int8).reshape(len(keys), len(labels))
+    which = np.repeat(np.arange(len(keys)), [counts[k] for k in keys])
+    rng = np.random.default_rng(derive_seed(seed, _TAG_SHUFFLE))
+    which = which[rng.permutation(len(which))]
+    n = len(which)
+    pos = np.arange(n, dtype=np.int64)
+    plan = pd.DataFrame(
+        {
+            "sample_id": [f"s{i:07d}" for i in range(n)],
+            "shard": pos // pc.shard_size,
+            "index": pos % pc.shard_size,
+            "seed": sample_seeds(seed, n),
+        }
+    )
+    for j, name in enumerate(labels):
+        plan[name] = vectors[which, j].astype(np.int8)
+    log.info("plan (%s): %d samples, %d combinations, %d shard(s)", pc.mode, n, len(keys), int(plan["shard"].max()) + 1)
+    return plan
+
+
+def write_plan(plan: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Write the plan as Parquet, atomically."""
+    with atomic_path(path) as tmp:
+        plan.to_parquet(tmp, index=False)
+
+
+def read_plan(path: str | os.PathLike, labels: Sequence[str]) -> pd.DataFrame:
+    """Read a plan and check it has the columns this config needs (error names the file and what to do)."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} missing: run the plan rule first (snakemake plan)")
+    plan = pd.read_parquet(path)
+    need = ["sample_id", "shard", "index", "seed", *labels]
+    missing = [c for c in need if c not in plan.columns]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {missing}; the plan was made with other labels, rerun the plan rule")
+    return plan
+
+
+def build_plan(labels_path: str | os.PathLike, cfg: Mapping[str, Any], labels: Sequence[str], seed: int, out_path: str | os.PathLike) -> pd.DataFrame:
+    """Workflow entry point: read the prepared dataset's labels, make the plan, write it atomically."""
+    from ..data.store import PreparedDataset
+
+    real = PreparedDataset(os.path.dirname(os.fspath(labels_path)) or ".").table
+    plan = make_plan(cfg, labels, real, seed)
+    write_plan(plan, out_path)
+    return plan

@@ -1,0 +1,163 @@
+"""The per-shard LCO job: plan rows of one shard -> optimised latents Parquet.
+
+One job per shard keeps each unit of work small, restartable and parallel on a cluster; the plan fixes
+targets and seeds up front, so shards never need to talk to each other.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..utils.atomic import atomic_path
+from ..utils.runtime import resolve_device, seed_everything, setup_logging
+from .optimize import LabelSpace, LCOConfig, module_device, optimise_latents, resolve_label_space
+from .plan import read_plan
+
+log = logging.getLogger("synthcxr")
+
+
+def load_thresholds(path: str | os.PathLike) -> dict[str, float]:
+    """Read a classifier's ``thresholds.json`` ({label: probability}); errors name the file."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} missing: run the classifier stage first")
+    try:
+        with open(path) as fh:
+            data = json.load(fh)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc}); rerun the classifier stage") from None
+    if not isinstance(data, dict) or not all(isinstance(v, (int, float)) for v in data.values()):
+        raise ValueError(f"{path}: expected a mapping {{label: probability threshold}}; rerun the classifier stage")
+    return {str(k): float(v) for k, v in data.items()}
+
+
+def latents_schema(labels: Sequence[str], latent_dim: int) -> pa.Schema:
+    """Arrow schema of a latents shard (z is a fixed-size list of float32)."""
+    fields = [
+        pa.field("sample_id", pa.string()),
+        pa.field("shard", pa.int64()),
+        pa.field("index", pa.int64()),
+        pa.field("seed", pa.int64()),
+        pa.field("attempts", pa.int64()),
+        pa.field("z", pa.list_(pa.float32(), int(latent_dim))),
+    ]
+    fields += [pa.field(f"target_{n}", pa.int8()) for n in labels]
+    fields += [pa.field(f"prob_{n}", pa.float32()) for n in labels]
+    fields += [
+        pa.field("steps", pa.int64()),
+        pa.field("g_evals", pa.int64()),
+        pa.field("success", pa.bool_()),
+        pa.field("reason", pa.string()),
+    ]
+    return pa.schema(fields)
+
+
+def write_latents(table: pd.DataFrame, labels: Sequence[str], path: str | os.PathLike, meta: Mapping[str, Any] | None = None) -> None:
+    """Write a latents shard atomically; ``meta`` goes into the Parquet key-value metadata as JSON."""
+    z = np.stack(table["z"].to_list()).astype(np.float32) if len(table) else np.zeros((0, 0), np.float32)
+    d = z.shape[1] if len(table) else int((meta or {}).get("latent_dim", 0))
+    schema = latents_schema(labels, d)
+    cols = []
+    for f in schema:
+        if f.name == "z":
+            cols.append(pa.FixedSizeListArray.from_arrays(pa.array(z.reshape(-1), pa.float32()), d))
+        else:
+            cols.append(pa.array(table[f.name].to_numpy(), type=f.type))
+    if meta:
+        schema = schema.with_metadata({"synthcxr": json.dumps(dict(meta), sort_keys=True)})
+    with atomic_path(path) as tmp:
+        pq.write_table(pa.Table.from_arrays(cols, schema=schema), tmp)
+
+
+def read_latents(path: str | os.PathLike) -> tuple[pd.DataFrame, np.ndarray]:
+    """Read a latents shard: the table (without z) and z as ``[N, latent_dim]`` float32."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} missing: run the lco rule for this shard first")
+    t = pq.read_table(path)
+    if "z" not in t.column_names:
+        raise ValueError(f"{path}: no 'z' column; not a latents shard")
+    zcol = t.column("z").combine_chunks()
+    d = zcol.type.list_size if pa.types.is_fixed_size_list(zcol.type) else None
+    if d is None:
+        raise ValueError(f"{path}: column 'z' is {zcol.type}, expected a fixed-size list of float32")
+    z = zcol.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(t), d)
+    return t.drop(["z"]).to_pandas(), z
+
+
+def run_shard(
+    plan_path: str | os.PathLike,
+    shard: int | str,
+    generator_path: str | os.PathLike,
+    classifier_path: str | os.PathLike,
+    thresholds_path: str | os.PathLike,
+    cfg: Mapping[str, Any],
+    out_path: str | os.PathLike,
+    log_file: str | os.PathLike | None = None,
+) -> pd.DataFrame:
+    """Optimise the latents of one shard of the plan and write ``latents/shard-XXXXX.parquet``.
+
+    ``cfg`` is the ``lco`` section with the global keys (``synthcxr.config.section(config, 'lco')``).
+    """
+    if log_file is not None:
+        setup_logging(log_file)
+    from ..classifier import load_classifier
+    from ..pggan import load_generator
+
+    lc = LCOConfig.from_section(cfg)
+    shard = int(shard)
+    plan = read_plan(plan_path, lc.labels)
+    rows = plan[plan["shard"] == shard].sort_values("index").reset_index(drop=True)
+    if len(rows) == 0:
+        have = sorted(int(s) for s in plan["shard"].unique())
+        raise ValueError(f"{plan_path}: shard {shard} has no rows (shards present: {have[0]}..{have[-1]}); rerun the plan rule")
+    seed_everything(int(cfg.get("seed", 0)) + shard)
+    device = resolve_device(lc.device)
+    G = load_generator(generator_path, device)
+    C = load_classifier(classifier_path, device)
+    space = resolve_label_space(lc.labels, C.label_names, load_thresholds(thresholds_path), where=os.fspath(thresholds_path))
+    return optimise_shard(rows, shard, G, C, space, lc, out_path)
+
+
+def optimise_shard(
+    rows: pd.DataFrame,
+    shard: int,
+    G: Any,
+    C: Any,
+    thresholds: Mapping[str, float] | LabelSpace,
+    cfg: Mapping[str, Any] | LCOConfig,
+    out_path: str | os.PathLike,
+) -> pd.DataFrame:
+    """Optimise the given plan rows (one shard) with loaded models and write the latents shard."""
+    lc = LCOConfig.from_section(cfg)
+    device = module_device(G, lc.device)
+    log.info("lco shard %d: %d samples on %s (latent_dim %d, %d steps, %d retries)", shard, len(rows), device, G.latent_dim, lc.steps, lc.retries)
+    t0 = time.perf_counter()
+    res = optimise_latents(G, C, thresholds, rows[lc.labels].to_numpy(), rows["seed"].to_numpy(), lc, classifier_labels=list(C.label_names))
+    res.insert(0, "index", rows["index"].to_numpy(dtype=np.int64))
+    res.insert(0, "shard", np.full(len(rows), shard, dtype=np.int64))
+    res.insert(0, "sample_id", rows["sample_id"].astype(str).to_numpy())
+    elapsed = time.perf_counter() - t0
+    meta = {
+        "latent_dim": int(G.latent_dim),
+        "labels": lc.labels,
+        "steps": lc.steps,
+        "lr": lc.lr,
+        "prior_weight": lc.prior_weight,
+        "retries": lc.retries,
+        "device": str(device),
+    }
+    write_latents(res, lc.labels, out_path, meta)
+    log.info(
+        "lco shard %d: success %.3f (%d/%d), mean steps %.1f, mean g_evals %.1f, %.1f s",
+        shard, res["success"].mean(), int(res["success"].sum()), len(res), res["steps"].mean(), res["g_evals"].mean(), elapsed,
+    )
+    return res

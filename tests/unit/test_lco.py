@@ -1,0 +1,381 @@
+"""Latent class optimisation, rejection baseline, shard job and checker agreement on tiny known models.
+
+The generator is a tiny linear + transposed-conv network; the classifier reads the mean brightness of
+fixed image quadrants (one per finding), standardised over the generator's prior so each finding fires
+for ~19 % of random latents. Every combination of findings is therefore reachable, and how often random
+latents hit it is measurable independently.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from synthcxr.lco.evaluate import agreement
+from synthcxr.lco.optimize import initial_latents, optimise_latents, resolve_label_space, success_rule
+from synthcxr.lco.plan import attempt_seed, make_plan, write_plan
+from synthcxr.lco.rejection import rejection_sample
+from synthcxr.lco.run import read_latents, run_shard
+
+LABELS = ["Cardiomegaly", "Effusion", "Nodule", "No_Finding"]
+THR = {n: 0.5 for n in LABELS}
+RARE = [1, 1, 1, 0]  # all three findings: ~2.6 % of random latents
+
+
+class TinyGen(nn.Module):
+    def __init__(self, latent_dim: int = 16, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.latent_dim, self.resolution = latent_dim, 8
+        self.fc = nn.Linear(latent_dim, 4 * 4 * 4)
+        self.up = nn.ConvTranspose2d(4, 1, 4, stride=2, padding=1)
+
+    def forward(self, z):
+        return torch.tanh(self.up(self.fc(z).view(-1, 4, 4, 4)))
+
+
+class QuadrantClassifier(nn.Module):
+    """logit_k = 2 * standardised mean of quadrant k - 1.8; No_Finding = 2 - 3 * sum softplus(logits)."""
+
+    def __init__(self, names=tuple(LABELS)):
+        super().__init__()
+        self.label_names = list(names)
+        findings = [n for n in names if n != "No_Finding"]
+        masks = torch.zeros(len(findings), 8, 8)
+        for k in range(len(findings)):
+            r, c = divmod(k, 2)
+            masks[k, r * 4 : (r + 1) * 4, c * 4 : (c + 1) * 4] = 1 / 16
+        self.register_buffer("masks", masks)
+        self.register_buffer("mu", torch.zeros(len(findings)))
+        self.register_buffer("sd", torch.ones(len(findings)))
+
+    @torch.no_grad()
+    def calibrate(self, G: nn.Module) -> "QuadrantClassifier":
+        z = torch.randn(4096, G.latent_dim, generator=torch.Generator().manual_seed(99))
+        m = torch.einsum("nhw,khw->nk", G(z)[:, 0], self.masks)
+        self.mu.copy_(m.mean(0))
+        self.sd.copy_(m.std(0))
+        return self
+
+    def forward(self, x):
+        m = torch.einsum("nhw,khw->nk", x[:, 0], self.masks)
+        lf = 2.0 * (m - self.mu) / self.sd - 1.8
+        out, j = [], 0
+        for n in self.label_names:
+            if n == "No_Finding":
+                out.append(2.0 - 3.0 * F.softplus(lf).sum(1, keepdim=True))
+            else:
+                out.append(lf[:, j : j + 1])
+                j += 1
+        return torch.cat(out, 1)
+
+
+@pytest.fixture(scope="module")
+def models():
+    torch.set_num_threads(1)
+    G = TinyGen().eval()
+    C = QuadrantClassifier().calibrate(G).eval()
+    return G, C
+
+
+def _cfg(**kw):
+    base = dict(labels=LABELS, steps=60, lr=0.1, prior_weight=0.05, batch_size=16, retries=0, device="cpu")
+    base.update(kw)
+    return base
+
+
+def _probs_of(G, C, z: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return torch.sigmoid(C(G(torch.as_tensor(z)))).numpy()
+
+
+# ---------------------------------------------------------------- success rule
+
+
+def test_success_rule_hand_cases_numpy_and_torch():
+    thr = np.array([0.5, 0.3, 0.7])
+    target = np.array([[1, 0, 1], [1, 0, 1], [1, 0, 1], [0, 1, 0], [0, 0, 0], [1, 1, 1]])
+    probs = np.array(
+        [
+            [0.5, 0.3, 0.7],  # every value at its threshold: met on both sides
+            [0.6, 0.31, 0.9],  # absent label above threshold
+            [0.49, 0.0, 1.0],  # present label just below
+            [0.5, 0.3, 0.7],
+            [0.1, 0.2, 0.69],
+            [0.99, 0.99, 0.69],
+        ],
+        dtype=np.float32,
+    )
+    want = [True, False, False, True, True, False]
+    assert success_rule(probs, target, thr).tolist() == want
+    assert success_rule(torch.from_numpy(probs), torch.from_numpy(target), thr).tolist() == want
+    # a NaN threshold means "label not judged"
+    assert success_rule(probs[1:2], target[1:2], np.array([0.5, np.nan, 0.7])).tolist() == [True]
+
+
+def test_success_rule_float32_equality_with_float64_threshold():
+    p = np.array([[np.float32(0.3)]], dtype=np.float32)  # 0.30000001192...
+    assert success_rule(p, [[1]], [0.3]).tolist() == [True]
+    assert success_rule(p, [[0]], [0.3]).tolist() == [True]
+    assert success_rule(torch.tensor(p), [[0]], [0.3]).tolist() == [True]
+
+
+def test_label_space_errors_and_missing_no_finding():
+    with pytest.raises(ValueError, match="no output for label 'Nodule'"):
+        resolve_label_space(LABELS, ["Cardiomegaly", "Effusion", "No_Finding"], THR)
+    with pytest.raises(ValueError, match="thr.json: no threshold for label 'Effusion'"):
+        resolve_label_space(LABELS, LABELS, {"Cardiomegaly": 0.5, "Nodule": 0.5, "No_Finding": 0.5}, where="thr.json")
+    with pytest.raises(ValueError, match="not a probability"):
+        resolve_label_space(LABELS, LABELS, {**THR, "Nodule": 1.5})
+    space = resolve_label_space(LABELS, ["Nodule", "Effusion", "Cardiomegaly"], THR)
+    assert space.clf_index == (2, 1, 0, -1) and np.isnan(space.thresholds[3])
+
+
+# ---------------------------------------------------------------- optimisation
+
+
+def test_initial_latents_are_per_sample_seeded_normals():
+    z = initial_latents([5, 7], 16)
+    assert torch.equal(z[1], torch.randn(16, generator=torch.Generator().manual_seed(7)))
+    assert torch.equal(initial_latents([7], 16)[0], z[1])
+
+
+def test_lco_beats_random_latents_on_a_rare_combination(models):
+    G, C = models
+    n = 48
+    targets = np.tile(RARE, (n, 1))
+    res = optimise_latents(G, C, THR, targets, np.arange(n) + 1000, _cfg())
+    # reference: how often random prior latents already meet the target (independent draws)
+    z0 = torch.randn(20000, 16, generator=torch.Generator().manual_seed(3)).numpy()
+    random_rate = success_rule(_probs_of(G, C, z0), np.tile(RARE, (20000, 1)), [0.5] * 4).mean()
+    assert random_rate < 0.06
+    assert res["success"].mean() >= 0.95
+    # the recorded probabilities are those of the stored latents, and they meet the target
+    z = np.stack(res["z"])
+    p = _probs_of(G, C, z)
+    np.testing.assert_allclose(res[[f"prob_{n}" for n in LABELS]].to_numpy(), p, atol=1e-5)
+    ok = res["success"].to_numpy()
+    assert success_rule(p[ok], targets[ok], [0.5] * 4).all()
+    assert (res["reason"][ok] == "").all()
+    # the prior penalty keeps latents near the sqrt(d) shell
+    assert np.all(np.abs((z**2).sum(1) / 16 - 1) < 1.5)
+
+
+def test_samples_meeting_the_target_at_start_take_zero_steps(models):
+    G, C = models
+    seeds = np.arange(40)
+    z0 = initial_latents(seeds, 16).numpy()
+    p0 = _probs_of(G, C, z0)
+    target = np.tile([0, 0, 0, 1], (40, 1))
+    already = success_rule(p0, target, [0.5] * 4)
+    assert already.any() and not already.all()
+    res = optimise_latents(G, C, THR, target, seeds, _cfg())
+    assert (res["steps"][already] == 0).all() and (res["g_evals"][already] == 1).all()
+    np.testing.assert_array_equal(np.stack(res["z"][already]), z0[already])
+    assert (res["steps"][~already] >= 1).all()
+
+
+def test_deterministic_and_independent_of_batch_composition(models):
+    G, C = models
+    rng = np.random.default_rng(0)
+    targets = np.array([RARE, [1, 0, 0, 0], [0, 1, 1, 0], [0, 0, 0, 1]])[rng.integers(0, 4, 12)]
+    seeds = np.arange(12) * 7919
+    a = optimise_latents(G, C, THR, targets, seeds, _cfg(batch_size=5))
+    b = optimise_latents(G, C, THR, targets, seeds, _cfg(batch_size=5))
+    assert np.stack(a["z"]).tobytes() == np.stack(b["z"]).tobytes()
+    pd.testing.assert_frame_equal(a.drop(columns="z"), b.drop(columns="z"))
+    sub = [11, 3, 7, 0]
+    c = optimise_latents(G, C, THR, targets[sub], seeds[sub], _cfg(batch_size=2))
+    np.testing.assert_allclose(np.stack(c["z"]), np.stack(a["z"][sub]), atol=1e-5)
+    assert c["steps"].tolist() == a["steps"][sub].tolist()
+    assert c["success"].tolist() == a["success"][sub].tolist()
+
+
+def test_successful_samples_are_frozen(models):
+    G, C = models
+    targets = np.tile(RARE, (16, 1))
+    short = optimise_latents(G, C, THR, targets, np.arange(16), _cfg(steps=8))
+    long = optimise_latents(G, C, THR, targets, np.arange(16), _cfg(steps=60))
+    done = short["success"].to_numpy()
+    assert done.any() and (~done).any()
+    # a sample that met the rule within 8 steps is identical whatever the step budget
+    np.testing.assert_array_equal(np.stack(short["z"][done]), np.stack(long["z"][done]))
+    assert short["steps"][done].tolist() == long["steps"][done].tolist()
+    assert (short["steps"][~done] == 8).all() and (long["steps"][~done] > 8).all()
+
+
+def test_retries_new_seeds_and_cost_accounting(models):
+    G, C = models
+    n, steps, retries = 32, 3, 2
+    targets = np.tile(RARE, (n, 1))
+    seeds = np.arange(n) + 50
+    once = optimise_latents(G, C, THR, targets, seeds, _cfg(steps=steps, lr=0.05, retries=0))
+    res = optimise_latents(G, C, THR, targets, seeds, _cfg(steps=steps, lr=0.05, retries=retries))
+    att = res["attempts"].to_numpy()
+    ok = res["success"].to_numpy()
+    assert (att > 1).any() and ok.sum() > once["success"].sum()
+    # first-attempt successes are unchanged by allowing retries
+    first = once["success"].to_numpy()
+    assert (att[first] == 1).all()
+    np.testing.assert_array_equal(np.stack(res["z"][first]), np.stack(once["z"][first]))
+    # the stored seed is the one of the last attempt, derived from the sample seed and attempt number
+    assert res["seed"].tolist() == [attempt_seed(int(s), int(a) - 1) for s, a in zip(seeds, att)]
+    assert len({attempt_seed(7, a) for a in range(4)}) == 4
+    # each failed attempt costs steps + 1 evaluations; the last one steps_taken + 1
+    expect = (att - 1) * (steps + 1) + res["steps"].to_numpy() + 1
+    assert res["g_evals"].tolist() == expect.tolist()
+    failed = ~ok
+    assert failed.any(), "this budget should leave some samples failing"
+    assert (att[failed] == retries + 1).all() and (res["steps"][failed] == steps).all()
+    assert all("Cardiomegaly" in r or "Effusion" in r or "Nodule" in r for r in res["reason"][failed])
+    assert all(r.startswith("target not met after 3 attempt(s)") for r in res["reason"][failed])
+
+
+def test_classifier_without_no_finding(models):
+    G, _ = models
+    C3 = QuadrantClassifier(names=("Cardiomegaly", "Effusion", "Nodule")).calibrate(G)
+    targets = np.array([[0, 0, 0, 1], [1, 1, 0, 0]] * 4)
+    res = optimise_latents(G, C3, {n: 0.5 for n in LABELS[:3]}, targets, np.arange(8), _cfg())
+    assert res["prob_No_Finding"].isna().all()
+    assert res["success"].all()
+    p = _probs_of(G, C3, np.stack(res["z"]))
+    assert success_rule(p, targets[:, :3], [0.5] * 3).all()
+
+
+def test_bad_inputs(models):
+    G, C = models
+    with pytest.raises(ValueError, match=r"targets must be \[N, 4\]"):
+        optimise_latents(G, C, THR, np.zeros((3, 3)), [1, 2, 3], _cfg())
+    with pytest.raises(ValueError, match="unknown label"):
+        optimise_latents(G, C, THR, np.zeros((3, 2)), [1, 2, 3], _cfg(labels=["Effusion", "Bogus"]))
+
+
+# ---------------------------------------------------------------- rejection baseline
+
+
+def test_rejection_sampling_accepts_only_matches_and_counts_draws(models):
+    G, C = models
+    r = rejection_sample(G, C, THR, "Cardiomegaly", max_draws=3000, batch_size=256, seed=4)
+    assert r.g_evals == 3000
+    assert r.n_accepted > 0
+    p = _probs_of(G, C, r.z.numpy())
+    assert success_rule(p, np.tile([1, 0, 0, 0], (len(p), 1)), [0.5] * 4).all()
+    np.testing.assert_allclose(r.probs, p, atol=1e-6)
+    # acceptance rate agrees with an independent estimate of the target's prior probability
+    z = torch.randn(20000, 16, generator=torch.Generator().manual_seed(11)).numpy()
+    rate = success_rule(_probs_of(G, C, z), np.tile([1, 0, 0, 0], (20000, 1)), [0.5] * 4).mean()
+    assert abs(r.n_accepted / 3000 - rate) < 0.03
+    again = rejection_sample(G, C, THR, [1, 0, 0, 0], max_draws=3000, batch_size=100, seed=4)
+    assert torch.equal(again.z, r.z)  # same seed, different batching -> same draws
+    capped = rejection_sample(G, C, THR, "Cardiomegaly", max_draws=3000, batch_size=64, seed=4, max_accept=3)
+    assert capped.n_accepted == 3 and capped.g_evals < 3000 and torch.equal(capped.z, r.z[:3])
+    none = rejection_sample(G, C, {**THR, "Cardiomegaly": 1.0}, "Cardiomegaly", 64, 64, 0)
+    assert none.n_accepted == 0 and none.evals_per_accept == float("inf")
+
+
+def test_lco_is_cheaper_than_rejection_for_a_rare_combination(models):
+    G, C = models
+    lco = optimise_latents(G, C, THR, np.tile(RARE, (32, 1)), np.arange(32), _cfg(retries=2))
+    lco_cost = lco["g_evals"].sum() / lco["success"].sum()
+    rej = rejection_sample(G, C, THR, "Cardiomegaly+Effusion+Nodule", 8192, 1024, seed=1)
+    assert lco_cost < rej.evals_per_accept / 2
+
+
+# ---------------------------------------------------------------- shard job and checker agreement
+
+
+@pytest.fixture()
+def fake_loaders(models, monkeypatch):
+    """Stand-ins for synthcxr.pggan / synthcxr.classifier loaders that return the tiny models."""
+    G, C = models
+    pg = types.ModuleType("synthcxr.pggan")
+    pg.load_generator = lambda path, device: G
+    cl = types.ModuleType("synthcxr.classifier")
+    cl.load_classifier = lambda path, device: C
+    monkeypatch.setitem(sys.modules, "synthcxr.pggan", pg)
+    monkeypatch.setitem(sys.modules, "synthcxr.classifier", cl)
+    return G, C
+
+
+def _write_inputs(tmp_path):
+    section = {
+        "plan": {"mode": "quotas", "n_samples": 20, "quotas": {"Cardiomegaly+Effusion+Nodule": 8, "No_Finding": 6, "Effusion": 6}},
+        "shard_size": 8,
+        "seed": 3,
+        **_cfg(steps=40, retries=1, batch_size=4),
+    }
+    plan = make_plan(section, LABELS, None, seed=3)
+    write_plan(plan, tmp_path / "plan.parquet")
+    (tmp_path / "thresholds.json").write_text(json.dumps(THR))
+    return section, plan
+
+
+def test_run_shard_schema_and_reproducible_bytes(tmp_path, fake_loaders):
+    section, plan = _write_inputs(tmp_path)
+    out = tmp_path / "latents" / "shard-00001.parquet"
+    args = (tmp_path / "plan.parquet", "00001", "g.pt", "c.pt", tmp_path / "thresholds.json", section)
+    res = run_shard(*args, out, log_file=tmp_path / "log.txt")
+    schema = pq.read_schema(out)
+    assert schema.field("z").type == pa.list_(pa.float32(), 16)
+    for n in LABELS:
+        assert schema.field(f"target_{n}").type == pa.int8()
+        assert schema.field(f"prob_{n}").type == pa.float32()
+    for name, typ in [("sample_id", pa.string()), ("shard", pa.int64()), ("index", pa.int64()), ("seed", pa.int64()),
+                      ("attempts", pa.int64()), ("steps", pa.int64()), ("g_evals", pa.int64()), ("success", pa.bool_())]:
+        assert schema.field(name).type == typ
+    rows = plan[plan["shard"] == 1]
+    table, z = read_latents(out)
+    assert table["sample_id"].tolist() == rows["sample_id"].tolist()
+    assert table["index"].tolist() == list(range(8)) and (table["shard"] == 1).all()
+    assert (table[[f"target_{n}" for n in LABELS]].to_numpy() == rows[LABELS].to_numpy()).all()
+    np.testing.assert_array_equal(z, np.stack(res["z"]))
+    assert table["success"].mean() >= 0.75
+    assert "lco shard 1" in (tmp_path / "log.txt").read_text()
+    first = out.read_bytes()
+    run_shard(*args, out)
+    assert out.read_bytes() == first
+    assert not list(out.parent.glob(".tmp-*"))
+
+
+def test_run_shard_errors(tmp_path, fake_loaders):
+    section, _ = _write_inputs(tmp_path)
+    with pytest.raises(ValueError, match="shard 9 has no rows"):
+        run_shard(tmp_path / "plan.parquet", 9, "g", "c", tmp_path / "thresholds.json", section, tmp_path / "x.parquet")
+    (tmp_path / "bad.json").write_text(json.dumps({"Cardiomegaly": 0.5}))
+    with pytest.raises(ValueError, match="bad.json: no threshold for label 'Effusion'"):
+        run_shard(tmp_path / "plan.parquet", 0, "g", "c", tmp_path / "bad.json", section, tmp_path / "x.parquet")
+    with pytest.raises(FileNotFoundError, match="classifier stage"):
+        run_shard(tmp_path / "plan.parquet", 0, "g", "c", tmp_path / "none.json", section, tmp_path / "x.parquet")
+
+
+def test_agreement_with_same_and_stricter_checker(tmp_path, fake_loaders):
+    G, C = fake_loaders
+    section, plan = _write_inputs(tmp_path)
+    paths = []
+    for s in (0, 1, 2):
+        p = tmp_path / f"shard-{s:05d}.parquet"
+        run_shard(tmp_path / "plan.parquet", s, "g", "c", tmp_path / "thresholds.json", section, p)
+        paths.append(p)
+    same = agreement(paths, G, C, tmp_path / "thresholds.json")
+    assert same["n"] == 20 and same["overall_successful"] == 1.0
+    assert set(same["per_combination"]) == {"Cardiomegaly+Effusion+Nodule", "No_Finding", "Effusion"}
+    assert same["per_combination"]["Effusion"]["n"] == 6
+    # independent reference: re-render and score by hand
+    tables = [read_latents(p) for p in paths]
+    z = np.concatenate([t[1] for t in tables])
+    targets = np.concatenate([t[0][[f"target_{n}" for n in LABELS]].to_numpy() for t in tables])
+    strict = {n: 0.5 for n in LABELS} | {"Cardiomegaly": 0.9}
+    hand = success_rule(_probs_of(G, C, z), targets, [strict[n] for n in LABELS])
+    got = agreement(paths, G, C, strict)
+    assert got["overall"] == pytest.approx(hand.mean())
+    assert got["overall"] < same["overall"]

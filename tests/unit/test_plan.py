@@ -1,0 +1,197 @@
+"""Label plan: counts, frequencies, quotas parsing and errors, sharding and seeds."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from synthcxr.config import ConfigError, load_config
+from synthcxr.labels import PHANTOM_LABELS, combo_key
+from synthcxr.lco.plan import build_plan, derive_seed, largest_remainder, make_plan, read_plan, write_plan
+
+LABELS = ["Cardiomegaly", "Effusion", "Nodule", "No_Finding"]
+
+
+def _cfg(mode="match_real", n=100, shard_size=32, quotas=None, keep_rare=True):
+    return {"plan": {"mode": mode, "n_samples": n, "quotas": quotas or {}, "keep_rare": keep_rare}, "shard_size": shard_size}
+
+
+def _real_table(n=2000, seed=0) -> pd.DataFrame:
+    """Correlated labels with a rare triple, NaNs, and rows in val/test that must be ignored."""
+    rng = np.random.default_rng(seed)
+    card = rng.random(n) < 0.3
+    eff = np.where(card, rng.random(n) < 0.5, rng.random(n) < 0.1)
+    nod = rng.random(n) < 0.05
+    t = pd.DataFrame({"split": rng.choice(["train", "val", "test"], n, p=[0.7, 0.15, 0.15])})
+    t["Cardiomegaly"] = card.astype(float)
+    t["Effusion"] = eff.astype(float)
+    t["Nodule"] = nod.astype(float)
+    t.loc[rng.random(n) < 0.05, "Effusion"] = np.nan
+    t["No_Finding"] = 0.0  # deliberately wrong: the plan must derive No_Finding from the findings
+    return t
+
+
+def _reference_freq(table: pd.DataFrame) -> pd.Series:
+    """Independent reference: combination frequencies of the train split, NaN as absent."""
+    tr = table[table["split"] == "train"]
+    f = tr[["Cardiomegaly", "Effusion", "Nodule"]].fillna(0).astype(int)
+    keys = f.apply(lambda r: "+".join(c for c in f.columns if r[c]) or "No_Finding", axis=1)
+    return keys.value_counts(normalize=True)
+
+
+def _plan_counts(plan: pd.DataFrame, labels=LABELS) -> pd.Series:
+    return pd.Series([combo_key(v, labels) for v in plan[labels].to_numpy()]).value_counts()
+
+
+def test_largest_remainder_hand_cases():
+    assert largest_remainder(np.array([5, 3, 2]), 7).tolist() == [4, 2, 1]  # 3.5 2.1 1.4 -> remainder to .5
+    assert largest_remainder(np.array([1, 1, 1]), 2).tolist() == [1, 1, 0]  # ties -> lower index
+    assert largest_remainder(np.array([97, 2, 1]), 10).tolist() == [10, 0, 0]
+    assert largest_remainder(np.array([97, 2, 1]), 10, keep_all=True).tolist() == [8, 1, 1]
+    # not enough samples for every combination: keep_all cannot apply
+    assert largest_remainder(np.array([97, 2, 1]), 2, keep_all=True).tolist() == [2, 0, 0]
+
+
+def test_largest_remainder_properties_random():
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        w = rng.random(rng.integers(1, 30)) ** 3
+        n = int(rng.integers(1, 500))
+        c = largest_remainder(w, n)
+        ideal = n * w / w.sum()
+        assert c.sum() == n
+        assert np.all(np.abs(c - ideal) < 1)
+
+
+def test_match_real_frequencies_within_rounding():
+    table = _real_table()
+    n = 1000
+    plan = make_plan(_cfg(n=n, keep_rare=False), LABELS, table, seed=5)
+    assert len(plan) == n
+    ref = _reference_freq(table)
+    got = _plan_counts(plan).reindex(ref.index, fill_value=0)
+    assert set(_plan_counts(plan).index) <= set(ref.index)
+    assert np.all(np.abs(got.to_numpy() - n * ref.to_numpy()) < 1.0)
+
+
+def test_match_real_keeps_rare_combinations_and_exact_total():
+    table = _real_table()
+    ref = _reference_freq(table)
+    n = 60  # small enough that some combinations have an ideal share < 0.5
+    assert (n * ref < 0.5).any()
+    plan = make_plan(_cfg(n=n, keep_rare=True), LABELS, table, seed=5)
+    got = _plan_counts(plan)
+    assert len(plan) == n
+    assert set(got.index) == set(ref.index)  # every observed train combination survives
+    big = ref[n * ref >= 2].index
+    assert np.all(np.abs(got[big].to_numpy() - n * ref[big].to_numpy()) < 2.0)
+
+
+def test_match_real_no_finding_derived_nan_absent_and_train_only():
+    t = pd.DataFrame(
+        {
+            "split": ["train", "train", "train", "test", "val"],
+            "Cardiomegaly": [1.0, 0.0, np.nan, 1.0, 1.0],
+            "Effusion": [np.nan, 0.0, 0.0, 1.0, 1.0],
+            "Nodule": [0.0, 0.0, 1.0, 1.0, 1.0],
+            "No_Finding": [np.nan, np.nan, np.nan, 0.0, 0.0],
+        }
+    )
+    plan = make_plan(_cfg(n=6), LABELS, t, seed=0)
+    counts = _plan_counts(plan).to_dict()
+    assert counts == {"Cardiomegaly": 2, "No_Finding": 2, "Nodule": 2}
+    nf = plan["No_Finding"].to_numpy()
+    assert np.array_equal(nf, (plan[["Cardiomegaly", "Effusion", "Nodule"]].sum(axis=1) == 0).astype(np.int8))
+
+
+def test_match_real_missing_label_column_is_a_clear_error():
+    t = _real_table().drop(columns=["Nodule"])
+    with pytest.raises(ValueError, match="Nodule"):
+        make_plan(_cfg(), LABELS, t, seed=0)
+
+
+def test_balanced_counts_single_finding_targets():
+    plan = make_plan(_cfg("balanced", n=10), LABELS, None, seed=3)
+    vec = plan[LABELS].to_numpy()
+    assert np.all(vec.sum(1) == 1)  # one primary label, No_Finding included
+    counts = vec.sum(0).tolist()
+    assert counts == [3, 3, 2, 2]  # remainder 10 % 4 = 2 -> first two labels in configured order
+    assert plan[LABELS].dtypes.eq(np.int8).all()
+
+
+def test_quotas_counts_and_parsing():
+    q = {"Effusion+Cardiomegaly": 7, "No_Finding": 4, "Nodule": 2}
+    plan = make_plan(_cfg("quotas", n=13, quotas=q), LABELS, None, seed=3)
+    assert _plan_counts(plan).to_dict() == {"Cardiomegaly+Effusion": 7, "No_Finding": 4, "Nodule": 2}
+
+
+@pytest.mark.parametrize(
+    "quotas, n, match",
+    [
+        ({"Effusion+Pneumonia": 3}, 3, r"lco\.plan\.quotas\.Effusion\+Pneumonia"),
+        ({"Effusion+Cardiomegaly": 3, "Cardiomegaly+Effusion": 2}, 5, "same combination"),
+        ({"No_Finding+Effusion": 3}, 3, r"lco\.plan\.quotas\.No_Finding\+Effusion"),
+        ({"Effusion": 3, "Nodule": 3}, 7, r"lco\.plan\.n_samples.*sum to 6"),
+        ({}, 3, "quotas' is empty"),
+        ({"Effusion": 0}, 0 + 1, "positive integer"),
+    ],
+)
+def test_quotas_errors_name_the_key(quotas, n, match):
+    with pytest.raises(ValueError, match=match):
+        make_plan(_cfg("quotas", n=n, quotas=quotas), LABELS, None, seed=0)
+
+
+def test_sharding_ids_and_seeds():
+    plan = make_plan(_cfg("balanced", n=300, shard_size=100), LABELS, None, seed=11)
+    pos = np.arange(300)
+    assert plan["shard"].tolist() == (pos // 100).tolist()
+    assert plan["index"].tolist() == (pos % 100).tolist()
+    assert plan["sample_id"].is_unique and plan["sample_id"].iloc[123] == "s0000123"
+    assert plan["seed"].dtype == np.int64 and plan["seed"].is_unique and (plan["seed"] >= 0).all()
+    # shards mix combinations: every shard holds every label in roughly equal numbers
+    per_shard = plan.groupby("shard")[LABELS].sum()
+    assert (per_shard.to_numpy() >= 10).all()
+    # deterministic; seeds and order do not depend on the shard size; another seed reorders
+    again = make_plan(_cfg("balanced", n=300, shard_size=7), LABELS, None, seed=11)
+    assert again["seed"].equals(plan["seed"]) and again[LABELS].equals(plan[LABELS])
+    other = make_plan(_cfg("balanced", n=300, shard_size=100), LABELS, None, seed=12)
+    assert not other[LABELS].equals(plan[LABELS])
+    assert not set(other["seed"]) & set(plan["seed"])
+
+
+def test_derive_seed_is_order_sensitive_and_63_bit():
+    seeds = {derive_seed(a, b) for a, b in itertools.product(range(30), range(30))}
+    assert len(seeds) == 900 and all(0 <= s < 2**63 for s in seeds)
+    assert derive_seed(1, 2) != derive_seed(2, 1)
+
+
+def test_write_read_plan_roundtrip_and_errors(tmp_path):
+    plan = make_plan(_cfg("balanced", n=20), LABELS, None, seed=1)
+    p = tmp_path / "a" / "plan.parquet"
+    write_plan(plan, p)
+    back = read_plan(p, LABELS)
+    pd.testing.assert_frame_equal(back, plan)
+    assert not list(p.parent.glob(".tmp-*"))
+    with pytest.raises(ValueError, match="Mass"):
+        read_plan(p, [*LABELS[:-1], "Mass"])
+    with pytest.raises(FileNotFoundError, match="plan rule"):
+        read_plan(tmp_path / "missing.parquet", LABELS)
+
+
+def test_build_plan_from_prepared_folder(tiny_prepared, tmp_path):
+    out = tmp_path / "plan.parquet"
+    plan = build_plan(f"{tiny_prepared}/labels.parquet", _cfg(n=50, shard_size=16), list(PHANTOM_LABELS), 4, out)
+    assert out.exists() and len(plan) == 50 and plan["shard"].max() == 3
+    real = pd.read_parquet(f"{tiny_prepared}/labels.parquet")
+    train_keys = {combo_key(v, PHANTOM_LABELS) for v in real[real["split"] == "train"][list(PHANTOM_LABELS)].to_numpy()}
+    assert set(_plan_counts(plan, list(PHANTOM_LABELS)).index) <= train_keys
+
+
+def test_schema_accepts_keep_rare_and_rejects_unknown_plan_key():
+    cfg = load_config("config/config.yaml", {"lco": {"plan": {"keep_rare": False}}})
+    assert cfg["lco"]["plan"]["keep_rare"] is False
+    with pytest.raises(ConfigError, match="lco.plan"):
+        load_config("config/config.yaml", {"lco": {"plan": {"keep_rarely": True}}})

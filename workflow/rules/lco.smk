@@ -1,0 +1,35 @@
+# Stage 4: latent class optimisation. `plan` fixes every sample's target labels, shard and seed up
+# front; `lco` then optimises the latents of one shard per job, so shards run in parallel and a rerun
+# of one shard reproduces it exactly.
+
+
+rule plan:
+    input:
+        labels=f"{PREP}/labels.parquet",
+    output:
+        plan=f"{ARCH}/plan.parquet",
+    params:
+        cfg=stage("lco"),
+    log:
+        f"{LOGS}/plan.log",
+    script:
+        "../scripts/plan.py"
+
+
+rule lco:
+    input:
+        plan=f"{ARCH}/plan.parquet",
+        generator=f"{PGGAN}/generator.pt",
+        classifier=f"{CLF}/{config['classifier']['name']}/model.pt",
+        thresholds=f"{CLF}/{config['classifier']['name']}/thresholds.json",
+    output:
+        latents=f"{ARCH}/latents/shard-{{shard}}.parquet",
+    params:
+        cfg=stage("lco"),
+    log:
+        f"{LOGS}/lco/shard-{{shard}}.log",
+    wildcard_constraints:
+        shard=r"\d{5}",
+    threads: 2
+    script:
+        "../scripts/lco.py"

@@ -1,0 +1,9 @@
+"""Rule plan: the label plan (targets, shards, seeds) from the prepared dataset's labels."""
+
+from synthcxr.lco.plan import build_plan
+from synthcxr.utils.runtime import setup_logging
+
+sm = snakemake  # noqa: F821 (injected by Snakemake)
+setup_logging(sm.log[0])
+cfg = sm.params.cfg
+build_plan(sm.input.labels, cfg, cfg["labels"], int(cfg["seed"]), sm.output.plan)
