@@ -1,0 +1,19 @@
+# Stage 1: the configured dataset (built-in phantom or a real collection) -> images.h5 pyramid,
+# labels.parquet with patient-level splits, quarantine.csv and prepare.json in results/prepared/{name}/.
+
+
+rule prepare:
+    output:
+        images=f"{PREP}/images.h5",
+        labels=f"{PREP}/labels.parquet",
+        quarantine=f"{PREP}/quarantine.csv",
+        summary=f"{PREP}/prepare.json",
+    params:
+        cfg=stage("dataset"),
+    log:
+        f"{LOGS}/prepare.log",
+    benchmark:
+        f"{LOGS}/benchmarks/prepare.tsv"
+    threads: max(1, config["dataset"]["workers"])
+    script:
+        "../scripts/prepare.py"
