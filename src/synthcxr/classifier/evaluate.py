@@ -1,0 +1,155 @@
+"""Scoring a trained classifier: predictions, AUROC with bootstrap CIs, operating points, ROC figure.
+
+Operating points (``thresholds.json``) are chosen on the *validation* split, per label, by maximising
+Youden's J = sensitivity + specificity - 1: with no clinical costs attached it weighs a missed finding
+and a false alarm equally, independent of prevalence. A label is called present when its sigmoid
+probability is >= its threshold. Choosing on val keeps the test split untouched for reporting.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..labels import NO_FINDING
+from ..metrics.auroc import auroc, mean_auroc, roc_curve, youden_threshold
+from ..metrics.bootstrap import bootstrap_distribution, percentile_interval
+from ..utils.atomic import atomic_path
+
+log = logging.getLogger("synthcxr")
+
+THRESHOLD_METHOD = "youden_j"
+THRESHOLD_RULE = "present when sigmoid(logit) >= threshold; threshold maximises TPR - FPR on the val split"
+
+
+@torch.no_grad()
+def predict(
+    model: torch.nn.Module, dataset: Dataset, batch_size: int = 128, device: torch.device | str = "cpu", workers: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(probabilities [n, L], labels [n, L])`` for a dataset of ``(image, label vector)`` pairs."""
+    model.eval()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
+    probs, labs = [], []
+    for x, y in loader:
+        probs.append(torch.sigmoid(model(x.to(device))).float().cpu().numpy())
+        labs.append(np.asarray(y, dtype=np.float32))
+    return np.concatenate(probs).astype(np.float64), np.concatenate(labs)
+
+
+def _finding_columns(label_names: Sequence[str]) -> list[int]:
+    return [j for j, n in enumerate(label_names) if n != NO_FINDING]
+
+
+def _summary_vector(y: np.ndarray, s: np.ndarray, findings: Sequence[int]) -> np.ndarray:
+    """Per-label AUROCs, then their mean, then the mean over findings (No_Finding excluded)."""
+    per = np.array([auroc(y[:, j], s[:, j]) for j in range(y.shape[1])])
+    return np.r_[per, mean_auroc(per), mean_auroc(per[list(findings)])]
+
+
+def _num(v: float) -> float | None:
+    """JSON has no NaN: undefined values are written as null."""
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+
+
+def split_metrics(
+    y: np.ndarray, probs: np.ndarray, label_names: Sequence[str], n_boot: int, seed: int, alpha: float = 0.05
+) -> dict:
+    """AUROC per label with percentile bootstrap CIs (images resampled, one resampling for all labels)."""
+    names = list(label_names)
+    findings = _finding_columns(names)
+    point = _summary_vector(y, probs, findings)
+    if n_boot > 0:
+        dist = bootstrap_distribution(lambda a, b: _summary_vector(a, b, findings), y, probs, n=n_boot, seed=seed)
+        lo, hi = percentile_interval(dist, alpha)
+        n_ok = np.sum(~np.isnan(dist), axis=0)
+    else:
+        lo = hi = np.full_like(point, np.nan)
+        n_ok = np.zeros_like(point, dtype=int)
+    per_label = {}
+    for j, n in enumerate(names):
+        col = y[:, j]
+        per_label[n] = {
+            "auroc": _num(point[j]),
+            "ci_low": _num(lo[j]),
+            "ci_high": _num(hi[j]),
+            "n_pos": int(np.sum(col == 1)),
+            "n_neg": int(np.sum(col == 0)),
+            "n_unknown": int(np.sum(np.isnan(col))),
+            "n_boot_defined": int(n_ok[j]),
+        }
+    L = len(names)
+    return {
+        "n_images": int(len(y)),
+        "per_label": per_label,
+        "mean_auroc": _num(point[L]),
+        "mean_auroc_ci": [_num(lo[L]), _num(hi[L])],
+        "mean_auroc_findings": _num(point[L + 1]),
+        "mean_auroc_findings_ci": [_num(lo[L + 1]), _num(hi[L + 1])],
+    }
+
+
+def choose_thresholds(y_val: np.ndarray, p_val: np.ndarray, label_names: Sequence[str]) -> dict:
+    """Per-label Youden operating points on validation probabilities (0.5 when a class is absent)."""
+    out = {}
+    for j, n in enumerate(label_names):
+        pt = youden_threshold(y_val[:, j], p_val[:, j])
+        fallback = math.isnan(pt["threshold"])
+        out[n] = {
+            "threshold": 0.5 if fallback else pt["threshold"],
+            "tpr": _num(pt["tpr"]),
+            "fpr": _num(pt["fpr"]),
+            "youden_j": _num(pt["j"]),
+            "fallback": fallback,
+        }
+        if fallback:
+            log.warning("label %s has a single class on val: threshold falls back to 0.5", n)
+    return {
+        "method": THRESHOLD_METHOD,
+        "rule": THRESHOLD_RULE,
+        "thresholds": {n: v["threshold"] for n, v in out.items()},
+        "details": out,
+    }
+
+
+def load_thresholds(path: str | os.PathLike, label_names: Sequence[str]) -> np.ndarray:
+    """Probability thresholds from ``thresholds.json`` in the order of ``label_names``."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{p} missing: run the train_classifier rule first")
+    with open(p) as fh:
+        thr = json.load(fh).get("thresholds")
+    if not isinstance(thr, dict):
+        raise ValueError(f"{p}: no 'thresholds' mapping; was it written by synthcxr.classifier?")
+    missing = [n for n in label_names if n not in thr]
+    if missing:
+        raise KeyError(f"{p}: no threshold for label(s) {missing}; the classifier was trained on {sorted(thr)}")
+    return np.array([float(thr[n]) for n in label_names], dtype=np.float64)
+
+
+def plot_roc(y: np.ndarray, probs: np.ndarray, label_names: Sequence[str], path: str | os.PathLike, title: str) -> None:
+    """Test ROC curves, one per label with its AUROC in the legend, written atomically as PNG."""
+    from matplotlib.figure import Figure  # Agg canvas, no pyplot global state
+
+    fig = Figure(figsize=(6.5, 6), dpi=110)
+    ax = fig.add_subplot(1, 1, 1)
+    for j, n in enumerate(label_names):
+        col = y[:, j]
+        known = ~np.isnan(col)
+        if len(np.unique(col[known])) < 2:
+            continue
+        fpr, tpr, _ = roc_curve(col, probs[:, j])
+        ax.plot(fpr, tpr, lw=1.4, label=f"{n} ({auroc(col, probs[:, j]):.3f})")
+    ax.plot([0, 1], [0, 1], ls="--", lw=0.8, color="grey")
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="false positive rate", ylabel="true positive rate", title=title)
+    ax.legend(loc="lower right", fontsize=8, title="label (AUROC)")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")

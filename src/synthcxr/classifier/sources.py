@@ -1,0 +1,174 @@
+"""Where training and evaluation images come from: a prepared dataset or a synthetic archive.
+
+The classifier trains the same way on real and on synthetic data (train-on-synthetic/test-on-real is
+the validation stage's utility measure), so the two kinds of folders are told apart here, once:
+
+- a *prepared* dataset (``labels.parquet`` + ``images.h5``) supplies its own train/val/test splits;
+- an *archive* (``manifest.parquet``) supplies training images only; validation and test then come
+  from the real ``eval_source``'s val and test splits, so model selection never sees synthetic data.
+
+Every split is returned as a torch ``Dataset`` of ``(float [-1, 1] image [1, R, R], float32 label
+vector over the requested labels, NaN = unknown)`` plus its label matrix (for prevalence/pos_weight).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from ..data.store import PreparedDataset
+from ..imaging import uint8_to_float
+
+log = logging.getLogger("synthcxr")
+
+PREPARED = "prepared"
+ARCHIVE = "archive"
+#: prepared splits smaller than this are read into memory once (uint8) instead of per item from HDF5
+IN_MEMORY_BYTES = 1 << 30
+
+
+def source_kind(path: str | os.PathLike) -> str:
+    """``"prepared"`` or ``"archive"`` for a folder; raises naming the files that identify each."""
+    p = Path(path)
+    if not p.is_dir():
+        raise FileNotFoundError(f"data source {p} is not a folder (expected a prepared dataset or an archive)")
+    if (p / "labels.parquet").exists() and (p / "images.h5").exists():
+        return PREPARED
+    if (p / "manifest.parquet").exists():
+        return ARCHIVE
+    raise FileNotFoundError(
+        f"{p}: neither a prepared dataset (labels.parquet + images.h5: run the prepare stage) "
+        "nor an archive (manifest.parquet: run the sample stage)"
+    )
+
+
+class MemoryImageDataset(Dataset):
+    """uint8 images held in memory, converted to float [-1, 1] per item."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray):
+        self.images = torch.from_numpy(np.array(images, dtype=np.uint8, copy=True))
+        self.labels = np.array(labels, dtype=np.float32, copy=True)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        return uint8_to_float(self.images[i]).unsqueeze(0), torch.from_numpy(self.labels[i])
+
+
+class LabelSelect(Dataset):
+    """Reorders/selects the label vector of a wrapped dataset to the requested label names."""
+
+    def __init__(self, base: Dataset, columns: Sequence[int]):
+        self.base = base
+        self.columns = torch.as_tensor(list(columns), dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int):
+        img, lab = self.base[i]
+        return img, torch.as_tensor(lab, dtype=torch.float32)[self.columns]
+
+
+@dataclass
+class SplitData:
+    """One split: the dataset, its ``[n, L]`` label matrix (NaN unknown) and where it came from."""
+
+    dataset: Dataset
+    labels: np.ndarray
+    origin: str
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+
+@dataclass
+class Sources:
+    train: SplitData
+    val: SplitData
+    test: SplitData
+    train_kind: str
+    label_names: list[str]
+    res: int
+
+
+def _pick_res(available: Sequence[int], res: int, where: str) -> int:
+    if res in available:
+        return res
+    best = max(available)
+    log.warning("%s has no %d px level (have %s); using %d px, the classifier resizes internally", where, res, list(available), best)
+    return best
+
+
+def prepared_split(ds: PreparedDataset, split: str, labels: Sequence[str], res: int) -> SplitData:
+    """A split of a prepared dataset; small splits are read into memory once for fast epochs."""
+    rows = ds.split(split)
+    if len(rows) == 0:
+        raise ValueError(f"{ds.labels_path}: split '{split}' is empty; check dataset.split fractions")
+    lab = ds.label_matrix(rows, labels)
+    origin = f"{ds.folder} [{split}]"
+    if len(rows) * res * res <= IN_MEMORY_BYTES:
+        imgs = ds.read_images(res, rows["row"].to_numpy())
+        return SplitData(MemoryImageDataset(imgs, lab), lab, origin)
+    return SplitData(ds.torch_dataset(split, res, labels), lab, origin)
+
+
+def archive_split(path: str | os.PathLike, labels: Sequence[str], res: int) -> SplitData:
+    """All images of an archive, through ``synthcxr.archive.open(path).torch_dataset``."""
+    try:
+        from .. import archive as archive_mod
+
+        open_archive = archive_mod.open
+    except (ImportError, AttributeError) as exc:
+        raise RuntimeError(f"{path} is an archive but synthcxr.archive.open is unavailable ({exc})") from exc
+    arc = open_archive(path)
+    names = [str(n) for n in getattr(arc, "label_names")]
+    missing = [n for n in labels if n not in names]
+    if missing:
+        raise KeyError(f"{Path(path) / 'manifest.parquet'}: archive lacks label(s) {missing}; it has {names}")
+    dataset = arc.torch_dataset(res=res)
+    cols = [names.index(n) for n in labels]
+    if cols != list(range(len(names))):
+        dataset = LabelSelect(dataset, cols)
+    manifest = pd.read_parquet(Path(path) / "manifest.parquet")
+    if all(n in manifest.columns for n in labels):
+        lab = manifest[list(labels)].to_numpy(dtype=np.float32)
+    else:  # fall back to reading the label vectors through the dataset itself
+        lab = np.stack([np.asarray(dataset[i][1], dtype=np.float32) for i in range(len(dataset))])
+    if len(lab) != len(dataset):
+        raise ValueError(f"{path}: manifest has {len(lab)} rows but the archive yields {len(dataset)} images")
+    return SplitData(dataset, lab, f"{path} [archive]")
+
+
+def resolve_sources(
+    train_source: str | os.PathLike,
+    eval_source: str | os.PathLike | None,
+    labels: Sequence[str],
+    res: int,
+) -> Sources:
+    """Train/val/test splits for a training run (see the module docstring for the rules)."""
+    labels = list(labels)
+    eval_source = train_source if eval_source is None else eval_source
+    train_kind = source_kind(train_source)
+    if source_kind(eval_source) != PREPARED:
+        raise ValueError(f"eval_source {eval_source} must be a prepared (real) dataset: val/test are always real images")
+    ev = PreparedDataset(eval_source)
+    res_eval = _pick_res(ev.resolutions, res, str(ev.h5_path))
+    if train_kind == PREPARED:
+        tr_ds = ev if Path(train_source).resolve() == Path(eval_source).resolve() else PreparedDataset(train_source)
+        train = prepared_split(tr_ds, "train", labels, _pick_res(tr_ds.resolutions, res, str(tr_ds.h5_path)))
+    else:
+        train = archive_split(train_source, labels, res)
+    val = prepared_split(ev, "val", labels, res_eval)
+    test = prepared_split(ev, "test", labels, res_eval)
+    log.info("train: %d images from %s; val: %d; test: %d (from %s)", len(train), train.origin, len(val), len(test), eval_source)
+    return Sources(train, val, test, train_kind, labels, res_eval)

@@ -1,0 +1,290 @@
+"""Training loop of the multi-label classifier, the same for real data and for synthetic archives.
+
+Loss: binary cross-entropy per label, with unknown (NaN) labels masked out, so a dataset that does
+not annotate a finding for some images neither rewards nor punishes predictions there. With
+``class_weighted`` each label's positives are up-weighted by ``n_neg / n_pos`` of the training set
+(BCE ``pos_weight``), so rare findings are not ignored. Model selection: the epoch with the best mean
+validation AUROC (threshold-free, prevalence-free), with early stopping after ``patience`` epochs
+without improvement. Everything random (init, batch order, augmentation) derives from
+``seed + seed_offset``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from .. import __version__
+from ..labels import check_labels
+from ..metrics.auroc import mean_auroc, per_label_auroc
+from ..utils.atomic import torch_save, write_json
+from ..utils.runtime import progress, resolve_device, seed_everything, setup_logging
+from .augment import AugmentConfig, augment_batch
+from .evaluate import choose_thresholds, plot_roc, predict, split_metrics
+from .models import ARCHS, Classifier, default_arch
+from .sources import resolve_sources
+
+log = logging.getLogger("synthcxr")
+
+OUTPUT_FILES = ("model.pt", "metrics.json", "thresholds.json", "roc.png")
+
+
+@dataclass
+class ClassifierConfig:
+    """The ``classifier`` config section plus the global ``seed``, ``device`` and ``labels``."""
+
+    name: str
+    arch: str
+    labels: list[str]
+    input_res: int = 224
+    width: int = 32
+    epochs: int = 25
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    class_weighted: bool = True
+    patience: int = 5
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    bootstrap: int = 1000
+    workers: int = 0
+    seed: int = 0
+    seed_offset: int = 0
+    device: str = "auto"
+
+    #: section keys that configure the workflow, not a training run
+    IGNORED = ("checker",)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ClassifierConfig":
+        d = {k: v for k, v in dict(d).items() if k not in cls.IGNORED}
+        allowed = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - allowed)
+        if unknown:
+            raise ValueError(f"classifier config: unknown key(s) {unknown}; allowed {sorted(allowed)}")
+        missing = [k for k in ("name", "arch", "labels") if k not in d]
+        if missing:
+            raise ValueError(f"classifier config: missing key(s) {missing} (labels come from the top-level 'labels')")
+        d["augment"] = d["augment"] if isinstance(d.get("augment"), AugmentConfig) else AugmentConfig.from_dict(d.get("augment"))
+        d["labels"] = check_labels(d["labels"], where="labels")
+        cfg = cls(**d)
+        if cfg.arch not in ARCHS:
+            raise ValueError(f"classifier.arch: {cfg.arch!r} is not one of {', '.join(ARCHS)}")
+        return cfg
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def run_settings(section: dict, run: str) -> dict:
+    """Settings of one named classifier run: ``classifier.name`` or the checker ``classifier.checker.name``.
+
+    The checker is an independently trained second classifier (own seed, width and architecture) that
+    latent class optimisation is verified against, so its success is not judged by the model it fooled.
+    """
+    base = {k: v for k, v in section.items() if k != "checker"}
+    checker = section.get("checker") or {}
+    if checker and checker.get("name") == base.get("name"):
+        raise ValueError(f"classifier.checker.name must differ from classifier.name (both {base.get('name')!r})")
+    if run == base.get("name"):
+        return {**base, "seed_offset": 0}
+    if checker and run == checker.get("name"):
+        return {
+            **base,
+            "name": checker["name"],
+            "arch": checker.get("arch", base["arch"]),
+            "width": checker.get("width", base.get("width", 32)),
+            "seed_offset": checker.get("seed_offset", 1),
+        }
+    known = [base.get("name")] + ([checker.get("name")] if checker else [])
+    raise ValueError(f"classifier run {run!r} is neither classifier.name nor classifier.checker.name ({known})")
+
+
+def pos_weights(labels: np.ndarray) -> np.ndarray:
+    """``n_neg / n_pos`` per label over known entries (1 where a label has no positive or no negative)."""
+    n_pos = np.sum(labels == 1, axis=0).astype(np.float64)
+    n_neg = np.sum(labels == 0, axis=0).astype(np.float64)
+    return np.where((n_pos > 0) & (n_neg > 0), n_neg / np.maximum(n_pos, 1), 1.0)
+
+
+def masked_bce(logits: torch.Tensor, target: torch.Tensor, pos_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean BCE-with-logits over the known (non-NaN) label entries of the batch."""
+    known = ~torch.isnan(target)
+    loss = F.binary_cross_entropy_with_logits(
+        logits, torch.where(known, target, torch.zeros_like(target)), pos_weight=pos_weight, reduction="none"
+    )
+    n = known.sum()
+    return (loss * known).sum() / n.clamp_min(1)
+
+
+def _criterion(per_label: dict[str, float]) -> float:
+    m = mean_auroc(per_label)
+    return -math.inf if math.isnan(m) else m
+
+
+def train_classifier(
+    cfg: dict | ClassifierConfig,
+    train_source: str | os.PathLike,
+    eval_source: str | os.PathLike | None,
+    out_dir: str | os.PathLike,
+    log_file: str | os.PathLike | None = None,
+    threads: int | None = None,
+) -> dict:
+    """Train, select by val AUROC, evaluate on test and write model.pt, metrics.json, thresholds.json, roc.png.
+
+    ``train_source`` is a prepared dataset or an archive folder; ``eval_source`` (default: the train
+    source) must be a prepared dataset whose val/test splits select and score the model. ``threads``
+    caps torch's CPU threads (the rule's ``threads:``). Returns the content of ``metrics.json``.
+    """
+    if log_file is not None:
+        setup_logging(log_file)
+    if threads:
+        torch.set_num_threads(int(threads))
+    cfg = cfg if isinstance(cfg, ClassifierConfig) else ClassifierConfig.from_dict(cfg)
+    out = Path(out_dir)
+    seed = int(cfg.seed) + int(cfg.seed_offset)
+    seed_everything(seed)
+    device = resolve_device(cfg.device)
+    t0 = time.time()
+    src = resolve_sources(train_source, eval_source, cfg.labels, cfg.input_res)
+    names = src.label_names
+    if len(src.train) == 0:
+        raise ValueError(f"{train_source}: no training images")
+
+    arch = default_arch(cfg.arch, len(names), cfg.input_res, cfg.width)
+    model = Classifier(arch, names, cfg.input_res).to(device)
+    pw_np = pos_weights(src.train.labels)
+    pw = torch.tensor(pw_np, dtype=torch.float32, device=device) if cfg.class_weighted else None
+    log.info(
+        "classifier %s: %s (%d parameters) at %d px on %s; seed %d; pos_weight %s",
+        cfg.name, cfg.arch, sum(p.numel() for p in model.parameters()), cfg.input_res, device, seed,
+        dict(zip(names, np.round(pw_np, 2).tolist())) if cfg.class_weighted else "off",
+    )
+
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
+    loader = DataLoader(
+        src.train.dataset,
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(seed),
+        num_workers=cfg.workers,
+        drop_last=len(src.train) > cfg.batch_size,  # no size-1 batches for BatchNorm
+        pin_memory=device.type == "cuda",
+    )
+    aug_gen = torch.Generator().manual_seed(seed + 1)
+    best, best_epoch, best_state, since_best = -math.inf, 0, None, 0
+    history = []
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        total, count = 0.0, 0
+        bar = progress(loader, desc=f"{cfg.name} epoch {epoch}/{cfg.epochs}", leave=False)
+        for x, y in bar:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if cfg.augment.active:
+                x = augment_batch(x, cfg.augment, aug_gen)
+            loss = masked_bce(model(x), y, pw)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(x)
+            count += len(x)
+            bar.set_postfix(loss=f"{total / count:.4f}")
+        bar.close()
+        lr = opt.param_groups[0]["lr"]
+        sched.step()
+        p_val, y_val = predict(model, src.val.dataset, cfg.batch_size * 2, device, cfg.workers)
+        val_auc = per_label_auroc(y_val, p_val, names)
+        score = _criterion(val_auc)
+        history.append({"epoch": epoch, "train_loss": total / max(count, 1), "val_mean_auroc": mean_auroc(val_auc), "lr": lr})
+        improved = score > best
+        if improved:
+            best, best_epoch, since_best = score, epoch, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            since_best += 1
+        log.info(
+            "epoch %d/%d: train loss %.4f, val mean AUROC %.4f%s",
+            epoch, cfg.epochs, history[-1]["train_loss"], history[-1]["val_mean_auroc"], " (best)" if improved else "",
+        )
+        if since_best >= cfg.patience:
+            log.info("early stop: no val improvement for %d epochs; best epoch %d", cfg.patience, best_epoch)
+            break
+    if best_state is None:  # val AUROC never defined: keep the last epoch
+        log.warning("validation AUROC undefined for every label (single-class val split); keeping the last epoch")
+        best_epoch, best_state = len(history), copy.deepcopy(model.state_dict())
+    model.load_state_dict(best_state)
+
+    p_val, y_val = predict(model, src.val.dataset, cfg.batch_size * 2, device, cfg.workers)
+    p_test, y_test = predict(model, src.test.dataset, cfg.batch_size * 2, device, cfg.workers)
+    metrics = {
+        "name": cfg.name,
+        "labels": names,
+        "train_source": str(train_source),
+        "train_kind": src.train_kind,
+        "eval_source": str(eval_source if eval_source is not None else train_source),
+        "n_train": len(src.train),
+        "best_epoch": best_epoch,
+        "epochs_run": len(history),
+        "bootstrap": {"n": cfg.bootstrap, "alpha": 0.05, "method": "percentile", "resampling": "images (patient-agnostic)"},
+        "val": split_metrics(y_val, p_val, names, cfg.bootstrap, seed + 2),
+        "test": split_metrics(y_test, p_test, names, cfg.bootstrap, seed + 3),
+        "history": [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in h.items()} for h in history],
+        "seconds": round(time.time() - t0, 1),
+    }
+    thresholds = choose_thresholds(y_val, p_val, names)
+    meta = {
+        "label_names": names,
+        "input_res": cfg.input_res,
+        "best_epoch": best_epoch,
+        "epochs_run": len(history),
+        "seed": seed,
+        "train_kind": src.train_kind,
+        "train_source": str(train_source),
+        "n_train": len(src.train),
+        "pos_weight": [float(v) for v in pw_np] if cfg.class_weighted else None,
+        "val_mean_auroc": metrics["val"]["mean_auroc"],
+        "test_mean_auroc": metrics["test"]["mean_auroc"],
+        "config": {k: v for k, v in cfg.to_dict().items()},
+        "version": __version__,
+    }
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    out.mkdir(parents=True, exist_ok=True)
+    plot_roc(y_test, p_test, names, out / "roc.png", f"{cfg.name}: test ROC (mean AUROC {metrics['test']['mean_auroc']:.3f})")
+    write_json(out / "thresholds.json", thresholds)
+    write_json(out / "metrics.json", metrics)
+    torch_save({"arch": arch, "state_dict": state, "meta": meta}, out / "model.pt")  # last: marks completion
+    log.info(
+        "classifier %s done in %.0f s: best epoch %d, val mean AUROC %.4f, test mean AUROC %.4f (findings %.4f)",
+        cfg.name, time.time() - t0, best_epoch, metrics["val"]["mean_auroc"] or float("nan"),
+        metrics["test"]["mean_auroc"] or float("nan"), metrics["test"]["mean_auroc_findings"] or float("nan"),
+    )
+    return metrics
+
+
+def load_classifier(path: str | os.PathLike, device: str | torch.device = "cpu") -> Classifier:
+    """A trained :class:`Classifier` from ``model.pt`` (weights-only load), in eval mode on ``device``."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{p} missing: run the train_classifier rule first")
+    dev = resolve_device(str(device)) if not isinstance(device, torch.device) else device
+    try:
+        ckpt = torch.load(p, map_location=dev, weights_only=True)
+    except Exception as exc:  # corrupt file or pickled objects
+        raise ValueError(f"{p}: not a weights-only classifier checkpoint ({exc})") from exc
+    for key in ("arch", "state_dict", "meta"):
+        if key not in ckpt:
+            raise ValueError(f"{p}: checkpoint lacks '{key}'; expected a model.pt written by synthcxr.classifier")
+    meta = ckpt["meta"]
+    model = Classifier(ckpt["arch"], meta["label_names"], meta["input_res"])
+    model.load_state_dict(ckpt["state_dict"])
+    return model.to(dev).eval()

@@ -1,0 +1,262 @@
+"""Classifier stage: networks, augmentation, loss, config helpers and a short training run end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import roc_auc_score
+
+from synthcxr.classifier import Classifier, ClassifierConfig, load_classifier, load_thresholds, run_settings, train_classifier
+from synthcxr.classifier.augment import AugmentConfig, augment_batch
+from synthcxr.classifier.evaluate import predict
+from synthcxr.classifier.models import DenseNet121, SmallCNN, count_parameters, default_arch
+from synthcxr.classifier.sources import resolve_sources, source_kind
+from synthcxr.classifier.train import masked_bce, pos_weights
+from synthcxr.data.store import PreparedDataset
+from synthcxr.labels import PHANTOM_LABELS
+from synthcxr.metrics.auroc import youden_threshold
+
+LABELS = list(PHANTOM_LABELS)
+
+
+def _cfg(**kw) -> dict:
+    base = {
+        "name": "t", "arch": "small_cnn", "labels": LABELS, "input_res": 32, "width": 16, "epochs": 2,
+        "batch_size": 32, "lr": 3e-3, "patience": 5, "bootstrap": 200, "seed": 1, "device": "cpu",
+    }
+    return {**base, **kw}
+
+
+# ---------------------------------------------------------------- networks
+
+
+def test_densenet121_matches_reference_parameter_count():
+    # the reference (3-channel, 1000-class) DenseNet-121 has 7,978,856 parameters
+    assert count_parameters(DenseNet121(1000, in_ch=3)) == 7_978_856
+    one = DenseNet121(1000, in_ch=1)
+    # a 1-channel stem removes 2 * 64 * 7 * 7 weights
+    assert count_parameters(one) == 7_978_856 - 2 * 64 * 49
+    assert one.n_features == 1024
+
+
+def test_densenet121_forward_shape_and_features():
+    torch.manual_seed(0)
+    clf = Classifier(default_arch("densenet121", 14, 64), [f"x{i}" for i in range(14)], 64).eval()
+    x = torch.rand(2, 1, 48, 48) * 2 - 1
+    with torch.no_grad():
+        assert clf(x).shape == (2, 14)
+        assert clf.features(x).shape == (2, 1024)
+
+
+def test_small_cnn_depth_follows_resolution():
+    assert default_arch("small_cnn", 8, 64, 16)["n_stages"] == 4
+    assert default_arch("small_cnn", 8, 16, 16)["n_stages"] == 2
+    net = SmallCNN(3, width=8, n_stages=3)
+    assert net(torch.zeros(4, 1, 32, 32)).shape == (4, 3)
+    assert net.features(torch.zeros(4, 1, 32, 32)).shape == (4, 32)
+    with pytest.raises(ValueError, match="unknown architecture"):
+        default_arch("resnet", 3, 32)
+    with pytest.raises(ValueError, match="n_out"):
+        Classifier(default_arch("small_cnn", 3, 32), ["A", "B"], 32)
+    with pytest.raises(ValueError, match=r"\[N, 1, H, W\]"):
+        Classifier(default_arch("small_cnn", 2, 32), ["A", "B"], 32)(torch.zeros(1, 3, 32, 32))
+
+
+# ---------------------------------------------------------------- augmentation
+
+
+def test_augment_identity_deterministic_and_bounded():
+    x = torch.rand(6, 1, 16, 16) * 2 - 1
+    off = AugmentConfig(rotate_deg=0, scale=0, intensity=0, hflip=False)
+    assert torch.allclose(augment_batch(x, off, torch.Generator().manual_seed(0)), x, atol=1e-6)
+    on = AugmentConfig(rotate_deg=10, scale=0.1, intensity=0.3)
+    a = augment_batch(x, on, torch.Generator().manual_seed(5))
+    b = augment_batch(x, on, torch.Generator().manual_seed(5))
+    c = augment_batch(x, on, torch.Generator().manual_seed(6))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert a.min() >= -1 and a.max() <= 1 and not torch.allclose(a, x, atol=1e-3)
+
+
+def test_augment_flip_only_mirrors_exactly_and_is_off_by_default():
+    assert AugmentConfig().hflip is False
+    x = torch.rand(16, 1, 8, 8)
+    y = augment_batch(x, AugmentConfig(rotate_deg=0, scale=0, intensity=0, hflip=True), torch.Generator().manual_seed(3))
+    mirrored = [torch.allclose(y[i], x[i].flip(-1), atol=1e-5) for i in range(16)]
+    same = [torch.allclose(y[i], x[i], atol=1e-5) for i in range(16)]
+    assert all(m or s for m, s in zip(mirrored, same)) and any(mirrored) and any(same)
+
+
+def test_augment_intensity_is_monotone_per_image():
+    x = torch.linspace(-0.5, 0.5, 64).view(1, 1, 8, 8).repeat(3, 1, 1, 1)
+    y = augment_batch(x, AugmentConfig(rotate_deg=0, scale=0, intensity=0.2), torch.Generator().manual_seed(1))
+    # a contrast/brightness change keeps the pixel order and is affine in the input
+    for i in range(3):
+        d = torch.diff(y[i].flatten())
+        assert (d > 0).all()
+        assert torch.allclose(d, d[0].expand_as(d), atol=1e-5)
+
+
+def test_augment_config_rejects_unknown_keys():
+    with pytest.raises(ValueError, match="classifier.augment"):
+        AugmentConfig.from_dict({"rotate": 3})
+
+
+# ---------------------------------------------------------------- loss and config
+
+
+def test_masked_bce_matches_hand_computation():
+    torch.manual_seed(0)
+    logits = torch.randn(5, 3)
+    y = torch.tensor([[1, 0, float("nan")], [0, 0, 1], [float("nan")] * 3, [1, 1, 0], [0, float("nan"), 1]])
+    pw = torch.tensor([2.0, 0.5, 3.0])
+    known = ~torch.isnan(y)
+    p = torch.sigmoid(logits)
+    yy = torch.nan_to_num(y)
+    per = -(pw * yy * torch.log(p) + (1 - yy) * torch.log(1 - p))
+    assert masked_bce(logits, y, pw).item() == pytest.approx(per[known].mean().item(), rel=1e-6)
+    plain = F.binary_cross_entropy_with_logits(logits[known], y[known])
+    assert masked_bce(logits, y).item() == pytest.approx(plain.item(), rel=1e-6)
+    # unknown entries carry no gradient
+    lg = logits.clone().requires_grad_(True)
+    masked_bce(lg, y, pw).backward()
+    assert (lg.grad[~known] == 0).all() and (lg.grad[known] != 0).all()
+
+
+def test_pos_weights_from_prevalence():
+    lab = np.array([[1, 0, 1], [0, 0, 1], [0, np.nan, 1], [0, 1, np.nan]], np.float32)
+    np.testing.assert_allclose(pos_weights(lab), [3.0, 2.0, 1.0])  # last: no negatives -> 1
+
+
+def test_run_settings_picks_main_or_checker():
+    sec = {"name": "real", "arch": "small_cnn", "width": 32, "seed": 3,
+           "checker": {"name": "check", "arch": "densenet121", "width": 24, "seed_offset": 7}}
+    main = run_settings(sec, "real")
+    assert main["seed_offset"] == 0 and main["width"] == 32 and "checker" not in main
+    chk = run_settings(sec, "check")
+    assert (chk["name"], chk["arch"], chk["width"], chk["seed_offset"], chk["seed"]) == ("check", "densenet121", 24, 7, 3)
+    with pytest.raises(ValueError, match="neither"):
+        run_settings(sec, "other")
+
+
+def test_config_errors_name_the_key():
+    with pytest.raises(ValueError, match="unknown key"):
+        ClassifierConfig.from_dict(_cfg(lr_max=3))
+    with pytest.raises(ValueError, match="labels"):
+        ClassifierConfig.from_dict({"name": "x", "arch": "small_cnn"})
+    with pytest.raises(ValueError, match="classifier.arch"):
+        ClassifierConfig.from_dict(_cfg(arch="vit"))
+    assert ClassifierConfig.from_dict(_cfg(checker={"name": "c"})).name == "t"
+
+
+def test_source_kind_errors(tmp_path, tiny_prepared):
+    assert source_kind(tiny_prepared) == "prepared"
+    with pytest.raises(FileNotFoundError, match="neither a prepared dataset"):
+        source_kind(tmp_path)
+    with pytest.raises(FileNotFoundError, match="not a folder"):
+        source_kind(tmp_path / "nope")
+    (tmp_path / "manifest.parquet").write_bytes(b"")
+    assert source_kind(tmp_path) == "archive"
+    with pytest.raises(ValueError, match="must be a prepared"):
+        resolve_sources(tiny_prepared, tmp_path, LABELS, 32)
+
+
+# ---------------------------------------------------------------- training end to end
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_prepared, tmp_path_factory):
+    out = tmp_path_factory.mktemp("clf")
+    metrics = train_classifier(_cfg(), tiny_prepared, None, out, log_file=out / "train.log")
+    return out, metrics
+
+
+def test_training_writes_outputs_and_learns(trained, tiny_prepared):
+    out, metrics = trained
+    for f in ("model.pt", "metrics.json", "thresholds.json", "roc.png", "train.log"):
+        assert (out / f).stat().st_size > 0, f
+    assert (out / "roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(out.glob(".tmp-*"))
+    on_disk = json.loads((out / "metrics.json").read_text())
+    assert on_disk["test"]["mean_auroc"] == pytest.approx(metrics["test"]["mean_auroc"])
+    test = on_disk["test"]
+    print(f"tiny_prepared, 2 epochs: test mean AUROC {test['mean_auroc']:.3f}, val {on_disk['val']['mean_auroc']:.3f}")
+    assert test["mean_auroc"] > 0.7
+    assert test["mean_auroc_ci"][0] <= test["mean_auroc"] <= test["mean_auroc_ci"][1]
+    table = PreparedDataset(tiny_prepared).split("test")
+    for name in LABELS:
+        row = test["per_label"][name]
+        assert row["n_pos"] == int((table[name] == 1).sum())
+        assert row["n_pos"] + row["n_neg"] + row["n_unknown"] == len(table)
+        if row["auroc"] is not None:
+            assert row["ci_low"] <= row["auroc"] + 1e-12 and row["auroc"] <= row["ci_high"] + 1e-12
+    assert 1 <= on_disk["best_epoch"] <= on_disk["epochs_run"] == 2
+    assert "epoch 2/2" in (out / "train.log").read_text()
+
+
+def test_saved_model_reproduces_metrics_and_thresholds(trained, tiny_prepared):
+    out, metrics = trained
+    ckpt = torch.load(out / "model.pt", weights_only=True)
+    assert set(ckpt) == {"arch", "state_dict", "meta"}
+    assert ckpt["meta"]["label_names"] == LABELS and ckpt["meta"]["input_res"] == 32
+    model = load_classifier(out / "model.pt")
+    assert not model.training and model.label_names == LABELS and model.input_res == 32
+    src = resolve_sources(tiny_prepared, None, LABELS, 32)
+    p_test, y_test = predict(model, src.test.dataset)
+    for j, name in enumerate(LABELS):
+        known = ~np.isnan(y_test[:, j])
+        if len(np.unique(y_test[known, j])) == 2:
+            ref = roc_auc_score(y_test[known, j], p_test[known, j])
+            assert metrics["test"]["per_label"][name]["auroc"] == pytest.approx(ref, abs=1e-6)
+    p_val, y_val = predict(model, src.val.dataset)
+    thr = json.loads((out / "thresholds.json").read_text())
+    assert thr["method"] == "youden_j"
+    loaded = load_thresholds(out / "thresholds.json", LABELS)
+    for j, name in enumerate(LABELS):
+        ref = youden_threshold(y_val[:, j], p_val[:, j])
+        if not math.isnan(ref["threshold"]):
+            assert loaded[j] == pytest.approx(ref["threshold"], abs=1e-6)
+    with pytest.raises(KeyError, match="Hernia"):
+        load_thresholds(out / "thresholds.json", ["Hernia"])
+
+
+def test_loaded_model_any_resolution_features_and_gradients(trained):
+    out, _ = trained
+    model = load_classifier(out / "model.pt")
+    for r in (16, 32, 64):
+        x = torch.rand(3, 1, r, r) * 2 - 1
+        assert model(x).shape == (3, len(LABELS))
+        assert model.features(x).shape == (3, model.n_features)
+    x = (torch.rand(2, 1, 64, 64) * 2 - 1).requires_grad_(True)
+    model(x)[:, 1].sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+def test_training_is_deterministic_and_masks_unknown_labels(tiny_prepared, tmp_path, trained):
+    _, first = trained
+    again = train_classifier(_cfg(epochs=2), tiny_prepared, None, tmp_path / "again")
+    assert again["test"]["per_label"] == first["test"]["per_label"]
+    # unknown labels: training still runs and the counts report them
+    data = tmp_path / "nan"
+    shutil.copytree(tiny_prepared, data)
+    table = pd.read_parquet(data / "labels.parquet")
+    table.loc[table.index % 3 == 0, "Nodule"] = np.nan
+    table.to_parquet(data / "labels.parquet", index=False)
+    m = train_classifier(_cfg(epochs=1, bootstrap=0), data, None, tmp_path / "nan_out")
+    n_unknown = int(table.loc[table.split == "test", "Nodule"].isna().sum())
+    assert m["test"]["per_label"]["Nodule"]["n_unknown"] == n_unknown > 0
+    assert m["test"]["per_label"]["Nodule"]["ci_low"] is None  # bootstrap off
+
+
+def test_load_classifier_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="train_classifier"):
+        load_classifier(tmp_path / "missing.pt")
+    torch.save({"state_dict": {}}, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="lacks 'arch'"):
+        load_classifier(tmp_path / "bad.pt")
