@@ -1,0 +1,93 @@
+"""The ``pggan`` config section as a typed dataclass, plus the fingerprint that guards resuming."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Keys that may change between a run and its resumption without changing what is trained.
+RESUME_SAFE_KEYS = frozenset({"run", "checkpoint_kimg", "snapshot_kimg", "log_kimg", "workers", "device", "labels", "gpus", "total_kimg"})
+
+
+@dataclass
+class PGGANConfig:
+    """Hyper-parameters of one Progressive GAN run (the ``pggan`` section plus seed/device/labels)."""
+
+    run: str = "default"
+    resolution: int = 64
+    latent_dim: int = 512
+    fmap_base: int = 8192
+    fmap_max: int = 512
+    lr: float = 0.001
+    betas: tuple[float, float] = (0.0, 0.99)
+    adam_eps: float = 1e-8
+    gp_weight: float = 10.0
+    drift: float = 0.001
+    ema_kimg: float = 10.0
+    fade_kimg: float = 600.0
+    stable_kimg: float = 600.0
+    total_kimg: float | None = None
+    minibatch: dict[str, int] = field(
+        default_factory=lambda: {"4": 128, "8": 128, "16": 128, "32": 64, "64": 32, "128": 16, "256": 8, "512": 4, "1024": 4}
+    )
+    checkpoint_kimg: float = 20.0
+    snapshot_kimg: float = 40.0
+    log_kimg: float = 4.0
+    amp: bool = False
+    workers: int = 0
+    gpus: int = 1
+    seed: int = 0
+    device: str = "auto"
+    labels: list[str] | None = None
+
+    @classmethod
+    def from_dict(cls, cfg: dict[str, Any], where: str = "pggan") -> "PGGANConfig":
+        """Build from a config section; an unknown key is an error naming it."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(cfg) - names)
+        if unknown:
+            raise ValueError(f"unknown key(s) {[f'{where}.{k}' for k in unknown]}; allowed: {sorted(names)}")
+        kw = dict(cfg)
+        if "betas" in kw:
+            kw["betas"] = tuple(float(b) for b in kw["betas"])
+        if "minibatch" in kw:
+            kw["minibatch"] = {str(k): int(v) for k, v in kw["minibatch"].items()}
+        if "labels" in kw and kw["labels"] is not None:
+            kw["labels"] = list(kw["labels"])
+        return cls(**kw)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+    def batch_for(self, res: int) -> int:
+        """Global minibatch at ``res``; raises naming the missing ``pggan.minibatch`` entry."""
+        try:
+            return int(self.minibatch[str(res)])
+        except KeyError:
+            raise ValueError(
+                f"pggan.minibatch has no entry for resolution {res} (have {sorted(self.minibatch, key=int)}); "
+                f"add \"{res}\": <batch size>"
+            ) from None
+
+    def training_dict(self) -> dict[str, Any]:
+        """The keys that define what is trained (everything but :data:`RESUME_SAFE_KEYS`)."""
+        d = self.to_dict()
+        d["minibatch"] = {k: v for k, v in d["minibatch"].items() if int(k) <= self.resolution}
+        return {k: v for k, v in d.items() if k not in RESUME_SAFE_KEYS}
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(self.training_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def diff_training(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Human-readable list of training-relevant keys whose values differ."""
+    out = []
+    for k in sorted(set(old) | set(new)):
+        if old.get(k) != new.get(k):
+            out.append(f"pggan.{k}: {old.get(k)!r} -> {new.get(k)!r}")
+    return out

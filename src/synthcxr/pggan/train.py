@@ -1,0 +1,496 @@
+"""Progressive GAN training loop: WGAN-GP + drift, Adam, EMA generator, exact resume, optional DDP.
+
+Every random draw of a training step (latents, gradient-penalty mixing factors, which real images
+are shown) is a pure function of ``(seed, step, rank)`` or of the number of images shown, so a run
+killed after a checkpoint and resumed reproduces the uninterrupted run bit for bit on the same
+platform. Only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Sampler
+
+from ..data.store import PreparedDataset
+from ..imaging import float_to_uint8
+from ..utils.atomic import atomic_path, torch_save, write_text
+from ..utils.runtime import progress, seed_everything, setup_logging
+from .checkpoint import generator_payload, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .config import PGGANConfig, diff_training
+from .dist import DistInfo, barrier, init_distributed, mean_across_ranks, shutdown
+from .layers import downsample2x, lerp, upsample2x
+from .loss import critic_loss, generator_loss, gradient_penalty
+from .networks import Discriminator, Generator
+from .schedule import Position, Schedule
+
+log = logging.getLogger("synthcxr")
+
+GRID_SEED_SALT = 0x6121D
+STEP_SEED_SALT = 0x57E9
+DATA_SEED_SALT = 0xDA7A
+
+
+# ----------------------------------------------------------------------------------------------
+# EMA
+
+
+def ema_beta(batch: int, ema_kimg: float) -> float:
+    """Per-step decay for an EMA whose half-life is ``ema_kimg`` thousand images."""
+    if ema_kimg <= 0:
+        return 0.0
+    return 0.5 ** (batch / (ema_kimg * 1000.0))
+
+
+@torch.no_grad()
+def update_ema(ema: torch.nn.Module, model: torch.nn.Module, beta: float) -> None:
+    """``ema <- beta * ema + (1 - beta) * model`` for parameters; buffers are copied."""
+    for pe, p in zip(ema.parameters(), model.parameters(), strict=True):
+        pe.copy_(p.detach().lerp(pe, beta))
+    for be, b in zip(ema.buffers(), model.buffers(), strict=True):
+        be.copy_(b)
+
+
+# ----------------------------------------------------------------------------------------------
+# Deterministic randomness and data order
+
+
+def step_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
+    """A CPU generator for one training step's latents and mixing factors on one rank."""
+    state = np.random.SeedSequence([seed, STEP_SEED_SALT, step, rank]).generate_state(2, np.uint32)
+    g = torch.Generator()
+    g.manual_seed((int(state[0]) << 31) ^ int(state[1]))
+    return g
+
+
+class ImageStream:
+    """Which real image is the k-th shown: a fresh seeded permutation of the training set per epoch.
+
+    A function of ``k`` alone, so resuming at ``nimg`` continues the stream exactly, and every
+    image is shown once per epoch whatever the minibatch schedule.
+    """
+
+    def __init__(self, n: int, seed: int):
+        if n <= 0:
+            raise ValueError("the training split is empty")
+        self.n = n
+        self.seed = seed
+        self._cache: dict[int, np.ndarray] = {}
+
+    def _perm(self, epoch: int) -> np.ndarray:
+        if epoch not in self._cache:
+            if len(self._cache) > 2:
+                self._cache.pop(min(self._cache))
+            self._cache[epoch] = np.random.default_rng([self.seed, DATA_SEED_SALT, epoch]).permutation(self.n)
+        return self._cache[epoch]
+
+    def indices(self, start: int, count: int) -> np.ndarray:
+        k = np.arange(start, start + count)
+        out = np.empty(count, dtype=np.int64)
+        for e in np.unique(k // self.n):
+            sel = (k // self.n) == e
+            out[sel] = self._perm(int(e))[k[sel] % self.n]
+        return out
+
+
+class StepBatchSampler(Sampler[list[int]]):
+    """Yields this rank's share of each global minibatch, starting at ``start_nimg``.
+
+    This plays the role of a ``DistributedSampler`` (disjoint per-rank shards of the same global
+    order) while staying resumable mid-epoch: rank ``r`` takes the r-th contiguous slice of the
+    global batch.
+    """
+
+    def __init__(self, stream: ImageStream, start_nimg: int, batch: int, rank: int, world_size: int):
+        if batch % world_size:
+            raise ValueError(f"minibatch {batch} is not divisible by the {world_size} ranks")
+        self.stream, self.start, self.batch = stream, start_nimg, batch
+        self.rank, self.world = rank, world_size
+        self.local = batch // world_size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        nimg = self.start
+        while True:
+            idx = self.stream.indices(nimg, self.batch)
+            yield idx[self.rank * self.local : (self.rank + 1) * self.local].tolist()
+            nimg += self.batch
+
+    def __len__(self) -> int:  # effectively endless; the loop stops drawing when the phase ends
+        return 2**62
+
+
+def blend_reals(real: torch.Tensor, alpha: float) -> torch.Tensor:
+    """During fade-in, reals are ``lerp(upsample(downsample(x)), x, alpha)`` so they match what the
+    growing generator can express."""
+    if alpha >= 1.0:
+        return real
+    return lerp(upsample2x(downsample2x(real)), real, alpha)
+
+
+# ----------------------------------------------------------------------------------------------
+# Snapshots
+
+
+def grid_latents(n: int, latent_dim: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed * 1000003 + GRID_SEED_SALT)
+    return torch.randn(n, latent_dim, generator=g)
+
+
+def grid_shape(final_res: int) -> tuple[int, int]:
+    side = int(min(8, max(2, 2048 // final_res)))
+    return side, side
+
+
+@torch.no_grad()
+def render_grid(G: Generator, z: torch.Tensor, res: int, alpha: float, rows: int, cols: int, cell: int) -> np.ndarray:
+    """uint8 ``[rows*cell, cols*cell]`` mosaic, each image nearest-upsampled to ``cell`` pixels."""
+    imgs = []
+    for chunk in z.split(16):
+        imgs.append(G(chunk.to(next(G.parameters()).device), res=res, alpha=alpha).float().cpu())
+    x = torch.cat(imgs)[: rows * cols]
+    if cell != res:
+        x = torch.nn.functional.interpolate(x, size=(cell, cell), mode="nearest")
+    u8 = float_to_uint8(x)[:, 0].numpy()
+    return u8.reshape(rows, cols, cell, cell).transpose(0, 2, 1, 3).reshape(rows * cell, cols * cell)
+
+
+def save_png(path: Path, arr: np.ndarray) -> None:
+    with atomic_path(path) as tmp:
+        Image.fromarray(arr, mode="L").save(tmp, format="PNG")
+
+
+# ----------------------------------------------------------------------------------------------
+# Training
+
+
+def _crossed(prev: int, cur: int, every_kimg: float) -> bool:
+    every = max(1, round(every_kimg * 1000))
+    return prev // every != cur // every
+
+
+def _unwrap(m: torch.nn.Module) -> torch.nn.Module:
+    return m.module if hasattr(m, "module") else m
+
+
+class _Trainer:
+    def __init__(self, cfg: PGGANConfig, data_folder: Path, out_dir: Path, info: DistInfo):
+        self.cfg, self.out, self.info = cfg, out_dir, info
+        self.dev = info.device
+        self.data = PreparedDataset(data_folder)
+        if cfg.resolution not in self.data.resolutions:
+            raise ValueError(
+                f"{self.data.h5_path}: no {cfg.resolution} px level (have {self.data.resolutions}); "
+                "raise dataset.max_res or lower pggan.resolution"
+            )
+        self.n_train = int(len(self.data.split("train")))
+        if self.n_train == 0:
+            raise ValueError(f"{self.data.labels_path}: the train split is empty")
+        self.sched = Schedule(cfg.resolution, cfg.stable_kimg, cfg.fade_kimg,
+                              {int(k): v for k, v in cfg.minibatch.items()}, cfg.total_kimg)
+        for r, b in self.sched.minibatch.items():
+            if r <= cfg.resolution and b % info.world_size:
+                raise ValueError(f"pggan.minibatch[\"{r}\"] = {b} is not divisible by the {info.world_size} GPUs")
+        self.stream = ImageStream(self.n_train, cfg.seed)
+
+        seed_everything(cfg.seed)
+        self.G = Generator(cfg.resolution, cfg.latent_dim, cfg.fmap_base, cfg.fmap_max).to(self.dev)
+        self.D = Discriminator(cfg.resolution, cfg.fmap_base, cfg.fmap_max).to(self.dev)
+        self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
+        adam = dict(lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.adam_eps)
+        self.opt_G = torch.optim.Adam(self.G.parameters(), **adam)
+        self.opt_D = torch.optim.Adam(self.D.parameters(), **adam)
+        self.amp_dtype = None
+        self.scaler_G = self.scaler_D = None
+        if cfg.amp:
+            if self.dev.type == "cuda":
+                self.amp_dtype = torch.float16
+                self.scaler_G = torch.amp.GradScaler("cuda")
+                self.scaler_D = torch.amp.GradScaler("cuda")
+            else:
+                self.amp_dtype = torch.bfloat16
+        self.nimg = 0
+        self.step = 0
+        self.seconds = 0.0
+        self.log_lines: list[str] = []
+        self.grid_z = grid_latents(math.prod(grid_shape(cfg.resolution)), cfg.latent_dim, cfg.seed)
+
+    # -- state ---------------------------------------------------------------------------------
+    @property
+    def ckpt_path(self) -> Path:
+        return self.out / "checkpoint.pt"
+
+    def state(self, pos: Position) -> dict[str, Any]:
+        st = {
+            "G": self.G.state_dict(),
+            "D": self.D.state_dict(),
+            "G_ema": self.G_ema.state_dict(),
+            "opt_G": self.opt_G.state_dict(),
+            "opt_D": self.opt_D.state_dict(),
+            "nimg": self.nimg,
+            "step": self.step,
+            "phase": pos.phase.index,
+            "phase_name": pos.phase.name,
+            "res": pos.res,
+            "alpha": pos.alpha,
+            "seconds": self.seconds,
+            "rng": rng_state(),
+            "config": self.cfg.training_dict(),
+            "fingerprint": self.cfg.fingerprint(),
+            "n_train": self.n_train,
+        }
+        if self.scaler_G is not None:
+            st["scaler_G"] = self.scaler_G.state_dict()
+            st["scaler_D"] = self.scaler_D.state_dict()
+        return st
+
+    def try_resume(self) -> bool:
+        if not self.ckpt_path.exists():
+            return False
+        ck = load_checkpoint(self.ckpt_path, map_location=self.dev)
+        if ck["fingerprint"] != self.cfg.fingerprint():
+            changes = diff_training(ck["config"], self.cfg.training_dict())
+            raise RuntimeError(
+                f"{self.ckpt_path} was written with a different pggan config:\n  " + "\n  ".join(changes)
+                + f"\nRestore those values to resume, or delete {self.ckpt_path} to train from scratch."
+            )
+        if ck["n_train"] != self.n_train:
+            raise RuntimeError(
+                f"{self.ckpt_path}: trained on {ck['n_train']} images but the train split now has "
+                f"{self.n_train}; delete the checkpoint to train from scratch on the new data"
+            )
+        self.G.load_state_dict(ck["G"])
+        self.D.load_state_dict(ck["D"])
+        self.G_ema.load_state_dict(ck["G_ema"])
+        self.opt_G.load_state_dict(ck["opt_G"])
+        self.opt_D.load_state_dict(ck["opt_D"])
+        if self.scaler_G is not None and "scaler_G" in ck:
+            self.scaler_G.load_state_dict(ck["scaler_G"])
+            self.scaler_D.load_state_dict(ck["scaler_D"])
+        self.nimg, self.step, self.seconds = int(ck["nimg"]), int(ck["step"]), float(ck["seconds"])
+        set_rng_state(ck["rng"])
+        log_path = self.out / "log.jsonl"
+        if log_path.exists():  # drop lines written after the checkpoint: they will be written again
+            keep = []
+            for line in log_path.read_text().splitlines():
+                if line.strip() and json.loads(line)["kimg"] * 1000 <= self.nimg + 1e-6:
+                    keep.append(line)
+            self.log_lines = keep
+        return True
+
+    # -- outputs (rank 0) ----------------------------------------------------------------------
+    def meta(self, pos: Position) -> dict[str, Any]:
+        return {
+            "kimg": self.nimg / 1000.0,
+            "res": pos.res,
+            "alpha": pos.alpha,
+            "config": self.cfg.to_dict(),
+            "fingerprint": self.cfg.fingerprint(),
+            "n_train": self.n_train,
+            "seconds": self.seconds,
+        }
+
+    def snapshot(self, pos: Position) -> None:
+        kimg = int(self.nimg // 1000)
+        rows, cols = grid_shape(self.cfg.resolution)
+        cell = max(pos.res, min(128, self.cfg.resolution * 2))
+        arr = render_grid(self.G_ema, self.grid_z, pos.res, pos.alpha, rows, cols, cell)
+        save_png(self.out / "fakes" / f"fakes-{kimg:06d}.png", arr)
+        torch_save(generator_payload(self.G_ema, self.meta(pos)), self.out / "snapshots" / f"generator-{kimg:06d}.pt")
+
+    def write_log(self, record: dict[str, Any]) -> None:
+        self.log_lines.append(json.dumps(record, sort_keys=True))
+        write_text(self.out / "log.jsonl", "\n".join(self.log_lines) + "\n")
+
+    # -- one step --------------------------------------------------------------------------------
+    def _autocast(self):
+        return torch.autocast(device_type=self.dev.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
+
+    def train_step(self, G_net, D_net, real: torch.Tensor, pos: Position) -> dict[str, torch.Tensor]:
+        G_raw, D_raw = _unwrap(G_net), _unwrap(D_net)
+        res, alpha = pos.res, pos.alpha
+        n = real.shape[0]
+        gen = step_generator(self.cfg.seed, self.step, self.info.rank)
+        z_d = torch.randn(n, self.cfg.latent_dim, generator=gen).to(self.dev)
+        mix = torch.rand(n, generator=gen)
+        z_g = torch.randn(n, self.cfg.latent_dim, generator=gen).to(self.dev)
+        real = blend_reals(real, alpha)
+
+        # critic step
+        D_raw.requires_grad_(True)
+        with torch.no_grad(), self._autocast():
+            fake = G_raw(z_d, res=res, alpha=alpha)
+        with self._autocast():
+            d_real = D_net(real, res=res, alpha=alpha)
+            d_fake = D_net(fake, res=res, alpha=alpha)
+        gp = gradient_penalty(lambda x: D_net(x, res=res, alpha=alpha), real, fake, mix)
+        dl = critic_loss(d_real, d_fake, gp, self.cfg.gp_weight, self.cfg.drift)
+        self.opt_D.zero_grad(set_to_none=True)
+        if self.scaler_D is not None:
+            self.scaler_D.scale(dl.total).backward()
+            self.scaler_D.step(self.opt_D)
+            self.scaler_D.update()
+        else:
+            dl.total.backward()
+            self.opt_D.step()
+
+        # generator step (the critic's weights get no gradient)
+        D_raw.requires_grad_(False)
+        with self._autocast():
+            fake = G_net(z_g, res=res, alpha=alpha)
+            gl = generator_loss(D_raw(fake, res=res, alpha=alpha))
+        self.opt_G.zero_grad(set_to_none=True)
+        if self.scaler_G is not None:
+            self.scaler_G.scale(gl).backward()
+            self.scaler_G.step(self.opt_G)
+            self.scaler_G.update()
+        else:
+            gl.backward()
+            self.opt_G.step()
+        D_raw.requires_grad_(True)
+        update_ema(self.G_ema, G_raw, ema_beta(pos.batch, self.cfg.ema_kimg))
+        return {"loss_d": dl.total.detach(), "loss_g": gl.detach(), "gp": dl.gp, "drift": dl.drift, "wdist": dl.wdist}
+
+    def loader(self, res: int, batch: int) -> Iterator:
+        ds = self.data.torch_dataset("train", res)
+        sampler = StepBatchSampler(self.stream, self.nimg, batch, self.info.rank, self.info.world_size)
+        dl = DataLoader(ds, batch_sampler=sampler, num_workers=self.cfg.workers,
+                        pin_memory=self.dev.type == "cuda")
+        return iter(dl)
+
+    # -- loop ------------------------------------------------------------------------------------
+    def run(self, max_steps: int | None = None) -> Path:
+        cfg, info = self.cfg, self.info
+        resumed = self.try_resume()
+        if info.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            log.info(
+                "PGGAN %s: %s at %.1f kimg of %.1f (%d train images, device %s, %d rank(s), amp %s)",
+                cfg.run, "resuming" if resumed else "starting", self.nimg / 1000, self.sched.total_nimg / 1000,
+                self.n_train, self.dev, info.world_size, self.amp_dtype,
+            )
+            for p in self.sched.phases:
+                log.info("  phase %d %-9s res %4d  %7.1f -> %7.1f kimg  minibatch %d", p.index, p.name, p.res,
+                         p.start_nimg / 1000, p.end_nimg / 1000, self.sched.minibatch[p.res])
+        G_net, D_net = self.G, self.D
+        if info.distributed:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.dev] if self.dev.type == "cuda" else None
+            G_net = DDP(self.G, device_ids=ids, broadcast_buffers=False, find_unused_parameters=True)
+            D_net = DDP(self.D, device_ids=ids, broadcast_buffers=False, find_unused_parameters=True)
+        if info.is_main and not resumed:
+            self.snapshot(self.sched.at(0))
+
+        bar_kw = {} if info.is_main else {"disable": True}
+        pbar = progress(total=round(self.sched.total_nimg / 1000, 3), initial=round(self.nimg / 1000, 3),
+                        unit="kimg", desc="pggan", **bar_kw,
+                        bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} kimg [{elapsed}<{remaining}{postfix}]")
+        it, cur_key = None, None
+        acc: dict[str, float] = {}
+        acc_n, t_int, img_int = 0, time.perf_counter(), 0
+        steps_here = 0
+        try:
+            while self.nimg < self.sched.total_nimg:
+                if max_steps is not None and steps_here >= max_steps:
+                    break
+                pos = self.sched.at(self.nimg)
+                if (pos.res, pos.batch) != cur_key:
+                    it, cur_key = self.loader(pos.res, pos.batch), (pos.res, pos.batch)
+                    if info.is_main:
+                        log.info("res %d (%s) from %.1f kimg", pos.res, pos.phase.name, self.nimg / 1000)
+                real, _ = next(it)
+                t0 = time.perf_counter()
+                stats = self.train_step(G_net, D_net, real.to(self.dev, non_blocking=True), pos)
+                prev = self.nimg
+                self.nimg += pos.batch
+                self.step += 1
+                steps_here += 1
+                dt = time.perf_counter() - t0
+                self.seconds += dt
+                for k, v in stats.items():
+                    acc[k] = acc.get(k, 0.0) + float(v)
+                acc_n += 1
+                img_int += pos.batch
+                pbar.update(pos.batch / 1000)
+                done = self.nimg >= self.sched.total_nimg
+                if _crossed(prev, self.nimg, cfg.log_kimg) or done:
+                    vals = mean_across_ranks(torch.tensor([acc[k] / acc_n for k in sorted(acc)], dtype=torch.float64), info)
+                    now = time.perf_counter()
+                    rec = {k: float(v) for k, v in zip(sorted(acc), vals.tolist())}
+                    rec.update(kimg=self.nimg / 1000, phase=pos.phase.name, res=pos.res, alpha=round(pos.alpha, 6),
+                               **{"img/s": img_int / max(now - t_int, 1e-9)}, seconds=round(self.seconds, 3))
+                    if info.is_main:
+                        self.write_log(rec)
+                        pbar.set_postfix(res=pos.res, a=f"{pos.alpha:.2f}", d=f"{rec['loss_d']:.2f}",
+                                         g=f"{rec['loss_g']:.2f}", ips=f"{rec['img/s']:.0f}")
+                    acc, acc_n, t_int, img_int = {}, 0, now, 0
+                if info.is_main and (_crossed(prev, self.nimg, cfg.snapshot_kimg) or done):
+                    self.snapshot(self.sched.at(prev))
+                if _crossed(prev, self.nimg, cfg.checkpoint_kimg) or done:
+                    if info.is_main:
+                        save_checkpoint(self.ckpt_path, self.state(self.sched.at(prev)))
+                    barrier(info)
+        finally:
+            pbar.close()
+        final = self.out / "generator.pt"
+        if self.nimg >= self.sched.total_nimg and info.is_main:
+            pos = self.sched.at(self.nimg - 1)
+            torch_save(generator_payload(self.G_ema, self.meta(pos)), final)
+            log.info("wrote %s (%.1f kimg, %.0f s of training)", final, self.nimg / 1000, self.seconds)
+        barrier(info)
+        return final
+
+
+def train_pggan(
+    cfg: dict | PGGANConfig,
+    data_folder: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    log_file: str | os.PathLike | None = None,
+    max_steps: int | None = None,
+) -> Path:
+    """Train (or resume) a Progressive GAN on a prepared dataset's train split; returns generator.pt.
+
+    Resumes from ``out_dir/checkpoint.pt`` when present and written with the same training config.
+    ``max_steps`` stops early after that many steps in this call (benchmarks, tests); generator.pt
+    is only written once the whole schedule has been shown. Under ``torchrun`` each process joins
+    the process group and trains its share of every minibatch.
+    """
+    if not isinstance(cfg, PGGANConfig):
+        cfg = PGGANConfig.from_dict(cfg)
+    info = init_distributed(cfg.device)
+    if info.is_main:
+        setup_logging(log_file)
+    try:
+        return _Trainer(cfg, Path(data_folder), Path(out_dir), info).run(max_steps=max_steps)
+    finally:
+        shutdown(info)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line used by each ``torchrun`` process: ``python -m synthcxr.pggan.train``."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Train a Progressive GAN (one process per GPU under torchrun).")
+    ap.add_argument("--config-json", required=True, help="JSON file holding the pggan config section")
+    ap.add_argument("--data", required=True, help="prepared dataset folder (images.h5 + labels.parquet)")
+    ap.add_argument("--out", required=True, help="run folder (checkpoint.pt, generator.pt, ...)")
+    ap.add_argument("--log", default=None)
+    a = ap.parse_args(argv)
+    with open(a.config_json) as fh:
+        cfg = json.load(fh)
+    train_pggan(cfg, a.data, a.out, a.log)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,16 @@
+# Stage 2: Progressive GAN on the prepared train split. Only generator.pt is declared as output:
+# checkpoint.pt, log.jsonl, fakes/ and snapshots/ live beside it and survive a failed job, so a
+# rerun resumes from the last checkpoint instead of starting over.
+rule train_pggan:
+    input:
+        images=f"{PREP}/images.h5",
+        labels=f"{PREP}/labels.parquet",
+    output:
+        generator=f"{PGGAN}/generator.pt",
+    params:
+        cfg=stage("pggan"),
+    log:
+        f"{LOGS}/train_pggan.log",
+    threads: 2
+    script:
+        "../scripts/train_pggan.py"
