@@ -1,0 +1,172 @@
+"""Write ``DATASET_CARD.md``: what the archive is, how it was made, what it is for, and its numbers.
+
+Validation outputs are optional inputs; whatever numeric keys fid.json / tstr.json hold are rendered
+generically, so the card keeps working as the validate stage adds metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ..utils.atomic import write_text
+
+
+def _flatten(obj: Any, prefix: str = "") -> list[tuple[str, float]]:
+    """``{"fid": {"value": 3.1}}`` -> ``[("fid.value", 3.1)]``; keeps only numbers (not bools)."""
+    out: list[tuple[str, float]] = []
+    if isinstance(obj, Mapping):
+        for k in sorted(obj, key=str):
+            out += _flatten(obj[k], f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(obj, (list, tuple)) and len(obj) <= 4 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in obj):
+        out.append((prefix, "[" + ", ".join(f"{v:.4g}" for v in obj) + "]"))  # e.g. confidence intervals
+    elif isinstance(obj, (int, float)) and not isinstance(obj, bool):
+        out.append((prefix, obj))
+    return out
+
+
+def _metric_table(path: Path, title: str) -> str:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        return f"### {title}\n\n{path.name} could not be read ({exc}).\n"
+    rows = _flatten(data)
+    if not rows:
+        return f"### {title}\n\n{path.name} holds no numeric values.\n"
+    lines = [f"### {title}", "", f"From `{path.name}`.", "", "| metric | value |", "|---|---|"]
+    for k, v in rows:
+        lines.append(f"| {k} | {v if isinstance(v, str) else f'{v:.4g}'} |")
+    return "\n".join(lines) + "\n"
+
+
+def _memorization_section(path: Path) -> str:
+    try:
+        df = pd.read_parquet(path)
+    except Exception as exc:  # noqa: BLE001
+        return f"### Memorisation audit\n\n{path.name} could not be read ({exc}).\n"
+    n = len(df)
+    flagged = int(df["flagged"].astype(bool).sum()) if "flagged" in df.columns else None
+    lines = ["### Memorisation audit", "", f"{n} samples audited against their nearest real training images."]
+    if flagged is not None:
+        lines.append(f"{flagged} flagged as too close to a training image ({100 * flagged / max(n, 1):.2f} %).")
+    num = [c for c in df.columns if c not in ("flagged",) and pd.api.types.is_float_dtype(df[c])]
+    for c in num:
+        s = df[c].dropna()
+        if len(s):
+            lines.append(f"- `{c}`: median {s.median():.4g}, min {s.min():.4g}, max {s.max():.4g}")
+    return "\n".join(lines) + "\n"
+
+
+def render_card(info: Mapping[str, Any], fid: Path | None = None, tstr: Path | None = None, memorization: Path | None = None) -> str:
+    """The card's Markdown text for archive.json contents ``info`` and optional validation files."""
+    c = info["counts"]
+    gen, clf = info.get("generator") or {}, info.get("classifier") or {}
+    cfg = info.get("config") or {}
+    lco = cfg.get("lco", {}) if isinstance(cfg, Mapping) else {}
+    gate = "on" if info.get("memorization_gate") else "off"
+    parts = [
+        f"# Dataset card: synthetic chest X-ray archive `{info['name']}`",
+        "",
+        "> **Every image in this archive is synthetic.** No image shows a real patient; each was drawn by a",
+        "> generative model. Do not use these images for diagnosis or present them as real radiographs.",
+        "",
+        "## What it is",
+        "",
+        f"{c['n_released']} synthetic frontal chest X-rays at {info['resolution']} x {info['resolution']} px "
+        f"(8-bit grayscale), each with a multi-label target over {len(info['label_names'])} findings: "
+        f"{', '.join(info['label_names'])}. Stored in {info['n_shards']} shard(s) as "
+        f"{' and '.join(info['formats'])} (`shards/`), listed in `manifest.parquet`, checksummed in `SHA256SUMS`.",
+        "",
+        "## How it was made",
+        "",
+        "1. A Progressive Growing GAN was trained on the real training split; its exponential-moving-average "
+        f"generator renders every image (generator sha256 `{gen.get('sha256', 'unknown')}`).",
+        "2. Latent class optimisation: for every requested label combination, a latent vector was optimised so "
+        "that a multi-label classifier trained on the real data predicts exactly that combination "
+        f"(classifier sha256 `{clf.get('sha256', 'unknown')}`"
+        + (f"; {lco.get('steps')} steps, lr {lco.get('lr')}, prior weight {lco.get('prior_weight')}" if lco else "")
+        + "). The label of an image is the target of that optimisation, confirmed by the classifier's "
+        "probabilities (`prob_<label>` columns), not a radiologist's reading.",
+        f"3. Images were rendered in fixed micro-batches of {info['batch_size']}; any sample can be recreated "
+        "byte-identically with `synthcxr regenerate ARCHIVE SAMPLE_ID` from `latents/` and the generator.",
+        "",
+        "## Counts",
+        "",
+        "| | samples |",
+        "|---|---|",
+        f"| requested | {c['n_requested']} |",
+        f"| released (in manifest) | {c['n_released']} |",
+        f"| withheld: label optimisation failed | {c['n_failed']} |",
+        f"| withheld: flagged by memorisation audit (gate {gate}) | {c['n_flagged']} |",
+        "",
+        "Withheld samples stay in the shard files (indices stay stable) but are not in the manifest, and the "
+        "`synthcxr.archive.open` API never serves them.",
+        "",
+        "| finding | released samples with it |",
+        "|---|---|",
+        *(f"| {k} | {v} |" for k, v in c["per_finding"].items()),
+        "",
+        "| label combination | samples |",
+        "|---|---|",
+        *(f"| {k} | {v} |" for k, v in sorted(c["per_combination"].items(), key=lambda kv: (-kv[1], kv[0]))),
+        "",
+        "## Intended use",
+        "",
+        "- Augmenting or pre-training chest X-ray classifiers, especially for rare label combinations.",
+        "- Method development, teaching and software testing where real scans cannot be shared.",
+        "- Research on generative models and their evaluation.",
+        "",
+        "## Limits",
+        "",
+        "- Labels are what the optimisation asked for and the classifier accepted; they inherit the classifier's "
+        "errors and biases and were not confirmed by radiologists.",
+        "- The generator reproduces the training population (scanners, views, demographics, label noise) and its "
+        "artefacts; rare findings may look less varied than real ones.",
+        f"- Resolution is {info['resolution']} px; fine findings may not be rendered faithfully.",
+        "- A memorisation audit reduces, but cannot rule out, near-copies of training images.",
+        "- Not a medical device; not for clinical decisions.",
+        "",
+        "## Validation",
+        "",
+    ]
+    val = [
+        _metric_table(fid, "Fidelity and diversity (FID and related)") if fid else None,
+        _metric_table(tstr, "Train on synthetic, test on real") if tstr else None,
+        _memorization_section(memorization) if memorization else None,
+    ]
+    val = [v for v in val if v]
+    parts += val if val else ["No validation results were available when this card was written.", ""]
+    parts += [
+        "",
+        "## Provenance",
+        "",
+        f"- package version {info.get('package_version')}, archive format {info.get('format_version')}, created {info.get('created')}",
+        f"- generator: `{gen.get('path')}`",
+        f"- classifier: `{clf.get('path')}`",
+        "- full configuration: `archive.json` (key `config`)",
+        "",
+    ]
+    return "\n".join(parts)
+
+
+def write_card(
+    archive_json: str | os.PathLike,
+    out: str | os.PathLike,
+    fid: str | os.PathLike | None = None,
+    tstr: str | os.PathLike | None = None,
+    memorization: str | os.PathLike | None = None,
+) -> str:
+    """Write DATASET_CARD.md from archive.json and whichever validation files exist; returns the text."""
+    p = Path(archive_json)
+    if not p.exists():
+        raise FileNotFoundError(f"{p} missing: run snakemake finalize_archive first")
+    info = json.loads(p.read_text())
+    opt = lambda q: Path(q) if q is not None and Path(q).exists() else None  # noqa: E731
+    text = render_card(info, opt(fid), opt(tstr), opt(memorization))
+    write_text(out, text)
+    return text

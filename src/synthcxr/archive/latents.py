@@ -1,0 +1,116 @@
+"""Read one shard of optimised latents written by the lco stage and check it against the contract.
+
+Rendering, finalising and regenerating all start from these files, so the checks (columns present,
+indices 0..n-1, one latent length) live here once and fail with the file name in the message.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from .layout import shard_index_of
+
+#: Columns the lco stage always writes; label-dependent columns are checked separately.
+REQUIRED = ("sample_id", "index", "seed", "z", "success")
+#: Columns carried into the manifest when present.
+OPTIONAL = ("attempts", "steps", "g_evals")
+
+
+@dataclass
+class ShardLatents:
+    """A latents shard, rows ordered by ``index`` (the position of each sample inside its shard)."""
+
+    path: Path
+    shard: int
+    table: pd.DataFrame  # every column except z, sorted by index
+    z: np.ndarray  # float32 [n, latent_dim]
+    targets: np.ndarray  # uint8 [n, L] in label order
+    probs: np.ndarray  # float32 [n, L] in label order
+    label_names: list[str]
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    @property
+    def sample_ids(self) -> list[str]:
+        return self.table["sample_id"].astype(str).tolist()
+
+
+def _z_matrix(col: pa.ChunkedArray, path: Path) -> np.ndarray:
+    arr = col.combine_chunks()
+    if not (pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type) or pa.types.is_fixed_size_list(arr.type)):
+        raise ValueError(f"{path}: column 'z' must be list<float32>, found {arr.type}")
+    n = len(arr)
+    if n == 0:
+        return np.zeros((0, 0), np.float32)
+    if arr.null_count:
+        raise ValueError(f"{path}: column 'z' has {arr.null_count} null latent(s); rerun the lco stage")
+    lengths = pc.list_value_length(arr).to_numpy(zero_copy_only=False)
+    if lengths.min() != lengths.max() or lengths.min() == 0:
+        raise ValueError(f"{path}: latents in column 'z' have unequal lengths {sorted(set(lengths.tolist()))[:5]}")
+    flat = arr.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    return flat.reshape(n, int(lengths[0]))
+
+
+def read_latents(path: str | os.PathLike, label_names: Sequence[str]) -> ShardLatents:
+    """Load and check ``latents/shard-XXXXX.parquet`` for the configured ``label_names``."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} missing: run the lco stage first (snakemake lco)")
+    shard = shard_index_of(path)
+    tbl = pq.read_table(path)
+    names = list(label_names)
+    need = [*REQUIRED, *(f"target_{n}" for n in names), *(f"prob_{n}" for n in names)]
+    missing = [c for c in need if c not in tbl.column_names]
+    if missing:
+        raise ValueError(
+            f"{path}: missing column(s) {missing}; the latents file does not match the configured labels "
+            f"{names} or was written by an older lco stage - rerun lco"
+        )
+    z = _z_matrix(tbl.column("z"), path)
+    df = tbl.drop_columns(["z"]).to_pandas()
+    order = np.argsort(df["index"].to_numpy(), kind="stable")
+    df = df.iloc[order].reset_index(drop=True)
+    z = z[order] if len(z) else z
+    idx = df["index"].to_numpy()
+    if not np.array_equal(idx, np.arange(len(df))):
+        raise ValueError(f"{path}: column 'index' must hold 0..{len(df) - 1} exactly once each")
+    if "shard" in df.columns and len(df) and not (df["shard"].to_numpy() == shard).all():
+        raise ValueError(f"{path}: column 'shard' disagrees with the shard number {shard} in the file name")
+    if df["sample_id"].duplicated().any():
+        dup = df.loc[df["sample_id"].duplicated(), "sample_id"].iloc[0]
+        raise ValueError(f"{path}: duplicate sample_id {dup!r}")
+    targets = df[[f"target_{n}" for n in names]].to_numpy()
+    if len(targets) and not np.isin(targets, (0, 1)).all():
+        raise ValueError(f"{path}: target_<label> columns must hold 0/1")
+    probs = df[[f"prob_{n}" for n in names]].to_numpy(dtype=np.float32)
+    df["success"] = df["success"].astype(bool)
+    return ShardLatents(
+        path=path,
+        shard=shard,
+        table=df,
+        z=np.ascontiguousarray(z, dtype=np.float32),
+        targets=targets.astype(np.uint8),
+        probs=probs,
+        label_names=names,
+    )
+
+
+def write_latents(path: str | os.PathLike, frame: pd.DataFrame, z: np.ndarray) -> None:
+    """Write a latents shard in the lco contract (used by tests and benchmarks to fake the lco stage)."""
+    from ..utils.atomic import atomic_path
+
+    z = np.asarray(z, dtype=np.float32)
+    zcol = pa.array(list(z), type=pa.list_(pa.float32()))
+    tbl = pa.Table.from_pandas(frame.reset_index(drop=True), preserve_index=False).append_column("z", zcol)
+    with atomic_path(path) as tmp:
+        pq.write_table(tbl, tmp)

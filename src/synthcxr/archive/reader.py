@@ -1,0 +1,179 @@
+"""Consumer API: ``synthcxr.archive.open(path)`` -> :class:`Archive`, a view over released samples.
+
+Everything goes through ``manifest.parquet``, so samples withheld at finalisation (failed label
+optimisation, flagged by the memorisation audit) are never served although they stay in the shards.
+Images come from HDF5 shards when present (cheap random access) and from Parquet PNGs otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from .layout import ARCHIVE_JSON, MANIFEST
+from .shard_parquet import decode_png
+
+
+class ShardImages:
+    """Lazy, fork-safe access to the images of one shard file (HDF5 or Parquet)."""
+
+    def __init__(self, path: Path, fmt: str):
+        self.path, self.fmt = path, fmt
+        self._pid: int | None = None
+        self._h5: h5py.File | None = None
+        self._pf: pq.ParquetFile | None = None
+        self._bounds: np.ndarray | None = None
+        self._cache: tuple[int, list] | None = None  # (row group, PNG bytes)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path, "fmt": self.fmt}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["path"], state["fmt"])
+
+    def _open(self) -> None:
+        if self._pid == os.getpid():
+            return
+        if not self.path.exists():
+            raise FileNotFoundError(f"{self.path} missing: the archive is incomplete; run 'synthcxr verify' on it")
+        self._h5 = self._pf = None
+        if self.fmt == "h5":
+            self._h5 = h5py.File(self.path, "r")
+        else:
+            self._pf = pq.ParquetFile(self.path)
+            sizes = [self._pf.metadata.row_group(i).num_rows for i in range(self._pf.num_row_groups)]
+            self._bounds = np.cumsum([0, *sizes])
+        self._cache = None
+        self._pid = os.getpid()
+
+    def get(self, index: int) -> np.ndarray:
+        """uint8 ``[R, R]`` image at shard position ``index``."""
+        self._open()
+        if self._h5 is not None:
+            return self._h5["images"][index]
+        rg = int(np.searchsorted(self._bounds, index, side="right") - 1)
+        if self._cache is None or self._cache[0] != rg:
+            col = self._pf.read_row_group(rg, columns=["image"]).column("image").combine_chunks()
+            self._cache = (rg, col.field("bytes").to_pylist())
+        return decode_png(self._cache[1][index - int(self._bounds[rg])])
+
+    def iter_rows(self, indices: Iterable[int], block: int = 256) -> Iterator[tuple[int, np.ndarray]]:
+        """Stream ``(index, image)`` for sorted ``indices``, reading at most ``block`` rows (or one row group) at a time."""
+        wanted = np.asarray(sorted(indices), dtype=np.int64)
+        self._open()
+        if self._h5 is not None:
+            ds = self._h5["images"]
+            for s in range(0, len(wanted), block):
+                part = wanted[s : s + block]
+                lo, hi = int(part[0]), int(part[-1]) + 1
+                chunk = ds[lo:hi]
+                for i in part:
+                    yield int(i), chunk[int(i) - lo]
+            return
+        for rg in range(self._pf.num_row_groups):
+            lo, hi = int(self._bounds[rg]), int(self._bounds[rg + 1])
+            part = wanted[(wanted >= lo) & (wanted < hi)]
+            if len(part):
+                pngs = self._pf.read_row_group(rg, columns=["image"]).column("image").combine_chunks().field("bytes")
+                for i in part:
+                    yield int(i), decode_png(pngs[int(i) - lo].as_py())
+
+    def close(self) -> None:
+        if self._h5 is not None and self._pid == os.getpid():
+            self._h5.close()
+        self._h5 = self._pf = None
+        self._pid = None
+
+
+class Archive:
+    """A (possibly filtered) view of a finalised archive folder."""
+
+    def __init__(self, root: str | os.PathLike, manifest: pd.DataFrame, info: dict[str, Any]):
+        self.root = Path(root)
+        self.manifest = manifest.reset_index(drop=True)
+        self.info = info
+        self.label_names: list[str] = list(info["label_names"])
+        self.resolution: int = int(info["resolution"])
+        self.formats: list[str] = list(info["formats"])
+        self.image_format = "h5" if "h5" in self.formats else "parquet"
+        self._shards: dict[int, ShardImages] = {}
+        self._by_id: dict[str, int] | None = None
+
+    def __len__(self) -> int:
+        return len(self.manifest)
+
+    def __repr__(self) -> str:
+        return f"Archive({str(self.root)!r}, {len(self)} samples, {self.resolution}px, labels={self.label_names})"
+
+    def labels(self) -> np.ndarray:
+        """float32 ``[n, L]`` target labels of the samples in this view, in ``label_names`` order."""
+        return np.array(self.manifest[self.label_names].to_numpy(dtype=np.float32), copy=True)
+
+    def filter(self, require: Iterable[str] = (), exclude: Iterable[str] = ()) -> "Archive":
+        """View of samples having every label in ``require`` and none in ``exclude``."""
+        require, exclude = list(require), list(exclude)
+        unknown = [n for n in [*require, *exclude] if n not in self.label_names]
+        if unknown:
+            raise KeyError(f"unknown label(s) {unknown}; this archive has {self.label_names}")
+        keep = np.ones(len(self.manifest), dtype=bool)
+        for n in require:
+            keep &= self.manifest[n].to_numpy() == 1
+        for n in exclude:
+            keep &= self.manifest[n].to_numpy() == 0
+        return Archive(self.root, self.manifest[keep], self.info)
+
+    def shard_images(self, shard: int) -> ShardImages:
+        """Image access for one shard (cached; safe across DataLoader worker forks)."""
+        if shard not in self._shards:
+            rows = self.manifest.loc[self.manifest["shard"] == shard, f"{self.image_format}_path"]
+            rel = rows.iloc[0] if len(rows) else f"shards/shard-{shard:05d}.{self.image_format}"
+            self._shards[shard] = ShardImages(self.root / rel, self.image_format)
+        return self._shards[shard]
+
+    def read(self, sample_id: str) -> np.ndarray:
+        """uint8 ``[R, R]`` image of a released sample."""
+        if self._by_id is None:
+            self._by_id = {s: i for i, s in enumerate(self.manifest["sample_id"].astype(str))}
+        if sample_id not in self._by_id:
+            raise KeyError(f"sample {sample_id!r} is not among the {len(self)} released samples of this view")
+        row = self.manifest.iloc[self._by_id[sample_id]]
+        return self.shard_images(int(row["shard"])).get(int(row["index"]))
+
+    def torch_dataset(self, res: int | None = None):
+        """Map-style dataset yielding ``(float [1, res, res] in [-1, 1], float32 labels [L])``."""
+        from .dataset import ArchiveDataset
+
+        return ArchiveDataset(self, res)
+
+    def iterable_dataset(self, shuffle_shards: bool = False, seed: int = 0, res: int | None = None):
+        """Shard-streaming dataset; DataLoader workers split the shards so no sample repeats."""
+        from .dataset import ArchiveIterableDataset
+
+        return ArchiveIterableDataset(self, shuffle_shards=shuffle_shards, seed=seed, res=res)
+
+    def close(self) -> None:
+        for s in self._shards.values():
+            s.close()
+
+
+def open_archive(path: str | os.PathLike) -> Archive:
+    """Open a finalised archive folder (``manifest.parquet`` + ``archive.json`` + shards)."""
+    root = Path(path)
+    for name in (MANIFEST, ARCHIVE_JSON):
+        if not (root / name).exists():
+            raise FileNotFoundError(f"{root / name} missing: not a finalised archive (run snakemake finalize_archive)")
+    with open(root / ARCHIVE_JSON) as fh:
+        info = json.load(fh)
+    manifest = pd.read_parquet(root / MANIFEST)
+    missing = [c for c in ("sample_id", "shard", "index", *info["label_names"]) if c not in manifest.columns]
+    if missing:
+        raise ValueError(f"{root / MANIFEST}: missing column(s) {missing}")
+    return Archive(root, manifest, info)

@@ -1,0 +1,139 @@
+"""Write one archive shard as Parquet in the Hugging Face ``datasets`` Image convention.
+
+The image column is a struct ``{bytes: PNG, path: "<sample_id>.png"}`` and the schema carries the
+``huggingface`` features metadata, so ``datasets.load_dataset("parquet", ...)`` decodes images without
+any code of ours. Each micro-batch becomes one row group through a streaming ``ParquetWriter``, so memory
+stays bounded by the micro-batch. PNG bytes are deterministic (fixed zlib level, no metadata chunks),
+which is what lets ``regenerate`` compare bytes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from ..utils.atomic import atomic_path
+from .layout import PARQUET_META_KEY, PNG_COMPRESS_LEVEL
+
+IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+
+
+def encode_png(image: np.ndarray, compress_level: int = PNG_COMPRESS_LEVEL) -> bytes:
+    """8-bit grayscale PNG of ``image`` (uint8 ``[R, R]``); same pixels -> same bytes."""
+    if image.dtype != np.uint8 or image.ndim != 2:
+        raise ValueError(f"encode_png expects uint8 [H, W], got {image.dtype} {image.shape}")
+    buf = io.BytesIO()
+    Image.fromarray(image, mode="L").save(buf, format="PNG", compress_level=compress_level, optimize=False)
+    return buf.getvalue()
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    """uint8 ``[H, W]`` from PNG bytes (raises on corrupt data)."""
+    with Image.open(io.BytesIO(data)) as im:
+        im.load()
+        if im.mode != "L":
+            im = im.convert("L")
+        return np.asarray(im, dtype=np.uint8)
+
+
+def hf_features(label_names: Sequence[str]) -> dict[str, Any]:
+    """``datasets`` feature description of a shard, stored as Parquet schema metadata."""
+    value = lambda dtype: {"dtype": dtype, "_type": "Value"}  # noqa: E731
+    feats: dict[str, Any] = {"sample_id": value("string"), "image": {"_type": "Image"}, "index": value("int32"), "seed": value("int64")}
+    feats.update({n: value("int8") for n in label_names})
+    feats.update({f"prob_{n}": value("float32") for n in label_names})
+    return feats
+
+
+def shard_schema(label_names: Sequence[str], attrs: dict[str, Any] | None = None) -> pa.Schema:
+    fields = [
+        pa.field("sample_id", pa.string(), nullable=False),
+        pa.field("image", IMAGE_TYPE),
+        pa.field("index", pa.int32(), nullable=False),
+        pa.field("seed", pa.int64()),
+        *(pa.field(n, pa.int8()) for n in label_names),
+        *(pa.field(f"prob_{n}", pa.float32()) for n in label_names),
+    ]
+    meta = {
+        b"huggingface": json.dumps({"info": {"features": hf_features(label_names)}}, sort_keys=True).encode(),
+        PARQUET_META_KEY: json.dumps(dict(attrs or {}), sort_keys=True).encode(),
+    }
+    return pa.schema(fields, metadata=meta)
+
+
+class ParquetShardWriter:
+    """Context manager streaming micro-batches into row groups; renamed into place on clean exit."""
+
+    def __init__(self, path: str | os.PathLike, n: int, label_names: Sequence[str], attrs: dict[str, Any] | None = None):
+        self.path = Path(path)
+        self.n = int(n)
+        self.label_names = list(label_names)
+        self.schema = shard_schema(self.label_names, {**(attrs or {}), "count": self.n})
+        self._written = 0
+        self._stack: contextlib.ExitStack | None = None
+        self._writer: pq.ParquetWriter | None = None
+
+    def __enter__(self) -> "ParquetShardWriter":
+        stack = contextlib.ExitStack()
+        tmp = stack.enter_context(atomic_path(self.path))
+        # PNG payloads are already compressed; the small numeric columns gain little from more.
+        self._writer = pq.ParquetWriter(tmp, self.schema, compression="none", write_statistics=["index", "sample_id"])
+        self._stack = stack
+        return self
+
+    def write(
+        self,
+        start: int,
+        png: Sequence[bytes],
+        labels: np.ndarray,
+        probs: np.ndarray,
+        sample_ids: Sequence[str],
+        seeds: Sequence[int],
+    ) -> None:
+        """Append rows ``[start, start + len(png))``; rows must arrive in index order."""
+        if start != self._written:
+            raise ValueError(f"{self.path}: rows must be written in order; expected start {self._written}, got {start}")
+        b = len(png)
+        if start + b > self.n:
+            raise IndexError(f"{self.path}: rows [{start}, {start + b}) outside shard of {self.n}")
+        ids = [str(s) for s in sample_ids]
+        cols: list[pa.Array] = [
+            pa.array(ids, pa.string()),
+            pa.StructArray.from_arrays(
+                [pa.array(list(png), pa.binary()), pa.array([f"{s}.png" for s in ids], pa.string())], fields=list(IMAGE_TYPE)
+            ),
+            pa.array(np.arange(start, start + b, dtype=np.int32)),
+            pa.array(np.asarray(seeds, dtype=np.int64)),
+            *(pa.array(np.asarray(labels[:, j], dtype=np.int8)) for j in range(len(self.label_names))),
+            *(pa.array(np.asarray(probs[:, j], dtype=np.float32)) for j in range(len(self.label_names))),
+        ]
+        self._writer.write_table(pa.Table.from_arrays(cols, schema=self.schema))
+        self._written += b
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        assert self._stack is not None and self._writer is not None
+        self._writer.close()
+        if exc_type is None and self._written != self.n:
+            err = RuntimeError(f"{self.path}: {self.n - self._written} of {self.n} rows never written; shard not published")
+            self._stack.__exit__(type(err), err, None)
+            raise err
+        self._stack.__exit__(exc_type, exc, tb)
+        return False
+
+
+def read_parquet_attrs(path: str | os.PathLike) -> dict[str, Any]:
+    """The synthcxr attributes stored in a Parquet shard's schema metadata."""
+    meta = pq.read_schema(path).metadata or {}
+    if PARQUET_META_KEY not in meta:
+        raise ValueError(f"{path}: no '{PARQUET_META_KEY.decode()}' schema metadata; not an archive shard")
+    return json.loads(meta[PARQUET_META_KEY])
