@@ -1,0 +1,175 @@
+"""Report figures (matplotlib, headless), each written atomically as PNG.
+
+Every function takes plain numbers or uint8 images, so figures can be redrawn from the JSON/Parquet
+outputs without rerunning any model.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from ..utils.atomic import atomic_path  # noqa: E402
+
+
+def _save(fig, path: str | os.PathLike) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def fid_curve(
+    curve: Sequence[Mapping[str, float]],
+    path: str | os.PathLike,
+    real_vs_real: float | None = None,
+    generated: float | None = None,
+    extractor: str = "",
+) -> None:
+    """FID against training progress (kimg), with the real-vs-real floor and the final archive's FID."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if curve:
+        k = [c["kimg"] for c in curve]
+        v = [c["fid"] for c in curve]
+        ax.plot(k, v, "o-", label="generator snapshots")
+    if real_vs_real is not None:
+        ax.axhline(real_vs_real, color="green", ls="--", label=f"real vs real ({real_vs_real:.2f})")
+    if generated is not None:
+        ax.axhline(generated, color="red", ls=":", label=f"archive vs real ({generated:.2f})")
+    ax.set_xlabel("training progress (kimg)")
+    ax.set_ylabel(f"FID ({extractor} features)" if extractor else "FID")
+    ax.set_title("FID over training")
+    if not curve:
+        ax.text(0.5, 0.5, "no generator snapshots found", transform=ax.transAxes, ha="center", va="center")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def auroc_bars(
+    labels: Sequence[str],
+    series: Mapping[str, Mapping[str, Mapping[str, float]]],
+    path: str | os.PathLike,
+    title: str = "AUROC on the real test split",
+) -> None:
+    """Grouped bars per label, one group member per series (e.g. real-trained, synthetic-trained),
+    with bootstrap CI whiskers. ``series[name][label] = {"auroc", "ci_low", "ci_high"}``."""
+    names = list(series)
+    x = np.arange(len(labels))
+    width = 0.8 / max(len(names), 1)
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(labels) + 2), 4))
+    for i, name in enumerate(names):
+        vals = np.array([series[name].get(lb, {}).get("auroc", np.nan) for lb in labels], float)
+        lo = np.array([series[name].get(lb, {}).get("ci_low", np.nan) for lb in labels], float)
+        hi = np.array([series[name].get(lb, {}).get("ci_high", np.nan) for lb in labels], float)
+        err = np.vstack([np.clip(vals - lo, 0, None), np.clip(hi - vals, 0, None)])
+        err = np.nan_to_num(err)
+        ax.bar(x + (i - (len(names) - 1) / 2) * width, np.nan_to_num(vals), width, yerr=err, capsize=2, label=name)
+    ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+    ax.set_xticks(x)
+    ax.set_xticklabels(labels, rotation=35, ha="right")
+    ax.set_ylim(0.0, 1.05)
+    ax.set_ylabel("AUROC (95% bootstrap CI)")
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="lower right")
+    _save(fig, path)
+
+
+def prevalence_bars(labels: Sequence[str], series: Mapping[str, Sequence[float]], path: str | os.PathLike) -> None:
+    """Per-label prevalence, one bar per source (real train, archive targets, archive predictions)."""
+    x = np.arange(len(labels))
+    names = list(series)
+    width = 0.8 / max(len(names), 1)
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(labels) + 2), 4))
+    for i, name in enumerate(names):
+        ax.bar(x + (i - (len(names) - 1) / 2) * width, np.asarray(series[name], float), width, label=name)
+    ax.set_xticks(x)
+    ax.set_xticklabels(labels, rotation=35, ha="right")
+    ax.set_ylabel("prevalence")
+    ax.set_title("Label prevalence")
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def heatmaps(
+    labels: Sequence[str], matrices: Mapping[str, np.ndarray], path: str | os.PathLike, title: str = "Co-occurrence"
+) -> None:
+    """Side-by-side annotated heatmaps of square ``[L, L]`` matrices (e.g. real, archive, difference)."""
+    n = len(matrices)
+    fig, axes = plt.subplots(1, n, figsize=(4.2 * n + 1, 4.2), squeeze=False)
+    for ax, (name, m) in zip(axes[0], matrices.items()):
+        m = np.asarray(m, float)
+        signed = (np.nanmin(m) < 0) if m.size else False
+        lim = float(np.nanmax(np.abs(m))) if m.size else 1.0
+        lim = lim if lim > 0 else 1.0
+        im = ax.imshow(m, cmap="RdBu_r" if signed else "viridis", vmin=-lim if signed else 0, vmax=lim)
+        ax.set_xticks(range(len(labels)))
+        ax.set_yticks(range(len(labels)))
+        ax.set_xticklabels(labels, rotation=90, fontsize=7)
+        ax.set_yticklabels(labels, fontsize=7)
+        ax.set_title(name, fontsize=9)
+        if len(labels) <= 10:
+            for i in range(m.shape[0]):
+                for j in range(m.shape[1]):
+                    ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=6, color="white" if not signed else "black")
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fig.suptitle(title)
+    _save(fig, path)
+
+
+def image_grid(
+    rows: Mapping[str, Sequence[np.ndarray]], path: str | os.PathLike, ncols: int, title: str = ""
+) -> None:
+    """One row of uint8 images per key (row label on the left); short rows are left blank."""
+    names = list(rows)
+    nrows = max(len(names), 1)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(1.2 * ncols + 1.5, 1.25 * nrows + 0.5), squeeze=False)
+    for r in range(nrows):
+        imgs = list(rows[names[r]]) if names else []
+        for c in range(ncols):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for s in ax.spines.values():
+                s.set_visible(False)
+            if c < len(imgs):
+                ax.imshow(imgs[c], cmap="gray", vmin=0, vmax=255)
+            if c == 0 and names:
+                ax.set_ylabel(f"{names[r]} ({len(imgs)})" if len(imgs) < ncols else names[r], fontsize=7, rotation=0, ha="right", va="center")
+    if title:
+        fig.suptitle(title)
+    _save(fig, path)
+
+
+def pair_gallery(
+    pairs: Sequence[Mapping], path: str | os.PathLike, threshold: float, title: str = "Closest generated-real pairs"
+) -> None:
+    """Rows of (generated, nearest real by features, nearest real by pixels) with their similarities.
+
+    ``pairs[i]`` holds ``generated``, ``feature_nn``, ``pixel_nn`` (uint8 images), ``sample_id``,
+    ``feature_sim``, ``pixel_sim``, ``flagged``. Flagged rows are titled in red.
+    """
+    n = max(len(pairs), 1)
+    fig, axes = plt.subplots(n, 3, figsize=(6.0, 2.1 * n + 0.4), squeeze=False)
+    for i in range(n):
+        for ax in axes[i]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+        if not pairs:
+            axes[0][1].text(0.5, 0.5, "no generated samples", ha="center", va="center")
+            continue
+        p = pairs[i]
+        color = "red" if p["flagged"] else "black"
+        axes[i][0].imshow(p["generated"], cmap="gray", vmin=0, vmax=255)
+        axes[i][0].set_title(f"{p['sample_id']}" + (" FLAGGED" if p["flagged"] else ""), fontsize=7, color=color)
+        axes[i][1].imshow(p["feature_nn"], cmap="gray", vmin=0, vmax=255)
+        axes[i][1].set_title(f"feature nn (row {p['nn_feature_row']}) sim {p['feature_sim']:.3f}", fontsize=7, color=color)
+        axes[i][2].imshow(p["pixel_nn"], cmap="gray", vmin=0, vmax=255)
+        axes[i][2].set_title(f"pixel nn (row {p['nn_pixel_row']}) sim {p['pixel_sim']:.3f}", fontsize=7, color=color)
+    fig.suptitle(f"{title} (flag threshold {threshold:g})", fontsize=9)
+    _save(fig, path)

@@ -1,0 +1,98 @@
+# Stage 6: validation of the archive against the real data. Figures are wrapped in report() so
+# `snakemake --report results/report.html` collects them with the captions in workflow/report/.
+VAL_FORMATS = config["archive"]["formats"]
+VAL_CLASSIFIER = f"{CLF}/{config['classifier']['name']}"
+
+
+rule validate_memorization:
+    """Nearest real training image of every rendered sample (features and pixels); runs before
+    finalize_archive, which drops flagged samples when validate.memorization.gate is true."""
+    input:
+        shards=expand(f"{ARCH}/shards/shard-{{shard}}.{{fmt}}", shard=SHARDS, fmt=VAL_FORMATS),
+        latents=expand(f"{ARCH}/latents/shard-{{shard}}.parquet", shard=SHARDS),
+        images=f"{PREP}/images.h5",
+        labels=f"{PREP}/labels.parquet",
+        classifier=f"{VAL_CLASSIFIER}/model.pt",
+    output:
+        table=f"{VAL}/memorization.parquet",
+        summary=f"{VAL}/memorization.json",
+        gallery=report(f"{VAL}/memorization_gallery.png", caption="../report/memorization.rst", category="Memorisation"),
+    params:
+        cfg=stage("validate"),
+    log:
+        f"{LOGS}/validate_memorization.log",
+    threads: 2
+    script:
+        "../scripts/validate_memorization.py"
+
+
+rule validate_fid:
+    """FID/KID/precision-recall of the finalised archive, real-vs-real baseline, FID over snapshots."""
+    input:
+        manifest=f"{ARCH}/manifest.parquet",
+        images=f"{PREP}/images.h5",
+        labels=f"{PREP}/labels.parquet",
+        classifier=f"{VAL_CLASSIFIER}/model.pt",
+        generator=f"{PGGAN}/generator.pt",
+    output:
+        fid=f"{VAL}/fid.json",
+        curve=f"{VAL}/fid_curve.json",
+        png=report(f"{VAL}/fid_curve.png", caption="../report/fid.rst", category="Fidelity"),
+    params:
+        cfg=stage("validate"),
+        formats=VAL_FORMATS,
+    log:
+        f"{LOGS}/validate_fid.log",
+    threads: 2
+    script:
+        "../scripts/validate_fid.py"
+
+
+rule validate_tstr:
+    """Train the classifier on the archive (same architecture and budget), test on real images."""
+    input:
+        manifest=f"{ARCH}/manifest.parquet",
+        images=f"{PREP}/images.h5",
+        labels=f"{PREP}/labels.parquet",
+        real_model=f"{VAL_CLASSIFIER}/model.pt",
+        real_metrics=f"{VAL_CLASSIFIER}/metrics.json",
+    output:
+        tstr=f"{VAL}/tstr.json",
+        bars=report(f"{VAL}/auroc_bars.png", caption="../report/tstr.rst", category="Utility (TSTR)"),
+        model=f"{VAL}/tstr_classifier/model.pt",
+        metrics=f"{VAL}/tstr_classifier/metrics.json",
+    params:
+        cfg=stage("classifier"),
+    log:
+        f"{LOGS}/validate_tstr.log",
+    threads: 2
+    script:
+        "../scripts/validate_tstr.py"
+
+
+rule validate_diversity:
+    """Per-finding prevalence and co-occurrence, archive vs real train split; sample grids per label."""
+    input:
+        manifest=f"{ARCH}/manifest.parquet",
+        images=f"{PREP}/images.h5",
+        labels=f"{PREP}/labels.parquet",
+    output:
+        prevalence=report(f"{VAL}/prevalence.png", caption="../report/diversity.rst", category="Diversity"),
+        cooccurrence=report(f"{VAL}/cooccurrence.png", caption="../report/diversity.rst", category="Diversity"),
+        grids=report(f"{VAL}/sample_grids.png", caption="../report/grids.rst", category="Samples"),
+        summary=f"{VAL}/diversity.json",
+    params:
+        cfg=stage("validate"),
+    log:
+        f"{LOGS}/validate_diversity.log",
+    script:
+        "../scripts/validate_diversity.py"
+
+
+rule validate:
+    """Every validation output (run with `snakemake validate`)."""
+    input:
+        rules.validate_fid.output,
+        rules.validate_tstr.output,
+        rules.validate_memorization.output,
+        rules.validate_diversity.output,

@@ -1,0 +1,19 @@
+"""Rule validate_fid: finalised archive + real images -> fid.json, fid_curve.json, fid_curve.png."""
+
+from pathlib import Path
+
+from synthcxr.validate.fid_run import FidConfig, run_fid
+
+sm = snakemake  # noqa: F821 (injected by Snakemake)
+run_fid(
+    FidConfig.from_section(sm.params.cfg),
+    prepared_dir=Path(sm.input.images).parent,
+    archive_dir=Path(sm.input.manifest).parent,
+    out_json=sm.output.fid,
+    out_png=sm.output.png,
+    generator_path=sm.input.generator,
+    classifier_path=sm.input.classifier,
+    out_curve_json=sm.output.curve,
+    formats=tuple(sm.params.formats),
+    log_file=sm.log[0],
+)
