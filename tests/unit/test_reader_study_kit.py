@@ -157,7 +157,7 @@ def test_archive_source_uses_archive_open(tmp_path, tiny_prepared, monkeypatch):
     arc_dir.mkdir()
     pd.DataFrame({"sample_id": np.arange(12)}).to_parquet(arc_dir / "manifest.parquet")
     arr = fakes(12)
-    opened = types.SimpleNamespace(manifest=pd.DataFrame({"sample_id": np.arange(12)}), read=lambda sid: arr[sid])
+    opened = types.SimpleNamespace(manifest=pd.DataFrame({"sample_id": np.arange(12)}), read=lambda sid: arr[int(sid)])
     import synthcxr.archive as archive_pkg
 
     monkeypatch.setattr(archive_pkg, "open", lambda path: opened, raising=False)
@@ -188,3 +188,22 @@ def test_bad_inputs(tmp_path, tiny_prepared):
         png_folder_source(tmp_path)
     with pytest.raises(ValueError, match="unknown label"):
         ReaderStudyConfig(labels=["Lung_Opacity"])
+
+
+def test_archive_source_reads_a_finalised_archive(tmp_path, tiny_prepared):
+    """Against the real ``synthcxr.archive.open`` on a minimal archive laid out as design.md describes."""
+    import h5py
+
+    root = tmp_path / "arch"
+    (root / "shards").mkdir(parents=True)
+    arr = fakes(6)
+    with h5py.File(root / "shards" / "shard-00000.h5", "w") as f:
+        f.create_dataset("images", data=arr)
+    names = ["Effusion", "No_Finding"]
+    man = pd.DataFrame({"sample_id": [f"s{i:03d}" for i in range(6)], "shard": 0, "index": np.arange(6),
+                        "h5_path": "shards/shard-00000.h5", "Effusion": 0.0, "No_Finding": 1.0})
+    man.to_parquet(root / "manifest.parquet", index=False)
+    (root / "archive.json").write_text(json.dumps({"label_names": names, "resolution": RES, "formats": ["h5"]}))
+    src = kitmod.archive_source(root)
+    assert src.ids == list(man["sample_id"])
+    assert np.array_equal(src.read("s004"), arr[4])

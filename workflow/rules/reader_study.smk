@@ -12,5 +12,7 @@ rule reader_study:
         cfg=stage("reader_study"),
     log:
         f"{LOGS}/reader_study.log",
+    benchmark:
+        f"{LOGS}/benchmarks/reader_study.tsv"
     script:
         "../scripts/reader_study.py"

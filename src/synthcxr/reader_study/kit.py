@@ -47,6 +47,8 @@ log = logging.getLogger("synthcxr")
 KEY_COLUMNS = ("image", "truth", "source")
 #: Fixed modification time (2000-01-01 UTC) given to every kit file so file times carry no order.
 FIXED_MTIME = 946684800
+#: Above this the inlined page gets slow to open; the builder logs a warning with the remedy.
+PAGE_WARN_BYTES = 200_000_000
 
 
 @dataclass
@@ -134,9 +136,7 @@ def archive_source(path: str | os.PathLike) -> ImageSource:
     if "sample_id" not in manifest.columns:
         raise KeyError(f"{root / 'manifest.parquet'}: no 'sample_id' column")
     ids = [str(s) for s in manifest["sample_id"].tolist()]
-    # Manifests may store integer ids; map the string form used in the key back to the native value.
-    native = dict(zip(ids, manifest["sample_id"].tolist()))
-    return ImageSource(ids, lambda sid: np.asarray(arc.read(native[sid])), str(root))
+    return ImageSource(ids, lambda sid: np.asarray(arc.read(sid)), str(root))
 
 
 def _read_gray_png(path: Path) -> np.ndarray:
@@ -330,7 +330,14 @@ def build_kit(
         (tmp / "images").mkdir()
         for n, p in zip(names, pngs):
             (tmp / "images" / n).write_bytes(p)
-        (tmp / "index.html").write_text(render_page(study), encoding="utf-8")
+        page = render_page(study)
+        if len(page) > PAGE_WARN_BYTES:
+            log.warning(
+                "reader page is %.0f MB (images are inlined so window/level works offline); browsers may be slow. "
+                "Set reader_study.png_compress_level (e.g. 6) to shrink it at the cost of unequal file sizes",
+                len(page) / 1e6,
+            )
+        (tmp / "index.html").write_text(page, encoding="utf-8")
         title = cfg.title
         (tmp / "README.txt").write_text(
             README_TEXT.format(title=title, underline="=" * len(title), study_id=study_id, n=len(names), res=res),
