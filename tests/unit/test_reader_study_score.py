@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy.stats import beta
-from sklearn.metrics import cohen_kappa_score
+from sklearn.metrics import cohen_kappa_score, roc_auc_score
 
 from synthcxr.reader_study.cli import cli
 from synthcxr.reader_study.score import (
@@ -18,6 +18,7 @@ from synthcxr.reader_study.score import (
     fleiss_kappa,
     read_answers,
     read_key,
+    rating_auc,
     score,
     score_files,
 )
@@ -208,3 +209,18 @@ def test_blank_confidence_is_allowed(files, tmp_path):
     assert list(ans["answer"]) == ["real", "fake"]
     s = score(key, ans)
     assert s["readers"]["A"]["accuracy"] == 1.0 and s["readers"]["A"]["mean_confidence"] == 5.0
+
+
+def test_rating_auc_against_sklearn_and_by_hand():
+    # 2 fakes rated +5 and -2, 2 reals rated -4 and +1: pairs (fake > real): 5>-4, 5>1, -2>-4, -2<1 -> 3/4.
+    auc, n = rating_auc(["fake", "fake", "real", "real"], ["fake", "real", "real", "fake"], [5, 2, 4, 1])
+    assert (auc, n) == (0.75, 4)
+    rng = np.random.default_rng(2)
+    truth = rng.choice(["real", "fake"], 40)
+    answer = np.where(rng.random(40) < 0.6, truth, rng.choice(["real", "fake"], 40))
+    conf = rng.integers(1, 6, 40).astype(float)
+    conf[[3, 7]] = np.nan
+    keep = ~np.isnan(conf)
+    expected = roc_auc_score(truth[keep] == "fake", np.where(answer == "fake", conf, -conf)[keep])
+    assert rating_auc(truth, answer, conf) == (pytest.approx(expected), 38)
+    assert np.isnan(rating_auc(["fake"], ["fake"], [3])[0])

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import binomtest
 
+from ..metrics.auroc import auroc
 from ..utils.atomic import atomic_path, write_json, write_text
 
 log = logging.getLogger("synthcxr")
@@ -203,6 +204,23 @@ def accuracy_stats(truth: Sequence[str], answer: Sequence[str]) -> dict[str, Any
     return out
 
 
+def rating_auc(truth: Sequence[str], answer: Sequence[str], confidence: Sequence[float]) -> tuple[float, int]:
+    """ROC AUC of the 10-point "how fake" rating (fake x confidence = +c, real x confidence = -c).
+
+    A reader at chance accuracy can still rank images well when confident answers are right, so this
+    separates "cannot tell" from "can tell but hedges". Rows without a confidence are left out; returns
+    (AUC, rows used), AUC NaN when a class is missing.
+    """
+    t = np.asarray(truth, dtype=object)
+    a = np.asarray(answer, dtype=object)
+    c = np.asarray(confidence, dtype=np.float64)
+    keep = ~np.isnan(c)
+    if not keep.any():
+        return float("nan"), 0
+    rating = np.where(a[keep] == "fake", c[keep], -c[keep])
+    return auroc((t[keep] == "fake").astype(np.float64), rating), int(keep.sum())
+
+
 def cohen_kappa(a: Sequence[str], b: Sequence[str]) -> float:
     """Cohen's kappa of two raters on the same items; NaN when chance agreement is 1 (no variation)."""
     a = np.asarray(a, dtype=object)
@@ -243,11 +261,13 @@ def score(key: pd.DataFrame, answers: pd.DataFrame) -> dict[str, Any]:
     for r in readers:
         sub = merged[merged["reader"] == r]
         st = accuracy_stats(sub["truth"], sub["answer"])
+        st["rating_auc"], st["n_rated"] = rating_auc(sub["truth"], sub["answer"], sub["confidence"])
         st["coverage"] = len(sub) / len(key)
         st["mean_confidence"] = float(sub["confidence"].mean()) if sub["confidence"].notna().any() else float("nan")
         st["files"] = sorted(set(sub["file"]))
         per_reader[r] = st
     pooled = accuracy_stats(merged["truth"], merged["answer"])
+    pooled["rating_auc"], pooled["n_rated"] = rating_auc(merged["truth"], merged["answer"], merged["confidence"])
     pooled["n_readers"] = len(readers)
 
     wide = merged.pivot(index="image", columns="reader", values="answer")
@@ -299,7 +319,8 @@ def format_summary(s: dict[str, Any]) -> str:
         f"Reader study: {s['n_images']} images ({s['n_real']} real, {s['n_fake']} generated), "
         f"{len(s['readers'])} reader(s). Positive class = fake.",
         "",
-        f"{'reader':<14}{'n':>5}{'acc':>7}{'95% CI':>15}{'p(binom)':>10}{'sens':>7}{'spec':>7}{'fake->real':>11}",
+        f"{'reader':<14}{'n':>5}{'acc':>7}{'95% CI':>15}{'p(binom)':>10}{'sens':>7}{'spec':>7}{'fake->real':>11}"
+        f"{'AUC':>7}",
     ]
 
     def row(name: str, st: dict[str, Any]) -> str:
@@ -307,6 +328,7 @@ def format_summary(s: dict[str, Any]) -> str:
         return (
             f"{name:<14}{st['n']:>5}{_fmt(st['accuracy']):>7}{ci:>15}{_fmt_p(st['p_value']):>10}"
             f"{_fmt(st['sensitivity']):>7}{_fmt(st['specificity']):>7}{_fmt(st['fake_called_real']):>11}"
+            f"{_fmt(st.get('rating_auc', float('nan'))):>7}"
         )
 
     for r, st in s["readers"].items():
@@ -323,6 +345,7 @@ def format_summary(s: dict[str, Any]) -> str:
             f"{_fmt(p['fake_called_real'])} of answers on generated images called them real."
         )
         lines.append("The pooled test treats every answer as independent; per-reader tests are the conservative view.")
+        lines.append("AUC: ROC area of the confidence-weighted rating (fake = +confidence, real = -confidence).")
     for pr in s["cohen_kappa"]:
         a, b = pr["readers"]
         lines.append(
