@@ -264,11 +264,9 @@ def make_dicom(pixels: np.ndarray, *, photometric: str = "MONOCHROME2", bits_sto
                patient_id: str = PHI["PatientID"], view: str = "PA", sex: str = "F", age: str = "061Y",
                with_pixels: bool = True):
     """A DICOM CR/DX dataset with PHI-like tags. ``syntax``: native | rle | j2k | jpeg (baseline 8-bit)."""
-    import pydicom
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.encaps import encapsulate
-    from pydicom.uid import (CTImageStorage, ExplicitVRLittleEndian, JPEG2000Lossless, JPEGBaseline8Bit,
-                             RLELossless, generate_uid)
+    from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGBaseline8Bit, RLELossless, generate_uid
 
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
@@ -286,7 +284,6 @@ def make_dicom(pixels: np.ndarray, *, photometric: str = "MONOCHROME2", bits_sto
     ds.PatientSex = sex
     ds.PatientAge = age
     ds.ViewPosition = view
-    del CTImageStorage
     if not with_pixels:
         ds.Rows, ds.Columns = pixels.shape
         return ds

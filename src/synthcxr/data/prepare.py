@@ -33,8 +33,6 @@ from .pyramid import PyramidWriter, build_pyramid, pyramid_levels, string_attr
 from .quarantine import Quarantine, QuarantineError
 from .splits import SPLITS, assign_splits, patient_key, pseudonym, split_summary
 
-log = logging.getLogger("synthcxr.prepare")
-
 OUTPUTS = ("images.h5", "labels.parquet", "quarantine.csv", "prepare.json")
 _GLOBAL_KEYS = {"seed", "device", "labels"}
 CHUNK = 8
@@ -165,6 +163,8 @@ def prepare(
         "prepare %s (%s): %d rows seen, %d candidate images, %d quarantined, %d filtered by view",
         pcfg.name, pcfg.format, adapter.seen, len(records), n_scan_q, sum(adapter.filtered_views.values()),
     )
+    for warning in adapter.warnings:
+        logger.warning("%s", warning)
 
     # pass 2: pixels, then tables; every output under a temporary name until all succeeded
     levels = pyramid_levels(pcfg.max_res)
@@ -199,13 +199,15 @@ def prepare(
         table = _label_table(kept, labels, pcfg)
         table.to_parquet(tmp["labels.parquet"], index=False)
         quarantine.write(tmp["quarantine.csv"])
-        summary = _summary(pcfg, labels, adapter, quarantine, table, levels, time.perf_counter() - t0)
+        summary = _summary(pcfg, labels, adapter, quarantine, table, levels)
         write_json(tmp["prepare.json"], summary)
     logger.info(
         "prepared %d images (%s) into %s in %.1f s; quarantined %d",
         len(table), ", ".join(f"{s} {summary['splits'][s]['n_images']}" for s in SPLITS), out,
-        summary["seconds"], len(quarantine),
+        time.perf_counter() - t0, len(quarantine),
     )
+    if len(quarantine):
+        logger.warning("quarantined inputs by reason: %s (see %s)", quarantine.counts(), out / "quarantine.csv")
     return summary
 
 
@@ -240,8 +242,8 @@ def _summary(
     quarantine: Quarantine,
     table: pd.DataFrame,
     levels: Sequence[int],
-    seconds: float,
 ) -> dict[str, Any]:
+    """prepare.json content. No timings or paths of temporary files: same inputs give the same bytes."""
     cfg_dict = asdict(cfg)
     cfg_dict.pop("patient_salt")  # the salt is a secret: never written next to the keys it protects
     return {
@@ -262,5 +264,4 @@ def _summary(
         "label_notes": list(adapter.notes),
         "warnings": list(adapter.warnings),
         "config": cfg_dict,
-        "seconds": round(seconds, 3),
     }

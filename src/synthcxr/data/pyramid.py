@@ -69,12 +69,14 @@ class PyramidWriter:
         self.levels = pyramid_levels(max_res, min_res)
         self.max_res = max_res
         self.n = 0
-        self._f = h5py.File(self.path, "w")
+        # fixed file-format version bounds and no object timestamps: identical inputs give identical bytes
+        self._f = h5py.File(self.path, "w", libver=("v110", "v110"), track_order=False)
         group = self._f.create_group("images")
         cap = max(int(capacity), 1)
         self._ds = {
             r: group.create_dataset(
-                str(r), shape=(cap, r, r), maxshape=(None, r, r), dtype=np.uint8, chunks=(1, r, r)
+                str(r), shape=(cap, r, r), maxshape=(None, r, r), dtype=np.uint8, chunks=(1, r, r),
+                track_times=False,
             )
             for r in self.levels
         }
