@@ -386,6 +386,9 @@ def build_study(
     folder of PNGs. Real scans come from the top pyramid level and are area-resized to the generated
     resolution so both groups look alike apart from what the study measures.
     """
+    from ..data.store import PreparedDataset
+
+    PreparedDataset(prepared)  # fail on a missing prepared dataset before reading any generated image
     if not isinstance(generated, ImageSource):
         p = Path(generated)
         generated = archive_source(p) if (p / "manifest.parquet").exists() or p.name == "manifest.parquet" else png_folder_source(p)
