@@ -107,3 +107,28 @@ def test_header_only_object_without_pixels(tmp_path):
     with pytest.raises(QuarantineError) as err:
         read_dicom_gray(tmp_path / "x.dcm")
     assert err.value.kind == "no_pixel_data"
+
+
+def test_voi_lut_sequence_and_rgb(tmp_path):
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    rng = np.random.default_rng(9)
+    x = rng.integers(10, 240, (24, 24), dtype=np.uint8)
+    ds = make_dicom(x)
+    item = Dataset()
+    item.LUTDescriptor = [256, 0, 8]
+    item.add_new(0x00283006, "US", list(range(255, -1, -1)))  # LUTData reversing: output = 255 - input
+    ds.VOILUTSequence = Sequence([item])
+    ds.save_as(tmp_path / "lut.dcm", enforce_file_format=True)
+    inv = 255.0 - x
+    want = (inv - inv.min()) * 255.0 / (inv.max() - inv.min())
+    assert np.abs(read_dicom_gray(tmp_path / "lut.dcm") - want).max() < 1e-3
+
+    rgb = np.stack([x, x // 2, 255 - x], -1).astype(np.uint8)
+    ds = make_dicom(x)
+    ds.set_pixel_data(rgb, photometric_interpretation="RGB", bits_stored=8)
+    ds.save_as(tmp_path / "rgb.dcm", enforce_file_format=True)
+    luma = rgb.astype(float) @ np.array([0.299, 0.587, 0.114])
+    want = (luma - luma.min()) * 255.0 / (luma.max() - luma.min())
+    assert np.abs(read_dicom_gray(tmp_path / "rgb.dcm") - want).max() < 1e-3

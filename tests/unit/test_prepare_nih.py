@@ -156,3 +156,16 @@ def test_permission_denied_is_quarantined(tmp_path, monkeypatch):
     monkeypatch.setattr(builtins, "open", guarded)
     s = prepare(dataset_cfg("nih", root), LABELS, tmp_path / "out")
     assert s["counts"]["quarantined_by_reason"] == {"unreadable": 1}
+
+
+def test_duplicate_rows_are_quarantined_before_decoding(tmp_path):
+    root = tmp_path / "nih"
+    info = write_nih(root, n_patients=3, bad=False)
+    csv = root / "Data_Entry_2017.csv"
+    lines = csv.read_text().splitlines()
+    csv.write_text("\n".join([*lines, lines[1]]) + "\n")
+    out = tmp_path / "out"
+    s = prepare(dataset_cfg("nih", root), LABELS, out)
+    assert s["counts"]["kept"] == len(info["labels"])
+    assert s["counts"]["quarantined_by_reason"] == {"duplicate": 1}
+    assert s["counts"]["seen"] == len(info["labels"]) + 1

@@ -157,7 +157,9 @@ def prepare(
     quarantine = Quarantine()
 
     # pass 1: metadata
-    records: list[Record] = list(progress(adapter.scan(quarantine), desc=f"scan {pcfg.format}", unit="row"))
+    records = _drop_duplicates(
+        list(progress(adapter.scan(quarantine), desc=f"scan {pcfg.format}", unit="row")), quarantine
+    )
     n_scan_q = len(quarantine)
     logger.info(
         "prepare %s (%s): %d rows seen, %d candidate images, %d quarantined, %d filtered by view",
@@ -211,6 +213,19 @@ def prepare(
     return summary
 
 
+def _drop_duplicates(records: list[Record], quarantine: Quarantine) -> list[Record]:
+    """Keep the first listing of each source image; later ones are quarantined (found before decoding)."""
+    seen: set[str] = set()
+    out: list[Record] = []
+    for r in records:
+        if r.image_id in seen:
+            quarantine.add(r.source, "duplicate", f"image {r.source} is listed more than once")
+            continue
+        seen.add(r.image_id)
+        out.append(r)
+    return out
+
+
 def _label_table(kept: Sequence[Record], labels: Sequence[str], cfg: PrepareConfig) -> pd.DataFrame:
     """labels.parquet content for the kept records (row i is images.h5 row i)."""
     keys = [patient_key(r.patient_id, cfg.patient_salt) for r in kept]
@@ -228,10 +243,6 @@ def _label_table(kept: Sequence[Record], labels: Sequence[str], cfg: PrepareConf
     )
     for name in labels:
         table[name] = np.array([r.labels.get(name, math.nan) for r in kept], dtype=np.float64)
-    dup = table["image_id"].duplicated()
-    if dup.any():
-        first = kept[int(np.flatnonzero(dup.to_numpy())[0])].source
-        raise ConfigError(f"'dataset.root': duplicate image id for {first}; the source lists an image twice")
     return table
 
 

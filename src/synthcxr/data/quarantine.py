@@ -27,6 +27,7 @@ REASONS: dict[str, str] = {
     "bad_label_value": "a label value that is not 1, 0, -1 or blank",
     "missing_metadata": "a required metadata field (e.g. patient id) is missing",
     "no_label_row": "the image has no matching label row",
+    "duplicate": "the same image is listed more than once (first listing kept)",
     "decode_error": "an unexpected error or crash while decoding the image",
 }
 
