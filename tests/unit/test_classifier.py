@@ -143,6 +143,8 @@ def test_run_settings_picks_main_or_checker():
     assert (chk["name"], chk["arch"], chk["width"], chk["seed_offset"], chk["seed"]) == ("check", "densenet121", 24, 7, 3)
     with pytest.raises(ValueError, match="neither"):
         run_settings(sec, "other")
+    with pytest.raises(ValueError, match="must differ"):
+        run_settings({**sec, "checker": {**sec["checker"], "name": "real"}}, "real")
 
 
 def test_config_errors_name_the_key():
@@ -216,12 +218,14 @@ def test_saved_model_reproduces_metrics_and_thresholds(trained, tiny_prepared):
             assert metrics["test"]["per_label"][name]["auroc"] == pytest.approx(ref, abs=1e-6)
     p_val, y_val = predict(model, src.val.dataset)
     thr = json.loads((out / "thresholds.json").read_text())
-    assert thr["method"] == "youden_j"
+    assert set(thr) == set(LABELS) and all(0 <= v <= 1 for v in thr.values())
+    assert metrics["operating_points"]["method"] == "youden_j"
     loaded = load_thresholds(out / "thresholds.json", LABELS)
     for j, name in enumerate(LABELS):
         ref = youden_threshold(y_val[:, j], p_val[:, j])
         if not math.isnan(ref["threshold"]):
             assert loaded[j] == pytest.approx(ref["threshold"], abs=1e-6)
+            assert metrics["operating_points"]["labels"][name]["youden_j"] == pytest.approx(ref["j"], abs=1e-9)
     with pytest.raises(KeyError, match="Hernia"):
         load_thresholds(out / "thresholds.json", ["Hernia"])
 
@@ -260,3 +264,38 @@ def test_load_classifier_errors(tmp_path):
     torch.save({"state_dict": {}}, tmp_path / "bad.pt")
     with pytest.raises(ValueError, match="lacks 'arch'"):
         load_classifier(tmp_path / "bad.pt")
+
+
+# ---------------------------------------------------------------- train on an archive (TSTR)
+
+
+def _archive_from_prepared(prepared: str, root, label_order: list[str]) -> None:
+    """An archive-shaped folder holding the prepared train split, labels stored in ``label_order``."""
+    import h5py
+
+    ds = PreparedDataset(prepared)
+    rows = ds.split("train")
+    imgs = ds.read_images(32, rows["row"].to_numpy())
+    (root / "shards").mkdir(parents=True)
+    with h5py.File(root / "shards" / "shard-00000.h5", "w") as f:
+        f.create_dataset("images", data=imgs, chunks=(1, 32, 32))
+    man = pd.DataFrame({"sample_id": [f"s{i:04d}" for i in range(len(rows))], "shard": 0, "index": np.arange(len(rows)),
+                        "h5_path": "shards/shard-00000.h5"})
+    for n in label_order:
+        man[n] = rows[n].to_numpy().astype(np.int8)
+    man.to_parquet(root / "manifest.parquet", index=False)
+    (root / "archive.json").write_text(json.dumps({"label_names": label_order, "resolution": 32, "formats": ["h5"]}))
+
+
+def test_train_on_archive_equals_training_on_the_same_real_images(tiny_prepared, tmp_path, trained):
+    pytest.importorskip("synthcxr.archive")
+    _, real = trained
+    arc = tmp_path / "arc"
+    _archive_from_prepared(tiny_prepared, arc, LABELS[::-1])  # other label order: mapped back by name
+    assert source_kind(arc) == "archive"
+    m = train_classifier(_cfg(), arc, tiny_prepared, tmp_path / "tstr")
+    assert m["train_kind"] == "archive" and m["n_train"] == real["n_train"]
+    # same pixels, same labels, same batch order and seed: the very same model and numbers
+    assert m["test"]["per_label"] == real["test"]["per_label"]
+    with pytest.raises(KeyError, match="archive lacks label"):
+        train_classifier(_cfg(labels=LABELS + ["Hernia"]), arc, tiny_prepared, tmp_path / "bad")

@@ -4,6 +4,8 @@ Operating points (``thresholds.json``) are chosen on the *validation* split, per
 Youden's J = sensitivity + specificity - 1: with no clinical costs attached it weighs a missed finding
 and a false alarm equally, independent of prevalence. A label is called present when its sigmoid
 probability is >= its threshold. Choosing on val keeps the test split untouched for reporting.
+``thresholds.json`` is the flat mapping ``{label: threshold}``; the method, rule and each point's
+val TPR/FPR/J are recorded under ``operating_points`` in ``metrics.json``.
 """
 
 from __future__ import annotations
@@ -97,7 +99,11 @@ def split_metrics(
 
 
 def choose_thresholds(y_val: np.ndarray, p_val: np.ndarray, label_names: Sequence[str]) -> dict:
-    """Per-label Youden operating points on validation probabilities (0.5 when a class is absent)."""
+    """Per-label Youden operating points on validation probabilities (0.5 when a class is absent).
+
+    Returns ``{label: {"threshold", "tpr", "fpr", "youden_j", "fallback"}}``; ``thresholds.json`` keeps
+    only the flat ``{label: threshold}`` mapping (what LCO reads), ``metrics.json`` the details.
+    """
     out = {}
     for j, n in enumerate(label_names):
         pt = youden_threshold(y_val[:, j], p_val[:, j])
@@ -111,12 +117,12 @@ def choose_thresholds(y_val: np.ndarray, p_val: np.ndarray, label_names: Sequenc
         }
         if fallback:
             log.warning("label %s has a single class on val: threshold falls back to 0.5", n)
-    return {
-        "method": THRESHOLD_METHOD,
-        "rule": THRESHOLD_RULE,
-        "thresholds": {n: v["threshold"] for n, v in out.items()},
-        "details": out,
-    }
+    return out
+
+
+def thresholds_mapping(points: dict) -> dict[str, float]:
+    """The ``thresholds.json`` content: ``{label: probability threshold}``."""
+    return {n: float(v["threshold"]) for n, v in points.items()}
 
 
 def load_thresholds(path: str | os.PathLike, label_names: Sequence[str]) -> np.ndarray:
@@ -125,9 +131,9 @@ def load_thresholds(path: str | os.PathLike, label_names: Sequence[str]) -> np.n
     if not p.exists():
         raise FileNotFoundError(f"{p} missing: run the train_classifier rule first")
     with open(p) as fh:
-        thr = json.load(fh).get("thresholds")
-    if not isinstance(thr, dict):
-        raise ValueError(f"{p}: no 'thresholds' mapping; was it written by synthcxr.classifier?")
+        thr = json.load(fh)
+    if not isinstance(thr, dict) or not all(isinstance(v, (int, float)) for v in thr.values()):
+        raise ValueError(f"{p}: expected a mapping {{label: probability threshold}}; rerun train_classifier")
     missing = [n for n in label_names if n not in thr]
     if missing:
         raise KeyError(f"{p}: no threshold for label(s) {missing}; the classifier was trained on {sorted(thr)}")

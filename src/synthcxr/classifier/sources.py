@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
@@ -139,13 +138,12 @@ def archive_split(path: str | os.PathLike, labels: Sequence[str], res: int) -> S
     cols = [names.index(n) for n in labels]
     if cols != list(range(len(names))):
         dataset = LabelSelect(dataset, cols)
-    manifest = pd.read_parquet(Path(path) / "manifest.parquet")
-    if all(n in manifest.columns for n in labels):
-        lab = manifest[list(labels)].to_numpy(dtype=np.float32)
-    else:  # fall back to reading the label vectors through the dataset itself
+    if hasattr(arc, "labels"):  # [n, L] in archive label order, aligned with the dataset
+        lab = np.asarray(arc.labels(), dtype=np.float32)[:, cols]
+    else:  # read the label vectors through the dataset itself
         lab = np.stack([np.asarray(dataset[i][1], dtype=np.float32) for i in range(len(dataset))])
     if len(lab) != len(dataset):
-        raise ValueError(f"{path}: manifest has {len(lab)} rows but the archive yields {len(dataset)} images")
+        raise ValueError(f"{path}: archive lists {len(lab)} label rows but yields {len(dataset)} images")
     return SplitData(dataset, lab, f"{path} [archive]")
 
 

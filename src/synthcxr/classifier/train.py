@@ -30,7 +30,7 @@ from ..metrics.auroc import mean_auroc, per_label_auroc
 from ..utils.atomic import torch_save, write_json
 from ..utils.runtime import progress, resolve_device, seed_everything, setup_logging
 from .augment import AugmentConfig, augment_batch
-from .evaluate import choose_thresholds, plot_roc, predict, split_metrics
+from .evaluate import THRESHOLD_METHOD, THRESHOLD_RULE, choose_thresholds, plot_roc, predict, split_metrics, thresholds_mapping
 from .models import ARCHS, Classifier, default_arch
 from .sources import resolve_sources
 
@@ -241,7 +241,8 @@ def train_classifier(
         "history": [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in h.items()} for h in history],
         "seconds": round(time.time() - t0, 1),
     }
-    thresholds = choose_thresholds(y_val, p_val, names)
+    points = choose_thresholds(y_val, p_val, names)
+    metrics["operating_points"] = {"method": THRESHOLD_METHOD, "rule": THRESHOLD_RULE, "split": "val", "labels": points}
     meta = {
         "label_names": names,
         "input_res": cfg.input_res,
@@ -260,7 +261,7 @@ def train_classifier(
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     out.mkdir(parents=True, exist_ok=True)
     plot_roc(y_test, p_test, names, out / "roc.png", f"{cfg.name}: test ROC (mean AUROC {metrics['test']['mean_auroc']:.3f})")
-    write_json(out / "thresholds.json", thresholds)
+    write_json(out / "thresholds.json", thresholds_mapping(points))
     write_json(out / "metrics.json", metrics)
     torch_save({"arch": arch, "state_dict": state, "meta": meta}, out / "model.pt")  # last: marks completion
     log.info(
