@@ -169,3 +169,12 @@ def test_duplicate_rows_are_quarantined_before_decoding(tmp_path):
     assert s["counts"]["kept"] == len(info["labels"])
     assert s["counts"]["quarantined_by_reason"] == {"duplicate": 1}
     assert s["counts"]["seen"] == len(info["labels"]) + 1
+
+
+def test_no_usable_image_is_a_clear_error(tmp_path):
+    root = tmp_path / "nih"
+    write_nih(root, n_patients=2, bad=False)
+    out = tmp_path / "out"
+    with pytest.raises(ConfigError, match="dataset.views"):
+        prepare(dataset_cfg("nih", root, views=["LL"]), LABELS, out)
+    assert not out.exists() or not any(out.iterdir())

@@ -198,7 +198,17 @@ def prepare(
                         quarantine.add(rec.source, *payload)
                 bar.update(len(chunk))
             bar.close()
+            if not kept:
+                raise ConfigError(
+                    f"'dataset': no usable image in {pcfg.format} dataset {pcfg.root or pcfg.name!r} "
+                    f"({adapter.seen} rows seen; quarantined {quarantine.counts()}; filtered by view "
+                    f"{dict(adapter.filtered_views)}); check dataset.root, dataset.views and the images"
+                )
         table = _label_table(kept, labels, pcfg)
+        for split, n in table["split"].value_counts().reindex(list(SPLITS), fill_value=0).items():
+            if n == 0 and pcfg.split.fractions()[split] > 0:
+                adapter.warnings.append(f"split {split!r} is empty: too few patients for dataset.split")
+                logger.warning("split %r is empty: too few patients for dataset.split", split)
         table.to_parquet(tmp["labels.parquet"], index=False)
         quarantine.write(tmp["quarantine.csv"])
         summary = _summary(pcfg, labels, adapter, quarantine, table, levels)
