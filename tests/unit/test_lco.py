@@ -379,3 +379,31 @@ def test_agreement_with_same_and_stricter_checker(tmp_path, fake_loaders):
     got = agreement(paths, G, C, strict)
     assert got["overall"] == pytest.approx(hand.mean())
     assert got["overall"] < same["overall"]
+
+
+def test_run_shard_with_project_generator_and_classifier(tmp_path):
+    """The shard job against the real model classes and loaders, read back by the archive stage."""
+    pggan = pytest.importorskip("synthcxr.pggan")
+    clf = pytest.importorskip("synthcxr.classifier")
+    archive_latents = pytest.importorskip("synthcxr.archive.latents")
+    from synthcxr.classifier.models import default_arch
+    from synthcxr.pggan.checkpoint import save_generator
+    from synthcxr.utils.atomic import torch_save
+
+    torch.manual_seed(0)
+    save_generator(tmp_path / "generator.pt", pggan.Generator(16, 16, 64, 16), {})
+    arch = default_arch("small_cnn", len(LABELS), 16, 8)
+    C = clf.Classifier(arch, LABELS, 16)
+    torch_save({"arch": arch, "state_dict": C.state_dict(), "meta": {"label_names": LABELS, "input_res": 16}}, tmp_path / "model.pt")
+    section = {**_cfg(steps=3, retries=1, batch_size=3), "plan": {"mode": "balanced", "n_samples": 4}, "shard_size": 4, "seed": 1}
+    write_plan(make_plan(section, LABELS, None, seed=1), tmp_path / "plan.parquet")
+    # thresholds no random latent can meet: every sample runs all steps of every attempt
+    (tmp_path / "thresholds.json").write_text(json.dumps({n: 1.0 for n in LABELS}))
+    out = tmp_path / "latents" / "shard-00000.parquet"
+    res = run_shard(tmp_path / "plan.parquet", 0, tmp_path / "generator.pt", tmp_path / "model.pt", tmp_path / "thresholds.json", section, out)
+    assert not res["success"].any() and (res["attempts"] == 2).all() and (res["g_evals"] == 2 * 4).all()
+    start = initial_latents([attempt_seed(int(s), 1) for s in make_plan(section, LABELS, None, seed=1)["seed"]], 16).numpy()
+    assert not np.allclose(np.stack(res["z"]), start)  # gradients reached z through G and C
+    shard = archive_latents.read_latents(out, LABELS)
+    np.testing.assert_array_equal(shard.z, np.stack(res["z"]))
+    assert shard.sample_ids == res["sample_id"].tolist()

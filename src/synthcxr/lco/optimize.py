@@ -225,9 +225,9 @@ def _reason(probs: np.ndarray, target: np.ndarray, space: LabelSpace, attempts: 
         if np.isnan(t):
             continue
         if target[j] >= 0.5 and not probs[j] >= np.float32(t):
-            unmet.append(f"{name} p={probs[j]:.3f}<{t:.3f}")
+            unmet.append(f"{name} p={probs[j]:.4f}<{t:.4f}")
         elif target[j] < 0.5 and not probs[j] <= np.float32(t):
-            unmet.append(f"{name} p={probs[j]:.3f}>{t:.3f}")
+            unmet.append(f"{name} p={probs[j]:.4f}>{t:.4f}")
     return f"target not met after {attempts} attempt(s) of up to {steps} steps; unmet: {', '.join(unmet)}"
 
 
