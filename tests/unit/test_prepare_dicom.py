@@ -55,6 +55,13 @@ def test_window_functions_hand_values():
     np.testing.assert_allclose(window_linear(np.array([100.0]), 100, 50, "SIGMOID"), [127.5])
 
 
+def test_view_names():
+    from synthcxr.data.dicom import normalise_view
+
+    assert [normalise_view(v) for v in ("pa", " AP ", "LL", "RL", "LATERAL", "", "AP  AXIAL", "PA LLD")] == [
+        "PA", "AP", "LL", "LATERAL", "LATERAL", "UNKNOWN", "AP AXIAL", "PA LLD"]
+
+
 def test_age_strings():
     assert parse_age("061Y") == 61 and parse_age("006M") == 0.5 and math.isnan(parse_age("")) and math.isnan(parse_age("150Y"))
 

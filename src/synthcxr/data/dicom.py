@@ -46,16 +46,16 @@ def read_header(path: str | os.PathLike) -> pydicom.Dataset:
 
 
 def normalise_view(value: object) -> str:
-    """ViewPosition-like strings -> PA / AP / LL / LATERAL / UNKNOWN (or the cleaned raw value)."""
-    v = str(value or "").strip().upper()
+    """ViewPosition-like strings -> PA / AP / LL / LATERAL / UNKNOWN, else the cleaned raw value.
+
+    Only exact PA/AP count as frontal: decubitus and axial variants ("AP AXIAL", "PA LLD") are kept
+    under their own names, so the default view filter drops them and prepare.json counts them.
+    """
+    v = " ".join(str(value or "").strip().upper().split())
     if not v:
         return "UNKNOWN"
     if v in ("PA", "AP", "LL"):
         return v
-    if v.startswith("AP"):  # "AP AXIAL", "AP LLD" ...
-        return "AP"
-    if v.startswith("PA"):
-        return "PA"
     if v in _LATERAL:
         return "LATERAL"
     return v
