@@ -5,6 +5,10 @@ most ``window`` chunks are in flight, so memory is bounded by ``window * chunk``
 dataset size. Results come back in submission order, so outputs do not depend on the worker count.
 A worker killed by a native decoder crash (segfault on a hostile file) breaks the pool; the chunk is
 then retried one item per fresh process to isolate the culprit, which is reported as an error.
+
+Workers are forked where the platform allows (cheap start, no re-import of ``__main__``, which matters
+under Snakemake's script runner). They may inherit the parent's open HDF5 handle but never use it, and
+multiprocessing ends forked workers with ``os._exit``, so no library shutdown code touches that file.
 """
 
 from __future__ import annotations
