@@ -11,6 +11,8 @@ rule train_pggan:
         cfg=stage("pggan"),
     log:
         f"{LOGS}/train_pggan.log",
+    benchmark:
+        f"{LOGS}/benchmarks/train_pggan.tsv"
     threads: 2
     script:
         "../scripts/train_pggan.py"
