@@ -1,7 +1,11 @@
 """Training-loop behaviour: tiny end-to-end growth, exact resume, config guard, weights_only files, bf16."""
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -132,6 +136,35 @@ def test_resume_after_kill_is_bit_exact(tiny_prepared, tmp_path, monkeypatch):
     la = [json.loads(x) for x in (straight / "log.jsonl").read_text().splitlines()]
     lb = [json.loads(x) for x in (killed / "log.jsonl").read_text().splitlines()]
     assert [(r["kimg"], r["loss_d"], r["loss_g"]) for r in la] == [(r["kimg"], r["loss_d"], r["loss_g"]) for r in lb]
+
+    # the same with a real SIGKILL of a separate process right after its third checkpoint
+    sig = tmp_path / "sigkill"
+    script = tmp_path / "die.py"
+    script.write_text(KILL_SCRIPT)
+    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()), SYNTHCXR_NO_PROGRESS="1")
+    res = subprocess.run([sys.executable, str(script), json.dumps(cfg), tiny_prepared, str(sig)], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == -signal.SIGKILL, res.stderr[-2000:]
+    assert torch.load(sig / "checkpoint.pt", weights_only=True)["nimg"] == 192
+    assert not (sig / "generator.pt").exists()
+    train_pggan(dict(cfg), tiny_prepared, sig)
+    c = torch.load(sig / "checkpoint.pt", weights_only=True)
+    for key in ("G", "D", "G_ema", "opt_G", "opt_D", "nimg", "step"):
+        _assert_same(a[key], c[key], key)
+
+
+KILL_SCRIPT = '''
+import json, os, signal, sys
+import synthcxr.pggan.train as T
+real_save, n = T.save_checkpoint, []
+def save(path, state):
+    real_save(path, state)
+    n.append(1)
+    if len(n) == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+T.save_checkpoint = save
+T.train_pggan(json.loads(sys.argv[1]), sys.argv[2], sys.argv[3])
+'''
 
 
 def test_changed_config_refuses_to_resume(tiny_run, tiny_prepared, tmp_path):

@@ -383,6 +383,8 @@ class _Trainer:
                 log.info("  phase %d %-9s res %4d  %7.1f -> %7.1f kimg  minibatch %d", p.index, p.name, p.res,
                          p.start_nimg / 1000, p.end_nimg / 1000, self.sched.minibatch[p.res])
         G_net, D_net = self.G, self.D
+        if self.dev.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed shapes within a phase
         if info.distributed:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -397,7 +399,7 @@ class _Trainer:
                         unit="kimg", desc="pggan", **bar_kw,
                         bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} kimg [{elapsed}<{remaining}{postfix}]")
         it, cur_key = None, None
-        acc: dict[str, float] = {}
+        acc: dict[str, torch.Tensor] = {}
         acc_n, t_int, img_int = 0, time.perf_counter(), 0
         steps_here = 0
         try:
@@ -418,14 +420,14 @@ class _Trainer:
                 steps_here += 1
                 dt = time.perf_counter() - t0
                 self.seconds += dt
-                for k, v in stats.items():
-                    acc[k] = acc.get(k, 0.0) + float(v)
+                for k, v in stats.items():  # stays on the device: no per-step host sync
+                    acc[k] = acc[k] + v if k in acc else v.clone()
                 acc_n += 1
                 img_int += pos.batch
                 pbar.update(pos.batch / 1000)
                 done = self.nimg >= self.sched.total_nimg
                 if _crossed(prev, self.nimg, cfg.log_kimg) or done:
-                    vals = mean_across_ranks(torch.tensor([acc[k] / acc_n for k in sorted(acc)], dtype=torch.float64), info)
+                    vals = mean_across_ranks(torch.stack([acc[k].double() / acc_n for k in sorted(acc)]), info).cpu()
                     now = time.perf_counter()
                     rec = {k: float(v) for k, v in zip(sorted(acc), vals.tolist())}
                     rec.update(kimg=self.nimg / 1000, phase=pos.phase.name, res=pos.res, alpha=round(pos.alpha, 6),
