@@ -185,6 +185,20 @@ def test_render_one_matches_its_micro_batch_and_rejects_bad_index(arch):
         render_one(G, z, 11, BATCH)
 
 
+def test_latents_fixed_size_list_z(tmp_path):
+    """The lco stage writes z as fixed_size_list<float32>[D]; rows come back sorted by index."""
+    import pyarrow as pa
+
+    rng = np.random.default_rng(2)
+    df, z = latents_frame(4, 6, rng)
+    tbl = pa.Table.from_pandas(df, preserve_index=False).append_column("z", pa.array(list(z), pa.list_(pa.float32(), DIM)))
+    pq.write_table(tbl, tmp_path / "shard-00004.parquet")
+    lat = read_latents(tmp_path / "shard-00004.parquet", LABELS)
+    order = np.argsort(df["index"].to_numpy())
+    np.testing.assert_array_equal(lat.z, z[order])
+    assert lat.shard == 4 and lat.sample_ids == [f"syn-00004-{i:04d}" for i in range(6)]
+
+
 def test_latents_contract_errors(tmp_path):
     rng = np.random.default_rng(0)
     df, z = latents_frame(0, 5, rng)
