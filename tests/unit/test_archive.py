@@ -133,6 +133,13 @@ def test_h5_shard_read_with_plain_h5py(arch):
     np.testing.assert_array_equal(lat.targets[:, 0], raw.loc[lat.sample_ids, "target_Cardiomegaly"].to_numpy())
 
 
+def test_published_files_have_umask_permissions(arch):
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for rel in ("shards/shard-00000.h5", "shards/shard-00000.parquet", "manifest.parquet", "SHA256SUMS", "archive.json"):
+        assert (arch["root"] / rel).stat().st_mode & 0o777 == 0o666 & ~umask, rel
+
+
 def test_parquet_shard_hf_image_convention(arch):
     root = arch["root"]
     path = root / "shards/shard-00001.parquet"
@@ -290,10 +297,12 @@ def test_verify_catches_flipped_byte(arch, tmp_path, capsys):
     data = bytearray(p.read_bytes())
     data[len(data) // 2] ^= 0x01
     p.write_bytes(bytes(data))
+    (copy / "shards/.tmp-shard-00003-abc.h5").write_bytes(b"partial")
     assert cli_main(["verify", str(copy)]) == 1
     out = capsys.readouterr().out
     assert "FAILED shards/shard-00001.h5: checksum mismatch" in out
     assert "OK     shards/shard-00000.h5" in out
+    assert "WARN   shards/.tmp-shard-00003-abc.h5: temporary file of an interrupted writer" in out
 
 
 def test_verify_catches_truncated_shard_even_with_updated_sums(arch, tmp_path, capsys):

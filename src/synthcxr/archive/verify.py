@@ -33,9 +33,11 @@ class Check:
     path: str
     ok: bool
     reason: str = ""
+    warning: bool = False  # not a failure, but worth a look (e.g. a stray file)
 
     def line(self) -> str:
-        return f"{'OK    ' if self.ok else 'FAILED'} {self.path}" + (f": {self.reason}" if self.reason else "")
+        tag = "FAILED" if not self.ok else ("WARN  " if self.warning else "OK    ")
+        return f"{tag} {self.path}" + (f": {self.reason}" if self.reason else "")
 
 
 def check_sums(root: Path) -> list[Check]:
@@ -44,6 +46,7 @@ def check_sums(root: Path) -> list[Check]:
     if not sums.exists():
         return [Check(SUMS, False, "missing; the archive was never finalised (snakemake finalize_archive)")]
     out = []
+    listed: set[str] = set()
     for no, raw in enumerate(sums.read_text().splitlines(), 1):
         if not raw.strip():
             continue
@@ -52,11 +55,18 @@ def check_sums(root: Path) -> list[Check]:
             out.append(Check(f"{SUMS}:{no}", False, f"malformed line {raw[:80]!r}"))
             continue
         p = root / rel
+        listed.add(rel)
         if not p.is_file():
             out.append(Check(rel, False, "listed in SHA256SUMS but missing"))
             continue
         actual = sha256_file(p)
         out.append(Check(rel, actual == digest, "" if actual == digest else f"checksum mismatch (expected {digest[:12]}..., got {actual[:12]}...)"))
+    for sub in ("shards", "latents"):
+        for p in sorted((root / sub).glob("*")) if (root / sub).is_dir() else []:
+            rel = f"{sub}/{p.name}"
+            if rel not in listed:
+                why = "temporary file of an interrupted writer; safe to delete" if p.name.startswith(".tmp-") else "not listed in SHA256SUMS; not part of the release"
+                out.append(Check(rel, True, why, warning=True))
     return out
 
 
