@@ -28,7 +28,7 @@ from synthcxr.archive.card import write_card
 from synthcxr.archive.finalize import finalize_archive
 from synthcxr.archive.latents import read_latents, write_latents
 from synthcxr.archive.regenerate import regenerate_sample
-from synthcxr.archive.render import render_batch, render_one
+from synthcxr.archive.render import render_one
 from synthcxr.archive.sample import ArchiveConfig, sample_shard
 from synthcxr.archive.shard_parquet import decode_png, encode_png
 from synthcxr.archive.verify import verify_archive

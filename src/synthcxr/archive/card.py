@@ -17,9 +17,9 @@ import pandas as pd
 from ..utils.atomic import write_text
 
 
-def _flatten(obj: Any, prefix: str = "") -> list[tuple[str, float]]:
-    """``{"fid": {"value": 3.1}}`` -> ``[("fid.value", 3.1)]``; keeps only numbers (not bools)."""
-    out: list[tuple[str, float]] = []
+def _flatten(obj: Any, prefix: str = "") -> list[tuple[str, float | str]]:
+    """``{"fid": {"value": 3.1}}`` -> ``[("fid.value", 3.1)]``; keeps numbers (not bools) and short number lists."""
+    out: list[tuple[str, float | str]] = []
     if isinstance(obj, Mapping):
         for k in sorted(obj, key=str):
             out += _flatten(obj[k], f"{prefix}.{k}" if prefix else str(k))

@@ -35,7 +35,8 @@ def _device_of(G: nn.Module) -> torch.device:
 def render_batch(G: nn.Module, z: np.ndarray) -> np.ndarray:
     """uint8 ``[b, R, R]`` for latents ``z`` ``[b, D]`` rendered as one forward pass."""
     dev = _device_of(G)
-    with torch.inference_mode():
+    # cuDNN: no autotuning (it may pick a different algorithm next run) and deterministic kernels only.
+    with torch.inference_mode(), torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True):
         out = G(torch.from_numpy(np.ascontiguousarray(z, dtype=np.float32)).to(dev))
     res = getattr(G, "resolution", None)
     side = "R" if res is None else str(int(res))

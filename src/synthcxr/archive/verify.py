@@ -95,7 +95,10 @@ def _read_parquet(path: Path, count: int, res: int) -> tuple[list[str], np.ndarr
     digest = hashlib.sha256()
     for rg in range(pf.num_row_groups):
         t = pf.read_row_group(rg, columns=["sample_id", "index", "image"])
+        first = len(ids)
         ids += [str(s) for s in t.column("sample_id").to_pylist()]
+        if t.column("index").to_pylist() != list(range(first, len(ids))):
+            raise ValueError(f"row group {rg}: column 'index' is not the row position")
         pngs = t.column("image").combine_chunks().field("bytes").to_pylist()
         for k, b in enumerate(pngs):
             if b is None:
