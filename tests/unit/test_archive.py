@@ -276,6 +276,10 @@ def test_finalize_errors_name_the_problem(arch, tmp_path):
     save_generator(other, make_generator(seed=1), {})
     with pytest.raises(ValueError, match="rendered by a different generator"):
         finalize_archive(copy, arch["cfg"], lats, other)
+    with h5py.File(copy / "shards/shard-00002.h5", "r+") as f:
+        f["sample_id"][0] = "someone-else"
+    with pytest.raises(ValueError, match="shard-00002.h5: sample ids differ"):
+        finalize_archive(copy, arch["cfg"], lats, arch["gen"])
     (copy / "shards/shard-00001.parquet").unlink()
     with pytest.raises(FileNotFoundError, match="shard-00001.parquet missing"):
         finalize_archive(copy, arch["cfg"], lats, arch["gen"])

@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -47,6 +48,13 @@ def _shard_attrs(path: Path, fmt: str) -> dict[str, Any]:
     if not path.exists():
         raise FileNotFoundError(f"{path} missing: run the sample rule for this shard (snakemake {path})")
     return read_h5_attrs(path) if fmt == "h5" else read_parquet_attrs(path)
+
+
+def _shard_ids(path: Path, fmt: str) -> list[str]:
+    if fmt == "h5":
+        with h5py.File(path, "r") as f:
+            return [v.decode() if isinstance(v, bytes) else str(v) for v in f["sample_id"][:]]
+    return [str(v) for v in pq.read_table(path, columns=["sample_id"]).column("sample_id").to_pylist()]
 
 
 def read_memorization(path: str | os.PathLike) -> pd.DataFrame:
@@ -116,6 +124,8 @@ def finalize_archive(
             attrs = _shard_attrs(sp, fmt)
             if int(attrs.get("count", -1)) != len(lat):
                 raise ValueError(f"{sp}: holds {attrs.get('count')} samples but {lp} has {len(lat)}; delete the shard and rerun sample")
+            if _shard_ids(sp, fmt) != lat.sample_ids:
+                raise ValueError(f"{sp}: sample ids differ from {lp} (latents changed after rendering); delete the shard and rerun sample")
             if attrs.get("generator_sha256") != gen_sha:
                 raise ValueError(f"{sp}: rendered by a different generator than {generator_path}; delete the shard and rerun sample")
             res_seen.add(int(attrs["resolution"]))
