@@ -5,24 +5,31 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 SNAKE  := $(VENV)/bin/snakemake
 CORES  ?= 2
+# Optional index for the CPU torch build on machines without a local wheel,
+# e.g. make install TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
 
-.PHONY: install demo test test-fast lint dag report clean
+.PHONY: install sysdeps demo test lint clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	# CPU torch first, pinned, so nothing below can pull a CUDA build.
-	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PIP) install --quiet -c requirements.txt -e ".[workflow,dev]"
 	touch $@
 
 install: $(VENV)/.installed
 
 demo: install
-	$(SNAKE) --cores $(CORES) --configfile config/config.yaml
+	$(SNAKE) --cores $(CORES)
+	$(SNAKE) --cores $(CORES) --report results/report.html
 	@echo "archive: results/archive/demo   report: results/report.html"
 
-test: install
+sysdeps:
+	bash tools/sysdeps.sh
+
+test: install sysdeps
 	SYNTHCXR_NO_PROGRESS=1 $(VENV)/bin/pytest -q
 
 lint: install

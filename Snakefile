@@ -1,11 +1,14 @@
 # synthcxr: real chest X-rays -> PGGAN + latent class optimisation -> labelled synthetic archive.
 # Logic lives in the synthcxr package; rules wire files to it. See README.md for the DAG.
+import os
+
 from snakemake.utils import min_version
 
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# The demo config is the base; --configfile FILE is merged over it.
+configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
 include: "workflow/rules/common.smk"
@@ -26,5 +29,6 @@ rule all:
         f"{VAL}/fid.json",
         f"{VAL}/tstr.json",
         f"{VAL}/memorization.parquet",
+        f"{VAL}/diversity.json",
         f"{VAL}/answer_key/key.csv",
     default_target: True
