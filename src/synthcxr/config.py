@@ -127,8 +127,20 @@ def deep_merge(base: dict, update: dict) -> dict:
 
 
 def section(config: dict, name: str) -> dict[str, Any]:
-    """Return a stage's config section merged with the global keys it needs (seed, device, labels)."""
+    """Return a stage's config section merged with the global keys it needs (seed, device, labels).
+
+    Keys are sorted recursively: Snakemake compares rule params by their text, so the order in
+    which keys were written in a YAML file must not look like a change.
+    """
     sec = dict(config[name])
     for k in ("seed", "device", "labels"):
         sec.setdefault(k, config[k])
-    return sec
+    return _sorted_keys(sec)
+
+
+def _sorted_keys(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _sorted_keys(obj[k]) for k in sorted(obj, key=str)}
+    if isinstance(obj, list):
+        return [_sorted_keys(v) for v in obj]
+    return obj

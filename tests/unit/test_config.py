@@ -128,3 +128,14 @@ def test_overrides_are_deep_merged(tmp_path):
     cfg = load_config(REPO_ROOT / "config" / "config.yaml", overrides={"pggan": {"lr": 0.002}})
     assert cfg["pggan"]["lr"] == 0.002 and cfg["pggan"]["run"] == "demo"
     assert deep_merge({"a": {"b": 1, "c": 2}}, {"a": {"b": 3}}) == {"a": {"b": 3, "c": 2}}
+
+
+def test_section_is_independent_of_key_order(raw):
+    from synthcxr.config import section
+
+    a = validate_config(copy.deepcopy(raw))
+    shuffled = {k: (dict(reversed(list(v.items()))) if isinstance(v, dict) else v) for k, v in reversed(list(raw.items()))}
+    b = validate_config(shuffled)
+    for name in ("dataset", "pggan", "classifier", "lco"):
+        assert repr(section(a, name)) == repr(section(b, name))
+        assert section(a, name)["seed"] == raw["seed"]

@@ -167,14 +167,22 @@ T.train_pggan(json.loads(sys.argv[1]), sys.argv[2], sys.argv[3])
 '''
 
 
-def test_changed_config_refuses_to_resume(tiny_run, tiny_prepared, tmp_path):
+def test_changed_config_keeps_old_checkpoint_and_retrains(tiny_run, tiny_prepared, tmp_path):
     out, _ = tiny_run
     work = tmp_path / "copy"
     shutil.copytree(out, work)
-    with pytest.raises(RuntimeError, match=r"pggan\.lr: 0\.001 -> 0\.002(.|\n)*delete"):
-        train_pggan(dict(TINY, lr=0.002), tiny_prepared, work)
-    # bookkeeping keys may change freely
+    old = torch.load(work / "checkpoint.pt", weights_only=True)
+    # bookkeeping keys may change freely: the finished run is resumed, not retrained
     train_pggan(dict(TINY, snapshot_kimg=7.0, log_kimg=3.0), tiny_prepared, work)
+    assert not list(work.glob("checkpoint-*.pt"))
+    train_pggan(dict(TINY, lr=0.002), tiny_prepared, work, log_file=tmp_path / "rule.log")
+    assert "pggan.lr: 0.001 -> 0.002" in (tmp_path / "rule.log").read_text()
+    kept = work / f"checkpoint-{old['fingerprint'][:12]}.pt"
+    kept_state = torch.load(kept, weights_only=True)
+    assert all(torch.equal(old["G"][k], kept_state["G"][k]) for k in old["G"])
+    assert (work / f"snapshots-{old['fingerprint'][:12]}").is_dir()
+    new = torch.load(work / "checkpoint.pt", weights_only=True)
+    assert new["fingerprint"] != old["fingerprint"] and new["config"]["lr"] == 0.002
 
 
 def test_bf16_autocast_on_cpu_trains_finite(tiny_prepared, tmp_path):

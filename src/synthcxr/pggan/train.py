@@ -258,17 +258,14 @@ class _Trainer:
         if not self.ckpt_path.exists():
             return False
         ck = load_checkpoint(self.ckpt_path, map_location=self.dev)
+        reasons = []
         if ck["fingerprint"] != self.cfg.fingerprint():
-            changes = diff_training(ck["config"], self.cfg.training_dict())
-            raise RuntimeError(
-                f"{self.ckpt_path} was written with a different pggan config:\n  " + "\n  ".join(changes)
-                + f"\nRestore those values to resume, or delete {self.ckpt_path} to train from scratch."
-            )
-        if ck["n_train"] != self.n_train:
-            raise RuntimeError(
-                f"{self.ckpt_path}: trained on {ck['n_train']} images but the train split now has "
-                f"{self.n_train}; delete the checkpoint to train from scratch on the new data"
-            )
+            reasons = diff_training(ck["config"], self.cfg.training_dict())
+        elif ck["n_train"] != self.n_train:
+            reasons = [f"train split: {ck['n_train']} -> {self.n_train} images"]
+        if reasons:
+            self._set_aside(ck["fingerprint"], reasons)
+            return False
         self.G.load_state_dict(ck["G"])
         self.D.load_state_dict(ck["D"])
         self.G_ema.load_state_dict(ck["G_ema"])
@@ -287,6 +284,22 @@ class _Trainer:
                     keep.append(line)
             self.log_lines = keep
         return True
+
+    def _set_aside(self, old_fingerprint: str, reasons: list[str]) -> None:
+        """A checkpoint from another training config cannot be resumed: keep it under a new name
+        (nothing is lost) and train from scratch, so a config edit simply retrains the stage."""
+        if self.info.is_main:
+            kept = self.out / f"checkpoint-{old_fingerprint[:12]}.pt"
+            os.replace(self.ckpt_path, kept)
+            log.warning(
+                "%s was written with a different training setup:\n  %s\nkept it as %s; training from scratch",
+                self.ckpt_path, "\n  ".join(reasons), kept.name,
+            )
+            for stale in ("log.jsonl", "snapshots", "fakes"):  # the old run's history goes with it
+                path = self.out / stale
+                if path.exists():
+                    os.replace(path, self.out / f"{path.stem}-{old_fingerprint[:12]}{path.suffix}")
+        barrier(self.info)
 
     # -- outputs (rank 0) ----------------------------------------------------------------------
     def meta(self, pos: Position) -> dict[str, Any]:

@@ -48,7 +48,21 @@ def setup_logging(log_file: str | os.PathLike | None = None, level: int = loggin
         fh.setFormatter(fmt)
         logger.addHandler(fh)
     logger.propagate = False
+    if log_file is not None:
+        _log_uncaught(logger)
     return logger
+
+
+def _log_uncaught(logger: logging.Logger) -> None:
+    """Send an uncaught exception's traceback to the rule's log file too, not only to stderr."""
+    previous = sys.excepthook
+
+    def hook(exc_type, exc, tb):
+        if not issubclass(exc_type, KeyboardInterrupt):
+            logger.critical("failed: %s", exc, exc_info=(exc_type, exc, tb))
+        previous(exc_type, exc, tb)
+
+    sys.excepthook = hook
 
 
 def progress(iterable=None, **kwargs):
