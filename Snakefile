@@ -30,5 +30,6 @@ rule all:
         f"{VAL}/tstr.json",
         f"{VAL}/memorization.parquet",
         f"{VAL}/diversity.json",
+        f"{VAL}/lco_agreement.json",
         f"{VAL}/answer_key/key.csv",
     default_target: True

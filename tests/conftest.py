@@ -84,3 +84,18 @@ def write_prepared(folder, n: int = 240, max_res: int = 32, seed: int = 0, names
 def tiny_prepared(tmp_path_factory) -> str:
     """A 240-image prepared dataset at up to 32 px with learnable test patterns (not the phantom)."""
     return write_prepared(tmp_path_factory.mktemp("prepared"), n=240, max_res=32, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """Working directory in which `snakemake --cores 2` finished the whole DAG on tests/e2e/tiny.yaml."""
+    from dag import snakemake
+
+    work = tmp_path_factory.mktemp("e2e-local")
+    proc = snakemake(work, "--cores", "2")
+    if proc.returncode != 0:
+        logs = "\n".join(
+            f"--- {p}\n{p.read_text()[-3000:]}" for p in sorted((work / "results" / "logs").rglob("*.log"))
+        )
+        pytest.fail(f"tiny DAG failed:\n{proc.stderr[-6000:]}\n{logs}")
+    return work

@@ -76,6 +76,9 @@ class SlurmCluster:
                     "JobAcctGatherType=jobacct_gather/none",
                     "JobCompType=jobcomp/none",
                     "SlurmctldTimeout=30",
+                    # The node may advertise more CPUs/memory than the machine has, so the profile's
+                    # cluster-sized requests schedule on a laptop-sized test node.
+                    "SlurmdParameters=config_overrides",
                     "SlurmdTimeout=30",
                     f"NodeName={self.node} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={self.mem_mb} State=UNKNOWN",
                     "PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP",

@@ -22,5 +22,7 @@ rule train_classifier:
     wildcard_constraints:
         clf="[A-Za-z0-9_.-]+",
     threads: 2
+    conda:
+        CONDA_ENV
     script:
         "../scripts/train_classifier.py"

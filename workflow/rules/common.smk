@@ -3,8 +3,13 @@ import math
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(workflow.basedir).parent / "src"))
+SRC = str(Path(workflow.basedir) / "src")
+sys.path.insert(0, SRC)
 from synthcxr.config import ConfigError, section, validate_config  # noqa: E402
+from synthcxr.utils.runtime import prepend_pythonpath  # noqa: E402
+
+# Scripts run in their own processes (conda envs, cluster nodes): make the package importable there.
+prepend_pythonpath(SRC)
 
 try:
     validate_config(config)
@@ -19,6 +24,8 @@ VAL = f"results/validate/{config['archive']['name']}"
 LOGS = "results/logs"
 N_SHARDS = math.ceil(config["lco"]["plan"]["n_samples"] / config["lco"]["shard_size"])
 SHARDS = [f"{i:05d}" for i in range(N_SHARDS)]
+# Relative to the rule files in workflow/rules/.
+CONDA_ENV = "../../envs/synthcxr.yaml"
 
 
 

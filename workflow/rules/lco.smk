@@ -12,6 +12,8 @@ rule plan:
         cfg=stage("lco"),
     log:
         f"{LOGS}/plan.log",
+    conda:
+        CONDA_ENV
     script:
         "../scripts/plan.py"
 
@@ -31,5 +33,7 @@ rule lco:
     wildcard_constraints:
         shard=r"\d{5}",
     threads: 2
+    conda:
+        CONDA_ENV
     script:
         "../scripts/lco.py"

@@ -14,5 +14,7 @@ rule train_pggan:
     benchmark:
         f"{LOGS}/benchmarks/train_pggan.tsv"
     threads: 2
+    conda:
+        CONDA_ENV
     script:
         "../scripts/train_pggan.py"

@@ -15,5 +15,7 @@ rule prepare:
     benchmark:
         f"{LOGS}/benchmarks/prepare.tsv"
     threads: max(1, config["dataset"]["workers"])
+    conda:
+        CONDA_ENV
     script:
         "../scripts/prepare.py"

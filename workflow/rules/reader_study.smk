@@ -14,5 +14,7 @@ rule reader_study:
         f"{LOGS}/reader_study.log",
     benchmark:
         f"{LOGS}/benchmarks/reader_study.tsv"
+    conda:
+        CONDA_ENV
     script:
         "../scripts/reader_study.py"

@@ -19,6 +19,8 @@ rule sample:
     log:
         f"{LOGS}/sample/shard-{{shard}}.log",
     threads: 2
+    conda:
+        CONDA_ENV
     script:
         "../scripts/sample.py"
 
@@ -40,6 +42,8 @@ rule finalize_archive:
         shard_size=config["lco"]["shard_size"],
     log:
         f"{LOGS}/finalize_archive.log",
+    conda:
+        CONDA_ENV
     script:
         "../scripts/finalize_archive.py"
 
@@ -55,5 +59,7 @@ rule dataset_card:
         f"{ARCH}/DATASET_CARD.md",
     log:
         f"{LOGS}/dataset_card.log",
+    conda:
+        CONDA_ENV
     script:
         "../scripts/dataset_card.py"

@@ -22,6 +22,8 @@ rule validate_memorization:
     log:
         f"{LOGS}/validate_memorization.log",
     threads: 2
+    conda:
+        CONDA_ENV
     script:
         "../scripts/validate_memorization.py"
 
@@ -44,6 +46,8 @@ rule validate_fid:
     log:
         f"{LOGS}/validate_fid.log",
     threads: 2
+    conda:
+        CONDA_ENV
     script:
         "../scripts/validate_fid.py"
 
@@ -66,6 +70,8 @@ rule validate_tstr:
     log:
         f"{LOGS}/validate_tstr.log",
     threads: 2
+    conda:
+        CONDA_ENV
     script:
         "../scripts/validate_tstr.py"
 
@@ -85,8 +91,31 @@ rule validate_diversity:
         cfg=stage("validate"),
     log:
         f"{LOGS}/validate_diversity.log",
+    conda:
+        CONDA_ENV
     script:
         "../scripts/validate_diversity.py"
+
+
+rule validate_lco:
+    """Re-render every LCO latent and score it with the independently trained checker classifier."""
+    input:
+        latents=expand(f"{ARCH}/latents/shard-{{shard}}.parquet", shard=SHARDS),
+        generator=f"{PGGAN}/generator.pt",
+        checker=f"{CLF}/{config['classifier']['checker']['name']}/model.pt",
+        thresholds=f"{CLF}/{config['classifier']['checker']['name']}/thresholds.json",
+    output:
+        agreement=f"{VAL}/lco_agreement.json",
+    params:
+        device=config["device"],
+        batch_size=config["lco"]["batch_size"],
+    log:
+        f"{LOGS}/validate_lco.log",
+    threads: 2
+    conda:
+        CONDA_ENV
+    script:
+        "../scripts/validate_lco.py"
 
 
 rule validate:
@@ -96,3 +125,5 @@ rule validate:
         rules.validate_tstr.output,
         rules.validate_memorization.output,
         rules.validate_diversity.output,
+        rules.validate_lco.output,
+

@@ -1,0 +1,21 @@
+"""Rule validate_lco: latents + generator + checker classifier -> lco_agreement.json."""
+
+from synthcxr.lco.evaluate import agreement
+from synthcxr.utils.atomic import write_json
+from synthcxr.utils.runtime import setup_logging
+
+sm = snakemake  # noqa: F821 (injected by Snakemake)
+log = setup_logging(sm.log[0])
+result = agreement(
+    list(sm.input.latents),
+    sm.input.generator,
+    sm.input.checker,
+    sm.input.thresholds,
+    batch_size=sm.params.batch_size,
+    device=sm.params.device,
+)
+log.info(
+    "checker agreement: %.3f over %d samples; %s over the %d LCO-successful ones",
+    result["overall"], result["n"], result.get("overall_successful"), result.get("n_successful", 0),
+)
+write_json(sm.output.agreement, result)
