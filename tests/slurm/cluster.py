@@ -15,6 +15,7 @@ import subprocess
 import time
 from pathlib import Path
 
+SYSTEM_CONF = Path("/etc/slurm/slurm.conf")
 BINARIES = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "sinfo", "scontrol")
 
 
@@ -32,6 +33,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+class SystemConfigPresent(RuntimeError):
+    """A real slurm.conf is installed; the throw-away cluster will not replace it."""
+
+
 class SlurmCluster:
     def __init__(self, root: Path, cpus: int | None = None, mem_mb: int | None = None):
         self.root = Path(root)
@@ -41,6 +46,7 @@ class SlurmCluster:
         self.conf = self.root / "slurm.conf"
         self.pids: dict[str, int] = {}
         self.env = dict(os.environ, SLURM_CONF=str(self.conf))
+        self._linked_system_conf = False
 
     # -- set-up ---------------------------------------------------------------------------
     def _write_conf(self) -> None:
@@ -115,24 +121,47 @@ class SlurmCluster:
             time.sleep(0.2)
         raise RuntimeError(f"daemon did not write {pidfile}; see logs in {self.root / 'log'}")
 
+    def _link_system_conf(self) -> None:
+        """Job steps must find the config without SLURM_CONF (the Snakemake job-step executor drops
+        SLURM_* variables before its nested srun), so point the default path at ours while we run."""
+        if SYSTEM_CONF.is_symlink() and not SYSTEM_CONF.exists():
+            SYSTEM_CONF.unlink()  # left by an earlier run that was killed
+        if SYSTEM_CONF.exists() or SYSTEM_CONF.is_symlink():
+            raise SystemConfigPresent(f"{SYSTEM_CONF} exists; not replacing a real cluster's configuration")
+        SYSTEM_CONF.parent.mkdir(parents=True, exist_ok=True)
+        SYSTEM_CONF.symlink_to(self.conf)
+        self._linked_system_conf = True
+
     def start(self, timeout: float = 60.0) -> "SlurmCluster":
         self._write_conf()
+        self._link_system_conf()
+        try:
+            self._start_daemons(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start_daemons(self, timeout: float) -> None:
         self._start_munge()
         subprocess.run([_which("slurmctld"), "-f", str(self.conf), "-i"], check=True, env=self.env, capture_output=True)
         self.pids["slurmctld"] = self._wait_pid(self.root / "slurmctld.pid")
         subprocess.run([_which("slurmd"), "-f", str(self.conf), "-N", self.node], check=True, env=self.env, capture_output=True)
         self.pids["slurmd"] = self._wait_pid(self.root / "slurmd.pid")
         deadline = time.time() + timeout
+        state = ""
         while time.time() < deadline:
             out = subprocess.run(["sinfo", "-h", "-o", "%t"], env=self.env, capture_output=True, text=True)
             state = out.stdout.strip()
             if state.startswith("idle") or state.startswith("mix"):
-                return self
+                return
             time.sleep(1.0)
-        self.stop()
         raise RuntimeError(f"SLURM node never became idle (sinfo says {state!r}); logs in {self.root / 'log'}")
 
     def stop(self) -> None:
+        if self._linked_system_conf and SYSTEM_CONF.is_symlink():
+            SYSTEM_CONF.unlink()
+            self._linked_system_conf = False
         for name in ("slurmd", "slurmctld", "munged"):
             pid = self.pids.pop(name, None)
             if pid is None:

@@ -310,8 +310,7 @@ class _Trainer:
             "config": self.cfg.to_dict(),
             "fingerprint": self.cfg.fingerprint(),
             "n_train": self.n_train,
-            "seconds": self.seconds,
-        }
+        }  # no wall-clock time here: same config + same platform must give the same generator bytes
 
     def snapshot(self, pos: Position) -> None:
         kimg = int(self.nimg // 1000)
