@@ -139,3 +139,4 @@ def test_section_is_independent_of_key_order(raw):
     for name in ("dataset", "pggan", "classifier", "lco"):
         assert repr(section(a, name)) == repr(section(b, name))
         assert section(a, name)["seed"] == raw["seed"]
+

@@ -66,8 +66,15 @@ def _json_default(o: Any) -> Any:
 
 
 def torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` through :func:`atomic_path`."""
+    """``torch.save`` through :func:`atomic_path`, byte-reproducible.
+
+    torch names the records inside its zip after the file it writes to; saving to a buffer first
+    keeps that name fixed, so equal objects give equal bytes whatever the temporary name was.
+    """
+    import io
+
     import torch
 
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    write_bytes(path, buf.getvalue())
