@@ -65,6 +65,12 @@ def _log_uncaught(logger: logging.Logger) -> None:
     sys.excepthook = hook
 
 
+def prepend_pythonpath(folder: str) -> None:
+    """Put ``folder`` first on PYTHONPATH for every child process (Snakemake script jobs)."""
+    parts = [folder] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != folder]
+    os.environ["PYTHONPATH"] = os.pathsep.join(parts)
+
+
 def progress(iterable=None, **kwargs):
     """tqdm progress bar on stderr; quiet when SYNTHCXR_NO_PROGRESS=1 (tests)."""
     from tqdm.auto import tqdm
