@@ -28,7 +28,7 @@ from synthcxr.labels import NO_FINDING, combo_key, parse_combo
 from synthcxr.lco.optimize import LCOConfig, optimise_latents, resolve_label_space
 from synthcxr.lco.plan import sample_seeds
 from synthcxr.lco.rejection import rejection_sample
-from synthcxr.lco.run import load_thresholds
+from synthcxr.classifier.evaluate import read_thresholds
 from synthcxr.utils.runtime import resolve_device, setup_logging
 
 
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     G = load_generator(args.generator, device)
     C = load_classifier(args.classifier, device)
     thr_path = args.thresholds or str(Path(args.classifier).with_name("thresholds.json"))
-    space = resolve_label_space(labels, C.label_names, load_thresholds(thr_path), where=thr_path)
+    space = resolve_label_space(labels, C.label_names, read_thresholds(thr_path), where=thr_path)
 
     prev = train_prevalence(args.labels_table, labels) if Path(args.labels_table).exists() else None
     if args.common is None or args.rare is None:

@@ -5,7 +5,7 @@ The trained model scores real test images (``metrics.json``), sets per-label ope
 resolution) and serves as the domain feature extractor of the distribution metrics.
 """
 
-from .evaluate import load_thresholds
+from .evaluate import load_thresholds, read_thresholds
 from .models import Classifier, DenseNet121, SmallCNN
 from .train import ClassifierConfig, load_classifier, run_settings, train_classifier
 
@@ -16,6 +16,7 @@ __all__ = [
     "SmallCNN",
     "load_classifier",
     "load_thresholds",
+    "read_thresholds",
     "run_settings",
     "train_classifier",
 ]

@@ -125,19 +125,28 @@ def thresholds_mapping(points: dict) -> dict[str, float]:
     return {n: float(v["threshold"]) for n, v in points.items()}
 
 
-def load_thresholds(path: str | os.PathLike, label_names: Sequence[str]) -> np.ndarray:
-    """Probability thresholds from ``thresholds.json`` in the order of ``label_names``."""
+def read_thresholds(path: str | os.PathLike) -> dict[str, float]:
+    """``thresholds.json`` as ``{label: probability threshold}``; errors name the file and the fix."""
     p = Path(path)
     if not p.exists():
-        raise FileNotFoundError(f"{p} missing: run the train_classifier rule first")
-    with open(p) as fh:
-        thr = json.load(fh)
+        raise FileNotFoundError(f"{p} missing: run the classifier stage first (rule train_classifier)")
+    try:
+        with open(p) as fh:
+            thr = json.load(fh)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{p}: not valid JSON ({exc}); rerun the classifier stage (rule train_classifier)") from None
     if not isinstance(thr, dict) or not all(isinstance(v, (int, float)) for v in thr.values()):
-        raise ValueError(f"{p}: expected a mapping {{label: probability threshold}}; rerun train_classifier")
+        raise ValueError(f"{p}: expected a mapping {{label: probability threshold}}; rerun the classifier stage (rule train_classifier)")
+    return {str(k): float(v) for k, v in thr.items()}
+
+
+def load_thresholds(path: str | os.PathLike, label_names: Sequence[str]) -> np.ndarray:
+    """Probability thresholds from ``thresholds.json`` in the order of ``label_names``."""
+    thr = read_thresholds(path)
     missing = [n for n in label_names if n not in thr]
     if missing:
-        raise KeyError(f"{p}: no threshold for label(s) {missing}; the classifier was trained on {sorted(thr)}")
-    return np.array([float(thr[n]) for n in label_names], dtype=np.float64)
+        raise KeyError(f"{path}: no threshold for label(s) {missing}; the classifier was trained on {sorted(thr)}")
+    return np.array([thr[n] for n in label_names], dtype=np.float64)
 
 
 def plot_roc(y: np.ndarray, probs: np.ndarray, label_names: Sequence[str], path: str | os.PathLike, title: str) -> None:

@@ -8,7 +8,7 @@ an independent classifier.
 from .optimize import LCOConfig, LabelSpace, optimise_latents, resolve_label_space, success_rule
 from .plan import PlanConfig, attempt_seed, derive_seed, make_plan, write_plan
 from .rejection import RejectionResult, rejection_sample
-from .run import load_thresholds, read_latents, run_shard, write_latents
+from .run import read_latents, run_shard, write_latents
 
 __all__ = [
     "LCOConfig",
@@ -17,7 +17,6 @@ __all__ = [
     "RejectionResult",
     "attempt_seed",
     "derive_seed",
-    "load_thresholds",
     "make_plan",
     "optimise_latents",
     "read_latents",

@@ -16,7 +16,8 @@ import torch
 
 from ..labels import combo_key
 from .optimize import module_device, resolve_label_space, success_rule
-from .run import load_thresholds, read_latents
+from ..classifier.evaluate import read_thresholds
+from .run import read_latents
 
 
 def _rate(mask: np.ndarray) -> float | None:
@@ -58,7 +59,7 @@ def agreement(
     where = "thresholds"
     if not isinstance(thresholds, Mapping):
         where = os.fspath(thresholds)
-        thresholds = load_thresholds(thresholds)
+        thresholds = read_thresholds(thresholds)
     generator.eval()
     checker.eval()
     gdev = module_device(generator, device)

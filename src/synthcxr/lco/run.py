@@ -18,26 +18,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..classifier.evaluate import read_thresholds  # thresholds.json belongs to the classifier stage
 from ..utils.atomic import atomic_path
 from ..utils.runtime import resolve_device, seed_everything, setup_logging
 from .optimize import LabelSpace, LCOConfig, module_device, optimise_latents, resolve_label_space
 from .plan import read_plan
 
 log = logging.getLogger("synthcxr")
-
-
-def load_thresholds(path: str | os.PathLike) -> dict[str, float]:
-    """Read a classifier's ``thresholds.json`` ({label: probability}); errors name the file."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} missing: run the classifier stage first")
-    try:
-        with open(path) as fh:
-            data = json.load(fh)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc}); rerun the classifier stage") from None
-    if not isinstance(data, dict) or not all(isinstance(v, (int, float)) for v in data.values()):
-        raise ValueError(f"{path}: expected a mapping {{label: probability threshold}}; rerun the classifier stage")
-    return {str(k): float(v) for k, v in data.items()}
 
 
 def latents_schema(labels: Sequence[str], latent_dim: int) -> pa.Schema:
@@ -123,7 +110,7 @@ def run_shard(
     device = resolve_device(lc.device)
     G = load_generator(generator_path, device)
     C = load_classifier(classifier_path, device)
-    space = resolve_label_space(lc.labels, C.label_names, load_thresholds(thresholds_path), where=os.fspath(thresholds_path))
+    space = resolve_label_space(lc.labels, C.label_names, read_thresholds(thresholds_path), where=os.fspath(thresholds_path))
     return optimise_shard(rows, shard, G, C, space, lc, out_path)
 
 
