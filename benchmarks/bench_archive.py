@@ -28,11 +28,11 @@ import pandas as pd
 import pyarrow.parquet as pq
 import torch
 
-from synthcxr.archive.latents import write_latents
 from synthcxr.archive.render import micro_batches
 from synthcxr.archive.sample import ArchiveConfig, sample_shard
 from synthcxr.imaging import float_to_uint8
 from synthcxr.labels import PHANTOM_LABELS
+from synthcxr.lco.latents import write_latents
 from synthcxr.pggan import Generator, load_generator
 
 LABELS = list(PHANTOM_LABELS)
@@ -56,9 +56,10 @@ def write_fake_latents(folder: Path, n: int, shard_size: int, latent_dim: int, s
         for j, name in enumerate(LABELS):
             df[f"target_{name}"] = t[:, j]
             df[f"prob_{name}"] = rng.random(m).astype(np.float32)
-        df["steps"], df["g_evals"], df["success"] = 100, 100, True
+        df["steps"], df["g_evals"], df["success"], df["reason"] = 100, 100, True, ""
+        df["z"] = list(rng.standard_normal((m, latent_dim)).astype(np.float32))
         p = folder / "latents" / f"shard-{shard:05d}.parquet"
-        write_latents(p, df, rng.standard_normal((m, latent_dim)).astype(np.float32))
+        write_latents(df, LABELS, p)
         paths.append(p)
     return paths
 

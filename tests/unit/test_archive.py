@@ -18,6 +18,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -26,7 +27,6 @@ from PIL import Image
 from synthcxr.archive import open as open_archive
 from synthcxr.archive.card import write_card
 from synthcxr.archive.finalize import finalize_archive
-from synthcxr.archive.latents import read_latents, write_latents
 from synthcxr.archive.regenerate import regenerate_sample
 from synthcxr.archive.render import render_one
 from synthcxr.archive.sample import ArchiveConfig, sample_shard
@@ -34,6 +34,7 @@ from synthcxr.archive.shard_parquet import decode_png, encode_png
 from synthcxr.archive.verify import verify_archive
 from synthcxr.cli import main as cli_main
 from synthcxr.imaging import float_to_uint8, uint8_to_float
+from synthcxr.lco.latents import read_latents, write_latents
 from synthcxr.pggan import Generator
 from synthcxr.pggan.checkpoint import save_generator
 from synthcxr.utils.hashing import sha256_file
@@ -60,9 +61,21 @@ def latents_frame(shard: int, n: int, rng: np.random.Generator) -> tuple[pd.Data
     df["steps"] = 10
     df["g_evals"] = 10
     df["success"] = rng.random(n) > 0.2
+    df["reason"] = np.where(df["success"], "", "target not met")
     df = df.sample(frac=1.0, random_state=shard).reset_index(drop=True)  # rows need not arrive in index order
     z = rng.standard_normal((n, DIM)).astype(np.float32)
     return df, z
+
+
+def write_shard_latents(path: Path, df: pd.DataFrame, z: np.ndarray) -> None:
+    """The lco stage's writer; ``z`` row k belongs to ``df`` row k."""
+    write_latents(df.assign(z=list(z)), LABELS, path)
+
+
+def write_raw_latents(path: Path, df: pd.DataFrame, z: np.ndarray, z_type: pa.DataType | None = None) -> None:
+    """Whatever ``df`` holds, plus z, straight through pyarrow: for files the lco writer would refuse to write."""
+    tbl = pa.Table.from_pandas(df, preserve_index=False).append_column("z", pa.array(list(z), z_type or pa.list_(pa.float32(), DIM)))
+    pq.write_table(tbl, path)
 
 
 def build_archive(root: Path, formats=("h5", "parquet"), compression="gzip", gate=True) -> dict:
@@ -78,7 +91,7 @@ def build_archive(root: Path, formats=("h5", "parquet"), compression="gzip", gat
     for shard, n in enumerate(SHARD_SIZES):
         df, z = latents_frame(shard, n, rng)
         lp = root / "latents" / f"shard-{shard:05d}.parquet"
-        write_latents(lp, df, z[df["index"].to_numpy()])  # z row k belongs to df row k
+        write_shard_latents(lp, df, z[df["index"].to_numpy()])  # z row k belongs to df row k
         lat_paths.append(lp)
         zs[shard] = z
         frames.append(df)
@@ -192,15 +205,21 @@ def test_render_one_matches_its_micro_batch_and_rejects_bad_index(arch):
         render_one(G, z, 11, BATCH)
 
 
-def test_latents_fixed_size_list_z(tmp_path):
-    """The lco stage writes z as fixed_size_list<float32>[D]; rows come back sorted by index."""
-    import pyarrow as pa
+@pytest.mark.parametrize("z_type", [None, pa.list_(pa.float32())], ids=["lco_writer", "variable_list"])
+def test_latents_fixed_size_list_z(tmp_path, z_type):
+    """The lco stage writes z as fixed_size_list<float32>[D]; rows come back sorted by index.
 
+    The reader also accepts a variable-size list<float32> z of equal lengths.
+    """
     rng = np.random.default_rng(2)
     df, z = latents_frame(4, 6, rng)
-    tbl = pa.Table.from_pandas(df, preserve_index=False).append_column("z", pa.array(list(z), pa.list_(pa.float32(), DIM)))
-    pq.write_table(tbl, tmp_path / "shard-00004.parquet")
-    lat = read_latents(tmp_path / "shard-00004.parquet", LABELS)
+    path = tmp_path / "shard-00004.parquet"
+    if z_type is None:
+        write_shard_latents(path, df, z)
+        assert pq.read_schema(path).field("z").type == pa.list_(pa.float32(), DIM)
+    else:
+        write_raw_latents(path, df, z, z_type)
+    lat = read_latents(path, LABELS)
     order = np.argsort(df["index"].to_numpy())
     np.testing.assert_array_equal(lat.z, z[order])
     assert lat.shard == 4 and lat.sample_ids == [f"syn-00004-{i:04d}" for i in range(6)]
@@ -209,12 +228,12 @@ def test_latents_fixed_size_list_z(tmp_path):
 def test_latents_contract_errors(tmp_path):
     rng = np.random.default_rng(0)
     df, z = latents_frame(0, 5, rng)
-    write_latents(tmp_path / "shard-00000.parquet", df.drop(columns=["prob_Effusion"]), z)
+    write_raw_latents(tmp_path / "shard-00000.parquet", df.drop(columns=["prob_Effusion"]), z)
     with pytest.raises(ValueError, match=r"shard-00000\.parquet: missing column\(s\) \['prob_Effusion'\]"):
         read_latents(tmp_path / "shard-00000.parquet", LABELS)
     df2 = df.copy()
     df2["index"] = df2["index"] + 1
-    write_latents(tmp_path / "shard-00001.parquet", df2.assign(shard=1), z)
+    write_shard_latents(tmp_path / "shard-00001.parquet", df2.assign(shard=1), z)
     with pytest.raises(ValueError, match="'index' must hold 0..4"):
         read_latents(tmp_path / "shard-00001.parquet", LABELS)
     with pytest.raises(FileNotFoundError, match="run the lco stage"):

@@ -17,8 +17,8 @@ import pandas as pd
 import pytest
 import torch
 
-from synthcxr.archive.latents import write_latents
 from synthcxr.archive.verify import verify_archive
+from synthcxr.lco.latents import write_latents
 from synthcxr.pggan import Generator
 from synthcxr.pggan.checkpoint import save_generator
 
@@ -41,7 +41,9 @@ def _fake_upstream(root: Path) -> list[str]:
             df[f"target_{name}"] = t[:, j]
             df[f"prob_{name}"] = rng.random(n).astype(np.float32)
         df["steps"], df["g_evals"], df["success"] = 3, 3, [True] * (n - 1) + [False]
-        write_latents(root / f"results/archive/demo/latents/shard-{shard:05d}.parquet", df, rng.standard_normal((n, 8)))
+        df["reason"] = [""] * (n - 1) + ["target not met"]
+        df["z"] = list(rng.standard_normal((n, 8)).astype(np.float32))
+        write_latents(df, LABELS, root / f"results/archive/demo/latents/shard-{shard:05d}.parquet")
         ids += list(df["sample_id"])
     val = root / "results/validate/demo"
     val.mkdir(parents=True)

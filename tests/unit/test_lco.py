@@ -22,10 +22,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from synthcxr.lco.evaluate import agreement
-from synthcxr.lco.optimize import initial_latents, optimise_latents, resolve_label_space, success_rule
+from synthcxr.lco.optimize import initial_latents, margin_thresholds, optimise_latents, resolve_label_space, success_rule
 from synthcxr.lco.plan import attempt_seed, make_plan, write_plan
 from synthcxr.lco.rejection import rejection_sample
-from synthcxr.lco.run import read_latents, run_shard
+from synthcxr.lco.latents import read_latents
+from synthcxr.lco.run import run_shard
 
 LABELS = ["Cardiomegaly", "Effusion", "Nodule", "No_Finding"]
 THR = {n: 0.5 for n in LABELS}
@@ -214,6 +215,38 @@ def test_successful_samples_are_frozen(models):
     assert (short["steps"][~done] == 8).all() and (long["steps"][~done] > 8).all()
 
 
+def test_margin_thresholds_match_scipy():
+    from scipy.special import expit, logit
+
+    thr = np.array([0.5, 0.2, 0.97, np.nan])
+    lo, hi = margin_thresholds(thr, 1.5)
+    np.testing.assert_allclose(lo[:3], expit(logit(thr[:3]) - 1.5), rtol=1e-12)
+    np.testing.assert_allclose(hi[:3], expit(logit(thr[:3]) + 1.5), rtol=1e-12)
+    assert np.isnan(lo[3]) and np.isnan(hi[3])
+    lo0, hi0 = margin_thresholds(thr, 0.0)
+    np.testing.assert_array_equal(lo0[:3], thr[:3])
+    np.testing.assert_array_equal(hi0[:3], thr[:3])
+
+
+def test_margin_stops_samples_clear_of_the_threshold(models):
+    G, C = models
+    n, margin = 32, 1.0
+    targets = np.tile([1, 0, 0, 0], (n, 1))
+    plain = optimise_latents(G, C, THR, targets, np.arange(n), _cfg())
+    res = optimise_latents(G, C, THR, targets, np.arange(n), _cfg(margin=margin))
+    p = res[[f"prob_{m}" for m in LABELS]].to_numpy()
+    lo, hi = margin_thresholds([0.5] * 4, margin)
+    stopped = res["steps"].to_numpy() < 60
+    assert stopped.sum() >= n // 2
+    # a sample that stopped early cleared every threshold by the margin, on both sides
+    assert (p[stopped, 0] >= hi[0]).all() and (p[stopped, 1:] <= lo[1:]).all()
+    # success is still the plain rule on the stored latent, whatever the margin
+    np.testing.assert_array_equal(res["success"].to_numpy(), success_rule(p, targets, [0.5] * 4))
+    # the margin costs steps; without it samples stop on the boundary
+    assert (res["steps"].to_numpy() >= plain["steps"].to_numpy()).all() and res["g_evals"].sum() > plain["g_evals"].sum()
+    assert np.median(plain[[f"prob_{m}" for m in LABELS]].to_numpy()[:, 0]) < hi[0]
+
+
 def test_retries_new_seeds_and_cost_accounting(models):
     G, C = models
     n, steps, retries = 32, 3, 2
@@ -334,7 +367,8 @@ def test_run_shard_schema_and_reproducible_bytes(tmp_path, fake_loaders):
                       ("attempts", pa.int64()), ("steps", pa.int64()), ("g_evals", pa.int64()), ("success", pa.bool_())]:
         assert schema.field(name).type == typ
     rows = plan[plan["shard"] == 1]
-    table, z = read_latents(out)
+    lat = read_latents(out, LABELS)
+    table, z = lat.table, lat.z
     assert table["sample_id"].tolist() == rows["sample_id"].tolist()
     assert table["index"].tolist() == list(range(8)) and (table["shard"] == 1).all()
     assert (table[[f"target_{n}" for n in LABELS]].to_numpy() == rows[LABELS].to_numpy()).all()
@@ -371,9 +405,9 @@ def test_agreement_with_same_and_stricter_checker(tmp_path, fake_loaders):
     assert set(same["per_combination"]) == {"Cardiomegaly+Effusion+Nodule", "No_Finding", "Effusion"}
     assert same["per_combination"]["Effusion"]["n"] == 6
     # independent reference: re-render and score by hand
-    tables = [read_latents(p) for p in paths]
-    z = np.concatenate([t[1] for t in tables])
-    targets = np.concatenate([t[0][[f"target_{n}" for n in LABELS]].to_numpy() for t in tables])
+    tables = [read_latents(p, LABELS) for p in paths]
+    z = np.concatenate([t.z for t in tables])
+    targets = np.concatenate([t.table[[f"target_{n}" for n in LABELS]].to_numpy() for t in tables])
     strict = {n: 0.5 for n in LABELS} | {"Cardiomegaly": 0.9}
     hand = success_rule(_probs_of(G, C, z), targets, [strict[n] for n in LABELS])
     got = agreement(paths, G, C, strict)
@@ -385,7 +419,6 @@ def test_run_shard_with_project_generator_and_classifier(tmp_path):
     """The shard job against the real model classes and loaders, read back by the archive stage."""
     pggan = pytest.importorskip("synthcxr.pggan")
     clf = pytest.importorskip("synthcxr.classifier")
-    archive_latents = pytest.importorskip("synthcxr.archive.latents")
     from synthcxr.classifier.models import default_arch
     from synthcxr.pggan.checkpoint import save_generator
     from synthcxr.utils.atomic import torch_save
@@ -404,6 +437,6 @@ def test_run_shard_with_project_generator_and_classifier(tmp_path):
     assert not res["success"].any() and (res["attempts"] == 2).all() and (res["g_evals"] == 2 * 4).all()
     start = initial_latents([attempt_seed(int(s), 1) for s in make_plan(section, LABELS, None, seed=1)["seed"]], 16).numpy()
     assert not np.allclose(np.stack(res["z"]), start)  # gradients reached z through G and C
-    shard = archive_latents.read_latents(out, LABELS)
+    shard = read_latents(out, LABELS)
     np.testing.assert_array_equal(shard.z, np.stack(res["z"]))
     assert shard.sample_ids == res["sample_id"].tolist()

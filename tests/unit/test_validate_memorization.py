@@ -13,9 +13,9 @@ import torch.nn as nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from conftest import write_prepared  # noqa: E402
 
-from synthcxr.archive.latents import write_latents  # noqa: E402
 from synthcxr.archive.shard_h5 import H5ShardWriter  # noqa: E402
 from synthcxr.data.store import PreparedDataset  # noqa: E402
+from synthcxr.lco.latents import write_latents  # noqa: E402
 from synthcxr.metrics.features import classifier_extractor  # noqa: E402
 from synthcxr.validate.memorization import MemorizationConfig, NearestIndex, run_memorization  # noqa: E402
 
@@ -63,12 +63,13 @@ def _write_archive(folder: Path, images: np.ndarray, ids: list[str]) -> tuple[Pa
     shard = folder / "shards" / "shard-00000.h5"
     with H5ShardWriter(shard, n, RES, LABELS, compression="gzip") as w:
         w.write(0, images, np.zeros((n, 3), np.uint8), np.zeros((n, 3), np.float32), ids)
-    frame = pd.DataFrame({"sample_id": ids, "index": np.arange(n), "seed": np.arange(n), "success": True})
+    frame = pd.DataFrame({"sample_id": ids, "shard": 0, "index": np.arange(n), "seed": np.arange(n), "attempts": 1, "z": list(np.zeros((n, 4), np.float32))})
     for name in LABELS:
         frame[f"target_{name}"] = 0
         frame[f"prob_{name}"] = 0.1
+    frame["steps"], frame["g_evals"], frame["success"], frame["reason"] = 1, 1, True, ""
     lat = folder / "latents" / "shard-00000.parquet"
-    write_latents(lat, frame, np.zeros((n, 4), np.float32))
+    write_latents(frame, LABELS, lat)
     return shard, lat
 
 

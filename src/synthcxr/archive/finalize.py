@@ -26,9 +26,9 @@ import pyarrow.parquet as pq
 
 from .. import __version__
 from ..labels import combo_key, findings_of
+from ..lco.latents import OPTIONAL, read_latents
 from ..utils.atomic import atomic_path, write_json, write_text
 from ..utils.hashing import sha256_file
-from .latents import OPTIONAL, read_latents
 from .layout import ARCHIVE_JSON, FORMAT_VERSION, MANIFEST, PNG_COMPRESS_LEVEL, SUMS, shard_relpath
 from .sample import ArchiveConfig
 from .shard_h5 import read_h5_attrs

@@ -22,9 +22,9 @@ import pyarrow.parquet as pq
 import torch
 from torch import nn
 
+from ..lco.latents import read_latents
 from ..utils.atomic import write_bytes
 from ..utils.hashing import sha256_file
-from .latents import read_latents
 from .layout import ARCHIVE_JSON, MANIFEST, latents_relpath, shard_relpath
 from .render import render_one
 from .shard_parquet import encode_png

@@ -22,9 +22,9 @@ import numpy as np
 from torch import nn
 
 from .. import __version__
+from ..lco.latents import read_latents
 from ..utils.hashing import sha256_file
 from ..utils.runtime import progress, resolve_device
-from .latents import read_latents
 from .layout import FORMAT_VERSION, FORMATS, PNG_COMPRESS_LEVEL
 from .render import generator_resolution, render_batches
 from .shard_h5 import H5ShardWriter

@@ -1,20 +1,22 @@
 """Latent class optimisation: the label plan, per-shard latent optimisation, and its baselines.
 
 ``plan`` decides what to make, ``optimize`` finds latents the classifier agrees with, ``rejection`` is
-the brute-force baseline, ``run`` is the per-shard workflow job and ``evaluate`` checks the result with
-an independent classifier.
+the brute-force baseline, ``run`` is the per-shard workflow job, ``latents`` the format of the shards it
+writes (one writer, one checked reader) and ``evaluate`` checks the result with an independent classifier.
 """
 
+from .latents import ShardLatents, read_latents, write_latents
 from .optimize import LCOConfig, LabelSpace, optimise_latents, resolve_label_space, success_rule
 from .plan import PlanConfig, attempt_seed, derive_seed, make_plan, write_plan
 from .rejection import RejectionResult, rejection_sample
-from .run import read_latents, run_shard, write_latents
+from .run import run_shard
 
 __all__ = [
     "LCOConfig",
     "LabelSpace",
     "PlanConfig",
     "RejectionResult",
+    "ShardLatents",
     "attempt_seed",
     "derive_seed",
     "make_plan",

@@ -17,7 +17,7 @@ import torch
 from ..labels import combo_key
 from .optimize import module_device, resolve_label_space, success_rule
 from ..classifier.evaluate import read_thresholds
-from .run import read_latents
+from .latents import latents_labels, read_latents
 
 
 def _rate(mask: np.ndarray) -> float | None:
@@ -65,14 +65,16 @@ def agreement(
     gdev = module_device(generator, device)
     cdev = module_device(checker, device)
 
-    tables, zs = zip(*(read_latents(p) for p in latents_paths))
-    labels = [c[len("target_"):] for c in tables[0].columns if c.startswith("target_")]
-    for p, t in zip(latents_paths, tables):
-        if [c[len("target_"):] for c in t.columns if c.startswith("target_")] != labels:
+    labels = latents_labels(latents_paths[0])
+    shards = []
+    for p in latents_paths:
+        lat = read_latents(p, labels)  # a shard lacking one of the first shard's labels fails here, naming p
+        if [c[len("target_"):] for c in lat.table.columns if c.startswith("target_")] != labels:
             raise ValueError(f"{p}: its target columns differ from {latents_paths[0]}; shards come from different configs")
-    targets = np.concatenate([t[[f"target_{n}" for n in labels]].to_numpy(np.float32) for t in tables])
-    lco_ok = np.concatenate([t["success"].to_numpy(bool) for t in tables])
-    z = np.concatenate(zs)
+        shards.append(lat)
+    targets = np.concatenate([s.targets.astype(np.float32) for s in shards])
+    lco_ok = np.concatenate([s.table["success"].to_numpy(bool) for s in shards])
+    z = np.concatenate([s.z for s in shards])
     space = resolve_label_space(labels, checker.label_names, thresholds, where=where)
     used = space.used
     idx = torch.as_tensor(np.asarray(space.clf_index)[used], dtype=torch.long, device=cdev)

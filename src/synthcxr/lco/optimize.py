@@ -15,9 +15,12 @@ Why the details are the way they are:
 * Each sample's start is drawn from its own ``torch.Generator`` seeded by the sample's seed, and Adam's
   moments are kept per sample, so a sample's trajectory does not depend on which other samples share its
   batch (up to floating-point reduction order inside the networks).
-* A sample stops (is frozen and no longer forwarded) as soon as :func:`success_rule` holds: every
-  requested finding at or above its threshold and every absent one at or below it. Pushing further only
-  drifts towards adversarial images.
+* A sample stops (is frozen and no longer forwarded) once every requested finding's probability is at
+  least ``margin`` logits above its threshold and every absent one ``margin`` logits below (with margin 0:
+  as soon as :func:`success_rule` holds). Stopping exactly on the threshold leaves samples on the
+  steering classifier's decision boundary, where an independent classifier disagrees about half the
+  time; pushing much further only drifts towards adversarial images. Success is always judged by
+  :func:`success_rule` on the thresholds themselves.
 * Samples that fail after ``steps`` updates are retried from a fresh seed derived from the sample seed and
   the attempt number, up to ``retries`` times; a sample that never succeeds is kept with
   ``success=False`` and a reason, and the archive stage decides what to do with it.
@@ -56,6 +59,7 @@ class LCOConfig:
     prior_weight: float = 0.05
     batch_size: int = 64
     retries: int = 3
+    margin: float = 0.0
     device: str = "auto"
 
     @classmethod
@@ -71,10 +75,11 @@ class LCOConfig:
             prior_weight=float(cfg.get("prior_weight", cls.prior_weight)),
             batch_size=int(cfg.get("batch_size", cls.batch_size)),
             retries=int(cfg.get("retries", cls.retries)),
+            margin=float(cfg.get("margin", cls.margin)),
             device=str(cfg.get("device", cls.device)),
         )
-        if out.steps < 0 or out.batch_size < 1 or out.retries < 0 or out.lr <= 0 or out.prior_weight < 0:
-            raise ValueError(f"lco config: need steps >= 0, batch_size >= 1, retries >= 0, lr > 0, prior_weight >= 0; got {out}")
+        if out.steps < 0 or out.batch_size < 1 or out.retries < 0 or out.lr <= 0 or out.prior_weight < 0 or out.margin < 0:
+            raise ValueError(f"lco config: need steps >= 0, batch_size >= 1, retries >= 0, lr > 0, prior_weight >= 0, margin >= 0; got {out}")
         return out
 
 
@@ -142,6 +147,21 @@ def success_rule(probs, target, thresholds):
     return ok.all(axis=-1)
 
 
+def margin_thresholds(thresholds, margin: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(lower, upper)`` probability cuts ``margin`` logits below and above each threshold.
+
+    LCO keeps optimising a sample until each requested finding is above ``upper`` and each absent one
+    below ``lower``, so that it does not stop on the classifier's decision boundary, where a second
+    classifier is a coin flip. ``margin`` 0 returns the thresholds themselves; NaN stays NaN.
+    """
+    thr = np.asarray(thresholds, dtype=np.float64)
+    if margin == 0:
+        return thr.copy(), thr.copy()
+    t = np.clip(thr, 1e-7, 1 - 1e-7)
+    lt = np.log(t) - np.log1p(-t)
+    return 1.0 / (1.0 + np.exp(-(lt - margin))), 1.0 / (1.0 + np.exp(-(lt + margin)))
+
+
 def initial_latents(seeds: Sequence[int], latent_dim: int) -> torch.Tensor:
     """``[n, latent_dim]`` float32 on CPU, row i drawn from N(0, I) by a generator seeded with seeds[i]."""
     out = torch.empty(len(seeds), latent_dim)
@@ -170,11 +190,16 @@ class _AttemptResult:
 def _optimise_attempt(
     G: torch.nn.Module, C: torch.nn.Module, space: LabelSpace, targets: np.ndarray, seeds: Sequence[int], cfg: LCOConfig, device: torch.device
 ) -> _AttemptResult:
-    """One attempt for a batch: Adam on z with per-sample freezing once the success rule holds."""
+    """One attempt for a batch: Adam on z with per-sample freezing once the stop rule holds.
+
+    A sample stops once it clears every threshold by ``cfg.margin`` logits; its success is the plain
+    :func:`success_rule` at the step where it stopped (or at the last step).
+    """
     b, d = len(seeds), int(G.latent_dim)
     used = space.used
     idx = torch.as_tensor(np.asarray(space.clf_index)[used], dtype=torch.long, device=device)
     thr = space.thresholds[used]
+    lo, hi = margin_thresholds(thr, cfg.margin)
     tgt = torch.as_tensor(targets[:, used], dtype=torch.float32, device=device)
     z = initial_latents(seeds, d).to(device)
     m = torch.zeros_like(z)
@@ -192,11 +217,16 @@ def _optimise_attempt(
         logits = C(G(zi)).index_select(1, idx)
         p = torch.sigmoid(logits)
         evals[active] += 1
-        ok_t = success_rule(p.detach(), tgt.index_select(0, ids), thr)
-        ok = ok_t.cpu().numpy()
+        tgt_i = tgt.index_select(0, ids)
+        met = success_rule(p.detach(), tgt_i, thr).cpu().numpy()
+        if cfg.margin > 0:
+            want = (tgt_i >= 0.5).cpu().numpy()
+            ok = success_rule(p.detach(), tgt_i, np.where(want, hi, lo)).cpu().numpy() & met
+        else:
+            ok = met
         probs[np.ix_(active, np.flatnonzero(used))] = p.detach().float().cpu().numpy()
         steps[active] = t
-        success[active[ok]] = True
+        success[active] = met
         if t == cfg.steps or ok.all():
             active = active[~ok]
             break

@@ -6,78 +6,22 @@ targets and seeds up front, so shards never need to talk to each other.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from ..classifier.evaluate import read_thresholds  # thresholds.json belongs to the classifier stage
-from ..utils.atomic import atomic_path
 from ..utils.runtime import resolve_device, seed_everything, setup_logging
+from .latents import write_latents
 from .optimize import LabelSpace, LCOConfig, module_device, optimise_latents, resolve_label_space
 from .plan import read_plan
 
 log = logging.getLogger("synthcxr")
-
-
-def latents_schema(labels: Sequence[str], latent_dim: int) -> pa.Schema:
-    """Arrow schema of a latents shard (z is a fixed-size list of float32)."""
-    fields = [
-        pa.field("sample_id", pa.string()),
-        pa.field("shard", pa.int64()),
-        pa.field("index", pa.int64()),
-        pa.field("seed", pa.int64()),
-        pa.field("attempts", pa.int64()),
-        pa.field("z", pa.list_(pa.float32(), int(latent_dim))),
-    ]
-    fields += [pa.field(f"target_{n}", pa.int8()) for n in labels]
-    fields += [pa.field(f"prob_{n}", pa.float32()) for n in labels]
-    fields += [
-        pa.field("steps", pa.int64()),
-        pa.field("g_evals", pa.int64()),
-        pa.field("success", pa.bool_()),
-        pa.field("reason", pa.string()),
-    ]
-    return pa.schema(fields)
-
-
-def write_latents(table: pd.DataFrame, labels: Sequence[str], path: str | os.PathLike, meta: Mapping[str, Any] | None = None) -> None:
-    """Write a latents shard atomically; ``meta`` goes into the Parquet key-value metadata as JSON."""
-    z = np.stack(table["z"].to_list()).astype(np.float32) if len(table) else np.zeros((0, 0), np.float32)
-    d = z.shape[1] if len(table) else int((meta or {}).get("latent_dim", 0))
-    schema = latents_schema(labels, d)
-    cols = []
-    for f in schema:
-        if f.name == "z":
-            cols.append(pa.FixedSizeListArray.from_arrays(pa.array(z.reshape(-1), pa.float32()), d))
-        else:
-            cols.append(pa.array(table[f.name].to_numpy(), type=f.type))
-    if meta:
-        schema = schema.with_metadata({"synthcxr": json.dumps(dict(meta), sort_keys=True)})
-    with atomic_path(path) as tmp:
-        pq.write_table(pa.Table.from_arrays(cols, schema=schema), tmp)
-
-
-def read_latents(path: str | os.PathLike) -> tuple[pd.DataFrame, np.ndarray]:
-    """Read a latents shard: the table (without z) and z as ``[N, latent_dim]`` float32."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} missing: run the lco rule for this shard first")
-    t = pq.read_table(path)
-    if "z" not in t.column_names:
-        raise ValueError(f"{path}: no 'z' column; not a latents shard")
-    zcol = t.column("z").combine_chunks()
-    d = zcol.type.list_size if pa.types.is_fixed_size_list(zcol.type) else None
-    if d is None:
-        raise ValueError(f"{path}: column 'z' is {zcol.type}, expected a fixed-size list of float32")
-    z = zcol.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(t), d)
-    return t.drop(["z"]).to_pandas(), z
 
 
 def run_shard(
@@ -140,6 +84,7 @@ def optimise_shard(
         "lr": lc.lr,
         "prior_weight": lc.prior_weight,
         "retries": lc.retries,
+        "margin": lc.margin,
         "device": str(device),
     }
     write_latents(res, lc.labels, out_path, meta)

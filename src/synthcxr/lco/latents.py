@@ -1,15 +1,20 @@
-"""Read one shard of optimised latents written by the lco stage and check it against the contract.
+"""The latents shard format: one writer, one checked reader.
 
-Rendering, finalising and regenerating all start from these files, so the checks (columns present,
-indices 0..n-1, one latent length) live here once and fail with the file name in the message.
+``latents/shard-XXXXX.parquet`` is written by the lco stage (one file per shard) and read by rendering,
+finalising, regenerating and the checker-agreement evaluation. The lco stage owns the format, so its
+schema, its writer and its reader live here once: the writer enforces :func:`latents_schema`, the
+reader checks a file against the contract (columns present, indices 0..n-1, shard number, one latent
+length) and fails with the file name in the message.
 """
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -17,12 +22,60 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .layout import shard_index_of
+# layout.py is standard-library only: the shard file naming is shared with the rendered archive shards.
+from ..archive.layout import shard_index_of
+from ..utils.atomic import atomic_path
 
+#: Parquet key-value metadata key under which the writer stores ``meta`` as JSON.
+META_KEY = "synthcxr"
 #: Columns the lco stage always writes; label-dependent columns are checked separately.
 REQUIRED = ("sample_id", "index", "seed", "z", "success")
 #: Columns carried into the manifest when present.
 OPTIONAL = ("attempts", "steps", "g_evals")
+
+_MISSING = "{path} missing: run the lco stage first (snakemake lco)"
+
+
+def latents_schema(labels: Sequence[str], latent_dim: int) -> pa.Schema:
+    """Arrow schema of a latents shard (z is a fixed-size list of float32)."""
+    fields = [
+        pa.field("sample_id", pa.string()),
+        pa.field("shard", pa.int64()),
+        pa.field("index", pa.int64()),
+        pa.field("seed", pa.int64()),
+        pa.field("attempts", pa.int64()),
+        pa.field("z", pa.list_(pa.float32(), int(latent_dim))),
+    ]
+    fields += [pa.field(f"target_{n}", pa.int8()) for n in labels]
+    fields += [pa.field(f"prob_{n}", pa.float32()) for n in labels]
+    fields += [
+        pa.field("steps", pa.int64()),
+        pa.field("g_evals", pa.int64()),
+        pa.field("success", pa.bool_()),
+        pa.field("reason", pa.string()),
+    ]
+    return pa.schema(fields)
+
+
+def write_latents(table: pd.DataFrame, labels: Sequence[str], path: str | os.PathLike, meta: Mapping[str, Any] | None = None) -> None:
+    """Write a latents shard atomically; ``meta`` goes into the Parquet key-value metadata as JSON.
+
+    ``table`` holds every column of :func:`latents_schema` for ``labels``, with ``z`` one float32 vector
+    per row.
+    """
+    z = np.stack(table["z"].to_list()).astype(np.float32) if len(table) else np.zeros((0, 0), np.float32)
+    d = z.shape[1] if len(table) else int((meta or {}).get("latent_dim", 0))
+    schema = latents_schema(labels, d)
+    cols = []
+    for f in schema:
+        if f.name == "z":
+            cols.append(pa.FixedSizeListArray.from_arrays(pa.array(z.reshape(-1), pa.float32()), d))
+        else:
+            cols.append(pa.array(table[f.name].to_numpy(), type=f.type))
+    if meta:
+        schema = schema.with_metadata({META_KEY: json.dumps(dict(meta), sort_keys=True)})
+    with atomic_path(path) as tmp:
+        pq.write_table(pa.Table.from_arrays(cols, schema=schema), tmp)
 
 
 @dataclass
@@ -45,6 +98,14 @@ class ShardLatents:
         return self.table["sample_id"].astype(str).tolist()
 
 
+def latents_labels(path: str | os.PathLike) -> list[str]:
+    """Label names of a latents shard, from its ``target_<label>`` columns in file order (schema only)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(_MISSING.format(path=path))
+    return [n[len("target_"):] for n in pq.read_schema(path).names if n.startswith("target_")]
+
+
 def _z_matrix(col: pa.ChunkedArray, path: Path) -> np.ndarray:
     arr = col.combine_chunks()
     if not (pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type) or pa.types.is_fixed_size_list(arr.type)):
@@ -65,7 +126,7 @@ def read_latents(path: str | os.PathLike, label_names: Sequence[str]) -> ShardLa
     """Load and check ``latents/shard-XXXXX.parquet`` for the configured ``label_names``."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path} missing: run the lco stage first (snakemake lco)")
+        raise FileNotFoundError(_MISSING.format(path=path))
     shard = shard_index_of(path)
     tbl = pq.read_table(path)
     names = list(label_names)
@@ -103,14 +164,3 @@ def read_latents(path: str | os.PathLike, label_names: Sequence[str]) -> ShardLa
         probs=probs,
         label_names=names,
     )
-
-
-def write_latents(path: str | os.PathLike, frame: pd.DataFrame, z: np.ndarray) -> None:
-    """Write a latents shard in the lco contract (used by tests and benchmarks to fake the lco stage)."""
-    from ..utils.atomic import atomic_path
-
-    z = np.asarray(z, dtype=np.float32)
-    zcol = pa.array(list(z), type=pa.list_(pa.float32()))
-    tbl = pa.Table.from_pandas(frame.reset_index(drop=True), preserve_index=False).append_column("z", zcol)
-    with atomic_path(path) as tmp:
-        pq.write_table(tbl, tmp)
