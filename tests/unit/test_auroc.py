@@ -80,6 +80,29 @@ def test_youden_threshold_brute_force():
     assert np.isnan(youden_threshold([1, 1], [0.1, 0.2])["threshold"])
 
 
+def test_youden_plateau_lower_end():
+    """Every cut in (lower, threshold] reaches the maximal J; the cut at ``lower`` itself does not."""
+    rng = np.random.default_rng(8)
+    for trial in range(20):
+        y, s = _tied_data(rng, 60, trial)
+        if y.min() == y.max():
+            continue
+        best = youden_threshold(y, s)
+
+        def j_at(t):
+            pred = s >= t
+            return pred[y == 1].mean() - pred[y == 0].mean()
+
+        inside = np.unique(s[(s > best["lower"]) & (s <= best["threshold"])])
+        assert inside.size >= 1 and all(j_at(t) == pytest.approx(best["j"], abs=1e-12) for t in inside)
+        if np.isfinite(best["lower"]):
+            assert best["lower"] in s and best["lower"] < best["threshold"]
+            assert j_at(best["lower"]) < best["j"] - 1e-12
+    # separable data: the plateau runs from the highest negative to the lowest positive score
+    sep = youden_threshold([0, 0, 0, 1, 1], [0.1, 0.3, 0.4, 0.8, 0.9])
+    assert (sep["threshold"], sep["lower"], sep["j"]) == (0.8, 0.4, 1.0)
+
+
 def test_per_label_and_mean():
     rng = np.random.default_rng(9)
     y = (rng.random((80, 3)) < 0.4).astype(float)

@@ -15,7 +15,7 @@ from sklearn.metrics import roc_auc_score
 
 from synthcxr.classifier import Classifier, ClassifierConfig, load_classifier, load_thresholds, run_settings, train_classifier
 from synthcxr.classifier.augment import AugmentConfig, augment_batch
-from synthcxr.classifier.evaluate import predict
+from synthcxr.classifier.evaluate import choose_thresholds, plateau_midpoint, predict
 from synthcxr.classifier.models import DenseNet121, SmallCNN, count_parameters, default_arch
 from synthcxr.classifier.sources import resolve_sources, source_kind
 from synthcxr.classifier.train import masked_bce, pos_weights
@@ -221,11 +221,18 @@ def test_saved_model_reproduces_metrics_and_thresholds(trained, tiny_prepared):
     assert set(thr) == set(LABELS) and all(0 <= v <= 1 for v in thr.values())
     assert metrics["operating_points"]["method"] == "youden_j"
     loaded = load_thresholds(out / "thresholds.json", LABELS)
+    min_count = ClassifierConfig.threshold_min_count
     for j, name in enumerate(LABELS):
         ref = youden_threshold(y_val[:, j], p_val[:, j])
-        if not math.isnan(ref["threshold"]):
-            assert loaded[j] == pytest.approx(ref["threshold"], abs=1e-6)
-            assert metrics["operating_points"]["labels"][name]["youden_j"] == pytest.approx(ref["j"], abs=1e-9)
+        point = metrics["operating_points"]["labels"][name]
+        n_pos = int(np.nansum(y_val[:, j]))
+        if math.isnan(ref["threshold"]) or min(n_pos, int((y_val[:, j] == 0).sum())) < min_count:
+            assert loaded[j] == 0.5 and point["fallback"] and point["reason"]
+            continue
+        # inside the plateau of equally good cuts, so it calls val exactly as the Youden point does
+        assert ref["lower"] < loaded[j] <= ref["threshold"]
+        assert ((p_val[:, j] >= loaded[j]) == (p_val[:, j] >= ref["threshold"])).all()
+        assert point["youden_j"] == pytest.approx(ref["j"], abs=1e-9) and not point["fallback"]
     with pytest.raises(KeyError, match="Hernia"):
         load_thresholds(out / "thresholds.json", ["Hernia"])
 
@@ -299,3 +306,34 @@ def test_train_on_archive_equals_training_on_the_same_real_images(tiny_prepared,
     assert m["test"]["per_label"] == real["test"]["per_label"]
     with pytest.raises(KeyError, match="archive lacks label"):
         train_classifier(_cfg(labels=LABELS + ["Hernia"]), arc, tiny_prepared, tmp_path / "bad")
+
+
+def test_choose_thresholds_midpoint_and_small_count_fallback():
+    """Hand-computed operating points: logit midpoint of the separating gap; 0.5 with too few positives."""
+    y = np.array([[0, 0], [0, 0], [0, 0], [1, 0], [1, 1], [1, 0]], dtype=np.float32)
+    p = np.array([[0.1, 0.2], [0.2, 0.3], [0.5, 0.1], [0.9, 0.4], [0.8, 0.9], [0.95, 0.6]])
+    pts = choose_thresholds(y, p, ["A", "B"], min_count=2)
+    # A: negatives up to 0.5, positives from 0.8 -> halfway between logit(0.5) = 0 and logit(0.8) = ln 4
+    assert pts["A"]["threshold"] == pytest.approx(1 / (1 + math.exp(-0.5 * math.log(4))), abs=1e-12)
+    assert pts["A"]["threshold"] == pytest.approx(2 / 3, abs=1e-12)  # sigmoid(ln 2) = 2/3
+    assert (pts["A"]["tpr"], pts["A"]["fpr"], pts["A"]["youden_j"], pts["A"]["fallback"]) == (1.0, 0.0, 1.0, False)
+    assert (pts["A"]["n_pos"], pts["A"]["n_neg"]) == (3, 3)
+    # B has one positive: fewer than min_count, so 0.5 and a reason naming the count
+    assert pts["B"]["threshold"] == 0.5 and pts["B"]["fallback"]
+    assert "1 positives" in pts["B"]["reason"] and pts["B"]["tpr"] == 1.0 and pts["B"]["fpr"] == pytest.approx(0.2)
+    # with min_count 1, B gets its own separating midpoint between 0.6 and 0.9
+    b = choose_thresholds(y, p, ["A", "B"], min_count=1)["B"]
+    lg = lambda q: math.log(q / (1 - q))  # noqa: E731
+    assert b["threshold"] == pytest.approx(1 / (1 + math.exp(-(lg(0.6) + lg(0.9)) / 2)), abs=1e-12)
+    # unknown labels (NaN) are not counted; a single known class falls back
+    y2 = y.copy()
+    y2[3:, 0] = np.nan
+    assert choose_thresholds(y2, p, ["A", "B"], min_count=1)["A"]["reason"] == "a single class on val"
+    # fixed: 0.5 everywhere, val rates still measured at 0.5
+    fx = choose_thresholds(y, p, ["A", "B"], min_count=1, method="fixed")
+    assert all(v["threshold"] == 0.5 and v["reason"] == "threshold_method fixed" for v in fx.values())
+    assert fx["A"]["tpr"] == 1.0 and fx["A"]["fpr"] == pytest.approx(1 / 3)
+    with pytest.raises(ValueError, match="threshold_method"):
+        choose_thresholds(y, p, ["A", "B"], method="f1")
+    # plateau_midpoint: no lower score means the top itself
+    assert plateau_midpoint(0.7, float("-inf")) == 0.7

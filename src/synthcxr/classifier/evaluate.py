@@ -3,7 +3,9 @@
 Operating points (``thresholds.json``) are chosen on the *validation* split, per label, by maximising
 Youden's J = sensitivity + specificity - 1: with no clinical costs attached it weighs a missed finding
 and a false alarm equally, independent of prevalence. A label is called present when its sigmoid
-probability is >= its threshold. Choosing on val keeps the test split untouched for reporting.
+probability is >= its threshold. Choosing on val keeps the test split untouched for reporting. The cut
+sits mid-way (in logit) between the two val scores it separates, and a label with too few val positives
+to place one falls back to 0.5 (see :func:`choose_thresholds`).
 ``thresholds.json`` is the flat mapping ``{label: threshold}``; the method, rule and each point's
 val TPR/FPR/J are recorded under ``operating_points`` in ``metrics.json``.
 """
@@ -28,8 +30,15 @@ from ..utils.atomic import atomic_path
 
 log = logging.getLogger("synthcxr")
 
-THRESHOLD_METHOD = "youden_j"
-THRESHOLD_RULE = "present when sigmoid(logit) >= threshold; threshold maximises TPR - FPR on the val split"
+THRESHOLD_METHODS = ("youden_j", "fixed")
+THRESHOLD_RULES = {
+    "youden_j": (
+        "present when sigmoid(logit) >= threshold; threshold maximises TPR - FPR on the val split, at the logit midpoint "
+        "of the plateau of equally good cuts; 0.5 when val has fewer than threshold_min_count positives or negatives"
+    ),
+    "fixed": "present when sigmoid(logit) >= 0.5, the decision point of the class-weighted loss; val TPR/FPR recorded",
+}
+_P_EPS = 1e-7
 
 
 @torch.no_grad()
@@ -98,25 +107,70 @@ def split_metrics(
     }
 
 
-def choose_thresholds(y_val: np.ndarray, p_val: np.ndarray, label_names: Sequence[str]) -> dict:
-    """Per-label Youden operating points on validation probabilities (0.5 when a class is absent).
+def _logit(p: float) -> float:
+    p = min(max(p, _P_EPS), 1.0 - _P_EPS)
+    return math.log(p / (1.0 - p))
 
-    Returns ``{label: {"threshold", "tpr", "fpr", "youden_j", "fallback"}}``; ``thresholds.json`` keeps
-    only the flat ``{label: threshold}`` mapping (what LCO reads), ``metrics.json`` the details.
+
+def plateau_midpoint(top: float, lower: float) -> float:
+    """Probability halfway, in logit space, between ``top`` and ``lower`` (``-inf`` lower: ``top``).
+
+    Every cut in ``(lower, top]`` classifies the val split identically; the midpoint leaves the same
+    logit margin to the lowest positive call and the highest negative one, so it does not sit on the
+    score of a single validation image.
     """
+    if not math.isfinite(lower) or lower >= top:
+        return float(top)
+    mid = 0.5 * (_logit(top) + _logit(lower))
+    return float(1.0 / (1.0 + math.exp(-mid)))
+
+
+def choose_thresholds(
+    y_val: np.ndarray, p_val: np.ndarray, label_names: Sequence[str], min_count: int = 1, method: str = "youden_j"
+) -> dict:
+    """Per-label operating points on validation probabilities.
+
+    ``youden_j``: the threshold maximises Youden's J (TPR - FPR) and sits at the logit midpoint of the
+    plateau of cuts that give that J (:func:`plateau_midpoint`). A label with fewer than ``min_count``
+    positives or negatives on val (a handful of images cannot place an operating point) falls back to
+    0.5, the decision point of the class-weighted loss, with the reason recorded. ``fixed``: 0.5 for
+    every label (small val splits, where a val-chosen point is noise; the val TPR/FPR are still recorded).
+
+    Returns ``{label: {"threshold", "tpr", "fpr", "youden_j", "n_pos", "n_neg", "fallback", "reason"}}``
+    where tpr/fpr are measured at the chosen threshold; ``thresholds.json`` keeps only the flat
+    ``{label: threshold}`` mapping (what LCO reads), ``metrics.json`` the details.
+    """
+    if method not in THRESHOLD_METHODS:
+        raise ValueError(f"classifier.threshold_method: {method!r} is not one of {', '.join(THRESHOLD_METHODS)}")
     out = {}
     for j, n in enumerate(label_names):
-        pt = youden_threshold(y_val[:, j], p_val[:, j])
-        fallback = math.isnan(pt["threshold"])
+        y, p = y_val[:, j], p_val[:, j]
+        known = ~np.isnan(y)
+        n_pos = int(np.count_nonzero(y[known] == 1))
+        n_neg = int(np.count_nonzero(y[known] == 0))
+        pt = youden_threshold(y, p)
+        reason = ""
+        if method == "fixed":
+            reason = "threshold_method fixed"
+        elif math.isnan(pt["threshold"]):
+            reason = "a single class on val"
+        elif min(n_pos, n_neg) < min_count:
+            reason = f"{min(n_pos, n_neg)} {'positives' if n_pos <= n_neg else 'negatives'} on val, fewer than threshold_min_count {min_count}"
+        thr = 0.5 if reason else plateau_midpoint(pt["threshold"], pt["lower"])
+        called = p[known] >= thr
+        yk = y[known]
         out[n] = {
-            "threshold": 0.5 if fallback else pt["threshold"],
-            "tpr": _num(pt["tpr"]),
-            "fpr": _num(pt["fpr"]),
+            "threshold": thr,
+            "tpr": _num(float(called[yk == 1].mean())) if n_pos else None,
+            "fpr": _num(float(called[yk == 0].mean())) if n_neg else None,
             "youden_j": _num(pt["j"]),
-            "fallback": fallback,
+            "n_pos": n_pos,
+            "n_neg": n_neg,
+            "fallback": bool(reason),
+            "reason": reason,
         }
-        if fallback:
-            log.warning("label %s has a single class on val: threshold falls back to 0.5", n)
+        if reason and method != "fixed":
+            log.warning("label %s: %s; threshold falls back to 0.5", n, reason)
     return out
 
 

@@ -30,7 +30,7 @@ from ..metrics.auroc import mean_auroc, per_label_auroc
 from ..utils.atomic import torch_save, write_json
 from ..utils.runtime import progress, resolve_device, seed_everything, setup_logging
 from .augment import AugmentConfig, augment_batch
-from .evaluate import THRESHOLD_METHOD, THRESHOLD_RULE, choose_thresholds, plot_roc, predict, split_metrics, thresholds_mapping
+from .evaluate import THRESHOLD_METHODS, THRESHOLD_RULES, choose_thresholds, plot_roc, predict, split_metrics, thresholds_mapping
 from .models import ARCHS, Classifier, default_arch
 from .sources import resolve_sources
 
@@ -54,6 +54,8 @@ class ClassifierConfig:
     weight_decay: float = 1e-4
     class_weighted: bool = True
     patience: int = 5
+    threshold_method: str = "youden_j"
+    threshold_min_count: int = 10
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     bootstrap: int = 1000
     workers: int = 0
@@ -79,6 +81,8 @@ class ClassifierConfig:
         cfg = cls(**d)
         if cfg.arch not in ARCHS:
             raise ValueError(f"classifier.arch: {cfg.arch!r} is not one of {', '.join(ARCHS)}")
+        if cfg.threshold_method not in THRESHOLD_METHODS:
+            raise ValueError(f"classifier.threshold_method: {cfg.threshold_method!r} is not one of {', '.join(THRESHOLD_METHODS)}")
         return cfg
 
     def to_dict(self) -> dict:
@@ -241,8 +245,9 @@ def train_classifier(
         "history": [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in h.items()} for h in history],
         "seconds": round(time.time() - t0, 1),
     }
-    points = choose_thresholds(y_val, p_val, names)
-    metrics["operating_points"] = {"method": THRESHOLD_METHOD, "rule": THRESHOLD_RULE, "split": "val", "labels": points}
+    points = choose_thresholds(y_val, p_val, names, min_count=cfg.threshold_min_count, method=cfg.threshold_method)
+    rule = THRESHOLD_RULES[cfg.threshold_method]
+    metrics["operating_points"] = {"method": cfg.threshold_method, "rule": rule, "split": "val", "labels": points}
     meta = {
         "label_names": names,
         "input_res": cfg.input_res,

@@ -96,20 +96,26 @@ def roc_curve(y_true, y_score, drop_intermediate: bool = True) -> tuple[np.ndarr
 def youden_threshold(y_true, y_score) -> dict:
     """Operating point maximising Youden's J = sensitivity + specificity - 1 = TPR - FPR.
 
-    Returns ``threshold`` (call positive when score >= threshold), ``tpr``, ``fpr`` and ``j``. Among
-    equal J the highest threshold (most specific point) wins. With one class absent returns NaNs so
-    the caller can fall back explicitly.
+    Returns ``threshold`` (call positive when score >= threshold), ``tpr``, ``fpr`` and ``j``, plus
+    ``lower``: the largest score below the optimal plateau. Every cut in ``(lower, threshold]`` gives the
+    same calls on these data (and so the same J); the plateau is the run of consecutive ROC points with
+    the maximal J that starts at the most specific one (``-inf`` when it reaches the lowest score). With
+    one class absent returns NaNs so the caller can fall back explicitly.
     """
     y, s = _clean(y_true, y_score)
     n_pos = np.count_nonzero(y == 1)
     if n_pos == 0 or n_pos == y.size:
         nan = float("nan")
-        return {"threshold": nan, "tpr": nan, "fpr": nan, "j": nan}
+        return {"threshold": nan, "tpr": nan, "fpr": nan, "j": nan, "lower": nan}
     fpr, tpr, thr = roc_curve(y, s, drop_intermediate=False)
     j = tpr - fpr
     j[0] = -np.inf  # +inf threshold calls nothing positive: never an operating point
     i = int(np.argmax(j))
-    return {"threshold": float(thr[i]), "tpr": float(tpr[i]), "fpr": float(fpr[i]), "j": float(j[i])}
+    k = i
+    while k + 1 < j.size and j[k + 1] == j[i]:
+        k += 1
+    lower = float(thr[k + 1]) if k + 1 < thr.size else float("-inf")
+    return {"threshold": float(thr[i]), "tpr": float(tpr[i]), "fpr": float(fpr[i]), "j": float(j[i]), "lower": lower}
 
 
 def per_label_auroc(y_true, y_score, label_names: Sequence[str] | None = None) -> dict[str, float]:
