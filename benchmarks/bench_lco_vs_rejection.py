@@ -9,7 +9,10 @@ common combination (the most frequent in the real train split) and a rare one (t
 those below ``--rare-below`` prevalence, 2 % by default, preferring several findings), unless given
 with ``--common``/``--rare``. For each it runs LCO with the config's settings on ``--n`` targets and
 rejection sampling with up to ``--max-draws`` prior latents, both counting generator forward
-evaluations, and prints evaluations per accepted sample and their ratio (all from this one run).
+evaluations, and prints evaluations per accepted sample and their ratio (all from this one run). With
+the independent checker classifier present (``--checker``), it also prints the share of each method's
+accepted samples that the checker agrees show the combination: cheap samples are only worth having if
+they are not just fooling the steering classifier.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import torch
 
 from synthcxr.config import load_config, section
 from synthcxr.labels import NO_FINDING, combo_key, parse_combo
-from synthcxr.lco.optimize import LCOConfig, optimise_latents, resolve_label_space
+from synthcxr.lco.optimize import LCOConfig, LabelSpace, module_device, optimise_latents, resolve_label_space, success_rule
 from synthcxr.lco.plan import sample_seeds
 from synthcxr.lco.rejection import rejection_sample
 from synthcxr.classifier.evaluate import read_thresholds
@@ -52,12 +55,29 @@ def pick_combinations(prev: pd.Series, rare_below: float) -> tuple[str, str]:
     return common, str((multi if not multi.empty else rare).index[0])
 
 
+@torch.no_grad()
+def checker_agreement(G: torch.nn.Module, checker: torch.nn.Module, space: LabelSpace, z: np.ndarray, target: np.ndarray) -> float:
+    """Share of latents whose image the checker calls exactly ``target`` (NaN when there are none)."""
+    if len(z) == 0:
+        return float("nan")
+    used = space.used
+    idx = torch.as_tensor(np.asarray(space.clf_index)[used], dtype=torch.long)
+    dev = module_device(G, "cpu")
+    probs = []
+    for s in range(0, len(z), 256):
+        x = G(torch.as_tensor(z[s : s + 256], device=dev))
+        probs.append(torch.sigmoid(checker(x.to(module_device(checker, "cpu")))).cpu()[:, idx].numpy())
+    p = np.concatenate(probs)
+    return float(success_rule(p, np.tile(target[used], (len(p), 1)), space.thresholds[used]).mean())
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="config/config.yaml")
     ap.add_argument("--generator", default="results/pggan/demo/generator.pt")
     ap.add_argument("--classifier", default="results/classifier/real/model.pt")
     ap.add_argument("--thresholds", default=None, help="default: thresholds.json beside --classifier")
+    ap.add_argument("--checker", default="results/classifier/check/model.pt", help="independent classifier; skipped when absent")
     ap.add_argument("--labels-table", default="results/prepared/phantom/labels.parquet")
     ap.add_argument("--common", default=None, help="combination key, e.g. No_Finding")
     ap.add_argument("--rare", default=None, help="combination key, e.g. Cardiomegaly+Effusion")
@@ -95,6 +115,12 @@ def main(argv: list[str] | None = None) -> int:
     thr_path = args.thresholds or str(Path(args.classifier).with_name("thresholds.json"))
     space = resolve_label_space(labels, C.label_names, read_thresholds(thr_path), where=thr_path)
 
+    checker, ck_space = None, None
+    if args.checker and Path(args.checker).exists():
+        checker = load_classifier(args.checker, device)
+        ck_thr = str(Path(args.checker).with_name("thresholds.json"))
+        ck_space = resolve_label_space(labels, checker.label_names, read_thresholds(ck_thr), where=ck_thr)
+
     prev = train_prevalence(args.labels_table, labels) if Path(args.labels_table).exists() else None
     if args.common is None or args.rare is None:
         if prev is None:
@@ -106,8 +132,10 @@ def main(argv: list[str] | None = None) -> int:
         common, rare = args.common, args.rare
 
     print(f"device {device}; G latent_dim {G.latent_dim}, {G.resolution} px; LCO steps {lc.steps}, lr {lc.lr}, "
-          f"prior_weight {lc.prior_weight}, retries {lc.retries}; thresholds {thr_path}")
-    header = f"{'combination':<40}{'prev':>8}{'LCO ok':>9}{'LCO ev/acc':>12}{'rej acc':>10}{'rej ev/acc':>12}{'ratio':>9}{'LCO s':>8}{'rej s':>8}"
+          f"prior_weight {lc.prior_weight}, retries {lc.retries}, margin {lc.margin}, init_candidates {lc.init_candidates}; "
+          f"thresholds {thr_path}; checker {args.checker if checker is not None else 'none'}")
+    header = (f"{'combination':<40}{'prev':>8}{'LCO ok':>9}{'LCO ev/acc':>12}{'rej acc':>10}{'rej ev/acc':>12}{'ratio':>9}"
+              f"{'LCO chk':>9}{'rej chk':>9}{'LCO s':>8}{'rej s':>8}")
     print(header)
     print("-" * len(header))
     for key in (common, rare):
@@ -124,9 +152,16 @@ def main(argv: list[str] | None = None) -> int:
         ratio = rej.evals_per_accept / lco_cost if ok and rej.n_accepted else float("nan")
         rej_note = f"{rej.evals_per_accept:>12.1f}" if rej.n_accepted else f"{'>' + str(rej.g_evals):>12}"
         p = f"{prev.get(key, 0.0):.2%}" if prev is not None else "?"
-        print(f"{key:<40}{p:>8}{ok / args.n:>9.3f}{lco_cost:>12.1f}{rej.n_accepted:>10d}{rej_note}{ratio:>9.1f}{t_lco:>8.1f}{t_rej:>8.1f}")
+        chk_lco = chk_rej = float("nan")
+        if checker is not None:
+            z_ok = np.stack(res["z"][res["success"]].to_list()) if ok else np.zeros((0, G.latent_dim), np.float32)
+            chk_lco = checker_agreement(G, checker, ck_space, z_ok, vec)
+            chk_rej = checker_agreement(G, checker, ck_space, rej.z.numpy(), vec)
+        print(f"{key:<40}{p:>8}{ok / args.n:>9.3f}{lco_cost:>12.1f}{rej.n_accepted:>10d}{rej_note}{ratio:>9.1f}"
+              f"{chk_lco:>9.3f}{chk_rej:>9.3f}{t_lco:>8.1f}{t_rej:>8.1f}")
     print("ev/acc = generator forward evaluations per accepted sample; ratio = rejection / LCO "
-          "(rejection with 0 accepted: its cost is above the budget shown, ratio nan)")
+          "(rejection with 0 accepted: its cost is above the budget shown, ratio nan); "
+          "chk = share of accepted samples the independent checker agrees with")
     return 0
 
 

@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from synthcxr.lco.evaluate import agreement
-from synthcxr.lco.optimize import initial_latents, margin_thresholds, optimise_latents, resolve_label_space, success_rule
+from synthcxr.lco.optimize import best_of_candidates, initial_latents, margin_thresholds, optimise_latents, resolve_label_space, success_rule
 from synthcxr.lco.plan import attempt_seed, make_plan, write_plan
 from synthcxr.lco.rejection import rejection_sample
 from synthcxr.lco.latents import read_latents
@@ -245,6 +245,32 @@ def test_margin_stops_samples_clear_of_the_threshold(models):
     # the margin costs steps; without it samples stop on the boundary
     assert (res["steps"].to_numpy() >= plain["steps"].to_numpy()).all() and res["g_evals"].sum() > plain["g_evals"].sum()
     assert np.median(plain[[f"prob_{m}" for m in LABELS]].to_numpy()[:, 0]) < hi[0]
+
+
+def test_best_of_candidates_start(models):
+    G, C = models
+    seeds, k = np.arange(12) + 300, 8
+    cand = initial_latents(seeds, 16, k)
+    assert cand.shape == (12, k, 16)
+    torch.testing.assert_close(cand[:, 0], initial_latents(seeds, 16), rtol=0, atol=0)
+    targets = np.tile(RARE, (12, 1)).astype(np.float32)
+    best = best_of_candidates(G, C, cand, torch.as_tensor(targets), torch.arange(4), chunk=5)
+    # brute force: the candidate with the lowest mean BCE against the target, per sample
+    with torch.no_grad():
+        logits = C(G(cand.reshape(-1, 16))).view(12, k, 4)
+        bce = F.binary_cross_entropy_with_logits(logits, torch.as_tensor(targets)[:, None].expand(-1, k, -1), reduction="none").mean(2)
+    torch.testing.assert_close(best, cand[torch.arange(12), bce.argmin(1)], rtol=0, atol=0)
+    # in the optimiser: a sample already meeting its target at the chosen start takes 0 steps and
+    # costs k selection evaluations plus the evaluation at step 0
+    res = optimise_latents(G, C, THR, targets, seeds, _cfg(init_candidates=k))
+    at_start = res["steps"].to_numpy() == 0
+    z = np.stack(res["z"])
+    np.testing.assert_array_equal(z[at_start], best.numpy()[at_start])
+    assert (res["g_evals"].to_numpy() == k + 1 + res["steps"].to_numpy()).all()
+    one = optimise_latents(G, C, THR, targets, seeds, _cfg())
+    assert res["steps"].mean() < one["steps"].mean() and res["success"].mean() >= one["success"].mean()
+    with pytest.raises(ValueError, match="init_candidates"):
+        optimise_latents(G, C, THR, targets, seeds, _cfg(init_candidates=0))
 
 
 def test_retries_new_seeds_and_cost_accounting(models):

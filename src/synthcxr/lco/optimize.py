@@ -60,6 +60,7 @@ class LCOConfig:
     batch_size: int = 64
     retries: int = 3
     margin: float = 0.0
+    init_candidates: int = 1
     device: str = "auto"
 
     @classmethod
@@ -76,10 +77,11 @@ class LCOConfig:
             batch_size=int(cfg.get("batch_size", cls.batch_size)),
             retries=int(cfg.get("retries", cls.retries)),
             margin=float(cfg.get("margin", cls.margin)),
+            init_candidates=int(cfg.get("init_candidates", cls.init_candidates)),
             device=str(cfg.get("device", cls.device)),
         )
-        if out.steps < 0 or out.batch_size < 1 or out.retries < 0 or out.lr <= 0 or out.prior_weight < 0 or out.margin < 0:
-            raise ValueError(f"lco config: need steps >= 0, batch_size >= 1, retries >= 0, lr > 0, prior_weight >= 0, margin >= 0; got {out}")
+        if out.steps < 0 or out.batch_size < 1 or out.retries < 0 or out.lr <= 0 or out.prior_weight < 0 or out.margin < 0 or out.init_candidates < 1:
+            raise ValueError(f"lco config: need steps >= 0, batch_size >= 1, retries >= 0, lr > 0, prior_weight >= 0, margin >= 0, init_candidates >= 1; got {out}")
         return out
 
 
@@ -162,12 +164,37 @@ def margin_thresholds(thresholds, margin: float) -> tuple[np.ndarray, np.ndarray
     return 1.0 / (1.0 + np.exp(-(lt - margin))), 1.0 / (1.0 + np.exp(-(lt + margin)))
 
 
-def initial_latents(seeds: Sequence[int], latent_dim: int) -> torch.Tensor:
-    """``[n, latent_dim]`` float32 on CPU, row i drawn from N(0, I) by a generator seeded with seeds[i]."""
-    out = torch.empty(len(seeds), latent_dim)
+def initial_latents(seeds: Sequence[int], latent_dim: int, candidates: int = 1) -> torch.Tensor:
+    """``[n, latent_dim]`` (or ``[n, candidates, latent_dim]`` when candidates > 1) float32 on CPU.
+
+    Sample i's draws come from one generator seeded with seeds[i], so its first candidate is the
+    latent it gets with ``candidates=1``.
+    """
+    out = torch.empty(len(seeds), candidates, latent_dim)
     for i, s in enumerate(seeds):
-        out[i] = torch.randn(latent_dim, generator=torch.Generator().manual_seed(int(s)))
-    return out
+        out[i] = torch.randn(candidates, latent_dim, generator=torch.Generator().manual_seed(int(s)))
+    return out[:, 0] if candidates == 1 else out
+
+
+@torch.no_grad()
+def best_of_candidates(
+    G: torch.nn.Module, C: torch.nn.Module, cand: torch.Tensor, tgt: torch.Tensor, idx: torch.Tensor, chunk: int = 256
+) -> torch.Tensor:
+    """Per sample, the candidate latent whose image is closest to the target (lowest mean BCE).
+
+    ``cand`` is ``[b, k, d]``, ``tgt`` ``[b, L_used]``; returns ``[b, d]``. Starting the optimisation
+    from a prior draw that already shows part of the target means shorter, smaller moves in latent
+    space, which drift less towards images only the steering classifier believes.
+    """
+    b, k, d = cand.shape
+    flat = cand.reshape(b * k, d)
+    losses = torch.empty(b * k, device=cand.device)
+    rep = tgt.repeat_interleave(k, dim=0)
+    for s in range(0, b * k, chunk):
+        logits = C(G(flat[s : s + chunk])).index_select(1, idx)
+        losses[s : s + chunk] = F.binary_cross_entropy_with_logits(logits, rep[s : s + chunk], reduction="none").mean(1)
+    best = losses.view(b, k).argmin(1)
+    return cand[torch.arange(b, device=cand.device), best]
 
 
 def module_device(module: torch.nn.Module, fallback: str) -> torch.device:
@@ -201,12 +228,16 @@ def _optimise_attempt(
     thr = space.thresholds[used]
     lo, hi = margin_thresholds(thr, cfg.margin)
     tgt = torch.as_tensor(targets[:, used], dtype=torch.float32, device=device)
-    z = initial_latents(seeds, d).to(device)
+    k = max(1, int(cfg.init_candidates))
+    if k == 1:
+        z = initial_latents(seeds, d).to(device)
+    else:
+        z = best_of_candidates(G, C, initial_latents(seeds, d, k).to(device), tgt, idx)
     m = torch.zeros_like(z)
     v = torch.zeros_like(z)
     probs = np.full((b, len(space.labels)), np.nan, dtype=np.float32)
     steps = np.zeros(b, dtype=np.int64)
-    evals = np.zeros(b, dtype=np.int64)
+    evals = np.full(b, k if k > 1 else 0, dtype=np.int64)  # choosing the start costs k generator evaluations
     success = np.zeros(b, dtype=bool)
     active = np.arange(b)
     for t in range(cfg.steps + 1):
