@@ -15,6 +15,10 @@ Why the details are the way they are:
 * Each sample's start is drawn from its own ``torch.Generator`` seeded by the sample's seed, and Adam's
   moments are kept per sample, so a sample's trajectory does not depend on which other samples share its
   batch (up to floating-point reduction order inside the networks).
+* With ``init_candidates`` k > 1 an attempt starts from the best of k prior draws (lowest loss against
+  the target, :func:`best_of_candidates`) instead of the first. A start that already shows part of the
+  target needs smaller moves, and small moves in latent space are what keep the image one that a
+  second classifier also reads as the target. The k evaluations are counted in ``g_evals``.
 * A sample stops (is frozen and no longer forwarded) once every requested finding's probability is at
   least ``margin`` logits above its threshold and every absent one ``margin`` logits below (with margin 0:
   as soon as :func:`success_rule` holds). Stopping exactly on the threshold leaves samples on the
