@@ -28,7 +28,8 @@ import torch
 
 from synthcxr.config import load_config, section
 from synthcxr.labels import NO_FINDING, combo_key, parse_combo
-from synthcxr.lco.optimize import LCOConfig, LabelSpace, module_device, optimise_latents, resolve_label_space, success_rule
+from synthcxr.lco.evaluate import checker_agrees
+from synthcxr.lco.optimize import LCOConfig, LabelSpace, optimise_latents, resolve_label_space
 from synthcxr.lco.plan import sample_seeds
 from synthcxr.lco.rejection import rejection_sample
 from synthcxr.classifier.evaluate import read_thresholds
@@ -55,20 +56,11 @@ def pick_combinations(prev: pd.Series, rare_below: float) -> tuple[str, str]:
     return common, str((multi if not multi.empty else rare).index[0])
 
 
-@torch.no_grad()
 def checker_agreement(G: torch.nn.Module, checker: torch.nn.Module, space: LabelSpace, z: np.ndarray, target: np.ndarray) -> float:
     """Share of latents whose image the checker calls exactly ``target`` (NaN when there are none)."""
     if len(z) == 0:
         return float("nan")
-    used = space.used
-    idx = torch.as_tensor(np.asarray(space.clf_index)[used], dtype=torch.long)
-    dev = module_device(G, "cpu")
-    probs = []
-    for s in range(0, len(z), 256):
-        x = G(torch.as_tensor(z[s : s + 256], device=dev))
-        probs.append(torch.sigmoid(checker(x.to(module_device(checker, "cpu")))).cpu()[:, idx].numpy())
-    p = np.concatenate(probs)
-    return float(success_rule(p, np.tile(target[used], (len(p), 1)), space.thresholds[used]).mean())
+    return float(checker_agrees(G, checker, space, z, np.tile(target, (len(z), 1)), batch_size=256).mean())
 
 
 def main(argv: list[str] | None = None) -> int:

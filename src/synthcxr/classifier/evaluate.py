@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.special import expit, logit
 from torch.utils.data import DataLoader, Dataset
 
 from ..labels import NO_FINDING
@@ -107,11 +108,6 @@ def split_metrics(
     }
 
 
-def _logit(p: float) -> float:
-    p = min(max(p, _P_EPS), 1.0 - _P_EPS)
-    return math.log(p / (1.0 - p))
-
-
 def plateau_midpoint(top: float, lower: float) -> float:
     """Probability halfway, in logit space, between ``top`` and ``lower`` (``-inf`` lower: ``top``).
 
@@ -121,8 +117,8 @@ def plateau_midpoint(top: float, lower: float) -> float:
     """
     if not math.isfinite(lower) or lower >= top:
         return float(top)
-    mid = 0.5 * (_logit(top) + _logit(lower))
-    return float(1.0 / (1.0 + math.exp(-mid)))
+    a, b = logit(np.clip([top, lower], _P_EPS, 1.0 - _P_EPS))
+    return float(expit(0.5 * (a + b)))
 
 
 def choose_thresholds(

@@ -14,14 +14,33 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..labels import combo_key
-from .optimize import module_device, resolve_label_space, success_rule
 from ..classifier.evaluate import read_thresholds
-from .latents import latents_labels, read_latents
+from ..labels import combo_key
+from .latents import latents_labels, read_latents, target_labels
+from .optimize import LabelSpace, module_device, resolve_label_space, success_rule
 
 
 def _rate(mask: np.ndarray) -> float | None:
     return float(mask.mean()) if len(mask) else None
+
+
+@torch.no_grad()
+def checker_agrees(
+    generator: torch.nn.Module, checker: torch.nn.Module, space: LabelSpace, z: np.ndarray, targets: np.ndarray, batch_size: int = 64
+) -> np.ndarray:
+    """Per latent, whether ``checker`` (with the thresholds in ``space``) sees exactly its target row.
+
+    ``z`` is ``[n, d]``, ``targets`` ``[n, L]`` over ``space.labels``; returns ``[n]`` bool.
+    """
+    used = space.used
+    gdev = module_device(generator, "cpu")
+    cdev = module_device(checker, "cpu")
+    idx = torch.as_tensor(np.asarray(space.clf_index)[used], dtype=torch.long, device=cdev)
+    probs = np.empty((len(z), int(used.sum())), dtype=np.float32)
+    for s in range(0, len(z), batch_size):
+        x = generator(torch.as_tensor(z[s : s + batch_size], device=gdev)).to(cdev)
+        probs[s : s + batch_size] = torch.sigmoid(checker(x).index_select(1, idx)).float().cpu().numpy()
+    return np.asarray(success_rule(probs, np.asarray(targets)[:, used], space.thresholds[used]), dtype=bool)
 
 
 @torch.no_grad()
@@ -62,27 +81,19 @@ def agreement(
         thresholds = read_thresholds(thresholds)
     generator.eval()
     checker.eval()
-    gdev = module_device(generator, device)
-    cdev = module_device(checker, device)
 
     labels = latents_labels(latents_paths[0])
     shards = []
     for p in latents_paths:
         lat = read_latents(p, labels)  # a shard lacking one of the first shard's labels fails here, naming p
-        if [c[len("target_"):] for c in lat.table.columns if c.startswith("target_")] != labels:
+        if target_labels(lat.table.columns) != labels:
             raise ValueError(f"{p}: its target columns differ from {latents_paths[0]}; shards come from different configs")
         shards.append(lat)
     targets = np.concatenate([s.targets.astype(np.float32) for s in shards])
     lco_ok = np.concatenate([s.table["success"].to_numpy(bool) for s in shards])
     z = np.concatenate([s.z for s in shards])
     space = resolve_label_space(labels, checker.label_names, thresholds, where=where)
-    used = space.used
-    idx = torch.as_tensor(np.asarray(space.clf_index)[used], dtype=torch.long, device=cdev)
-    probs = np.empty((len(z), int(used.sum())), dtype=np.float32)
-    for s in range(0, len(z), batch_size):
-        x = generator(torch.as_tensor(z[s : s + batch_size], device=gdev)).to(cdev)
-        probs[s : s + batch_size] = torch.sigmoid(checker(x).index_select(1, idx)).float().cpu().numpy()
-    agree = success_rule(probs, targets[:, used], space.thresholds[used])
+    agree = checker_agrees(generator, checker, space, z, targets, batch_size)
     keys = np.array([combo_key(t, labels) for t in targets])
     per: dict[str, dict[str, Any]] = {}
     for k in sorted(set(keys)):

@@ -98,12 +98,17 @@ class ShardLatents:
         return self.table["sample_id"].astype(str).tolist()
 
 
+def target_labels(columns: Sequence[str]) -> list[str]:
+    """Label names from the ``target_<label>`` columns among ``columns``, in column order."""
+    return [str(n)[len("target_"):] for n in columns if str(n).startswith("target_")]
+
+
 def latents_labels(path: str | os.PathLike) -> list[str]:
     """Label names of a latents shard, from its ``target_<label>`` columns in file order (schema only)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(_MISSING.format(path=path))
-    return [n[len("target_"):] for n in pq.read_schema(path).names if n.startswith("target_")]
+    return target_labels(pq.read_schema(path).names)
 
 
 def _z_matrix(col: pa.ChunkedArray, path: Path) -> np.ndarray:

@@ -43,6 +43,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from scipy.special import expit, logit
 
 from ..labels import NO_FINDING, check_labels
 from ..utils.runtime import progress, resolve_device
@@ -163,9 +164,8 @@ def margin_thresholds(thresholds, margin: float) -> tuple[np.ndarray, np.ndarray
     thr = np.asarray(thresholds, dtype=np.float64)
     if margin == 0:
         return thr.copy(), thr.copy()
-    t = np.clip(thr, 1e-7, 1 - 1e-7)
-    lt = np.log(t) - np.log1p(-t)
-    return 1.0 / (1.0 + np.exp(-(lt - margin))), 1.0 / (1.0 + np.exp(-(lt + margin)))
+    lt = logit(np.clip(thr, 1e-7, 1 - 1e-7))
+    return expit(lt - margin), expit(lt + margin)
 
 
 def initial_latents(seeds: Sequence[int], latent_dim: int, candidates: int = 1) -> torch.Tensor:
@@ -232,7 +232,7 @@ def _optimise_attempt(
     thr = space.thresholds[used]
     lo, hi = margin_thresholds(thr, cfg.margin)
     tgt = torch.as_tensor(targets[:, used], dtype=torch.float32, device=device)
-    k = max(1, int(cfg.init_candidates))
+    k = cfg.init_candidates
     if k == 1:
         z = initial_latents(seeds, d).to(device)
     else:
@@ -254,11 +254,9 @@ def _optimise_attempt(
         evals[active] += 1
         tgt_i = tgt.index_select(0, ids)
         met = success_rule(p.detach(), tgt_i, thr).cpu().numpy()
-        if cfg.margin > 0:
-            want = (tgt_i >= 0.5).cpu().numpy()
-            ok = success_rule(p.detach(), tgt_i, np.where(want, hi, lo)).cpu().numpy() & met
-        else:
-            ok = met
+        # stop rule: past the margin cuts (the thresholds themselves when margin is 0)
+        stop_cut = np.where((tgt_i >= 0.5).cpu().numpy(), hi, lo)
+        ok = success_rule(p.detach(), tgt_i, stop_cut).cpu().numpy() & met
         probs[np.ix_(active, np.flatnonzero(used))] = p.detach().float().cpu().numpy()
         steps[active] = t
         success[active] = met
