@@ -8,7 +8,7 @@ import torch
 from synthcxr.pggan.config import PGGANConfig
 from synthcxr.pggan.loss import critic_loss, generator_loss, gradient_penalty
 from synthcxr.pggan.schedule import Schedule
-from synthcxr.pggan.train import ImageStream, blend_reals, ema_beta, update_ema
+from synthcxr.pggan.train import blend_reals, ema_beta, update_ema
 
 
 def test_gradient_penalty_linear_critic_known_gradient():
@@ -99,16 +99,6 @@ def test_config_rejects_unknown_key_and_names_missing_batch():
         PGGANConfig.from_dict({"lrate": 0.1})
     with pytest.raises(ValueError, match='"32"'):
         PGGANConfig.from_dict({"minibatch": {"4": 2}}).batch_for(32)
-
-
-def test_image_stream_is_a_permutation_per_epoch_and_position_addressable():
-    s = ImageStream(10, seed=3)
-    first = s.indices(0, 10)
-    assert sorted(first.tolist()) == list(range(10))
-    whole = s.indices(0, 25)
-    pieces = torch.cat([torch.from_numpy(s.indices(a, b - a)) for a, b in ((0, 7), (7, 13), (13, 25))])
-    assert torch.equal(torch.from_numpy(whole), pieces)
-    assert sorted(whole[10:20].tolist()) == list(range(10))
 
 
 def test_blend_reals_fade():

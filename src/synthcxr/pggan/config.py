@@ -39,6 +39,8 @@ class PGGANConfig:
     amp: bool = False
     workers: int = 0
     gpus: int = 1
+    finding_floor: float = 0.0
+    finding_max_repeat: int = 8
     seed: int = 0
     device: str = "auto"
     labels: list[str] | None = None
@@ -78,6 +80,9 @@ class PGGANConfig:
         """The keys that define what is trained (everything but :data:`RESUME_SAFE_KEYS`)."""
         d = self.to_dict()
         d["minibatch"] = {k: v for k, v in d["minibatch"].items() if int(k) <= self.resolution}
+        if self.finding_floor <= 0:  # no oversampling: same fingerprint as runs from before these keys
+            d.pop("finding_floor")
+            d.pop("finding_max_repeat")
         return {k: v for k, v in d.items() if k not in RESUME_SAFE_KEYS}
 
     def fingerprint(self) -> str:

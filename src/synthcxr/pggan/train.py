@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 
 from ..data.store import PreparedDataset
 from ..imaging import float_to_uint8
@@ -34,12 +34,12 @@ from .layers import downsample2x, lerp, upsample2x
 from .loss import critic_loss, generator_loss, gradient_penalty
 from .networks import Discriminator, Generator
 from .schedule import Position, Schedule
+from .stream import ImageStream, StepBatchSampler, finding_repeats, shown_share
 
 log = logging.getLogger("synthcxr")
 
 GRID_SEED_SALT = 0x6121D
 STEP_SEED_SALT = 0x57E9
-DATA_SEED_SALT = 0xDA7A
 
 
 # ----------------------------------------------------------------------------------------------
@@ -72,62 +72,6 @@ def step_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
     g = torch.Generator()
     g.manual_seed((int(state[0]) << 31) ^ int(state[1]))
     return g
-
-
-class ImageStream:
-    """Which real image is the k-th shown: a fresh seeded permutation of the training set per epoch.
-
-    A function of ``k`` alone, so resuming at ``nimg`` continues the stream exactly, and every
-    image is shown once per epoch whatever the minibatch schedule.
-    """
-
-    def __init__(self, n: int, seed: int):
-        if n <= 0:
-            raise ValueError("the training split is empty")
-        self.n = n
-        self.seed = seed
-        self._cache: dict[int, np.ndarray] = {}
-
-    def _perm(self, epoch: int) -> np.ndarray:
-        if epoch not in self._cache:
-            if len(self._cache) > 2:
-                self._cache.pop(min(self._cache))
-            self._cache[epoch] = np.random.default_rng([self.seed, DATA_SEED_SALT, epoch]).permutation(self.n)
-        return self._cache[epoch]
-
-    def indices(self, start: int, count: int) -> np.ndarray:
-        k = np.arange(start, start + count)
-        out = np.empty(count, dtype=np.int64)
-        for e in np.unique(k // self.n):
-            sel = (k // self.n) == e
-            out[sel] = self._perm(int(e))[k[sel] % self.n]
-        return out
-
-
-class StepBatchSampler(Sampler[list[int]]):
-    """Yields this rank's share of each global minibatch, starting at ``start_nimg``.
-
-    This plays the role of a ``DistributedSampler`` (disjoint per-rank shards of the same global
-    order) while staying resumable mid-epoch: rank ``r`` takes the r-th contiguous slice of the
-    global batch.
-    """
-
-    def __init__(self, stream: ImageStream, start_nimg: int, batch: int, rank: int, world_size: int):
-        if batch % world_size:
-            raise ValueError(f"minibatch {batch} is not divisible by the {world_size} ranks")
-        self.stream, self.start, self.batch = stream, start_nimg, batch
-        self.rank, self.world = rank, world_size
-        self.local = batch // world_size
-
-    def __iter__(self) -> Iterator[list[int]]:
-        nimg = self.start
-        while True:
-            idx = self.stream.indices(nimg, self.batch)
-            yield idx[self.rank * self.local : (self.rank + 1) * self.local].tolist()
-            nimg += self.batch
-
-    def __len__(self) -> int:  # effectively endless; the loop stops drawing when the phase ends
-        return 2**62
 
 
 def blend_reals(real: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -201,7 +145,7 @@ class _Trainer:
         for r, b in self.sched.minibatch.items():
             if r <= cfg.resolution and b % info.world_size:
                 raise ValueError(f"pggan.minibatch[\"{r}\"] = {b} is not divisible by the {info.world_size} GPUs")
-        self.stream = ImageStream(self.n_train, cfg.seed)
+        self.stream = ImageStream(self.n_train, cfg.seed, self._repeats())
 
         seed_everything(cfg.seed)
         self.G = Generator(cfg.resolution, cfg.latent_dim, cfg.fmap_base, cfg.fmap_max).to(self.dev)
@@ -372,6 +316,22 @@ class _Trainer:
         D_raw.requires_grad_(True)
         update_ema(self.G_ema, G_raw, ema_beta(pos.batch, self.cfg.ema_kimg))
         return {"loss_d": dl.total.detach(), "loss_g": gl.detach(), "gp": dl.gp, "drift": dl.drift, "wdist": dl.wdist}
+
+    def _repeats(self) -> np.ndarray | None:
+        """Per-image showings per epoch from ``pggan.finding_floor`` (None: each image once)."""
+        cfg = self.cfg
+        if cfg.finding_floor <= 0:
+            return None
+        train = self.data.split("train")
+        names = [n for n in (cfg.labels or self.data.label_names) if n != "No_Finding"]
+        y = self.data.label_matrix(train, names)
+        reps = finding_repeats(y, cfg.finding_floor, cfg.finding_max_repeat)
+        if self.info.is_main:
+            before, after = shown_share(y, np.ones(len(y))), shown_share(y, reps)
+            log.info("finding_floor %.3g (max %dx): epoch of %d showings for %d images; finding share shown: %s",
+                     cfg.finding_floor, cfg.finding_max_repeat, int(reps.sum()), len(reps),
+                     ", ".join(f"{n} {b:.3f}->{a:.3f}" for n, b, a in zip(names, before, after)))
+        return reps
 
     def loader(self, res: int, batch: int) -> Iterator:
         ds = self.data.torch_dataset("train", res)

@@ -1,0 +1,113 @@
+"""Which real image the GAN is shown k-th: a seeded, resumable order over the training split.
+
+The order is a function of ``k`` alone, so training resumed at ``nimg`` continues it exactly. Images
+that carry a rare finding may be shown several times per epoch (:func:`finding_repeats`): an
+unconditional GAN trained on a few dozen examples of a finding tends to drop it, and LCO can only
+steer towards what the generator can draw. The archive's label frequencies come from the LCO plan,
+not from the generator's prior, so oversampling changes coverage, not the released label mix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+from torch.utils.data import Sampler
+
+DATA_SEED_SALT = 0xDA7A
+
+
+def finding_repeats(labels: np.ndarray, floor: float, max_repeat: int) -> np.ndarray:
+    """Times each training image appears per epoch so every finding is shown in about ``floor`` of images.
+
+    ``labels`` is ``[n, F]`` over the findings (1 positive; 0 or NaN not). A finding with share
+    ``p < floor`` gets factor ``ceil(floor / p)``, capped at ``max_repeat``; an image takes the largest
+    factor among its positive findings (1 with none). ``floor <= 0`` or ``max_repeat == 1`` gives all ones.
+    """
+    y = np.nan_to_num(np.asarray(labels, dtype=np.float64), nan=0.0) == 1
+    if y.ndim != 2:
+        raise ValueError(f"labels must be [n, F], got shape {y.shape}")
+    if not 0.0 <= floor < 1.0:
+        raise ValueError(f"finding_floor must be in [0, 1), got {floor}")
+    if max_repeat < 1:
+        raise ValueError(f"finding_max_repeat must be >= 1, got {max_repeat}")
+    reps = np.ones(len(y), dtype=np.int64)
+    if floor <= 0.0 or max_repeat == 1 or len(y) == 0:
+        return reps
+    share = y.mean(axis=0)
+    factor = np.ones(y.shape[1], dtype=np.int64)
+    rare = (share > 0) & (share < floor)
+    factor[rare] = np.minimum(np.ceil(floor / share[rare] - 1e-9), max_repeat).astype(np.int64)
+    hit = np.where(y, factor[None, :], 1)
+    return np.maximum(reps, hit.max(axis=1)) if y.shape[1] else reps
+
+
+def shown_share(labels: np.ndarray, repeats: np.ndarray) -> np.ndarray:
+    """Per finding, the share of shown images that carry it, given per-image ``repeats``."""
+    y = np.nan_to_num(np.asarray(labels, dtype=np.float64), nan=0.0) == 1
+    r = np.asarray(repeats, dtype=np.float64)
+    return (y * r[:, None]).sum(axis=0) / max(r.sum(), 1.0)
+
+
+class ImageStream:
+    """The k-th shown image: a fresh seeded permutation per epoch of the (repeat-expanded) training set.
+
+    With ``repeats`` (one count per image) an epoch holds image ``i`` ``repeats[i]`` times; without it
+    every image is shown once per epoch whatever the minibatch schedule.
+    """
+
+    def __init__(self, n: int, seed: int, repeats: np.ndarray | None = None):
+        if n <= 0:
+            raise ValueError("the training split is empty")
+        if repeats is None:
+            self.items = np.arange(n, dtype=np.int64)
+        else:
+            repeats = np.asarray(repeats, dtype=np.int64)
+            if repeats.shape != (n,) or (repeats < 1).any():
+                raise ValueError(f"repeats must be {n} counts >= 1, got shape {repeats.shape}")
+            self.items = np.repeat(np.arange(n, dtype=np.int64), repeats)
+        self.n = len(self.items)
+        self.seed = seed
+        self._cache: dict[int, np.ndarray] = {}
+
+    def _perm(self, epoch: int) -> np.ndarray:
+        if epoch not in self._cache:
+            if len(self._cache) > 2:
+                self._cache.pop(min(self._cache))
+            order = np.random.default_rng([self.seed, DATA_SEED_SALT, epoch]).permutation(self.n)
+            self._cache[epoch] = self.items[order]
+        return self._cache[epoch]
+
+    def indices(self, start: int, count: int) -> np.ndarray:
+        k = np.arange(start, start + count)
+        out = np.empty(count, dtype=np.int64)
+        for e in np.unique(k // self.n):
+            sel = (k // self.n) == e
+            out[sel] = self._perm(int(e))[k[sel] % self.n]
+        return out
+
+
+class StepBatchSampler(Sampler[list[int]]):
+    """Yields this rank's share of each global minibatch, starting at ``start_nimg``.
+
+    This plays the role of a ``DistributedSampler`` (disjoint per-rank shards of the same global
+    order) while staying resumable mid-epoch: rank ``r`` takes the r-th contiguous slice of the
+    global batch.
+    """
+
+    def __init__(self, stream: ImageStream, start_nimg: int, batch: int, rank: int, world_size: int):
+        if batch % world_size:
+            raise ValueError(f"minibatch {batch} is not divisible by the {world_size} ranks")
+        self.stream, self.start, self.batch = stream, start_nimg, batch
+        self.rank, self.world = rank, world_size
+        self.local = batch // world_size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        nimg = self.start
+        while True:
+            idx = self.stream.indices(nimg, self.batch)
+            yield idx[self.rank * self.local : (self.rank + 1) * self.local].tolist()
+            nimg += self.batch
+
+    def __len__(self) -> int:  # effectively endless; the loop stops drawing when the phase ends
+        return 2**62

@@ -1,0 +1,87 @@
+"""The order of real images shown to the GAN: per-epoch permutations, resumable, rare findings oversampled."""
+
+import numpy as np
+import pytest
+import torch
+
+from synthcxr.pggan import train_pggan
+from synthcxr.pggan.config import PGGANConfig
+from synthcxr.pggan.stream import ImageStream, StepBatchSampler, finding_repeats, shown_share
+
+
+def test_image_stream_is_a_permutation_per_epoch_and_position_addressable():
+    s = ImageStream(10, seed=3)
+    first = s.indices(0, 10)
+    assert sorted(first.tolist()) == list(range(10))
+    whole = s.indices(0, 25)
+    pieces = torch.cat([torch.from_numpy(s.indices(a, b - a)) for a, b in ((0, 7), (7, 13), (13, 25))])
+    assert torch.equal(torch.from_numpy(whole), pieces)
+    assert sorted(whole[10:20].tolist()) == list(range(10))
+
+
+def test_stream_with_repeats_shows_each_image_its_count_per_epoch():
+    reps = np.array([1, 3, 1, 2])
+    s = ImageStream(4, seed=1, repeats=reps)
+    assert s.n == 7
+    for epoch in range(3):
+        shown = s.indices(epoch * 7, 7)
+        assert np.bincount(shown, minlength=4).tolist() == reps.tolist()
+    whole = s.indices(0, 20)
+    assert np.array_equal(whole, np.concatenate([s.indices(0, 9), s.indices(9, 11)]))
+    # all-ones repeats give exactly the stream without repeats
+    assert np.array_equal(ImageStream(6, 2, np.ones(6)).indices(0, 30), ImageStream(6, 2).indices(0, 30))
+    with pytest.raises(ValueError, match="repeats must be 4 counts"):
+        ImageStream(4, 1, repeats=np.array([1, 0, 1, 1]))
+
+
+def test_sampler_splits_global_batch_across_ranks():
+    s = ImageStream(12, seed=0)
+    batches = [next(iter(StepBatchSampler(s, 4, 6, r, 3))) for r in range(3)]
+    assert sum(batches, []) == s.indices(4, 6).tolist()
+    with pytest.raises(ValueError, match="not divisible"):
+        StepBatchSampler(s, 0, 5, 0, 2)
+
+
+def test_finding_repeats_hand_computed():
+    # 20 images, findings A (10 positives), B (2), C (1); NaN counts as not positive.
+    y = np.zeros((20, 3))
+    y[:10, 0] = 1
+    y[10:12, 1] = 1
+    y[11, 2] = 1
+    y[15, 2] = np.nan
+    # shares: A 0.5, B 0.1, C 0.05. floor 0.2 -> A 1, B ceil(2) = 2, C ceil(4) = 4
+    reps = finding_repeats(y, 0.2, 8)
+    expect = np.ones(20, dtype=int)
+    expect[10] = 2
+    expect[11] = 4  # largest factor among its findings (B 2, C 4)
+    assert reps.tolist() == expect.tolist()
+    # the cap binds: C would need 4
+    assert finding_repeats(y, 0.2, 3)[11] == 3
+    # shown share = sum(repeats * y) / sum(repeats): B is on images 10 (x2) and 11 (x4) of 24 showings
+    share = shown_share(y, reps)
+    assert share == pytest.approx([10 / 24, 6 / 24, 4 / 24])
+    assert finding_repeats(y, 0.0, 8).tolist() == [1] * 20
+    assert finding_repeats(y, 0.2, 1).tolist() == [1] * 20
+    for bad, match in (((y, 1.0, 8), "finding_floor"), ((y, 0.1, 0), "finding_max_repeat")):
+        with pytest.raises(ValueError, match=match):
+            finding_repeats(*bad)
+
+
+def test_floor_zero_keeps_the_old_fingerprint_and_a_floor_changes_it():
+    base = PGGANConfig.from_dict({"run": "x"})
+    assert "finding_floor" not in base.training_dict()
+    assert PGGANConfig.from_dict({"run": "x", "finding_floor": 0.0, "finding_max_repeat": 4}).fingerprint() == base.fingerprint()
+    assert PGGANConfig.from_dict({"run": "x", "finding_floor": 0.1}).fingerprint() != base.fingerprint()
+
+
+def test_training_with_a_floor_shows_rare_findings_more_often(tiny_prepared, tmp_path, capfd):
+    cfg = dict(run="t", resolution=8, latent_dim=16, fmap_base=64, fmap_max=32, fade_kimg=0.1, stable_kimg=0.1,
+               minibatch={"4": 16, "8": 16}, checkpoint_kimg=1.0, snapshot_kimg=1.0, log_kimg=0.2, ema_kimg=0.1,
+               seed=5, device="cpu", finding_floor=0.3, finding_max_repeat=4)
+    path = train_pggan(cfg, tiny_prepared, tmp_path)
+    assert path.exists()
+    # the tiny set has every finding on 21-29% of images: all are below 0.3, so each gets factor 2
+    line = next(x for x in capfd.readouterr().err.splitlines() if "finding_floor 0.3" in x)
+    pairs = [p.split()[-1].split("->") for p in line.split("finding share shown: ")[1].split(", ")]
+    assert len(pairs) == 7 and all(float(a) > float(b) for b, a in pairs)
+    assert "epoch of 168 showings" not in line
