@@ -24,7 +24,7 @@ def finding_repeats(labels: np.ndarray, floor: float, max_repeat: int) -> np.nda
     ``p < floor`` gets factor ``ceil(floor / p)``, capped at ``max_repeat``; an image takes the largest
     factor among its positive findings (1 with none). ``floor <= 0`` or ``max_repeat == 1`` gives all ones.
     """
-    y = np.nan_to_num(np.asarray(labels, dtype=np.float64), nan=0.0) == 1
+    y = np.asarray(labels, dtype=np.float64) == 1  # NaN (unknown) compares unequal: not positive
     if y.ndim != 2:
         raise ValueError(f"labels must be [n, F], got shape {y.shape}")
     if not 0.0 <= floor < 1.0:
@@ -38,13 +38,12 @@ def finding_repeats(labels: np.ndarray, floor: float, max_repeat: int) -> np.nda
     factor = np.ones(y.shape[1], dtype=np.int64)
     rare = (share > 0) & (share < floor)
     factor[rare] = np.minimum(np.ceil(floor / share[rare] - 1e-9), max_repeat).astype(np.int64)
-    hit = np.where(y, factor[None, :], 1)
-    return np.maximum(reps, hit.max(axis=1)) if y.shape[1] else reps
+    return np.where(y, factor[None, :], 1).max(axis=1) if y.shape[1] else reps
 
 
 def shown_share(labels: np.ndarray, repeats: np.ndarray) -> np.ndarray:
     """Per finding, the share of shown images that carry it, given per-image ``repeats``."""
-    y = np.nan_to_num(np.asarray(labels, dtype=np.float64), nan=0.0) == 1
+    y = np.asarray(labels, dtype=np.float64) == 1
     r = np.asarray(repeats, dtype=np.float64)
     return (y * r[:, None]).sum(axis=0) / max(r.sum(), 1.0)
 
