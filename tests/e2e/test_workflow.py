@@ -91,6 +91,9 @@ def test_validation_outputs(tiny_run: Path):
     assert len(mem) == 24 and {"sample_id", "flagged"} <= set(mem.columns)
     agree = json.loads((val / "lco_agreement.json").read_text())
     assert agree["n"] == 24 and 0.0 <= agree["overall"] <= 1.0
+    chk = json.loads((tiny_run / "results" / "classifier" / "check" / "metrics.json").read_text())
+    assert agree["real_test_exact_match"] == chk["test"]["exact_match"]["rate"]
+    assert agree["per_combination"]["No_Finding"]["real_test_n"] > 0
     key = pd.read_csv(val / "answer_key" / "key.csv")
     assert len(key) == 8
     assert (val / "reader_kit" / "index.html").exists()

@@ -11,11 +11,11 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import accuracy_score, roc_auc_score
 
 from synthcxr.classifier import Classifier, ClassifierConfig, load_classifier, load_thresholds, run_settings, train_classifier
 from synthcxr.classifier.augment import AugmentConfig, augment_batch
-from synthcxr.classifier.evaluate import choose_thresholds, plateau_midpoint, predict
+from synthcxr.classifier.evaluate import choose_thresholds, exact_match, plateau_midpoint, predict
 from synthcxr.classifier.models import DenseNet121, SmallCNN, count_parameters, default_arch
 from synthcxr.classifier.sources import resolve_sources, source_kind
 from synthcxr.classifier.train import masked_bce, pos_weights
@@ -235,6 +235,12 @@ def test_saved_model_reproduces_metrics_and_thresholds(trained, tiny_prepared):
         assert point["youden_j"] == pytest.approx(ref["j"], abs=1e-9) and not point["fallback"]
     with pytest.raises(KeyError, match="Hernia"):
         load_thresholds(out / "thresholds.json", ["Hernia"])
+    # exact match on test at the written thresholds = sklearn's subset accuracy over fully labelled images
+    em = metrics["test"]["exact_match"]
+    full = ~np.isnan(y_test).any(axis=1)
+    assert em["n"] == int(full.sum()) and em["n_unknown_excluded"] == int((~full).sum())
+    assert em["rate"] == pytest.approx(accuracy_score(y_test[full] == 1, p_test[full] >= loaded[None, :]))
+    assert sum(v["n"] for v in em["per_combination"].values()) == em["n"]
 
 
 def test_loaded_model_any_resolution_features_and_gradients(trained):
@@ -306,6 +312,23 @@ def test_train_on_archive_equals_training_on_the_same_real_images(tiny_prepared,
     assert m["test"]["per_label"] == real["test"]["per_label"]
     with pytest.raises(KeyError, match="archive lacks label"):
         train_classifier(_cfg(labels=LABELS + ["Hernia"]), arc, tiny_prepared, tmp_path / "bad")
+
+
+def test_exact_match_overall_and_per_combination_by_hand():
+    names = ["A", "B", "No_Finding"]
+    y = np.array([[1, 0, 0], [1, 0, 0], [0, 0, 1], [1, 1, 0], [0, 0, 1], [np.nan, 0, 0]], dtype=np.float32)
+    p = np.array(
+        [[0.9, 0.1, 0.1], [0.9, 0.7, 0.0], [0.2, 0.2, 0.8], [0.6, 0.65, 0.1], [0.1, 0.1, 0.3], [0.9, 0.1, 0.1]]
+    )
+    em = exact_match(y, p, [0.5, 0.6, 0.5], names)
+    # row 1 calls B (0.7 >= 0.6), row 4 misses No_Finding (0.3 < 0.5); row 3 is right (0.65 >= 0.6); row 5 unknown
+    assert (em["n"], em["n_unknown_excluded"], em["rate"]) == (5, 1, pytest.approx(3 / 5))
+    assert em["per_combination"] == {
+        "A": {"n": 2, "rate": 0.5},
+        "A+B": {"n": 1, "rate": 1.0},
+        "No_Finding": {"n": 2, "rate": 0.5},
+    }
+    assert em["rate"] == pytest.approx(accuracy_score(y[:5] == 1, p[:5] >= np.array([0.5, 0.6, 0.5])))
 
 
 def test_choose_thresholds_midpoint_and_small_count_fallback():

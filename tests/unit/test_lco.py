@@ -439,6 +439,20 @@ def test_agreement_with_same_and_stricter_checker(tmp_path, fake_loaders):
     got = agreement(paths, G, C, strict)
     assert got["overall"] == pytest.approx(hand.mean())
     assert got["overall"] < same["overall"]
+    assert got["real_test_exact_match"] is None and "real_test_n" not in got["per_combination"]["Effusion"]
+    # the checker's exact match on real test scans (from its metrics.json) sits next to each combination
+    em = {"rate": 0.8, "n": 40, "per_combination": {"Effusion": {"n": 5, "rate": 0.6}, "No_Finding": {"n": 35, "rate": 1.0}}}
+    (tmp_path / "metrics.json").write_text(json.dumps({"test": {"exact_match": em}}))
+    ref = agreement(paths, G, C, strict, checker_metrics=tmp_path / "metrics.json")
+    assert (ref["real_test_exact_match"], ref["real_test_n"]) == (0.8, 40)
+    assert ref["per_combination"]["Effusion"] == got["per_combination"]["Effusion"] | {"real_test_n": 5, "real_test_exact_match": 0.6}
+    assert ref["per_combination"]["Cardiomegaly+Effusion+Nodule"]["real_test_n"] == 0
+    assert ref["per_combination"]["Cardiomegaly+Effusion+Nodule"]["real_test_exact_match"] is None
+    (tmp_path / "old.json").write_text(json.dumps({"test": {"mean_auroc": 0.9}}))
+    with pytest.raises(ValueError, match="old.json: no test.exact_match.*retrain the checker"):
+        agreement(paths, G, C, strict, checker_metrics=tmp_path / "old.json")
+    with pytest.raises(FileNotFoundError, match="none.json: checker metrics missing"):
+        agreement(paths, G, C, strict, checker_metrics=tmp_path / "none.json")
 
 
 def test_run_shard_with_project_generator_and_classifier(tmp_path):

@@ -104,6 +104,7 @@ rule validate_lco:
         generator=f"{PGGAN}/generator.pt",
         checker=f"{CLF}/{config['classifier']['checker']['name']}/model.pt",
         thresholds=f"{CLF}/{config['classifier']['checker']['name']}/thresholds.json",
+        checker_metrics=f"{CLF}/{config['classifier']['checker']['name']}/metrics.json",
     output:
         agreement=f"{VAL}/lco_agreement.json",
     params:

@@ -13,9 +13,12 @@ result = agreement(
     sm.input.thresholds,
     batch_size=sm.params.batch_size,
     device=sm.params.device,
+    checker_metrics=sm.input.checker_metrics,
 )
 log.info(
-    "checker agreement: %.3f over %d samples; %s over the %d LCO-successful ones",
+    "checker agreement: %.3f over %d samples; %s over the %d LCO-successful ones; "
+    "the checker's exact match on %s real test scans: %s",
     result["overall"], result["n"], result.get("overall_successful"), result.get("n_successful", 0),
+    result["real_test_n"], result["real_test_exact_match"],
 )
 write_json(sm.output.agreement, result)

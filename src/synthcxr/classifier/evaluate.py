@@ -24,7 +24,7 @@ import torch
 from scipy.special import expit, logit
 from torch.utils.data import DataLoader, Dataset
 
-from ..labels import NO_FINDING
+from ..labels import NO_FINDING, combo_key
 from ..metrics.auroc import auroc, mean_auroc, roc_curve, youden_threshold
 from ..metrics.bootstrap import bootstrap_distribution, percentile_interval
 from ..utils.atomic import atomic_path
@@ -37,7 +37,7 @@ THRESHOLD_RULES = {
         "present when sigmoid(logit) >= threshold; threshold maximises TPR - FPR on the val split, at the logit midpoint "
         "of the plateau of equally good cuts; 0.5 when val has fewer than threshold_min_count positives or negatives"
     ),
-    "fixed": "present when sigmoid(logit) >= 0.5, the decision point of the class-weighted loss; val TPR/FPR recorded",
+    "fixed": "present when sigmoid(logit) >= 0.5; val TPR/FPR recorded",
 }
 _P_EPS = 1e-7
 
@@ -105,6 +105,28 @@ def split_metrics(
         "mean_auroc_ci": [_num(lo[L]), _num(hi[L])],
         "mean_auroc_findings": _num(point[L + 1]),
         "mean_auroc_findings_ci": [_num(lo[L + 1]), _num(hi[L + 1])],
+    }
+
+
+def exact_match(y: np.ndarray, probs: np.ndarray, thresholds: Sequence[float], label_names: Sequence[str]) -> dict:
+    """Share of images on which every label is called right at ``thresholds``, overall and per combination.
+
+    This is the rule LCO's checker applies to a generated image (all requested findings present, all
+    others absent), measured on real images: how often the classifier reads a real scan of a given label
+    combination as exactly that combination. Images with any unknown (NaN) label are left out.
+    """
+    y = np.asarray(y, dtype=np.float64)
+    known = ~np.isnan(y).any(axis=1)
+    yk, calls = y[known], np.asarray(probs)[known] >= np.asarray(thresholds, dtype=np.float64)[None, :]
+    ok = (calls == (yk == 1)).all(axis=1)
+    keys = np.array([combo_key(r, label_names) for r in yk], dtype=object)
+    per = {str(k): {"n": int((keys == k).sum()), "rate": float(ok[keys == k].mean())} for k in sorted(set(keys))}
+    return {
+        "rule": "every label called right: sigmoid >= threshold exactly where the label is 1",
+        "n": int(known.sum()),
+        "n_unknown_excluded": int((~known).sum()),
+        "rate": _num(float(ok.mean())) if len(ok) else None,
+        "per_combination": per,
     }
 
 

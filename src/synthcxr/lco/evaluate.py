@@ -2,13 +2,16 @@
 
 LCO optimises against one classifier, so its own success flag is optimistic (latents can exploit that
 classifier's quirks). Re-rendering every latent and scoring it with a checker trained separately gives
-an honest rate, overall and per label combination.
+an honest rate, overall and per label combination, next to the checker's exact-match rate on real test
+scans of the same combination.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -51,6 +54,7 @@ def agreement(
     thresholds: Mapping[str, float] | str | os.PathLike,
     batch_size: int = 64,
     device: str = "auto",
+    checker_metrics: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Share of samples whose re-rendered image meets its target under ``checker`` and its thresholds.
 
@@ -59,6 +63,11 @@ def agreement(
     shards' ``target_*`` columns; a label the checker lacks is ignored only if it is No_Finding.
     Returns ``overall`` and ``n`` over all samples, ``overall_successful``/``n_successful`` over
     the samples LCO marked successful (those an archive keeps), and the same per combination key.
+
+    With ``checker_metrics`` (the checker's ``metrics.json``) each combination also gets the checker's
+    exact-match rate on *real* test scans of that combination (``real_test_exact_match``, ``real_test_n``;
+    null where the test split has none): the reference for how often this checker reads a scan of the
+    combination correctly at all.
     """
     from ..utils.runtime import resolve_device
 
@@ -104,6 +113,12 @@ def agreement(
             "n_successful": int((sel & lco_ok).sum()),
             "agreement_successful": _rate(agree[sel & lco_ok]),
         }
+    real = _real_exact_match(checker_metrics)
+    if real is not None:
+        for k, row in per.items():
+            ref = real["per_combination"].get(k, {})
+            row["real_test_n"] = int(ref.get("n", 0))
+            row["real_test_exact_match"] = ref.get("rate")
     return {
         "labels": labels,
         "n": int(len(agree)),
@@ -111,5 +126,22 @@ def agreement(
         "n_successful": int(lco_ok.sum()),
         "overall_successful": _rate(agree[lco_ok]),
         "lco_success_rate": _rate(lco_ok),
+        "real_test_exact_match": None if real is None else real["rate"],
+        "real_test_n": None if real is None else real["n"],
         "per_combination": per,
     }
+
+
+def _real_exact_match(path: str | os.PathLike | None) -> dict[str, Any] | None:
+    """``test.exact_match`` of a classifier's ``metrics.json`` (written by train_classifier)."""
+    if path is None:
+        return None
+    try:
+        return json.loads(Path(path).read_text())["test"]["exact_match"]
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: checker metrics missing; run the train_classifier stage first") from None
+    except KeyError:
+        raise ValueError(
+            f"{path}: no test.exact_match entry (written by an older synthcxr); retrain the checker "
+            "(snakemake train_classifier --forcerun train_classifier)"
+        ) from None
