@@ -78,7 +78,8 @@ def test_archive_is_consistent_and_verifiable(tiny_run: Path):
     )
     assert regen.returncode == 0, regen.stdout + regen.stderr
     assert "identical" in regen.stdout.lower()
-    assert "synthetic" in (arc_dir / "DATASET_CARD.md").read_text().lower()
+    card = (arc_dir / "DATASET_CARD.md").read_text()
+    assert "synthetic" in card.lower() and "### Label reliability (independent checker classifier)" in card
 
 
 def test_validation_outputs(tiny_run: Path):
@@ -94,6 +95,9 @@ def test_validation_outputs(tiny_run: Path):
     chk = json.loads((tiny_run / "results" / "classifier" / "check" / "metrics.json").read_text())
     assert agree["real_test_exact_match"] == chk["test"]["exact_match"]["rate"]
     assert agree["per_combination"]["No_Finding"]["real_test_n"] > 0
+    assert agree["prior_samples"] == 64 and set(agree["per_label"]) == set(agree["labels"])
+    assert all(0.0 <= row["prior_rate"] <= 1.0 for row in agree["per_label"].values())
+    assert sum(row["n_target"] for row in agree["per_label"].values()) >= agree["n"]  # every target holds a label
     key = pd.read_csv(val / "answer_key" / "key.csv")
     assert len(key) == 8
     assert (val / "reader_kit" / "index.html").exists()

@@ -500,5 +500,28 @@ def test_dataset_card(arch, tmp_path):
     assert "| fid.value | 12.35 |" in card and "| kid | 0.0123 |" in card and "| fid.ci | [10, 14.5] |" in card
     assert "| synthetic.macro_auroc | 0.8123 |" in card and "3 flagged" in card
     assert sha256_file(arch["gen"]) in card
+    assert "Label reliability" not in card
     bare = write_card(arch["root"] / "archive.json", tmp_path / "c2.md", tmp_path / "missing.json")
     assert "No validation results were available" in bare
+
+
+def test_dataset_card_label_reliability(arch, tmp_path):
+    agree = tmp_path / "lco_agreement.json"
+    agree.write_text(json.dumps({
+        "overall_successful": 0.9707, "n_successful": 1024, "real_test_exact_match": 0.9664,
+        "per_label": {
+            "Effusion": {"n_target": 100, "plan_rate": 0.1, "agreement_successful": 0.93, "prior_rate": 0.102},
+            "Pneumothorax": {"n_target": 12, "plan_rate": 0.0117, "agreement_successful": 0.3333, "prior_rate": 0.0},
+            "Mass": {"n_target": 0, "plan_rate": 0.0, "agreement_successful": None},
+        },
+    }))
+    card = write_card(arch["root"] / "archive.json", tmp_path / "card.md", lco_agreement=agree)
+    assert "### Label reliability (independent checker classifier)" in card
+    assert "agreed with the whole target on 97.1% of the 1024 samples" in card and "real test scans is 96.6%" in card
+    assert "| Effusion | 100 | 93.0% | 10.2% |" in card
+    assert "| Pneumothorax | 12 | 33.3% | 0.0% |" in card and "| Mass | 0 | n/a | n/a |" in card
+    warn = [line for line in card.splitlines() if line.startswith("**Treat these labels with care:**")]
+    assert len(warn) == 1 and "labelled Pneumothorax." in warn[0] and "Effusion" not in warn[0]
+    agree.write_text("{not json")
+    broken = write_card(arch["root"] / "archive.json", tmp_path / "card2.md", lco_agreement=agree)
+    assert "lco_agreement.json could not be read" in broken

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from synthcxr.lco.evaluate import agreement
+from synthcxr.lco.evaluate import agreement, prior_latents
 from synthcxr.lco.optimize import best_of_candidates, initial_latents, margin_thresholds, optimise_latents, resolve_label_space, success_rule
 from synthcxr.lco.plan import attempt_seed, make_plan, write_plan
 from synthcxr.lco.rejection import rejection_sample
@@ -439,6 +439,25 @@ def test_agreement_with_same_and_stricter_checker(tmp_path, fake_loaders):
     got = agreement(paths, G, C, strict)
     assert got["overall"] == pytest.approx(hand.mean())
     assert got["overall"] < same["overall"]
+    # per label: agreement among samples whose target holds the label; without prior samples no prior rate
+    for j, name in enumerate(LABELS):
+        sel = targets[:, j] == 1
+        row = got["per_label"][name]
+        assert row["n_target"] == int(sel.sum()) and row["plan_rate"] == pytest.approx(sel.mean())
+        assert "prior_rate" not in row
+        if sel.any():
+            assert row["agreement_successful"] == pytest.approx(hand[sel].mean())
+    # random latents scored by the checker: a seeded draw, the same rate by hand
+    drawn = agreement(paths, G, C, strict, prior_samples=300, seed=5)
+    assert drawn["prior_samples"] == 300
+    zp = prior_latents(300, z.shape[1], 5)
+    np.testing.assert_array_equal(zp, prior_latents(300, z.shape[1], 5))
+    assert zp.shape == (300, z.shape[1]) and abs(float(zp.mean())) < 0.1 and float(zp.std()) == pytest.approx(1.0, abs=0.05)
+    pp = _probs_of(G, C, zp)
+    for j, name in enumerate(LABELS):
+        assert drawn["per_label"][name]["prior_rate"] == pytest.approx((pp[:, j] >= np.float32(strict[name])).mean())
+    assert 0.05 < drawn["per_label"]["Effusion"]["prior_rate"] < 0.4  # ~18% of draws by construction
+    assert drawn["per_label"]["Cardiomegaly"]["prior_rate"] < drawn["per_label"]["Effusion"]["prior_rate"]  # stricter
     assert got["real_test_exact_match"] is None and "real_test_n" not in got["per_combination"]["Effusion"]
     # the checker's exact match on real test scans (from its metrics.json) sits next to each combination
     em = {"rate": 0.8, "n": 40, "per_combination": {"Effusion": {"n": 5, "rate": 0.6}, "No_Finding": {"n": 35, "rate": 1.0}}}

@@ -55,6 +55,7 @@ rule dataset_card:
         fid=f"{VAL}/fid.json",
         tstr=f"{VAL}/tstr.json",
         memorization=f"{VAL}/memorization.parquet",
+        lco_agreement=f"{VAL}/lco_agreement.json",
     output:
         f"{ARCH}/DATASET_CARD.md",
     log:

@@ -110,6 +110,8 @@ rule validate_lco:
     params:
         device=config["device"],
         batch_size=config["lco"]["batch_size"],
+        prior_samples=config["validate"]["lco_prior_samples"],
+        seed=config["seed"],
     log:
         f"{LOGS}/validate_lco.log",
     threads: 2

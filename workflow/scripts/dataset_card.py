@@ -10,4 +10,5 @@ write_card(
     fid=snakemake.input.fid,
     tstr=snakemake.input.tstr,
     memorization=snakemake.input.memorization,
+    lco_agreement=snakemake.input.lco_agreement,
 )

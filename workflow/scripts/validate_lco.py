@@ -14,6 +14,8 @@ result = agreement(
     batch_size=sm.params.batch_size,
     device=sm.params.device,
     checker_metrics=sm.input.checker_metrics,
+    prior_samples=sm.params.prior_samples,
+    seed=sm.params.seed,
 )
 log.info(
     "checker agreement: %.3f over %d samples; %s over the %d LCO-successful ones; "
@@ -21,4 +23,9 @@ log.info(
     result["overall"], result["n"], result.get("overall_successful"), result.get("n_successful", 0),
     result["real_test_n"], result["real_test_exact_match"],
 )
+for name, row in result["per_label"].items():
+    log.info(
+        "%s: %d targets, checker agrees on %s of the successful; plan share %.4f, random latents %s",
+        name, row["n_target"], row["agreement_successful"], row["plan_rate"], row.get("prior_rate"),
+    )
 write_json(sm.output.agreement, result)

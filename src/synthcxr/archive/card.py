@@ -62,7 +62,57 @@ def _memorization_section(path: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_card(info: Mapping[str, Any], fid: Path | None = None, tstr: Path | None = None, memorization: Path | None = None) -> str:
+LOW_AGREEMENT = 0.8  # below this share the card warns that a label's images often do not show it
+
+
+def _pct(v: Any) -> str:
+    return "n/a" if v is None else f"{100 * float(v):.1f}%"
+
+
+def _agreement_section(path: Path) -> str:
+    """Per label: how often the independent checker classifier reads the released images as their target."""
+    title = "### Label reliability (independent checker classifier)"
+    try:
+        data = json.loads(path.read_text())
+        per = data["per_label"]
+    except (OSError, json.JSONDecodeError, KeyError) as exc:
+        return f"{title}\n\n{path.name} could not be read ({exc!r}).\n"
+    lines = [
+        title,
+        "",
+        f"From `{path.name}`. A second classifier, trained separately from the one that steered the latents, read "
+        f"every image; it agreed with the whole target on {_pct(data.get('overall_successful'))} of the "
+        f"{data.get('n_successful')} samples whose optimisation succeeded. Per label, over the samples whose "
+        "target includes it (the whole combination must match); for reference, the same checker's exact-match "
+        f"rate on real test scans is {_pct(data.get('real_test_exact_match'))}, and the last column is how often it "
+        "sees the label on un-optimised random latents (what the generator draws unsteered).",
+        "",
+        "| label | samples | checker agrees | random latents |",
+        "|---|---|---|---|",
+    ]
+    low = []
+    for name, row in per.items():
+        agree = row.get("agreement_successful")
+        lines.append(f"| {name} | {row.get('n_target', 0)} | {_pct(agree)} | {_pct(row.get('prior_rate'))} |")
+        if agree is not None and agree < LOW_AGREEMENT:
+            low.append(name)
+    if low:
+        lines += [
+            "",
+            f"**Treat these labels with care:** the checker agrees on fewer than {LOW_AGREEMENT:.0%} of the images "
+            f"labelled {', '.join(low)}. Many of them may not show the finding; a generator that rarely draws a "
+            "finding unsteered can only be pushed towards it until the steering classifier is satisfied.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def render_card(
+    info: Mapping[str, Any],
+    fid: Path | None = None,
+    tstr: Path | None = None,
+    memorization: Path | None = None,
+    lco_agreement: Path | None = None,
+) -> str:
     """The card's Markdown text for archive.json contents ``info`` and optional validation files."""
     c = info["counts"]
     gen, clf = info.get("generator") or {}, info.get("classifier") or {}
@@ -135,6 +185,7 @@ def render_card(info: Mapping[str, Any], fid: Path | None = None, tstr: Path | N
         "",
     ]
     val = [
+        _agreement_section(lco_agreement) if lco_agreement else None,
         _metric_table(fid, "Fidelity and diversity (FID and related)") if fid else None,
         _metric_table(tstr, "Train on synthetic, test on real") if tstr else None,
         _memorization_section(memorization) if memorization else None,
@@ -160,6 +211,7 @@ def write_card(
     fid: str | os.PathLike | None = None,
     tstr: str | os.PathLike | None = None,
     memorization: str | os.PathLike | None = None,
+    lco_agreement: str | os.PathLike | None = None,
 ) -> str:
     """Write DATASET_CARD.md from archive.json and whichever validation files exist; returns the text."""
     p = Path(archive_json)
@@ -167,6 +219,6 @@ def write_card(
         raise FileNotFoundError(f"{p} missing: run snakemake finalize_archive first")
     info = json.loads(p.read_text())
     opt = lambda q: Path(q) if q is not None and Path(q).exists() else None  # noqa: E731
-    text = render_card(info, opt(fid), opt(tstr), opt(memorization))
+    text = render_card(info, opt(fid), opt(tstr), opt(memorization), opt(lco_agreement))
     write_text(out, text)
     return text

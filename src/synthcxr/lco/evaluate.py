@@ -28,6 +28,20 @@ def _rate(mask: np.ndarray) -> float | None:
 
 
 @torch.no_grad()
+def checker_probs(
+    generator: torch.nn.Module, checker: torch.nn.Module, space: LabelSpace, z: np.ndarray, batch_size: int = 64
+) -> np.ndarray:
+    """``checker`` probabilities on ``generator(z)`` for the labels ``space`` uses: ``[n, space.used.sum()]``."""
+    gdev = module_device(generator, "cpu")
+    cdev = module_device(checker, "cpu")
+    idx = torch.as_tensor(np.asarray(space.clf_index)[space.used], dtype=torch.long, device=cdev)
+    probs = np.empty((len(z), int(space.used.sum())), dtype=np.float32)
+    for s in range(0, len(z), batch_size):
+        x = generator(torch.as_tensor(z[s : s + batch_size], device=gdev)).to(cdev)
+        probs[s : s + batch_size] = torch.sigmoid(checker(x).index_select(1, idx)).float().cpu().numpy()
+    return probs
+
+
 def checker_agrees(
     generator: torch.nn.Module, checker: torch.nn.Module, space: LabelSpace, z: np.ndarray, targets: np.ndarray, batch_size: int = 64
 ) -> np.ndarray:
@@ -35,15 +49,14 @@ def checker_agrees(
 
     ``z`` is ``[n, d]``, ``targets`` ``[n, L]`` over ``space.labels``; returns ``[n]`` bool.
     """
+    probs = checker_probs(generator, checker, space, z, batch_size)
     used = space.used
-    gdev = module_device(generator, "cpu")
-    cdev = module_device(checker, "cpu")
-    idx = torch.as_tensor(np.asarray(space.clf_index)[used], dtype=torch.long, device=cdev)
-    probs = np.empty((len(z), int(used.sum())), dtype=np.float32)
-    for s in range(0, len(z), batch_size):
-        x = generator(torch.as_tensor(z[s : s + batch_size], device=gdev)).to(cdev)
-        probs[s : s + batch_size] = torch.sigmoid(checker(x).index_select(1, idx)).float().cpu().numpy()
     return np.asarray(success_rule(probs, np.asarray(targets)[:, used], space.thresholds[used]), dtype=bool)
+
+
+def prior_latents(n: int, dim: int, seed: int) -> np.ndarray:
+    """``n`` seeded draws from the generator's prior N(0, I), ``[n, dim]`` float32."""
+    return torch.randn(n, dim, generator=torch.Generator().manual_seed(int(seed))).numpy()
 
 
 @torch.no_grad()
@@ -55,6 +68,8 @@ def agreement(
     batch_size: int = 64,
     device: str = "auto",
     checker_metrics: str | os.PathLike | None = None,
+    prior_samples: int = 0,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Share of samples whose re-rendered image meets its target under ``checker`` and its thresholds.
 
@@ -68,6 +83,12 @@ def agreement(
     exact-match rate on *real* test scans of that combination (``real_test_exact_match``, ``real_test_n``;
     null where the test split has none): the reference for how often this checker reads a scan of the
     combination correctly at all.
+
+    ``per_label`` gives, for each label, the samples whose target includes it and the checker's agreement
+    on them; with ``prior_samples > 0`` also ``prior_rate``, the share of that many seeded random latents
+    (un-optimised draws from N(0, I)) on which the checker sees the label, next to ``plan_rate``, its share
+    of the targets. A finding the generator almost never draws can only be reached by perturbing latents
+    until the steering classifier is fooled, and the checker's agreement on it is low.
     """
     from ..utils.runtime import resolve_device
 
@@ -113,6 +134,23 @@ def agreement(
             "n_successful": int((sel & lco_ok).sum()),
             "agreement_successful": _rate(agree[sel & lco_ok]),
         }
+    used = np.flatnonzero(space.used)
+    prior = None
+    if prior_samples > 0:
+        dim = int(z.shape[1])
+        pp = checker_probs(generator, checker, space, prior_latents(prior_samples, dim, seed), batch_size)
+        prior = pp >= space.thresholds[used].astype(pp.dtype)[None, :]
+    per_label: dict[str, dict[str, Any]] = {}
+    for col, j in enumerate(used):
+        sel = targets[:, j] == 1
+        row = {
+            "n_target": int(sel.sum()),
+            "plan_rate": _rate(sel),
+            "agreement_successful": _rate(agree[sel & lco_ok]),
+        }
+        if prior is not None:
+            row["prior_rate"] = _rate(prior[:, col])
+        per_label[labels[j]] = row
     real = _real_exact_match(checker_metrics)
     if real is not None:
         for k, row in per.items():
@@ -128,6 +166,8 @@ def agreement(
         "lco_success_rate": _rate(lco_ok),
         "real_test_exact_match": None if real is None else real["rate"],
         "real_test_n": None if real is None else real["n"],
+        "prior_samples": int(prior_samples),
+        "per_label": per_label,
         "per_combination": per,
     }
 
