@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -126,13 +127,21 @@ def deep_merge(base: dict, update: dict) -> dict:
     return out
 
 
-def section(config: dict, name: str) -> dict[str, Any]:
+def section(config: dict, name: str, keys: Iterable[str] | None = None) -> dict[str, Any]:
     """Return a stage's config section merged with the global keys it needs (seed, device, labels).
 
+    With ``keys``, only those keys of the section are kept (a missing one is a KeyError naming it), so a
+    rule that reads part of a shared section (``validate``) is not rerun when another part changes.
     Keys are sorted recursively: Snakemake compares rule params by their text, so the order in
     which keys were written in a YAML file must not look like a change.
     """
     sec = dict(config[name])
+    if keys is not None:
+        keys = list(keys)
+        missing = [k for k in keys if k not in sec]
+        if missing:
+            raise KeyError(f"config section '{name}' has no key(s) {missing}")
+        sec = {k: sec[k] for k in keys}
     for k in ("seed", "device", "labels"):
         sec.setdefault(k, config[k])
     return _sorted_keys(sec)

@@ -133,5 +133,10 @@ def test_config_edit_reruns_stage_and_downstream_only(tiny_run: Path):
     clf_edit = _planned_rules(tiny_run, {"classifier": {"epochs": 4}})
     assert {"train_classifier", "lco", "validate_tstr"} <= clf_edit
     assert not clf_edit & {"prepare", "train_pggan"}
+    # validate keys only rerun the validation that reads them (and the card that quotes it)
+    prior_edit = _planned_rules(tiny_run, {"validate": {"lco_prior_samples": 32}})
+    assert "validate_lco" in prior_edit and not prior_edit & {"validate_memorization", "finalize_archive", "validate_fid"}
+    kid_edit = _planned_rules(tiny_run, {"validate": {"kid_subsets": 3}})
+    assert "validate_fid" in kid_edit and not kid_edit & {"validate_memorization", "finalize_archive", "validate_lco"}
     gan_edit = _planned_rules(tiny_run, {"pggan": {"lr": 0.002}})
     assert "train_pggan" in gan_edit and not gan_edit & {"prepare", "train_classifier"}

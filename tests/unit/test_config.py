@@ -140,3 +140,20 @@ def test_section_is_independent_of_key_order(raw):
         assert repr(section(a, name)) == repr(section(b, name))
         assert section(a, name)["seed"] == raw["seed"]
 
+
+
+def test_section_keeps_only_the_keys_a_rule_reads(raw):
+    from synthcxr.config import section
+
+    cfg = validate_config(copy.deepcopy(raw))
+    part = section(cfg, "validate", ["pr_k", "memorization"])
+    assert set(part) == {"pr_k", "memorization", "seed", "device", "labels"}
+    assert part["memorization"] == cfg["validate"]["memorization"] and part["labels"] == cfg["labels"]
+    assert set(section(cfg, "validate", [])) == {"seed", "device", "labels"}
+    # a key the rule needs but the section lacks fails loudly, naming it
+    with pytest.raises(KeyError, match=r"config section 'validate' has no key\(s\) \['kid_subset'\]"):
+        section(cfg, "validate", ["kid_subset"])
+    # editing a key outside the subset leaves the params text unchanged
+    edited = copy.deepcopy(cfg)
+    edited["validate"]["lco_prior_samples"] += 1
+    assert repr(section(edited, "validate", ["pr_k", "memorization"])) == repr(part)

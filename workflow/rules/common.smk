@@ -29,6 +29,6 @@ CONDA_ENV = "../../envs/synthcxr.yaml"
 
 
 
-def stage(name):
-    """A stage's config section plus the global keys (seed, device, labels); used as rule params."""
-    return section(config, name)
+def stage(name, keys=None):
+    """A stage's config section (or only ``keys`` of it) plus the global keys (seed, device, labels); rule params."""
+    return section(config, name, keys)

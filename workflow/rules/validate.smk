@@ -18,7 +18,7 @@ rule validate_memorization:
         summary=f"{VAL}/memorization.json",
         gallery=report(f"{VAL}/memorization_gallery.png", caption="../report/memorization.rst", category="Memorisation"),
     params:
-        cfg=stage("validate"),
+        cfg=stage("validate", ["memorization", "features", "inception_weights"]),
     log:
         f"{LOGS}/validate_memorization.log",
     threads: 2
@@ -41,7 +41,7 @@ rule validate_fid:
         curve=f"{VAL}/fid_curve.json",
         png=report(f"{VAL}/fid_curve.png", caption="../report/fid.rst", category="Fidelity"),
     params:
-        cfg=stage("validate"),
+        cfg=stage("validate", ["features", "inception_weights", "max_real", "kid_subsets", "kid_subset_size", "pr_k"]),
         formats=VAL_FORMATS,
     log:
         f"{LOGS}/validate_fid.log",
@@ -88,7 +88,7 @@ rule validate_diversity:
         grids=report(f"{VAL}/sample_grids.png", caption="../report/grids.rst", category="Samples"),
         summary=f"{VAL}/diversity.json",
     params:
-        cfg=stage("validate"),
+        cfg=stage("validate", []),  # only seed and labels
     log:
         f"{LOGS}/validate_diversity.log",
     conda:
