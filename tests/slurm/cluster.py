@@ -177,7 +177,10 @@ class SlurmCluster:
                     break
                 time.sleep(0.1)
             else:
-                os.kill(pid, signal.SIGKILL)
+                try:  # it may exit between the last poll and now
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
 
     def __enter__(self) -> "SlurmCluster":
         return self.start()
