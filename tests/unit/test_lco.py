@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from synthcxr.lco.evaluate import agreement, prior_latents
+from synthcxr.lco.evaluate import agreement
 from synthcxr.lco.optimize import best_of_candidates, initial_latents, margin_thresholds, optimise_latents, resolve_label_space, success_rule
 from synthcxr.lco.plan import attempt_seed, make_plan, write_plan
 from synthcxr.lco.rejection import rejection_sample
@@ -450,8 +450,8 @@ def test_agreement_with_same_and_stricter_checker(tmp_path, fake_loaders):
     # random latents scored by the checker: a seeded draw, the same rate by hand
     drawn = agreement(paths, G, C, strict, prior_samples=300, seed=5)
     assert drawn["prior_samples"] == 300
-    zp = prior_latents(300, z.shape[1], 5)
-    np.testing.assert_array_equal(zp, prior_latents(300, z.shape[1], 5))
+    zp = initial_latents([5], z.shape[1], 300)[0].numpy()
+    np.testing.assert_array_equal(zp, initial_latents([5], z.shape[1], 300)[0].numpy())
     assert zp.shape == (300, z.shape[1]) and abs(float(zp.mean())) < 0.1 and float(zp.std()) == pytest.approx(1.0, abs=0.05)
     pp = _probs_of(G, C, zp)
     for j, name in enumerate(LABELS):

@@ -20,7 +20,7 @@ import torch
 from ..classifier.evaluate import read_thresholds
 from ..labels import combo_key
 from .latents import latents_labels, read_latents, target_labels
-from .optimize import LabelSpace, module_device, resolve_label_space, success_rule
+from .optimize import LabelSpace, initial_latents, module_device, resolve_label_space, success_rule
 
 
 def _rate(mask: np.ndarray) -> float | None:
@@ -52,11 +52,6 @@ def checker_agrees(
     probs = checker_probs(generator, checker, space, z, batch_size)
     used = space.used
     return np.asarray(success_rule(probs, np.asarray(targets)[:, used], space.thresholds[used]), dtype=bool)
-
-
-def prior_latents(n: int, dim: int, seed: int) -> np.ndarray:
-    """``n`` seeded draws from the generator's prior N(0, I), ``[n, dim]`` float32."""
-    return torch.randn(n, dim, generator=torch.Generator().manual_seed(int(seed))).numpy()
 
 
 @torch.no_grad()
@@ -138,7 +133,8 @@ def agreement(
     prior = None
     if prior_samples > 0:
         dim = int(z.shape[1])
-        pp = checker_probs(generator, checker, space, prior_latents(prior_samples, dim, seed), batch_size)
+        z_prior = initial_latents([seed], dim, prior_samples).reshape(prior_samples, dim).numpy()
+        pp = checker_probs(generator, checker, space, z_prior, batch_size)
         prior = pp >= space.thresholds[used].astype(pp.dtype)[None, :]
     per_label: dict[str, dict[str, Any]] = {}
     for col, j in enumerate(used):
