@@ -49,17 +49,19 @@ def test_finding_repeats_hand_computed():
     y[10:12, 1] = 1
     y[11, 2] = 1
     y[15, 2] = np.nan
-    # shares: A 0.5, B 0.1, C 0.05. floor 0.2 -> A 1, B ceil(2) = 2, C ceil(4) = 4
+    # shares: A 0.5, B 0.1, C 0.05. floor 0.2, first pass: B ceil(2) = 2, C ceil(4) = 4; image 11 takes
+    # the larger (4), so 24 showings and C is on 4/24 < 0.2; second pass: C ceil(4 * 0.2 / (4/24)) = 5,
+    # 25 showings, C on 5/25 = 0.2: done.
     reps = finding_repeats(y, 0.2, 8)
     expect = np.ones(20, dtype=int)
     expect[10] = 2
-    expect[11] = 4  # largest factor among its findings (B 2, C 4)
+    expect[11] = 5  # largest factor among its findings (B 2, C 5)
     assert reps.tolist() == expect.tolist()
-    # the cap binds: C would need 4
-    assert finding_repeats(y, 0.2, 3)[11] == 3
-    # shown share = sum(repeats * y) / sum(repeats): B is on images 10 (x2) and 11 (x4) of 24 showings
-    share = shown_share(y, reps)
-    assert share == pytest.approx([10 / 24, 6 / 24, 4 / 24])
+    share = shown_share(y, reps)  # sum(repeats * y) / sum(repeats)
+    assert share == pytest.approx([10 / 25, 7 / 25, 5 / 25])
+    # the cap binds: C would need 5; it stays below the floor (3 of 23 showings)
+    capped = finding_repeats(y, 0.2, 3)
+    assert capped[11] == 3 and shown_share(y, capped)[2] == pytest.approx(3 / 23)
     assert finding_repeats(y, 0.0, 8).tolist() == [1] * 20
     assert finding_repeats(y, 0.2, 1).tolist() == [1] * 20
     for bad, match in (((y, 1.0, 8), "finding_floor"), ((y, 0.1, 0), "finding_max_repeat")):
@@ -71,7 +73,26 @@ def test_floor_zero_keeps_the_old_fingerprint_and_a_floor_changes_it():
     base = PGGANConfig.from_dict({"run": "x"})
     assert "finding_floor" not in base.training_dict()
     assert PGGANConfig.from_dict({"run": "x", "finding_floor": 0.0, "finding_max_repeat": 4}).fingerprint() == base.fingerprint()
-    assert PGGANConfig.from_dict({"run": "x", "finding_floor": 0.1}).fingerprint() != base.fingerprint()
+    on = PGGANConfig.from_dict({"run": "x", "finding_floor": 0.1})
+    assert on.fingerprint() != base.fingerprint()
+    assert on.training_dict()["finding_rule"] == "shown-share"  # the repeat rule is part of what is trained
+
+
+def test_finding_repeats_reach_the_floor_with_co_occurring_findings():
+    # 200 images: A on 40, B on 6 (5 of them also A), C on 2 (alone). One pass would leave B and C
+    # below the floor because repeated A images lengthen the epoch; the fixed point must not.
+    rng = np.random.default_rng(3)
+    y = np.zeros((200, 3))
+    y[:40, 0] = 1
+    y[35:41, 1] = 1
+    y[100:102, 2] = 1
+    y = y[rng.permutation(200)]
+    for floor in (0.1, 0.15, 0.25):
+        reps = finding_repeats(y, floor, 64)
+        share = shown_share(y, reps)
+        assert (share >= floor - 1e-12).all(), (floor, share)
+        # images without a finding are shown once
+        assert reps.min() == 1 and reps[y.sum(1) == 0].max() == 1
 
 
 def test_training_with_a_floor_shows_rare_findings_more_often(tiny_prepared, tmp_path, capfd):

@@ -8,6 +8,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+#: How stream.finding_repeats turns finding_floor into repeats (part of the fingerprint when the floor is on).
+FINDING_RULE = "shown-share"
 #: Keys that may change between a run and its resumption without changing what is trained.
 RESUME_SAFE_KEYS = frozenset({"run", "checkpoint_kimg", "snapshot_kimg", "log_kimg", "workers", "device", "labels", "gpus", "total_kimg"})
 
@@ -83,6 +85,8 @@ class PGGANConfig:
         if self.finding_floor <= 0:  # no oversampling: same fingerprint as runs from before these keys
             d.pop("finding_floor")
             d.pop("finding_max_repeat")
+        else:  # how floor/max_repeat become repeats; checkpoints from the older one-pass rule are set aside
+            d["finding_rule"] = FINDING_RULE
         return {k: v for k, v in d.items() if k not in RESUME_SAFE_KEYS}
 
     def fingerprint(self) -> str:

@@ -18,11 +18,14 @@ DATA_SEED_SALT = 0xDA7A
 
 
 def finding_repeats(labels: np.ndarray, floor: float, max_repeat: int) -> np.ndarray:
-    """Times each training image appears per epoch so every finding is shown in about ``floor`` of images.
+    """Times each training image appears per epoch so every finding is on at least ``floor`` of shown images.
 
-    ``labels`` is ``[n, F]`` over the findings (1 positive; 0 or NaN not). A finding with share
-    ``p < floor`` gets factor ``ceil(floor / p)``, capped at ``max_repeat``; an image takes the largest
-    factor among its positive findings (1 with none). ``floor <= 0`` or ``max_repeat == 1`` gives all ones.
+    ``labels`` is ``[n, F]`` over the findings (1 positive; 0 or NaN not). Each finding gets a factor
+    and an image is shown as often as the largest factor among its positive findings (1 with none).
+    Because repeats also lengthen the epoch and carry co-occurring findings along, the factors are
+    found by a fixed point: a finding still below ``floor`` in :func:`shown_share` has its factor
+    scaled by ``floor / share`` (rounded up, at least +1), capped at ``max_repeat``, until every
+    finding reaches the floor or its cap. ``floor <= 0`` or ``max_repeat == 1`` gives all ones.
     """
     y = np.asarray(labels, dtype=np.float64) == 1  # NaN (unknown) compares unequal: not positive
     if y.ndim != 2:
@@ -32,13 +35,18 @@ def finding_repeats(labels: np.ndarray, floor: float, max_repeat: int) -> np.nda
     if max_repeat < 1:
         raise ValueError(f"finding_max_repeat must be >= 1, got {max_repeat}")
     reps = np.ones(len(y), dtype=np.int64)
-    if floor <= 0.0 or max_repeat == 1 or len(y) == 0:
+    if floor <= 0.0 or max_repeat == 1 or len(y) == 0 or y.shape[1] == 0:
         return reps
-    share = y.mean(axis=0)
+    present = y.any(axis=0)
     factor = np.ones(y.shape[1], dtype=np.int64)
-    rare = (share > 0) & (share < floor)
-    factor[rare] = np.minimum(np.ceil(floor / share[rare] - 1e-9), max_repeat).astype(np.int64)
-    return np.where(y, factor[None, :], 1).max(axis=1) if y.shape[1] else reps
+    while True:  # every pass raises some factor by >= 1 towards its cap, so this ends
+        reps = np.where(y, factor[None, :], 1).max(axis=1)
+        share = shown_share(y, reps)
+        low = present & (share < floor - 1e-12) & (factor < max_repeat)
+        if not low.any():
+            return reps
+        grown = np.ceil(factor[low] * floor / share[low] - 1e-9).astype(np.int64)
+        factor[low] = np.minimum(np.maximum(grown, factor[low] + 1), max_repeat)
 
 
 def shown_share(labels: np.ndarray, repeats: np.ndarray) -> np.ndarray:
