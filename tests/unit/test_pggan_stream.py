@@ -101,7 +101,7 @@ def test_training_with_a_floor_shows_rare_findings_more_often(tiny_prepared, tmp
                seed=5, device="cpu", finding_floor=0.3, finding_max_repeat=4)
     path = train_pggan(cfg, tiny_prepared, tmp_path)
     assert path.exists()
-    # the tiny set has every finding on 21-29% of images: all are below 0.3, so each gets factor 2
+    # the tiny set has every finding on 21-29% of images: all are below 0.3, so each is shown more often
     line = next(x for x in capfd.readouterr().err.splitlines() if "finding_floor 0.3" in x)
     pairs = [p.split()[-1].split("->") for p in line.split("finding share shown: ")[1].split(", ")]
     assert len(pairs) == 7 and all(float(a) > float(b) for b, a in pairs)
