@@ -98,6 +98,9 @@ def test_validation_outputs(tiny_run: Path):
     assert agree["prior_samples"] == 64 and set(agree["per_label"]) == set(agree["labels"])
     assert all(0.0 <= row["prior_rate"] <= 1.0 for row in agree["per_label"].values())
     assert sum(row["n_target"] for row in agree["per_label"].values()) >= agree["n"]  # every target holds a label
+    for name, row in agree["per_label"].items():  # the checker's own sensitivity on real test scans, per label
+        ref = chk["test"]["exact_match"]["per_label"][name]
+        assert (row["real_test_n_pos"], row["real_test_tpr"]) == (ref["n_pos"], ref["tpr"])
     key = pd.read_csv(val / "answer_key" / "key.csv")
     assert len(key) == 8
     assert (val / "reader_kit" / "index.html").exists()

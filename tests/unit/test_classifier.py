@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import accuracy_score, roc_auc_score
+from sklearn.metrics import accuracy_score, recall_score, roc_auc_score
 
 from synthcxr.classifier import Classifier, ClassifierConfig, load_classifier, load_thresholds, run_settings, train_classifier
 from synthcxr.classifier.augment import AugmentConfig, augment_batch
@@ -329,6 +329,16 @@ def test_exact_match_overall_and_per_combination_by_hand():
         "No_Finding": {"n": 2, "rate": 0.5},
     }
     assert em["rate"] == pytest.approx(accuracy_score(y[:5] == 1, p[:5] >= np.array([0.5, 0.6, 0.5])))
+    # per label, over the rows where that label is known (row 5 counts for B and No_Finding, not for A)
+    assert em["per_label"]["A"] == {"n_pos": 3, "tpr": 1.0, "n_neg": 2, "fpr": 0.0}
+    assert em["per_label"]["B"] == {"n_pos": 1, "tpr": 1.0, "n_neg": 5, "fpr": pytest.approx(1 / 5)}  # row 1: 0.7
+    assert em["per_label"]["No_Finding"] == {"n_pos": 2, "tpr": 0.5, "n_neg": 4, "fpr": 0.0}  # row 4 missed
+    for j, name in enumerate(names):
+        known = ~np.isnan(y[:, j])
+        calls = p[known, j] >= [0.5, 0.6, 0.5][j]
+        assert em["per_label"][name]["tpr"] == pytest.approx(recall_score(y[known, j], calls))
+    none = exact_match(np.zeros((2, 1)), np.zeros((2, 1)), [0.5], ["A"])["per_label"]["A"]
+    assert none == {"n_pos": 0, "tpr": None, "n_neg": 2, "fpr": 0.0}
 
 
 def test_choose_thresholds_midpoint_and_small_count_fallback():

@@ -461,9 +461,15 @@ def test_agreement_with_same_and_stricter_checker(tmp_path, fake_loaders):
     assert got["real_test_exact_match"] is None and "real_test_n" not in got["per_combination"]["Effusion"]
     # the checker's exact match on real test scans (from its metrics.json) sits next to each combination
     em = {"rate": 0.8, "n": 40, "per_combination": {"Effusion": {"n": 5, "rate": 0.6}, "No_Finding": {"n": 35, "rate": 1.0}}}
+    (tmp_path / "old_labels.json").write_text(json.dumps({"test": {"exact_match": em}}))
+    before = agreement(paths, G, C, strict, checker_metrics=tmp_path / "old_labels.json")
+    assert before["per_label"]["Effusion"]["real_test_tpr"] is None  # metrics without per_label: no reference
+    em["per_label"] = {"Effusion": {"n_pos": 5, "tpr": 0.8, "n_neg": 35, "fpr": 0.0}}
     (tmp_path / "metrics.json").write_text(json.dumps({"test": {"exact_match": em}}))
     ref = agreement(paths, G, C, strict, checker_metrics=tmp_path / "metrics.json")
     assert (ref["real_test_exact_match"], ref["real_test_n"]) == (0.8, 40)
+    assert ref["per_label"]["Effusion"] == got["per_label"]["Effusion"] | {"real_test_n_pos": 5, "real_test_tpr": 0.8}
+    assert ref["per_label"]["Nodule"]["real_test_tpr"] is None and ref["per_label"]["Nodule"]["real_test_n_pos"] is None
     assert ref["per_combination"]["Effusion"] == got["per_combination"]["Effusion"] | {"real_test_n": 5, "real_test_exact_match": 0.6}
     assert ref["per_combination"]["Cardiomegaly+Effusion+Nodule"]["real_test_n"] == 0
     assert ref["per_combination"]["Cardiomegaly+Effusion+Nodule"]["real_test_exact_match"] is None

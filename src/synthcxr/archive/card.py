@@ -84,24 +84,36 @@ def _agreement_section(path: Path) -> str:
         f"every image; it agreed with the whole target on {_pct(data.get('overall_successful'))} of the "
         f"{data.get('n_successful')} samples whose optimisation succeeded. Per label, over the samples whose "
         "target includes it (the whole combination must match); for reference, the same checker's exact-match "
-        f"rate on real test scans is {_pct(data.get('real_test_exact_match'))}, and the last column is how often it "
-        "sees the label on un-optimised random latents (what the generator draws unsteered).",
+        f"rate on real test scans is {_pct(data.get('real_test_exact_match'))}. \"Real scans\" is how often the "
+        "checker calls the label on real test scans that carry it (how many in brackets): it caps what the checker "
+        "can confirm. The last column is how often it sees the label on un-optimised random latents (what the "
+        "generator draws unsteered).",
         "",
-        "| label | samples | checker agrees | random latents |",
-        "|---|---|---|---|",
+        "| label | samples | checker agrees | real scans | random latents |",
+        "|---|---|---|---|---|",
     ]
-    low = []
+    low, blind = [], []
     for name, row in per.items():
-        agree = row.get("agreement_successful")
-        lines.append(f"| {name} | {row.get('n_target', 0)} | {_pct(agree)} | {_pct(row.get('prior_rate'))} |")
+        agree, tpr, n_pos = row.get("agreement_successful"), row.get("real_test_tpr"), row.get("real_test_n_pos")
+        real = _pct(tpr) if n_pos is None else f"{_pct(tpr)} ({n_pos})"
+        lines.append(f"| {name} | {row.get('n_target', 0)} | {_pct(agree)} | {real} | {_pct(row.get('prior_rate'))} |")
         if agree is not None and agree < LOW_AGREEMENT:
             low.append(name)
+            if tpr is not None and tpr < LOW_AGREEMENT:
+                blind.append(name)
     if low:
         lines += [
             "",
             f"**Treat these labels with care:** the checker agrees on fewer than {LOW_AGREEMENT:.0%} of the images "
             f"labelled {', '.join(low)}. Many of them may not show the finding; a generator that rarely draws a "
             "finding unsteered can only be pushed towards it until the steering classifier is satisfied.",
+        ]
+    if blind:
+        lines += [
+            "",
+            f"The checker also misses {', '.join(blind)} on more than {1 - LOW_AGREEMENT:.0%} of real test scans that "
+            "show it, so part of that shortfall is the checker's: with more training scans of the finding it would "
+            "be a fairer judge.",
         ]
     return "\n".join(lines) + "\n"
 

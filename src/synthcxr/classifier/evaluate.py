@@ -114,6 +114,10 @@ def exact_match(y: np.ndarray, probs: np.ndarray, thresholds: Sequence[float], l
     This is the rule LCO's checker applies to a generated image (all requested findings present, all
     others absent), measured on real images: how often the classifier reads a real scan of a given label
     combination as exactly that combination. Images with any unknown (NaN) label are left out.
+
+    ``per_label`` gives each label's calls on its own: ``tpr`` over the images that carry it (``n_pos``)
+    and ``fpr`` over those that do not (``n_neg``), each counting only images where that label is known.
+    A low ``tpr`` caps how often this classifier can confirm a generated image of the finding.
     """
     y = np.asarray(y, dtype=np.float64)
     known = ~np.isnan(y).any(axis=1)
@@ -121,12 +125,23 @@ def exact_match(y: np.ndarray, probs: np.ndarray, thresholds: Sequence[float], l
     ok = (calls == (yk == 1)).all(axis=1)
     keys = np.array([combo_key(r, label_names) for r in yk], dtype=object)
     per = {str(k): {"n": int((keys == k).sum()), "rate": float(ok[keys == k].mean())} for k in sorted(set(keys))}
+    all_calls = np.asarray(probs) >= np.asarray(thresholds, dtype=np.float64)[None, :]
+    per_label = {}
+    for j, name in enumerate(label_names):
+        pos, neg = y[:, j] == 1, y[:, j] == 0
+        per_label[str(name)] = {
+            "n_pos": int(pos.sum()),
+            "tpr": float(all_calls[pos, j].mean()) if pos.any() else None,
+            "n_neg": int(neg.sum()),
+            "fpr": float(all_calls[neg, j].mean()) if neg.any() else None,
+        }
     return {
         "rule": "every label called right: sigmoid >= threshold exactly where the label is 1",
         "n": int(known.sum()),
         "n_unknown_excluded": int((~known).sum()),
         "rate": _num(float(ok.mean())) if len(ok) else None,
         "per_combination": per,
+        "per_label": per_label,
     }
 
 

@@ -77,7 +77,9 @@ def agreement(
     With ``checker_metrics`` (the checker's ``metrics.json``) each combination also gets the checker's
     exact-match rate on *real* test scans of that combination (``real_test_exact_match``, ``real_test_n``;
     null where the test split has none): the reference for how often this checker reads a scan of the
-    combination correctly at all.
+    combination correctly at all. Each ``per_label`` row likewise gets ``real_test_tpr`` and
+    ``real_test_n_pos``: how often the checker calls the finding on real test scans that carry it (null
+    when the metrics predate this field or the test split has no such scan).
 
     ``per_label`` gives, for each label, the samples whose target includes it and the checker's agreement
     on them; with ``prior_samples > 0`` also ``prior_rate``, the share of that many seeded random latents
@@ -153,6 +155,11 @@ def agreement(
             ref = real["per_combination"].get(k, {})
             row["real_test_n"] = int(ref.get("n", 0))
             row["real_test_exact_match"] = ref.get("rate")
+        real_labels = real.get("per_label") or {}
+        for name, row in per_label.items():
+            ref = real_labels.get(name, {})
+            row["real_test_n_pos"] = ref.get("n_pos")
+            row["real_test_tpr"] = ref.get("tpr")
     return {
         "labels": labels,
         "n": int(len(agree)),
