@@ -10,6 +10,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "phantom": ("synthcxr.data.phantom", "cli", "write a phantom dataset in a real on-disk layout"),
     "verify": ("synthcxr.archive.verify", "cli", "check an archive's checksums and shard integrity"),
     "regenerate": ("synthcxr.archive.regenerate", "cli", "re-render one archive sample from its manifest"),
+    "score-classifier": ("synthcxr.classifier.score", "cli", "score a trained classifier on a prepared dataset"),
     "reader-study": ("synthcxr.reader_study.cli", "cli", "build or score a radiologist reader study"),
 }
 

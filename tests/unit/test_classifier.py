@@ -370,3 +370,39 @@ def test_choose_thresholds_midpoint_and_small_count_fallback():
         choose_thresholds(y, p, ["A", "B"], method="f1")
     # plateau_midpoint: no lower score means the top itself
     assert plateau_midpoint(0.7, float("-inf")) == 0.7
+
+
+def test_score_classifier_on_a_prepared_dataset(trained, tiny_prepared, tmp_path, capsys):
+    """Scoring the test split again reproduces metrics.json's exact match; 'all' counts every split's labels."""
+    from synthcxr.classifier.score import cli, score_prepared
+    from conftest import write_prepared
+
+    out, metrics = trained
+    model = out / "model.pt"
+    got = score_prepared(model, tiny_prepared)
+    assert got["splits"] == ["test"]
+    for key in ("n", "rate", "per_combination", "per_label"):
+        assert got[key] == metrics["test"]["exact_match"][key], key
+    everything = score_prepared(model, tiny_prepared, ["train", "val", "test"])
+    table = pd.read_parquet(f"{tiny_prepared}/labels.parquet")
+    for name in LABELS:
+        assert everything["per_label"][name]["n_pos"] == int((table[name] == 1).sum())
+    assert everything["n"] == len(table)
+    # stricter thresholds from another file: fewer calls, so sensitivity cannot rise
+    strict = tmp_path / "strict.json"
+    strict.write_text(json.dumps({n: 0.99 for n in LABELS}))
+    hard = score_prepared(model, tiny_prepared, ["test"], thresholds_path=strict)
+    assert all(hard["per_label"][n]["tpr"] <= got["per_label"][n]["tpr"] for n in LABELS if got["per_label"][n]["n_pos"])
+    # the command line prints the tables and writes the same result as JSON
+    assert cli([str(model), str(tiny_prepared), "--splits", "all", "--json", str(tmp_path / "s.json"), "--min-n", "1"]) == 0
+    text = capsys.readouterr().out
+    assert f"{len(table)} images" in text and "sensitivity" in text and "No_Finding" in text
+    assert json.loads((tmp_path / "s.json").read_text())["per_label"] == everything["per_label"]
+    # errors name what is wrong and leave no JSON behind
+    assert cli([str(model), str(tiny_prepared), "--splits", "tset", "--json", str(tmp_path / "x.json")]) == 2
+    assert "unknown split(s) ['tset']" in capsys.readouterr().err and not (tmp_path / "x.json").exists()
+    other = write_prepared(tmp_path / "fewer", n=40, max_res=32, seed=1, names=[n for n in LABELS if n != "Mass"])
+    with pytest.raises(KeyError, match="labels.parquet: no column for label.*Mass"):
+        score_prepared(model, other)
+    assert cli([str(tmp_path / "none.pt"), str(tiny_prepared)]) == 2
+    assert "none.pt missing" in capsys.readouterr().err
