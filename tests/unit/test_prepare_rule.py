@@ -42,4 +42,17 @@ def test_rule_prepare_runs(tmp_path):
     assert summary["format"] == "phantom" and summary["resolutions"] == [4, 8, 16, 32, 64]
     ds = PreparedDataset(out)
     assert len(ds.table) == summary["counts"]["kept"] > 0
-    assert "prepared" in (tmp_path / "results" / "logs" / "prepare.log").read_text()
+    log = tmp_path / "results" / "logs" / "prepare-ruletest.log"
+    first = log.read_text()
+    assert "prepared" in first and "ruletest" in first
+    # a second dataset (e.g. a held-out cohort) gets its own folder and log; the first is left as it was
+    over["dataset"].update(name="other", phantom={"n_patients": 4, "max_studies": 1, "seed": 4})
+    (tmp_path / "over.yaml").write_text(yaml.safe_dump(over))
+    proc = subprocess.run(
+        [exe, "results/prepared/other/prepare.json", "-s", "Snakefile", "--cores", "1",
+         "--configfile", str(REPO / "config" / "config.yaml"), "over.yaml"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=240, env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert log.read_text() == first and "other" in (log.parent / "prepare-other.log").read_text()
+    assert json.loads((out / "prepare.json").read_text()) == summary

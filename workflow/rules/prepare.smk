@@ -11,9 +11,9 @@ rule prepare:
     params:
         cfg=stage("dataset"),
     log:
-        f"{LOGS}/prepare.log",
+        f"{LOGS}/prepare-{config['dataset']['name']}.log",
     benchmark:
-        f"{LOGS}/benchmarks/prepare.tsv"
+        f"{LOGS}/benchmarks/prepare-{config['dataset']['name']}.tsv"
     threads: max(1, config["dataset"]["workers"])
     conda:
         CONDA_ENV
