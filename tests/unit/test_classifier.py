@@ -381,6 +381,7 @@ def test_score_classifier_on_a_prepared_dataset(trained, tiny_prepared, tmp_path
     model = out / "model.pt"
     got = score_prepared(model, tiny_prepared)
     assert got["splits"] == ["test"]
+    assert score_prepared(model, tiny_prepared, device="cpu")["per_label"] == got["per_label"]  # auto is cpu here
     for key in ("n", "rate", "per_combination", "per_label"):
         assert got[key] == metrics["test"]["exact_match"][key], key
     everything = score_prepared(model, tiny_prepared, ["train", "val", "test"])

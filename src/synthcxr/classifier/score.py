@@ -31,7 +31,7 @@ def score_prepared(
     folder: str | os.PathLike,
     splits: Sequence[str] = ("test",),
     thresholds_path: str | os.PathLike | None = None,
-    device: str = "cpu",
+    device: str = "auto",
     batch_size: int = 128,
 ) -> dict[str, Any]:
     """``exact_match`` of the classifier in ``model_path`` over ``splits`` of the prepared dataset ``folder``.
@@ -39,9 +39,11 @@ def score_prepared(
     Thresholds come from ``thresholds_path`` (default: ``thresholds.json`` beside ``model.pt``). Every
     label of the classifier must be a column of the dataset; the error names the ones missing.
     """
+    from ..utils.runtime import resolve_device
     from . import load_classifier
 
-    model = load_classifier(model_path, device)
+    dev = resolve_device(device)
+    model = load_classifier(model_path, dev)
     names = list(model.label_names)
     thr_path = Path(thresholds_path) if thresholds_path is not None else Path(model_path).parent / "thresholds.json"
     thr = load_thresholds(thr_path, names)
@@ -54,7 +56,7 @@ def score_prepared(
         if len(ds.split(split)) == 0:
             continue
         part = prepared_split(ds, split, names, _pick_res(ds.resolutions, model.input_res, os.fspath(folder)))
-        p, y = predict(model, part.dataset, batch_size=batch_size, device=device)
+        p, y = predict(model, part.dataset, batch_size=batch_size, device=dev)
         probs.append(p)
         ys.append(y)
         used.append(split)
@@ -98,7 +100,7 @@ def cli(argv: list[str]) -> int:
     ap.add_argument("--thresholds", default=None, help="thresholds.json (default: the one beside model.pt)")
     ap.add_argument("--min-n", type=int, default=5, help="print combinations with at least this many images (default 5)")
     ap.add_argument("--json", default=None, help="also write the full result to this JSON file")
-    ap.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
+    ap.add_argument("--device", default="auto", help="auto (cuda when present) | cpu | cuda | cuda:N")
     args = ap.parse_args(argv)
     splits = list(SPLITS) if args.splits == "all" else [s.strip() for s in args.splits.split(",") if s.strip()]
     try:
