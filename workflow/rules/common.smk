@@ -16,7 +16,8 @@ try:
 except ConfigError as exc:
     raise WorkflowError(str(exc)) from None
 
-PREP = f"results/prepared/{config['dataset']['name']}"
+DATASET = config["dataset"]["name"]
+PREP = f"results/prepared/{DATASET}"
 PGGAN = f"results/pggan/{config['pggan']['run']}"
 CLF = "results/classifier"
 ARCH = f"results/archive/{config['archive']['name']}"

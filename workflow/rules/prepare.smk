@@ -11,9 +11,9 @@ rule prepare:
     params:
         cfg=stage("dataset"),
     log:
-        f"{LOGS}/prepare-{config['dataset']['name']}.log",
+        f"{LOGS}/prepare-{DATASET}.log",
     benchmark:
-        f"{LOGS}/benchmarks/prepare-{config['dataset']['name']}.tsv"
+        f"{LOGS}/benchmarks/prepare-{DATASET}.tsv"
     threads: max(1, config["dataset"]["workers"])
     conda:
         CONDA_ENV

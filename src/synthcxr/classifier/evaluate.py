@@ -121,11 +121,11 @@ def exact_match(y: np.ndarray, probs: np.ndarray, thresholds: Sequence[float], l
     """
     y = np.asarray(y, dtype=np.float64)
     known = ~np.isnan(y).any(axis=1)
-    yk, calls = y[known], np.asarray(probs)[known] >= np.asarray(thresholds, dtype=np.float64)[None, :]
+    all_calls = np.asarray(probs) >= np.asarray(thresholds, dtype=np.float64)[None, :]
+    yk, calls = y[known], all_calls[known]
     ok = (calls == (yk == 1)).all(axis=1)
     keys = np.array([combo_key(r, label_names) for r in yk], dtype=object)
     per = {str(k): {"n": int((keys == k).sum()), "rate": float(ok[keys == k].mean())} for k in sorted(set(keys))}
-    all_calls = np.asarray(probs) >= np.asarray(thresholds, dtype=np.float64)[None, :]
     per_label = {}
     for j, name in enumerate(label_names):
         pos, neg = y[:, j] == 1, y[:, j] == 0

@@ -42,15 +42,15 @@ def score_prepared(
     from ..utils.runtime import resolve_device
     from . import load_classifier
 
+    bad = [s for s in splits if s not in SPLITS]
+    if bad:
+        raise ValueError(f"unknown split(s) {bad}; choose from {list(SPLITS)}")
     dev = resolve_device(device)
     model = load_classifier(model_path, dev)
     names = list(model.label_names)
     thr_path = Path(thresholds_path) if thresholds_path is not None else Path(model_path).parent / "thresholds.json"
     thr = load_thresholds(thr_path, names)
     ds = PreparedDataset(folder)
-    bad = [s for s in splits if s not in SPLITS]
-    if bad:
-        raise ValueError(f"unknown split(s) {bad}; choose from {list(SPLITS)}")
     probs, ys, used = [], [], []
     for split in splits:
         if len(ds.split(split)) == 0:
