@@ -11,14 +11,14 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import accuracy_score, recall_score, roc_auc_score
+from sklearn.metrics import accuracy_score, log_loss, recall_score, roc_auc_score
 
 from synthcxr.classifier import Classifier, ClassifierConfig, load_classifier, load_thresholds, run_settings, train_classifier
 from synthcxr.classifier.augment import AugmentConfig, augment_batch
 from synthcxr.classifier.evaluate import choose_thresholds, exact_match, plateau_midpoint, predict
 from synthcxr.classifier.models import DenseNet121, SmallCNN, count_parameters, default_arch
 from synthcxr.classifier.sources import resolve_sources, source_kind
-from synthcxr.classifier.train import masked_bce, pos_weights
+from synthcxr.classifier.train import masked_bce, mean_label_bce, pos_weights
 from synthcxr.data.store import PreparedDataset
 from synthcxr.labels import PHANTOM_LABELS
 from synthcxr.metrics.auroc import youden_threshold
@@ -129,6 +129,24 @@ def test_masked_bce_matches_hand_computation():
     assert (lg.grad[~known] == 0).all() and (lg.grad[known] != 0).all()
 
 
+def test_mean_label_bce_is_the_mean_of_sklearn_log_loss_per_label():
+    rng = np.random.default_rng(4)
+    y = (rng.random((40, 3)) < [0.5, 0.1, 0.9]).astype(np.float64)
+    y[rng.random((40, 3)) < 0.2] = np.nan
+    p = rng.random((40, 3))
+    p[0, 0] = 0.0  # clipped, not infinite
+    ref = []
+    for j in range(3):
+        k = ~np.isnan(y[:, j])
+        ref.append(log_loss(y[k, j], np.clip(p[k, j], 1e-7, 1 - 1e-7), labels=[0, 1]))
+    assert mean_label_bce(y, p) == pytest.approx(np.mean(ref), rel=1e-9)
+    # a label with nothing known is left out; nothing known at all is NaN
+    y2 = y.copy()
+    y2[:, 2] = np.nan
+    assert mean_label_bce(y2, p) == pytest.approx(np.mean(ref[:2]), rel=1e-9)
+    assert math.isnan(mean_label_bce(np.full((3, 2), np.nan), np.full((3, 2), 0.5)))
+
+
 def test_pos_weights_from_prevalence():
     lab = np.array([[1, 0, 1], [0, 0, 1], [0, np.nan, 1], [0, 1, np.nan]], np.float32)
     np.testing.assert_allclose(pos_weights(lab), [3.0, 2.0, 1.0])  # last: no negatives -> 1
@@ -154,6 +172,8 @@ def test_config_errors_name_the_key():
         ClassifierConfig.from_dict({"name": "x", "arch": "small_cnn"})
     with pytest.raises(ValueError, match="classifier.arch"):
         ClassifierConfig.from_dict(_cfg(arch="vit"))
+    with pytest.raises(ValueError, match="classifier.select_on.*auroc, bce, last"):
+        ClassifierConfig.from_dict(_cfg(select_on="f1"))
     assert ClassifierConfig.from_dict(_cfg(checker={"name": "c"})).name == "t"
 
 
@@ -269,6 +289,26 @@ def test_training_is_deterministic_and_masks_unknown_labels(tiny_prepared, tmp_p
     n_unknown = int(table.loc[table.split == "test", "Nodule"].isna().sum())
     assert m["test"]["per_label"]["Nodule"]["n_unknown"] == n_unknown > 0
     assert m["test"]["per_label"]["Nodule"]["ci_low"] is None  # bootstrap off
+
+
+@pytest.mark.parametrize("select_on", ["auroc", "bce", "last"])
+def test_epoch_selection_keeps_the_epoch_the_criterion_names(tiny_prepared, tmp_path, select_on):
+    m = train_classifier(_cfg(epochs=4, bootstrap=0, select_on=select_on), tiny_prepared, None, tmp_path / select_on)
+    hist = m["history"]
+    assert m["select_on"] == select_on and len(hist) == m["epochs_run"] == 4
+    if select_on == "auroc":
+        want = int(np.argmax([h["val_mean_auroc"] for h in hist])) + 1  # first of ties, as training keeps it
+    elif select_on == "bce":
+        want = int(np.argmin([h["val_bce"] for h in hist])) + 1
+    else:
+        want = 4
+    assert m["best_epoch"] == want
+    # the saved weights are that epoch's: their val BCE and AUROC are the ones logged for it
+    model = load_classifier(tmp_path / select_on / "model.pt")
+    p_val, y_val = predict(model, resolve_sources(tiny_prepared, None, LABELS, 32).val.dataset)
+    assert mean_label_bce(y_val, p_val) == pytest.approx(hist[want - 1]["val_bce"], rel=1e-5)
+    assert m["val"]["mean_auroc"] == pytest.approx(hist[want - 1]["val_mean_auroc"], abs=1e-9)
+    print(select_on, "epoch", want, [(round(h["val_mean_auroc"], 4), round(h["val_bce"], 4)) for h in hist])
 
 
 def test_load_classifier_errors(tmp_path):

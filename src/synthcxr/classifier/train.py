@@ -6,8 +6,10 @@ not annotate a finding for some images neither rewards nor punishes predictions 
 (BCE ``pos_weight``), so rare findings are not ignored; the price is that a probability of 0.5 then
 means "as likely as not under a balanced prior", and a rare finding is called on images of a look-alike
 (on the phantom, Mass on most Nodule scans), which ranking metrics (AUROC) do not show and the test
-split's exact-match rate (``metrics.json``: ``test.exact_match``) does. Model selection: the epoch with the best mean
-validation AUROC (threshold-free, prevalence-free), with early stopping after ``patience`` epochs
+split's exact-match rate (``metrics.json``: ``test.exact_match``) does. Model selection (``select_on``): the
+epoch with the best mean validation AUROC (``auroc``: threshold-free, prevalence-free), the lowest mean
+per-label validation BCE (``bce``: also rewards calibration, which matters when a fixed threshold of 0.5
+decides what a classifier sees), or the last epoch (``last``); early stopping after ``patience`` epochs
 without improvement. Everything random (init, batch order, augmentation) derives from
 ``seed + seed_offset``.
 """
@@ -50,6 +52,9 @@ log = logging.getLogger("synthcxr")
 
 OUTPUT_FILES = ("model.pt", "metrics.json", "thresholds.json", "roc.png")
 
+#: epoch-selection criteria (``classifier.select_on``)
+SELECTION = ("auroc", "bce", "last")
+
 
 @dataclass
 class ClassifierConfig:
@@ -66,6 +71,7 @@ class ClassifierConfig:
     weight_decay: float = 1e-4
     class_weighted: bool = True
     patience: int = 5
+    select_on: str = "auroc"
     threshold_method: str = "youden_j"
     threshold_min_count: int = 10
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -93,6 +99,8 @@ class ClassifierConfig:
         cfg = cls(**d)
         if cfg.arch not in ARCHS:
             raise ValueError(f"classifier.arch: {cfg.arch!r} is not one of {', '.join(ARCHS)}")
+        if cfg.select_on not in SELECTION:
+            raise ValueError(f"classifier.select_on: {cfg.select_on!r} is not one of {', '.join(SELECTION)}")
         if cfg.threshold_method not in THRESHOLD_METHODS:
             raise ValueError(f"classifier.threshold_method: {cfg.threshold_method!r} is not one of {', '.join(THRESHOLD_METHODS)}")
         return cfg
@@ -142,8 +150,29 @@ def masked_bce(logits: torch.Tensor, target: torch.Tensor, pos_weight: torch.Ten
     return (loss * known).sum() / n.clamp_min(1)
 
 
-def _criterion(per_label: dict[str, float]) -> float:
-    m = mean_auroc(per_label)
+def mean_label_bce(y: np.ndarray, probs: np.ndarray, eps: float = 1e-7) -> float:
+    """Unweighted BCE averaged over known entries of each label, then over labels (NaN if nothing is known).
+
+    Each label counts once, as in mean AUROC, so a rare finding's calibration is not drowned by the
+    thousands of negatives of the common ones.
+    """
+    y = np.asarray(y, dtype=np.float64)
+    p = np.clip(np.asarray(probs, dtype=np.float64), eps, 1 - eps)
+    known = ~np.isnan(y)
+    per = []
+    for j in range(y.shape[1]):
+        k = known[:, j]
+        if k.any():
+            t = y[k, j]
+            per.append(float(-np.mean(t * np.log(p[k, j]) + (1 - t) * np.log1p(-p[k, j]))))
+    return float(np.mean(per)) if per else math.nan
+
+
+def _criterion(select_on: str, val_auc: dict[str, float], val_bce: float) -> float:
+    """Higher is better; -inf when undefined (never selected over a defined epoch)."""
+    if select_on == "last":
+        return math.inf  # every epoch improves on the one before
+    m = mean_auroc(val_auc) if select_on == "auroc" else -val_bce
     return -math.inf if math.isnan(m) else m
 
 
@@ -155,7 +184,7 @@ def train_classifier(
     log_file: str | os.PathLike | None = None,
     threads: int | None = None,
 ) -> dict:
-    """Train, select by val AUROC, evaluate on test and write model.pt, metrics.json, thresholds.json, roc.png.
+    """Train, select an epoch on val (``select_on``), evaluate on test and write model.pt, metrics.json, thresholds.json, roc.png.
 
     ``train_source`` is a prepared dataset or an archive folder; ``eval_source`` (default: the train
     source) must be a prepared dataset whose val/test splits select and score the model. ``threads``
@@ -220,23 +249,27 @@ def train_classifier(
         sched.step()
         p_val, y_val = predict(model, src.val.dataset, cfg.batch_size * 2, device, cfg.workers)
         val_auc = per_label_auroc(y_val, p_val, names)
-        score = _criterion(val_auc)
-        history.append({"epoch": epoch, "train_loss": total / max(count, 1), "val_mean_auroc": mean_auroc(val_auc), "lr": lr})
-        improved = score > best
+        val_bce = mean_label_bce(y_val, p_val)
+        score = _criterion(cfg.select_on, val_auc, val_bce)
+        history.append({
+            "epoch": epoch, "train_loss": total / max(count, 1), "val_mean_auroc": mean_auroc(val_auc), "val_bce": val_bce, "lr": lr,
+        })
+        improved = score > best or (score == math.inf)
         if improved:
             best, best_epoch, since_best = score, epoch, 0
             best_state = copy.deepcopy(model.state_dict())
         else:
             since_best += 1
         log.info(
-            "epoch %d/%d: train loss %.4f, val mean AUROC %.4f%s",
-            epoch, cfg.epochs, history[-1]["train_loss"], history[-1]["val_mean_auroc"], " (best)" if improved else "",
+            "epoch %d/%d: train loss %.4f, val mean AUROC %.4f, val BCE %.4f%s",
+            epoch, cfg.epochs, history[-1]["train_loss"], history[-1]["val_mean_auroc"], val_bce,
+            f" (best by {cfg.select_on})" if improved else "",
         )
         if since_best >= cfg.patience:
             log.info("early stop: no val improvement for %d epochs; best epoch %d", cfg.patience, best_epoch)
             break
-    if best_state is None:  # val AUROC never defined: keep the last epoch
-        log.warning("validation AUROC undefined for every label (single-class val split); keeping the last epoch")
+    if best_state is None:  # selection criterion never defined: keep the last epoch
+        log.warning("validation %s undefined at every epoch (single-class or empty val split); keeping the last epoch", cfg.select_on)
         best_epoch, best_state = len(history), copy.deepcopy(model.state_dict())
     model.load_state_dict(best_state)
 
@@ -250,6 +283,7 @@ def train_classifier(
         "eval_source": str(eval_source if eval_source is not None else train_source),
         "n_train": len(src.train),
         "best_epoch": best_epoch,
+        "select_on": cfg.select_on,
         "epochs_run": len(history),
         "bootstrap": {"n": cfg.bootstrap, "alpha": 0.05, "method": "percentile", "resampling": "images (patient-agnostic)"},
         "val": split_metrics(y_val, p_val, names, cfg.bootstrap, seed + 2),
