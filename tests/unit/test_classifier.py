@@ -145,6 +145,14 @@ def test_mean_label_bce_is_the_mean_of_sklearn_log_loss_per_label():
     y2[:, 2] = np.nan
     assert mean_label_bce(y2, p) == pytest.approx(np.mean(ref[:2]), rel=1e-9)
     assert math.isnan(mean_label_bce(np.full((3, 2), np.nan), np.full((3, 2), 0.5)))
+    # with class weights: sklearn's log loss with sample weight w on positives, normalised by the count
+    w = np.array([2.0, 9.0, 0.5])
+    ref_w = []
+    for j in range(3):
+        k = ~np.isnan(y[:, j])
+        sw = np.where(y[k, j] == 1, w[j], 1.0)
+        ref_w.append(log_loss(y[k, j], np.clip(p[k, j], 1e-7, 1 - 1e-7), sample_weight=sw, labels=[0, 1], normalize=False) / k.sum())
+    assert mean_label_bce(y, p, w) == pytest.approx(np.mean(ref_w), rel=1e-9)
 
 
 def test_pos_weights_from_prevalence():
@@ -305,8 +313,10 @@ def test_epoch_selection_keeps_the_epoch_the_criterion_names(tiny_prepared, tmp_
     assert m["best_epoch"] == want
     # the saved weights are that epoch's: their val BCE and AUROC are the ones logged for it
     model = load_classifier(tmp_path / select_on / "model.pt")
-    p_val, y_val = predict(model, resolve_sources(tiny_prepared, None, LABELS, 32).val.dataset)
-    assert mean_label_bce(y_val, p_val) == pytest.approx(hist[want - 1]["val_bce"], rel=1e-5)
+    src = resolve_sources(tiny_prepared, None, LABELS, 32)
+    p_val, y_val = predict(model, src.val.dataset)
+    # _cfg trains class-weighted, so val loss carries the training split's positive weights
+    assert mean_label_bce(y_val, p_val, pos_weights(src.train.labels)) == pytest.approx(hist[want - 1]["val_bce"], rel=1e-5)
     assert m["val"]["mean_auroc"] == pytest.approx(hist[want - 1]["val_mean_auroc"], abs=1e-9)
     print(select_on, "epoch", want, [(round(h["val_mean_auroc"], 4), round(h["val_bce"], 4)) for h in hist])
 

@@ -8,8 +8,9 @@ means "as likely as not under a balanced prior", and a rare finding is called on
 (on the phantom, Mass on most Nodule scans), which ranking metrics (AUROC) do not show and the test
 split's exact-match rate (``metrics.json``: ``test.exact_match``) does. Model selection (``select_on``): the
 epoch with the best mean validation AUROC (``auroc``: threshold-free, prevalence-free), the lowest mean
-per-label validation BCE (``bce``: also rewards calibration, which matters when a fixed threshold of 0.5
-decides what a classifier sees), or the last epoch (``last``); early stopping after ``patience`` epochs
+per-label validation loss (``bce``: the training loss, class weights included, on val; it also rewards
+calibration, which matters when a fixed threshold of 0.5 decides what a classifier sees), or the last
+epoch (``last``); early stopping after ``patience`` epochs
 without improvement. Everything random (init, batch order, augmentation) derives from
 ``seed + seed_offset``.
 """
@@ -150,21 +151,23 @@ def masked_bce(logits: torch.Tensor, target: torch.Tensor, pos_weight: torch.Ten
     return (loss * known).sum() / n.clamp_min(1)
 
 
-def mean_label_bce(y: np.ndarray, probs: np.ndarray, eps: float = 1e-7) -> float:
-    """Unweighted BCE averaged over known entries of each label, then over labels (NaN if nothing is known).
+def mean_label_bce(y: np.ndarray, probs: np.ndarray, pos_weight: np.ndarray | None = None, eps: float = 1e-7) -> float:
+    """BCE averaged over known entries of each label, then over labels (NaN if nothing is known).
 
-    Each label counts once, as in mean AUROC, so a rare finding's calibration is not drowned by the
-    thousands of negatives of the common ones.
+    ``pos_weight`` (one per label) up-weights positives as in training, so a class-weighted model is
+    scored on the loss it was trained on. Each label counts once, as in mean AUROC, so a rare finding's
+    calibration is not drowned by the thousands of negatives of the common ones.
     """
     y = np.asarray(y, dtype=np.float64)
     p = np.clip(np.asarray(probs, dtype=np.float64), eps, 1 - eps)
+    w = np.ones(y.shape[1]) if pos_weight is None else np.asarray(pos_weight, dtype=np.float64)
     known = ~np.isnan(y)
     per = []
     for j in range(y.shape[1]):
         k = known[:, j]
         if k.any():
             t = y[k, j]
-            per.append(float(-np.mean(t * np.log(p[k, j]) + (1 - t) * np.log1p(-p[k, j]))))
+            per.append(float(-np.mean(w[j] * t * np.log(p[k, j]) + (1 - t) * np.log1p(-p[k, j]))))
     return float(np.mean(per)) if per else math.nan
 
 
@@ -249,7 +252,7 @@ def train_classifier(
         sched.step()
         p_val, y_val = predict(model, src.val.dataset, cfg.batch_size * 2, device, cfg.workers)
         val_auc = per_label_auroc(y_val, p_val, names)
-        val_bce = mean_label_bce(y_val, p_val)
+        val_bce = mean_label_bce(y_val, p_val, pw_np if cfg.class_weighted else None)
         score = _criterion(cfg.select_on, val_auc, val_bce)
         history.append({
             "epoch": epoch, "train_loss": total / max(count, 1), "val_mean_auroc": mean_auroc(val_auc), "val_bce": val_bce, "lr": lr,
