@@ -108,6 +108,22 @@ def test_validation_outputs(tiny_run: Path):
         assert (val / fig).stat().st_size > 1000, fig
 
 
+def test_every_rule_logs_under_its_dataset_run_or_archive(tiny_run: Path):
+    logs = tiny_run / "results" / "logs"
+    # the tiny config names its dataset, GAN run and archive "tiny": a second one of each gets its own logs
+    top = {"prepare-tiny.log", "train_pggan-tiny.log", "train_classifier_real.log", "train_classifier_check.log"}
+    assert {p.name for p in logs.glob("*.log")} == top
+    arch = logs / "archive-tiny"
+    per_archive = {"plan", "finalize_archive", "dataset_card", "reader_study"} | {
+        f"validate_{v}" for v in ("memorization", "fid", "tstr", "diversity", "lco")
+    }
+    assert {p.stem for p in arch.glob("*.log")} == per_archive
+    for stage in ("lco", "sample"):
+        assert sorted(p.name for p in (arch / stage).glob("*.log")) == ["shard-00000.log", "shard-00001.log"]
+    assert "lco shard 0" in (arch / "lco" / "shard-00000.log").read_text()
+    assert (logs / "benchmarks" / "train_pggan-tiny.tsv").exists() and (logs / "benchmarks" / "reader_study-tiny.tsv").exists()
+
+
 def test_nothing_left_to_do(tiny_run: Path):
     proc = snakemake(tiny_run, "-n", "--cores", "2")
     assert proc.returncode == 0, proc.stderr

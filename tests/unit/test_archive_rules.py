@@ -83,7 +83,7 @@ def test_rules_build_verify_and_rerun_only_missing_shard(tmp_path):
     card = (arch / "DATASET_CARD.md").read_text()
     assert "Every image in this archive is synthetic" in card and "| fid.fid | 42.5 |" in card
     assert "| Effusion | 4 | 75.0% | n/a | 10.0% |" in card and "labelled Effusion." in card
-    assert (root / "results/logs/sample/shard-00001.log").exists()
+    assert (root / "results/logs/archive-demo/sample/shard-00001.log").exists()
     # as after a killed sampling run: one shard missing, archive not finalised -> only that shard is re-rendered
     for name in ("shards/shard-00001.parquet", "manifest.parquet", "SHA256SUMS", "archive.json"):
         (arch / name).unlink()

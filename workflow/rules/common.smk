@@ -17,12 +17,18 @@ except ConfigError as exc:
     raise WorkflowError(str(exc)) from None
 
 DATASET = config["dataset"]["name"]
+RUN = config["pggan"]["run"]
+ARCHIVE = config["archive"]["name"]
 PREP = f"results/prepared/{DATASET}"
-PGGAN = f"results/pggan/{config['pggan']['run']}"
+PGGAN = f"results/pggan/{RUN}"
 CLF = "results/classifier"
-ARCH = f"results/archive/{config['archive']['name']}"
-VAL = f"results/validate/{config['archive']['name']}"
+ARCH = f"results/archive/{ARCHIVE}"
+VAL = f"results/validate/{ARCHIVE}"
 LOGS = "results/logs"
+# Logs are namespaced like the outputs they describe, so a second dataset, GAN run or archive keeps
+# the first one's logs: prepare-{dataset}.log, train_pggan-{run}.log, train_classifier_{name}.log, and
+# archive-{archive}/ for the plan and everything downstream of it.
+ALOGS = f"{LOGS}/archive-{ARCHIVE}"
 N_SHARDS = math.ceil(config["lco"]["plan"]["n_samples"] / config["lco"]["shard_size"])
 SHARDS = [f"{i:05d}" for i in range(N_SHARDS)]
 # Relative to the rule files in workflow/rules/.

@@ -11,7 +11,7 @@ rule plan:
     params:
         cfg=stage("lco"),
     log:
-        f"{LOGS}/plan.log",
+        f"{ALOGS}/plan.log",
     conda:
         CONDA_ENV
     script:
@@ -29,7 +29,7 @@ rule lco:
     params:
         cfg=stage("lco"),
     log:
-        f"{LOGS}/lco/shard-{{shard}}.log",
+        f"{ALOGS}/lco/shard-{{shard}}.log",
     wildcard_constraints:
         shard=r"\d{5}",
     threads: 2

@@ -10,9 +10,9 @@ rule train_pggan:
     params:
         cfg=stage("pggan"),
     log:
-        f"{LOGS}/train_pggan.log",
+        f"{LOGS}/train_pggan-{RUN}.log",
     benchmark:
-        f"{LOGS}/benchmarks/train_pggan.tsv"
+        f"{LOGS}/benchmarks/train_pggan-{RUN}.tsv"
     threads: 2
     conda:
         CONDA_ENV

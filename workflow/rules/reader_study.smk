@@ -11,9 +11,9 @@ rule reader_study:
     params:
         cfg=stage("reader_study"),
     log:
-        f"{LOGS}/reader_study.log",
+        f"{ALOGS}/reader_study.log",
     benchmark:
-        f"{LOGS}/benchmarks/reader_study.tsv"
+        f"{LOGS}/benchmarks/reader_study-{ARCHIVE}.tsv"
     conda:
         CONDA_ENV
     script:

@@ -17,7 +17,7 @@ rule sample:
     params:
         cfg=stage("archive"),
     log:
-        f"{LOGS}/sample/shard-{{shard}}.log",
+        f"{ALOGS}/sample/shard-{{shard}}.log",
     threads: 2
     conda:
         CONDA_ENV
@@ -41,7 +41,7 @@ rule finalize_archive:
         cfg=stage("archive"),
         shard_size=config["lco"]["shard_size"],
     log:
-        f"{LOGS}/finalize_archive.log",
+        f"{ALOGS}/finalize_archive.log",
     conda:
         CONDA_ENV
     script:
@@ -59,7 +59,7 @@ rule dataset_card:
     output:
         f"{ARCH}/DATASET_CARD.md",
     log:
-        f"{LOGS}/dataset_card.log",
+        f"{ALOGS}/dataset_card.log",
     conda:
         CONDA_ENV
     script:

@@ -20,7 +20,7 @@ rule validate_memorization:
     params:
         cfg=stage("validate", ["memorization", "features", "inception_weights"]),
     log:
-        f"{LOGS}/validate_memorization.log",
+        f"{ALOGS}/validate_memorization.log",
     threads: 2
     conda:
         CONDA_ENV
@@ -44,7 +44,7 @@ rule validate_fid:
         cfg=stage("validate", ["features", "inception_weights", "max_real", "kid_subsets", "kid_subset_size", "pr_k"]),
         formats=VAL_FORMATS,
     log:
-        f"{LOGS}/validate_fid.log",
+        f"{ALOGS}/validate_fid.log",
     threads: 2
     conda:
         CONDA_ENV
@@ -68,7 +68,7 @@ rule validate_tstr:
     params:
         cfg=stage("classifier"),
     log:
-        f"{LOGS}/validate_tstr.log",
+        f"{ALOGS}/validate_tstr.log",
     threads: 2
     conda:
         CONDA_ENV
@@ -90,7 +90,7 @@ rule validate_diversity:
     params:
         cfg=stage("validate", []),  # only seed and labels
     log:
-        f"{LOGS}/validate_diversity.log",
+        f"{ALOGS}/validate_diversity.log",
     conda:
         CONDA_ENV
     script:
@@ -113,7 +113,7 @@ rule validate_lco:
         prior_samples=config["validate"]["lco_prior_samples"],
         seed=config["seed"],
     log:
-        f"{LOGS}/validate_lco.log",
+        f"{ALOGS}/validate_lco.log",
     threads: 2
     conda:
         CONDA_ENV

@@ -21,7 +21,7 @@ import numpy as np
 from ..data.store import PreparedDataset
 from ..utils.atomic import write_json
 from .evaluate import exact_match, load_thresholds, predict
-from .sources import _pick_res, prepared_split
+from .sources import pick_res, prepared_split
 
 SPLITS = ("train", "val", "test")
 
@@ -55,7 +55,7 @@ def score_prepared(
     for split in splits:
         if len(ds.split(split)) == 0:
             continue
-        part = prepared_split(ds, split, names, _pick_res(ds.resolutions, model.input_res, os.fspath(folder)))
+        part = prepared_split(ds, split, names, pick_res(ds.resolutions, model.input_res, os.fspath(folder)))
         p, y = predict(model, part.dataset, batch_size=batch_size, device=dev)
         probs.append(p)
         ys.append(y)

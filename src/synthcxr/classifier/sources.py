@@ -100,7 +100,8 @@ class Sources:
     res: int
 
 
-def _pick_res(available: Sequence[int], res: int, where: str) -> int:
+def pick_res(available: Sequence[int], res: int, where: str) -> int:
+    """``res`` when the pyramid has that level, else its largest level (with a warning naming ``where``)."""
     if res in available:
         return res
     best = max(available)
@@ -160,10 +161,10 @@ def resolve_sources(
     if source_kind(eval_source) != PREPARED:
         raise ValueError(f"eval_source {eval_source} must be a prepared (real) dataset: val/test are always real images")
     ev = PreparedDataset(eval_source)
-    res_eval = _pick_res(ev.resolutions, res, str(ev.h5_path))
+    res_eval = pick_res(ev.resolutions, res, str(ev.h5_path))
     if train_kind == PREPARED:
         tr_ds = ev if Path(train_source).resolve() == Path(eval_source).resolve() else PreparedDataset(train_source)
-        train = prepared_split(tr_ds, "train", labels, _pick_res(tr_ds.resolutions, res, str(tr_ds.h5_path)))
+        train = prepared_split(tr_ds, "train", labels, pick_res(tr_ds.resolutions, res, str(tr_ds.h5_path)))
     else:
         train = archive_split(train_source, labels, res)
     val = prepared_split(ev, "val", labels, res_eval)
