@@ -10,8 +10,7 @@ split's exact-match rate (``metrics.json``: ``test.exact_match``) does. Model se
 epoch with the best mean validation AUROC (``auroc``: threshold-free, prevalence-free), the lowest mean
 per-label validation loss (``bce``: the training loss, class weights included, on val; it also rewards
 calibration, which matters when a fixed threshold of 0.5 decides what a classifier sees), or the last
-epoch (``last``); early stopping after ``patience`` epochs
-without improvement. Everything random (init, batch order, augmentation) derives from
+epoch (``last``); early stopping after ``patience`` epochs without improvement. Everything random (init, batch order, augmentation) derives from
 ``seed + seed_offset``.
 """
 
@@ -174,7 +173,7 @@ def mean_label_bce(y: np.ndarray, probs: np.ndarray, pos_weight: np.ndarray | No
 def _criterion(select_on: str, val_auc: dict[str, float], val_bce: float) -> float:
     """Higher is better; -inf when undefined (never selected over a defined epoch)."""
     if select_on == "last":
-        return math.inf  # every epoch improves on the one before
+        return 0.0  # defined; the caller keeps every epoch over the one before
     m = mean_auroc(val_auc) if select_on == "auroc" else -val_bce
     return -math.inf if math.isnan(m) else m
 
@@ -257,7 +256,7 @@ def train_classifier(
         history.append({
             "epoch": epoch, "train_loss": total / max(count, 1), "val_mean_auroc": mean_auroc(val_auc), "val_bce": val_bce, "lr": lr,
         })
-        improved = score > best or (score == math.inf)
+        improved = cfg.select_on == "last" or score > best
         if improved:
             best, best_epoch, since_best = score, epoch, 0
             best_state = copy.deepcopy(model.state_dict())
