@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from synthcxr.pggan import train_pggan
-from synthcxr.pggan.config import PGGANConfig
+from synthcxr.pggan.config import PGGANConfig, diff_training
 from synthcxr.pggan.stream import ImageStream, StepBatchSampler, finding_repeats, shown_share
 
 
@@ -76,6 +76,16 @@ def test_floor_zero_keeps_the_old_fingerprint_and_a_floor_changes_it():
     on = PGGANConfig.from_dict({"run": "x", "finding_floor": 0.1})
     assert on.fingerprint() != base.fingerprint()
     assert on.training_dict()["finding_rule"] == "shown-share"  # the repeat rule is part of what is trained
+    # a checkpoint from before the rule was recorded is set aside with a reason a user can read
+    older = {k: v for k, v in on.training_dict().items() if k != "finding_rule"}
+    assert diff_training(older, on.training_dict()) == [
+        "finding_floor rule: one pass, ceil(floor / share) (older checkpoint) -> each finding on >= finding_floor of shown images (fixed point)"
+    ]
+    assert diff_training(base.training_dict(), on.training_dict()) == [
+        "pggan.finding_floor: None -> 0.1",
+        "pggan.finding_max_repeat: None -> 8",
+        "finding_floor rule: off -> each finding on >= finding_floor of shown images (fixed point)",
+    ]
 
 
 def test_finding_repeats_reach_the_floor_with_co_occurring_findings():

@@ -97,6 +97,16 @@ def diff_training(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Human-readable list of training-relevant keys whose values differ."""
     out = []
     for k in sorted(set(old) | set(new)):
-        if old.get(k) != new.get(k):
+        if old.get(k) == new.get(k):
+            continue
+        if k == "finding_rule":  # a fingerprint marker, not a config key: say what it means
+            out.append(f"finding_floor rule: {_rule_name(old.get(k), old)} -> {_rule_name(new.get(k), new)}")
+        else:
             out.append(f"pggan.{k}: {old.get(k)!r} -> {new.get(k)!r}")
     return out
+
+
+def _rule_name(rule: str | None, d: dict[str, Any]) -> str:
+    if rule is not None:
+        return "each finding on >= finding_floor of shown images (fixed point)" if rule == FINDING_RULE else repr(rule)
+    return "one pass, ceil(floor / share) (older checkpoint)" if d.get("finding_floor", 0) else "off"
