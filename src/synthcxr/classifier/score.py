@@ -20,6 +20,7 @@ import numpy as np
 
 from ..data.store import PreparedDataset
 from ..utils.atomic import write_json
+from ..utils.runtime import resolve_device
 from .evaluate import exact_match, load_thresholds, predict
 from .sources import pick_res, prepared_split
 
@@ -39,7 +40,6 @@ def score_prepared(
     Thresholds come from ``thresholds_path`` (default: ``thresholds.json`` beside ``model.pt``). Every
     label of the classifier must be a column of the dataset; the error names the ones missing.
     """
-    from ..utils.runtime import resolve_device
     from . import load_classifier
 
     bad = [s for s in splits if s not in SPLITS]

@@ -10,8 +10,8 @@ split's exact-match rate (``metrics.json``: ``test.exact_match``) does. Model se
 epoch with the best mean validation AUROC (``auroc``: threshold-free, prevalence-free), the lowest mean
 per-label validation loss (``bce``: the training loss, class weights included, on val; it also rewards
 calibration, which matters when a fixed threshold of 0.5 decides what a classifier sees), or the last
-epoch (``last``); early stopping after ``patience`` epochs without improvement. Everything random (init, batch order, augmentation) derives from
-``seed + seed_offset``.
+epoch (``last``); early stopping after ``patience`` epochs without improvement. Everything random
+(init, batch order, augmentation) derives from ``seed + seed_offset``.
 """
 
 from __future__ import annotations
@@ -170,10 +170,10 @@ def mean_label_bce(y: np.ndarray, probs: np.ndarray, pos_weight: np.ndarray | No
     return float(np.mean(per)) if per else math.nan
 
 
-def _criterion(select_on: str, val_auc: dict[str, float], val_bce: float) -> float:
+def _criterion(select_on: str, epoch: int, val_auc: dict[str, float], val_bce: float) -> float:
     """Higher is better; -inf when undefined (never selected over a defined epoch)."""
     if select_on == "last":
-        return 0.0  # defined; the caller keeps every epoch over the one before
+        return float(epoch)  # each epoch beats the one before
     m = mean_auroc(val_auc) if select_on == "auroc" else -val_bce
     return -math.inf if math.isnan(m) else m
 
@@ -252,11 +252,11 @@ def train_classifier(
         p_val, y_val = predict(model, src.val.dataset, cfg.batch_size * 2, device, cfg.workers)
         val_auc = per_label_auroc(y_val, p_val, names)
         val_bce = mean_label_bce(y_val, p_val, pw_np if cfg.class_weighted else None)
-        score = _criterion(cfg.select_on, val_auc, val_bce)
+        score = _criterion(cfg.select_on, epoch, val_auc, val_bce)
         history.append({
             "epoch": epoch, "train_loss": total / max(count, 1), "val_mean_auroc": mean_auroc(val_auc), "val_bce": val_bce, "lr": lr,
         })
-        improved = cfg.select_on == "last" or score > best
+        improved = score > best
         if improved:
             best, best_epoch, since_best = score, epoch, 0
             best_state = copy.deepcopy(model.state_dict())
