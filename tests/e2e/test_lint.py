@@ -5,18 +5,17 @@ from __future__ import annotations
 import re
 import subprocess
 
-from dag import REPO, SNAKEMAKE
+from dag import REPO, SNAKEMAKE, run_group
 
 STAGES = {
     "prepare", "train_pggan", "train_classifier", "plan", "lco", "sample", "validate_memorization",
     "finalize_archive", "validate_fid", "validate_tstr", "validate_diversity", "validate_lco",
-    "reader_study", "dataset_card", "all",
+    "reader_study", "release", "all",
 }
 
 
 def _run(*args: str, cwd) -> subprocess.CompletedProcess:
-    return subprocess.run([SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(cwd), *args],
-                          capture_output=True, text=True, timeout=300)
+    return run_group([SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(cwd), *args], timeout=600)
 
 
 def test_lint_is_clean(tmp_path):

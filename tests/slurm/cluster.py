@@ -158,7 +158,23 @@ class SlurmCluster:
             time.sleep(1.0)
         raise RuntimeError(f"SLURM node never became idle (sinfo says {state!r}); logs in {self.root / 'log'}")
 
+    def cancel_jobs(self, timeout: float = 30.0) -> None:
+        """scancel every job and wait until the queue is empty: job steps must not outlive the daemons."""
+        if "slurmctld" not in self.pids:
+            return
+        subprocess.run(["scancel", "--full", "--user", "root"], env=self.env, capture_output=True, timeout=60)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            out = subprocess.run(["squeue", "-h", "-t", "PD,R,CG,S", "-o", "%i"], env=self.env, capture_output=True, text=True, timeout=60)
+            if out.returncode != 0 or not out.stdout.strip():
+                return
+            time.sleep(0.5)
+
     def stop(self) -> None:
+        try:
+            self.cancel_jobs()
+        except (OSError, subprocess.SubprocessError):
+            pass  # a daemon already gone: nothing left to cancel through it
         if self._linked_system_conf and SYSTEM_CONF.is_symlink():
             SYSTEM_CONF.unlink()
             self._linked_system_conf = False

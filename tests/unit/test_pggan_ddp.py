@@ -2,7 +2,6 @@
 
 import json
 import os
-import subprocess
 import sys
 import textwrap
 
@@ -10,6 +9,7 @@ import pytest
 import torch
 
 from synthcxr.pggan import Generator
+from dag import run_group
 
 HELPER = textwrap.dedent(
     """
@@ -43,7 +43,7 @@ def test_two_rank_gloo_training_keeps_ranks_identical(tiny_prepared, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
            str(tmp_path / "helper.py"), str(tmp_path), "--config-json", str(tmp_path / "cfg.json"),
            "--data", tiny_prepared, "--out", str(out)]
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=280)
+    res = run_group(cmd, env=env, timeout=600)
     assert res.returncode == 0, res.stderr[-4000:]
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)

@@ -4,11 +4,11 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 
 import numpy as np
 import pytest
+from dag import run_group
 import torch
 from PIL import Image
 
@@ -142,8 +142,7 @@ def test_resume_after_kill_is_bit_exact(tiny_prepared, tmp_path, monkeypatch):
     script = tmp_path / "die.py"
     script.write_text(KILL_SCRIPT)
     env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()), SYNTHCXR_NO_PROGRESS="1")
-    res = subprocess.run([sys.executable, str(script), json.dumps(cfg), tiny_prepared, str(sig)], env=env,
-                         capture_output=True, text=True, timeout=120)
+    res = run_group([sys.executable, str(script), json.dumps(cfg), tiny_prepared, str(sig)], env=env, timeout=600)
     assert res.returncode == -signal.SIGKILL, res.stderr[-2000:]
     assert torch.load(sig / "checkpoint.pt", weights_only=True)["nimg"] == 192
     assert not (sig / "generator.pt").exists()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pytest
 import yaml
 
 from synthcxr.data.store import PreparedDataset
+from dag import run_group
 
 REPO = Path(__file__).resolve().parents[2]
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
@@ -30,10 +30,10 @@ def test_rule_prepare_runs(tmp_path):
     (tmp_path / "over.yaml").write_text(yaml.safe_dump(over))
     exe = str(SNAKEMAKE) if SNAKEMAKE.exists() else "snakemake"
     env = {**os.environ, "SYNTHCXR_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
+    proc = run_group(
         [exe, "results/prepared/ruletest/prepare.json", "-s", "Snakefile", "--cores", "1",
          "--configfile", str(REPO / "config" / "config.yaml"), "over.yaml"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=240, env=env,
+        cwd=tmp_path, timeout=900, env=env,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = tmp_path / "results" / "prepared" / "ruletest"
@@ -48,10 +48,10 @@ def test_rule_prepare_runs(tmp_path):
     # a second dataset (e.g. a held-out cohort) gets its own folder and log; the first is left as it was
     over["dataset"].update(name="other", phantom={"n_patients": 4, "max_studies": 1, "seed": 4})
     (tmp_path / "over.yaml").write_text(yaml.safe_dump(over))
-    proc = subprocess.run(
+    proc = run_group(
         [exe, "results/prepared/other/prepare.json", "-s", "Snakefile", "--cores", "1",
          "--configfile", str(REPO / "config" / "config.yaml"), "over.yaml"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=240, env=env,
+        cwd=tmp_path, timeout=900, env=env,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert log.read_text() == first and "other" in (log.parent / "prepare-other.log").read_text()
