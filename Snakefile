@@ -23,9 +23,8 @@ include: "workflow/rules/reader_study.smk"
 
 rule all:
     input:
-        f"{ARCH}/manifest.parquet",
-        f"{ARCH}/SHA256SUMS",
-        f"{ARCH}/DATASET_CARD.md",
+        f"{REL}/SHA256SUMS",
+        f"{REL}/README.md",
         f"{VAL}/fid.json",
         f"{VAL}/tstr.json",
         f"{VAL}/memorization.parquet",

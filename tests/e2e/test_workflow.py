@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
+import shutil
 from pathlib import Path
 
 import h5py
@@ -15,11 +14,11 @@ import pytest
 import torch
 import yaml
 
-from dag import REPO, SNAKEMAKE, TINY, snakemake
+from dag import REPO, SNAKEMAKE, SYNTHCXR, TINY, run_group, snakemake
+
+from synthcxr.utils.hashing import sha256_file
 
 pytestmark = pytest.mark.slow
-
-SYNTHCXR = str(Path(sys.executable).with_name("synthcxr"))
 
 
 def test_prepare_outputs(tiny_run: Path):
@@ -52,34 +51,52 @@ def test_models_load_weights_only(tiny_run: Path):
         assert "test" in metrics and "val" in metrics
 
 
-def test_archive_is_consistent_and_verifiable(tiny_run: Path):
+def test_release_is_consistent_and_verifiable(tiny_run: Path):
     import synthcxr.archive
 
-    arc_dir = tiny_run / "results" / "archive" / "tiny"
-    plan = pd.read_parquet(arc_dir / "plan.parquet")
+    arch = tiny_run / "results" / "archive" / "tiny"
+    rel = arch / "release"
+    plan = pd.read_parquet(arch / "plan.parquet")
     assert len(plan) == 24
-    arc = synthcxr.archive.open(arc_dir)
+    arc = synthcxr.archive.open(rel)
     man = arc.manifest
-    info = json.loads((arc_dir / "archive.json").read_text())
+    info = json.loads((rel / "archive.json").read_text())
     assert info["counts"]["n_requested"] == 24
-    assert info["counts"]["n_released"] == len(man) > 0
-    # Manifest rows point at real shard rows whose labels equal the manifest's targets.
+    assert info["counts"]["n_released"] == len(man) > 0 and info["n_shards"] > 1  # tiny.yaml's shard_mb splits it
+    # the release holds the released samples only; the working area keeps every rendered one
+    lat = pd.concat([pd.read_parquet(p) for p in sorted((arch / "work" / "latents").glob("*.parquet"))])
+    mem = pd.read_parquet(tiny_run / "results" / "validate" / "tiny" / "memorization.parquet")
+    released = set(lat.loc[lat["success"], "sample_id"]) - set(mem.loc[mem["flagged"], "sample_id"])
+    assert set(man["sample_id"]) == released
+    shard_ids = []
+    for p in sorted((rel / "h5").glob("*.h5")):
+        with h5py.File(p, "r") as f:
+            shard_ids += [s.decode() for s in f["sample_id"][:]]
+    assert shard_ids == man["sample_id"].tolist()
     row = man.iloc[0]
-    with h5py.File(arc_dir / "shards" / f"shard-{int(row['shard']):05d}.h5", "r") as f:
-        assert f["sample_id"][int(row["index"])].decode() == row["sample_id"]
+    with h5py.File(rel / row["h5_path"], "r") as f:
         img = f["images"][int(row["index"])]
     assert np.array_equal(arc.read(row["sample_id"]), img)
-    ok = subprocess.run([SYNTHCXR, "verify", str(arc_dir)], capture_output=True, text=True)
+    ok = run_group([SYNTHCXR, "verify", "--jobs", "2", str(rel)], timeout=600)
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    regen = subprocess.run(
-        [SYNTHCXR, "regenerate", str(arc_dir), row["sample_id"], "--generator",
-         str(tiny_run / "results" / "pggan" / "tiny" / "generator.pt")],
-        capture_output=True, text=True,
-    )
-    assert regen.returncode == 0, regen.stdout + regen.stderr
-    assert "identical" in regen.stdout.lower()
-    card = (arc_dir / "DATASET_CARD.md").read_text()
-    assert "synthetic" in card.lower() and "### Label reliability (independent checker classifier)" in card
+    gen = tiny_run / "results" / "pggan" / "tiny" / "generator.pt"
+    for sid in man["sample_id"]:
+        regen = run_group([SYNTHCXR, "regenerate", str(rel), sid, "--generator", str(gen)], timeout=600)
+        assert regen.returncode == 0, regen.stdout + regen.stderr
+        assert regen.stdout.count("byte-identical") == 2
+    card = (rel / "README.md").read_text()
+    assert card.startswith("---\n") and "synthetic" in card.lower()
+    assert "### Label reliability (independent checker classifier)" in card
+
+
+def test_lco_shard_rerun_with_other_cores_is_byte_identical(tiny_run: Path, tmp_path: Path):
+    """lco.threads, not --cores, sets the thread count: rerunning one shard on one core reproduces it."""
+    shutil.copytree(tiny_run / "results", tmp_path / "results")
+    rel = "results/archive/tiny/work/latents/shard-00000.parquet"
+    proc = snakemake(tmp_path, "--cores", "1", "--forcerun", rel, rel)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "lco" in proc.stdout + proc.stderr
+    assert sha256_file(tmp_path / rel) == sha256_file(tiny_run / rel)
 
 
 def test_validation_outputs(tiny_run: Path):
@@ -114,7 +131,7 @@ def test_every_rule_logs_under_its_dataset_run_or_archive(tiny_run: Path):
     top = {"prepare-tiny.log", "train_pggan-tiny.log", "train_classifier_real.log", "train_classifier_check.log"}
     assert {p.name for p in logs.glob("*.log")} == top
     arch = logs / "archive-tiny"
-    per_archive = {"plan", "finalize_archive", "dataset_card", "reader_study"} | {
+    per_archive = {"plan", "finalize_archive", "release", "reader_study"} | {
         f"validate_{v}" for v in ("memorization", "fid", "tstr", "diversity", "lco")
     }
     assert {p.stem for p in arch.glob("*.log")} == per_archive
@@ -136,10 +153,10 @@ def _planned_rules(work: Path, extra: dict) -> set[str]:
     for section, values in extra.items():
         merged.setdefault(section, {}).update(values)
     cfg.write_text(yaml.safe_dump(merged))
-    proc = subprocess.run(
+    proc = run_group(
         [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(work), "--configfile", str(cfg), "-n", "--cores", "2",
          "--rerun-triggers", "mtime", "params", "input", "code"],
-        capture_output=True, text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr
     return set(re.findall(r"^\s*(?:local)?rule (\w+):", proc.stdout + proc.stderr, flags=re.M))

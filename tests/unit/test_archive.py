@@ -1,16 +1,16 @@
-"""Archive stage: shard writers, finalisation, verify, regenerate, consumer API, crash safety.
+"""Archive stage: working shard writers, the release build, regenerate, consumer API, crash safety, card.
 
-Shards are read back with plain h5py / pyarrow / pandas / Pillow, checksums with coreutils
-``sha256sum -c``, images compared with a direct generator forward pass.
+Shards are read back with plain h5py / pyarrow / pandas / Pillow, images compared with a direct
+generator forward pass. The release contract itself (tampering, swaps, seals) is in test_release_contract.py.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -22,88 +22,36 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from archive_fixtures import (
+    BATCH,
+    DIM,
+    LABELS,
+    RES,
+    SHARD_SIZES,
+    build_archive,
+    expected_images,
+    latents_frame,
+    make_generator,
+    released_rows,
+    write_raw_latents,
+    write_shard_latents,
+)
+from dag import run_group
 from PIL import Image
 
 from synthcxr.archive import open as open_archive
-from synthcxr.archive.card import write_card
+from synthcxr.archive.card import render_card
 from synthcxr.archive.finalize import finalize_archive
 from synthcxr.archive.regenerate import regenerate_sample
-from synthcxr.archive.render import render_one
+from synthcxr.archive.render import render_batch, render_one
 from synthcxr.archive.sample import ArchiveConfig, sample_shard
 from synthcxr.archive.shard_parquet import decode_png, encode_png
-from synthcxr.archive.verify import verify_archive
+from synthcxr.archive.verify import verify_release
 from synthcxr.cli import main as cli_main
 from synthcxr.imaging import float_to_uint8, uint8_to_float
-from synthcxr.lco.latents import read_latents, write_latents
-from synthcxr.pggan import Generator
+from synthcxr.lco.latents import read_latents
 from synthcxr.pggan.checkpoint import save_generator
 from synthcxr.utils.hashing import sha256_file
-
-LABELS = ["Cardiomegaly", "Effusion", "Nodule", "No_Finding"]
-RES, DIM, BATCH = 16, 16, 4
-SHARD_SIZES = [11, 9, 7]  # 3 shards; the first two have a partial last micro-batch
-
-
-def make_generator(seed: int = 0) -> Generator:
-    torch.manual_seed(seed)
-    return Generator(resolution=RES, latent_dim=DIM, fmap_base=64, fmap_max=16).eval()
-
-
-def latents_frame(shard: int, n: int, rng: np.random.Generator) -> tuple[pd.DataFrame, np.ndarray]:
-    findings = (rng.random((n, 3)) < 0.4).astype(np.int8)
-    nf = (findings.sum(1) == 0).astype(np.int8)
-    df = pd.DataFrame({"sample_id": [f"syn-{shard:05d}-{i:04d}" for i in range(n)], "shard": shard, "index": np.arange(n), "seed": 1000 * shard + np.arange(n), "attempts": 1})
-    for j, name in enumerate(LABELS[:3]):
-        df[f"target_{name}"] = findings[:, j]
-    df["target_No_Finding"] = nf
-    for name in LABELS:
-        df[f"prob_{name}"] = rng.random(n).astype(np.float32)
-    df["steps"] = 10
-    df["g_evals"] = 10
-    df["success"] = rng.random(n) > 0.2
-    df["reason"] = np.where(df["success"], "", "target not met")
-    df = df.sample(frac=1.0, random_state=shard).reset_index(drop=True)  # rows need not arrive in index order
-    z = rng.standard_normal((n, DIM)).astype(np.float32)
-    return df, z
-
-
-def write_shard_latents(path: Path, df: pd.DataFrame, z: np.ndarray) -> None:
-    """The lco stage's writer; ``z`` row k belongs to ``df`` row k."""
-    write_latents(df.assign(z=list(z)), LABELS, path)
-
-
-def write_raw_latents(path: Path, df: pd.DataFrame, z: np.ndarray, z_type: pa.DataType | None = None) -> None:
-    """Whatever ``df`` holds, plus z, straight through pyarrow: for files the lco writer would refuse to write."""
-    tbl = pa.Table.from_pandas(df, preserve_index=False).append_column("z", pa.array(list(z), z_type or pa.list_(pa.float32(), DIM)))
-    pq.write_table(tbl, path)
-
-
-def build_archive(root: Path, formats=("h5", "parquet"), compression="gzip", gate=True) -> dict:
-    """Fake the lco stage, run sample for every shard and finalise; returns handy facts for tests."""
-    rng = np.random.default_rng(42)
-    G = make_generator()
-    gen_path = root.parent / f"{root.name}-generator.pt"
-    save_generator(gen_path, G, {"kimg": 0})
-    clf_path = root.parent / f"{root.name}-model.pt"
-    clf_path.write_bytes(b"classifier weights stand-in")
-    cfg = ArchiveConfig(labels=LABELS, formats=list(formats), compression=compression, batch_size=BATCH, name=root.name)
-    frames, zs, lat_paths = [], {}, []
-    for shard, n in enumerate(SHARD_SIZES):
-        df, z = latents_frame(shard, n, rng)
-        lp = root / "latents" / f"shard-{shard:05d}.parquet"
-        write_shard_latents(lp, df, z[df["index"].to_numpy()])  # z row k belongs to df row k
-        lat_paths.append(lp)
-        zs[shard] = z
-        frames.append(df)
-        sample_shard(lp, G, {f: root / "shards" / f"shard-{shard:05d}.{f}" for f in formats}, cfg, sha256_file(gen_path))
-    allrows = pd.concat(frames, ignore_index=True)
-    mem_path = None
-    if gate:
-        flagged = allrows["sample_id"].isin(allrows["sample_id"].iloc[[0, 5, 13]])
-        mem_path = root.parent / f"{root.name}-memorization.parquet"
-        pd.DataFrame({"sample_id": allrows["sample_id"], "flagged": flagged, "distance": rng.random(len(allrows))}).to_parquet(mem_path)
-    info = finalize_archive(root, cfg, lat_paths, gen_path, clf_path, mem_path, full_config={"archive": {"name": root.name}}, shard_size=11)
-    return {"root": root, "G": G, "gen": gen_path, "zs": zs, "rows": allrows, "info": info, "cfg": cfg, "mem": mem_path}
 
 
 @pytest.fixture(scope="module")
@@ -116,20 +64,11 @@ def arch_pq(tmp_path_factory):
     return build_archive(tmp_path_factory.mktemp("archpq") / "pqonly", formats=("parquet",), gate=False)
 
 
-def expected_images(G, z: np.ndarray) -> np.ndarray:
-    """Reference: the same aligned micro-batches, computed by hand."""
-    out = []
-    with torch.no_grad():
-        for s in range(0, len(z), BATCH):
-            out.append(((G(torch.from_numpy(z[s : s + BATCH])) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)[:, 0].numpy())
-    return np.concatenate(out)
-
-
-# ----------------------------------------------------------------------------------------- shards
-def test_h5_shard_read_with_plain_h5py(arch):
-    root, G = arch["root"], arch["G"]
-    lat = read_latents(root / "latents/shard-00000.parquet", LABELS)
-    with h5py.File(root / "shards/shard-00000.h5", "r") as f:
+# ----------------------------------------------------------------------------------------- working shards
+def test_working_h5_shard_read_with_plain_h5py(arch):
+    work, G = arch["work"], arch["G"]
+    lat = read_latents(work / "latents/shard-00000.parquet", LABELS)
+    with h5py.File(work / "shards/shard-00000.h5", "r") as f:
         imgs = f["images"]
         assert imgs.dtype == np.uint8 and imgs.shape == (11, RES, RES)
         assert imgs.chunks == (1, RES, RES) and imgs.compression == "gzip"
@@ -140,22 +79,25 @@ def test_h5_shard_read_with_plain_h5py(arch):
         np.testing.assert_array_equal(f["probs"][:], lat.probs)
         assert [s.decode() for s in f["sample_id"][:]] == [f"syn-00000-{i:04d}" for i in range(11)]
         assert f.attrs["generator_sha256"] == sha256_file(arch["gen"])
-        assert int(f.attrs["shard"]) == 0 and int(f.attrs["count"]) == 11 and int(f.attrs["format_version"]) == 1
+        assert int(f.attrs["shard"]) == 0 and int(f.attrs["count"]) == 11 and int(f.attrs["format_version"]) == 2
+        assert f.attrs["role"] == "work" and int(f.attrs["render_threads"]) == torch.get_num_threads()
     # latents rows were shuffled on disk; reading sorts them, targets follow their sample ids
-    raw = pd.read_parquet(root / "latents/shard-00000.parquet").set_index("sample_id")
+    raw = pd.read_parquet(work / "latents/shard-00000.parquet").set_index("sample_id")
     np.testing.assert_array_equal(lat.targets[:, 0], raw.loc[lat.sample_ids, "target_Cardiomegaly"].to_numpy())
 
 
 def test_published_files_have_umask_permissions(arch):
     umask = os.umask(0o022)
     os.umask(umask)
-    for rel in ("shards/shard-00000.h5", "shards/shard-00000.parquet", "manifest.parquet", "SHA256SUMS", "archive.json"):
-        assert (arch["root"] / rel).stat().st_mode & 0o777 == 0o666 & ~umask, rel
+    rels = [arch["work"] / "shards/shard-00000.h5", arch["work"] / "shards/shard-00000.parquet"]
+    rels += [arch["release"] / r for r in ("manifest.parquet", "SHA256SUMS", "archive.json", "README.md", "h5/shard-00000.h5")]
+    for p in rels:
+        assert p.stat().st_mode & 0o777 == 0o666 & ~umask, p
 
 
 def test_parquet_shard_hf_image_convention(arch):
-    root = arch["root"]
-    path = root / "shards/shard-00001.parquet"
+    work = arch["work"]
+    path = work / "shards/shard-00001.parquet"
     tbl = pq.read_table(path)
     meta = json.loads(tbl.schema.metadata[b"huggingface"])
     feats = meta["info"]["features"]
@@ -167,10 +109,10 @@ def test_parquet_shard_hf_image_convention(arch):
     df = pd.read_parquet(path)
     assert list(df["sample_id"]) == [f"syn-00001-{i:04d}" for i in range(9)]
     assert list(df["image"].map(lambda d: d["path"])) == [f"{s}.png" for s in df["sample_id"]]
-    with h5py.File(root / "shards/shard-00001.h5", "r") as f:
+    with h5py.File(work / "shards/shard-00001.h5", "r") as f:
         ref = f["images"][:]
     for k, d in enumerate(df["image"]):
-        im = Image.open(__import__("io").BytesIO(d["bytes"]))
+        im = Image.open(io.BytesIO(d["bytes"]))
         assert im.format == "PNG" and im.mode == "L" and not im.info.get("dpi")
         np.testing.assert_array_equal(np.asarray(im), ref[k])
 
@@ -178,13 +120,13 @@ def test_parquet_shard_hf_image_convention(arch):
 @pytest.mark.parametrize("compression", ["lzf", "none"])
 def test_compression_options_and_byte_identical_rerun(tmp_path, arch, compression):
     cfg = ArchiveConfig(labels=LABELS, formats=["h5", "parquet"], compression=compression, batch_size=BATCH)
-    lp = arch["root"] / "latents/shard-00002.parquet"
+    lp = arch["work"] / "latents/shard-00002.parquet"
     outs = [{f: tmp_path / run / f"shard-00002.{f}" for f in ("h5", "parquet")} for run in ("a", "b")]
     for o in outs:
         sample_shard(lp, arch["G"], o, cfg, "0" * 64)
     with h5py.File(outs[0]["h5"], "r") as f:
         assert f["images"].compression == (None if compression == "none" else compression)
-        with h5py.File(arch["root"] / "shards/shard-00002.h5", "r") as g:
+        with h5py.File(arch["work"] / "shards/shard-00002.h5", "r") as g:
             np.testing.assert_array_equal(f["images"][:], g["images"][:])
     for fmt in ("h5", "parquet"):
         assert sha256_file(outs[0][fmt]) == sha256_file(outs[1][fmt]), f"{fmt} shard bytes differ between reruns"
@@ -203,6 +145,20 @@ def test_render_one_matches_its_micro_batch_and_rejects_bad_index(arch):
         np.testing.assert_array_equal(render_one(G, z, i, BATCH), ref[i])
     with pytest.raises(IndexError, match="outside shard"):
         render_one(G, z, 11, BATCH)
+
+
+def test_a_sample_does_not_depend_on_its_batch_mates(arch):
+    """What lets regenerate fill unreleased batch-mates with zeros: same position and batch shape, same bytes."""
+    G, z = arch["G"], arch["zs"][0][:BATCH]
+    ref = render_batch(G, z)
+    rng = np.random.default_rng(7)
+    for pos in range(BATCH):
+        other = rng.standard_normal(z.shape).astype(np.float32) * 3
+        other[pos] = z[pos]
+        np.testing.assert_array_equal(render_batch(G, other)[pos], ref[pos])
+        zeros = np.zeros_like(z)
+        zeros[pos] = z[pos]
+        np.testing.assert_array_equal(render_batch(G, zeros)[pos], ref[pos])
 
 
 @pytest.mark.parametrize("z_type", [None, pa.list_(pa.float32())], ids=["lco_writer", "variable_list"])
@@ -240,139 +196,125 @@ def test_latents_contract_errors(tmp_path):
         read_latents(tmp_path / "shard-00009.parquet", LABELS)
 
 
-# ----------------------------------------------------------------------------------------- finalize
-def test_manifest_releases_only_successful_unflagged(arch):
-    root, rows = arch["root"], arch["rows"]
-    man = pd.read_parquet(root / "manifest.parquet")
-    flagged = set(pd.read_parquet(arch["mem"]).query("flagged")["sample_id"])
-    expect = rows[rows["success"] & ~rows["sample_id"].isin(flagged)]
-    assert sorted(man["sample_id"]) == sorted(expect["sample_id"])
-    info = json.loads((root / "archive.json").read_text())
+# ----------------------------------------------------------------------------------------- the release
+def test_release_holds_exactly_the_released_samples(arch):
+    release, rows = arch["release"], arch["rows"]
+    man = pd.read_parquet(release / "manifest.parquet")
+    expect = released_rows(arch)
+    assert man["sample_id"].tolist() == expect["sample_id"].tolist()  # render order
+    info = json.loads((release / "archive.json").read_text())
     c = info["counts"]
+    flagged = set(pd.read_parquet(arch["mem"]).query("flagged")["sample_id"])
     assert c["n_requested"] == sum(SHARD_SIZES)
     assert c["n_failed"] == int((~rows["success"]).sum())
-    assert c["n_flagged"] == int((rows["success"] & rows["sample_id"].isin(flagged)).sum())
+    assert c["n_flagged"] == int((rows["success"] & rows["sample_id"].isin(flagged)).sum()) > 0
     assert c["n_released"] == len(man) == c["n_requested"] - c["n_failed"] - c["n_flagged"]
-    e = expect.set_index("sample_id").loc[man["sample_id"]]
     for name in LABELS:
         assert man[name].dtype == np.int8
-        np.testing.assert_array_equal(man[name].to_numpy(), e[f"target_{name}"].to_numpy())
-        assert c["per_finding"][name] == int(e[f"target_{name}"].sum())
-    combos = e[[f"target_{n}" for n in LABELS[:3]]].apply(lambda r: "+".join(n for n in LABELS[:3] if r[f"target_{n}"]) or "No_Finding", axis=1)
+        np.testing.assert_array_equal(man[name].to_numpy(), expect[f"target_{name}"].to_numpy())
+        np.testing.assert_array_equal(man[f"prob_{name}"].to_numpy(), expect[f"prob_{name}"].to_numpy())
+        assert c["per_finding"][name] == int(expect[f"target_{name}"].sum())
+    combos = expect[[f"target_{n}" for n in LABELS[:3]]].apply(
+        lambda r: "+".join(n for n in LABELS[:3] if r[f"target_{n}"]) or "No_Finding", axis=1)
     assert c["per_combination"] == {k: int(v) for k, v in combos.value_counts().items()}
-    assert info["batch_size"] == BATCH and info["resolution"] == RES and info["generator"]["sha256"] == sha256_file(arch["gen"])
-    assert set(man.columns) >= {"shard", "index", "h5_path", "parquet_path", "seed", "steps", "success", "prob_Nodule"}
-    assert "created" not in man.columns
+    np.testing.assert_array_equal(man["render_shard"].to_numpy(), expect["shard"].to_numpy())
+    np.testing.assert_array_equal(man["render_index"].to_numpy(), expect["index"].to_numpy())
+    assert info["render"]["batch_size"] == BATCH and info["resolution"] == RES
+    assert info["generator"] == {"file": arch["gen"].name, "sha256": sha256_file(arch["gen"])}
+    assert info["classifier"]["sha256"] == sha256_file(arch["clf"]) and info["format_version"] == 2
+    assert set(man.columns) >= {"shard", "index", "h5_path", "parquet_path", "seed", "steps", "prob_Nodule", "pixel_sha256"}
+    assert "created" not in man.columns and "success" not in man.columns
 
 
-def test_sha256sums_passes_coreutils_and_covers_everything(arch):
-    root = arch["root"]
-    res = subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=root, capture_output=True, text=True)
-    assert res.returncode == 0, res.stdout + res.stderr
-    listed = {line.split("  ", 1)[1] for line in (root / "SHA256SUMS").read_text().splitlines()}
-    expect = {"manifest.parquet", "archive.json"}
-    expect |= {f"shards/shard-{i:05d}.{f}" for i in range(3) for f in ("h5", "parquet")}
-    expect |= {f"latents/shard-{i:05d}.parquet" for i in range(3)}
-    assert listed == expect
+def test_release_shards_are_byte_sized_and_pixel_identical_to_the_working_shards(arch):
+    release, work = arch["release"], arch["work"]
+    info = json.loads((release / "archive.json").read_text())
+    man = pd.read_parquet(release / "manifest.parquet")
+    assert info["n_shards"] == len(info["shards"]) > 1  # SHARD_MB splits ~20 samples into several shards
+    counts = [sh["count"] for sh in info["shards"]]
+    assert sum(counts) == len(man) and max(counts) - min(counts) <= 1
+    for _, row in man.iterrows():
+        with h5py.File(work / f"shards/shard-{int(row['render_shard']):05d}.h5", "r") as f:
+            src = f["images"][int(row["render_index"])]
+        src_png = pq.read_table(work / f"shards/shard-{int(row['render_shard']):05d}.parquet", filters=[("index", "==", int(row["render_index"]))]
+                                ).column("image")[0]["bytes"].as_py()
+        with h5py.File(release / row["h5_path"], "r") as f:
+            np.testing.assert_array_equal(f["images"][int(row["index"])], src)
+            assert f["sample_id"][int(row["index"])].decode() == row["sample_id"]
+        rel = pq.read_table(release / row["parquet_path"], filters=[("index", "==", int(row["index"]))])
+        assert rel.column("image")[0]["bytes"].as_py() == src_png  # PNG bytes copied, not re-encoded
+        assert rel.column("sample_id")[0].as_py() == row["sample_id"]
 
 
-def test_manifest_bytes_stable_across_finalize_runs(arch, tmp_path):
+def test_release_rebuild_gives_the_same_data_bytes(arch, tmp_path):
     copy = tmp_path / "demo"
     shutil.copytree(arch["root"], copy)
-    finalize_archive(copy, arch["cfg"], sorted((copy / "latents").glob("*.parquet")), arch["gen"], None, arch["mem"])
-    assert sha256_file(copy / "manifest.parquet") == sha256_file(arch["root"] / "manifest.parquet")
+    finalize_archive(copy / "work", copy / "release", arch["cfg"], sorted((copy / "work/latents").glob("*.parquet")), arch["gen"],
+                     arch["clf"], arch["mem"])
+    assert not (copy / "release/SHA256SUMS").exists() and not (copy / "release/README.md").exists()  # a rebuild is unsealed
+    for rel in ("manifest.parquet", "latents.parquet", "h5/shard-00000.h5", "parquet/shard-00001.parquet"):
+        assert sha256_file(copy / "release" / rel) == sha256_file(arch["release"] / rel), rel
 
 
 def test_finalize_errors_name_the_problem(arch, tmp_path):
     copy = tmp_path / "demo"
     shutil.copytree(arch["root"], copy)
-    lats = sorted((copy / "latents").glob("*.parquet"))
+    work, release = copy / "work", copy / "release"
+    lats = sorted((work / "latents").glob("*.parquet"))
     partial = tmp_path / "mem.parquet"
     pd.read_parquet(arch["mem"]).iloc[:5].to_parquet(partial)
     with pytest.raises(ValueError, match="successful sample\\(s\\) were not audited"):
-        finalize_archive(copy, arch["cfg"], lats, arch["gen"], None, partial)
+        finalize_archive(work, release, arch["cfg"], lats, arch["gen"], None, partial)
     other = tmp_path / "other.pt"
     save_generator(other, make_generator(seed=1), {})
     with pytest.raises(ValueError, match="rendered by a different generator"):
-        finalize_archive(copy, arch["cfg"], lats, other)
-    with h5py.File(copy / "shards/shard-00002.h5", "r+") as f:
+        finalize_archive(work, release, arch["cfg"], lats, other)
+    with h5py.File(work / "shards/shard-00002.h5", "r+") as f:
         f["sample_id"][0] = "someone-else"
     with pytest.raises(ValueError, match="shard-00002.h5: sample ids differ"):
-        finalize_archive(copy, arch["cfg"], lats, arch["gen"])
-    (copy / "shards/shard-00001.parquet").unlink()
+        finalize_archive(work, release, arch["cfg"], lats, arch["gen"])
+    (work / "shards/shard-00001.parquet").unlink()
     with pytest.raises(FileNotFoundError, match="shard-00001.parquet missing"):
-        finalize_archive(copy, arch["cfg"], lats, arch["gen"])
+        finalize_archive(work, release, arch["cfg"], lats, arch["gen"])
 
 
-# ----------------------------------------------------------------------------------------- verify
-def test_verify_clean_archive(arch, capsys):
-    assert all(c.ok for c in verify_archive(arch["root"]))
-    assert cli_main(["verify", str(arch["root"])]) == 0
+def test_verify_clean_release(arch, capsys):
+    assert all(c.ok for c in verify_release(arch["release"]))
+    assert cli_main(["verify", "--jobs", "2", str(arch["release"])]) == 0
     out = capsys.readouterr().out
     assert not any(line.startswith("FAILED") for line in out.splitlines())
-    assert "OK     shards/shard-00002.parquet" in out and "0 FAILED" in out
-
-
-def test_verify_catches_flipped_byte(arch, tmp_path, capsys):
-    copy = tmp_path / "demo"
-    shutil.copytree(arch["root"], copy)
-    p = copy / "shards/shard-00001.h5"
-    data = bytearray(p.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    p.write_bytes(bytes(data))
-    (copy / "shards/.tmp-shard-00003-abc.h5").write_bytes(b"partial")
-    assert cli_main(["verify", str(copy)]) == 1
-    out = capsys.readouterr().out
-    assert "FAILED shards/shard-00001.h5: checksum mismatch" in out
-    assert "OK     shards/shard-00000.h5" in out
-    assert "WARN   shards/.tmp-shard-00003-abc.h5: temporary file of an interrupted writer" in out
-
-
-def test_verify_catches_truncated_shard_even_with_updated_sums(arch, tmp_path, capsys):
-    copy = tmp_path / "demo"
-    shutil.copytree(arch["root"], copy)
-    for rel in ("shards/shard-00000.parquet", "shards/shard-00002.h5"):
-        p = copy / rel
-        p.write_bytes(p.read_bytes()[: p.stat().st_size * 2 // 3])
-    # Re-sign the damaged files so only the structural checks can notice.
-    from synthcxr.archive.finalize import write_sums
-
-    listed = [line.split("  ", 1)[1] for line in (copy / "SHA256SUMS").read_text().splitlines()]
-    write_sums(copy, listed)
-    checks = {c.path: c for c in verify_archive(copy)}
-    assert not checks["shards/shard-00000.parquet"].ok
-    assert not checks["shards/shard-00002.h5"].ok
-    assert checks["shards/shard-00001.h5"].ok and checks["shards/shard-00001.parquet"].ok
-    assert cli_main(["verify", "-q", str(copy)]) == 1
-    assert "FAILED shards/shard-00002.h5" in capsys.readouterr().out
+    assert "OK     parquet/shard-00002.parquet" in out and "0 FAILED" in out
 
 
 # ----------------------------------------------------------------------------------------- regenerate
-def test_regenerate_is_byte_identical(arch):
-    man = pd.read_parquet(arch["root"] / "manifest.parquet")
-    for sid in man["sample_id"].iloc[[0, 6, -1]]:
-        r = regenerate_sample(arch["root"], sid, arch["G"])
-        assert r.released and r.matches == {"h5": True, "parquet": True}
+def test_regenerate_every_released_sample_is_byte_identical(arch):
+    man = pd.read_parquet(arch["release"] / "manifest.parquet")
+    for sid in man["sample_id"]:  # batch-mates that were withheld are absent from the release
+        r = regenerate_sample(arch["release"], sid, arch["G"])
+        assert r.matches == {"h5": True, "parquet": True}, sid
     withheld = sorted(set(arch["rows"]["sample_id"]) - set(man["sample_id"]))[0]
-    r = regenerate_sample(arch["root"], withheld, arch["G"])
-    assert not r.released and r.identical
+    with pytest.raises(KeyError, match="only released samples"):
+        regenerate_sample(arch["release"], withheld, arch["G"])
     # a different generator must be detected as different
-    assert not regenerate_sample(arch["root"], man["sample_id"].iloc[0], make_generator(seed=3)).identical
+    assert not regenerate_sample(arch["release"], man["sample_id"].iloc[0], make_generator(seed=3)).identical
 
 
 def test_regenerate_cli(arch, tmp_path, capsys):
-    sid = pd.read_parquet(arch["root"] / "manifest.parquet")["sample_id"].iloc[2]
+    man = pd.read_parquet(arch["release"] / "manifest.parquet")
+    row = man.iloc[2]
     out = tmp_path / "x.png"
-    rc = cli_main(["regenerate", str(arch["root"]), sid, "--generator", str(arch["gen"]), "--out", str(out), "--device", "cpu"])
+    rc = cli_main(["regenerate", str(arch["release"]), row["sample_id"], "--generator", str(arch["gen"]), "--out", str(out), "--device", "cpu"])
     text = capsys.readouterr().out
     assert rc == 0, text
     assert "h5: byte-identical" in text and "parquet: byte-identical" in text
-    assert out.read_bytes() == pq.read_table(arch["root"] / "shards" / f"shard-{int(sid[4:9]):05d}.parquet", filters=[("sample_id", "==", sid)]).column("image")[0]["bytes"].as_py()
+    stored = pq.read_table(arch["release"] / row["parquet_path"], filters=[("sample_id", "==", row["sample_id"])])
+    assert out.read_bytes() == stored.column("image")[0]["bytes"].as_py()
     other = tmp_path / "other.pt"
     save_generator(other, make_generator(seed=5), {})
-    assert cli_main(["regenerate", str(arch["root"]), sid, "--generator", str(other)]) == 1
-    assert "not the generator" in capsys.readouterr().err
-    assert cli_main(["regenerate", str(arch["root"]), "nope", "--generator", str(arch["gen"]), "--device", "cpu"]) == 1
+    assert cli_main(["regenerate", str(arch["release"]), row["sample_id"], "--generator", str(other)]) == 1
+    err = capsys.readouterr().err
+    assert "not the generator" in err and sha256_file(arch["gen"]) in err  # names the file it needs by hash
+    assert cli_main(["regenerate", str(arch["release"]), "nope", "--generator", str(arch["gen"]), "--device", "cpu"]) == 1
 
 
 # ----------------------------------------------------------------------------------------- crash safety
@@ -395,32 +337,35 @@ KILL_SCRIPT = textwrap.dedent(
 )
 
 
-def test_killed_writer_leaves_no_complete_looking_shard(arch, tmp_path):
+def test_killed_writer_leaves_no_complete_looking_shard_and_the_rerun_cleans_up(arch, tmp_path):
     out = tmp_path / "shards"
     h5p, pqp = out / "shard-00000.h5", out / "shard-00000.parquet"
     script = tmp_path / "kill.py"
     script.write_text(KILL_SCRIPT.format(labels=LABELS))
-    lp = arch["root"] / "latents/shard-00000.parquet"
+    lp = arch["work"] / "latents/shard-00000.parquet"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "SYNTHCXR_NO_PROGRESS": "1"}
-    proc = subprocess.run([sys.executable, str(script), str(arch["gen"]), str(lp), str(h5p), str(pqp)], env=env, capture_output=True)
+    proc = run_group([sys.executable, str(script), str(arch["gen"]), str(lp), str(h5p), str(pqp)], env=env, timeout=600, text=False)
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
     assert not h5p.exists() and not pqp.exists()
-    assert all(p.name.startswith(".tmp-") for p in out.iterdir())
+    left = sorted(p.name for p in out.iterdir())
+    assert len(left) == 2 and all(n.startswith(".tmp-shard-00000.") and n.endswith(".partial") for n in left), left
+    assert not list(out.glob("*.parquet")) and not list(out.glob("*.h5"))  # temp names never end in a real suffix
     # an exception (rather than a kill) cleans up its temporary files too
     broken = make_generator()
     broken.forward = lambda z: torch.zeros(len(z), 1, RES + 1, RES + 1)
     with pytest.raises(ValueError, match="expected"):
         sample_shard(lp, broken, {"h5": out / "b.h5", "parquet": out / "b.parquet"}, arch["cfg"], "0" * 64)
     assert not (out / "b.h5").exists() and not any(p.name.startswith(".tmp-b") for p in out.iterdir())
-    # rerunning produces the shard, identical to the one in the archive
+    # rerunning produces the shard, identical to the one in the archive, and removes the dead writer's files
     sample_shard(lp, arch["G"], {"h5": h5p, "parquet": pqp}, arch["cfg"], sha256_file(arch["gen"]))
-    assert sha256_file(pqp) == sha256_file(arch["root"] / "shards/shard-00000.parquet")
+    assert sha256_file(pqp) == sha256_file(arch["work"] / "shards/shard-00000.parquet")
+    assert sorted(p.name for p in out.iterdir()) == ["shard-00000.h5", "shard-00000.parquet"]
 
 
 # ----------------------------------------------------------------------------------------- consumer API
 def test_open_filter_read(arch):
-    a = open_archive(arch["root"])
-    man = pd.read_parquet(arch["root"] / "manifest.parquet")
+    a = open_archive(arch["release"])
+    man = pd.read_parquet(arch["release"] / "manifest.parquet")
     assert len(a) == len(man) and a.label_names == LABELS
     v = a.filter(require=["Effusion"], exclude=["Nodule"])
     ref = man[(man["Effusion"] == 1) & (man["Nodule"] == 0)]
@@ -428,15 +373,20 @@ def test_open_filter_read(arch):
     with pytest.raises(KeyError, match="unknown label"):
         a.filter(require=["Hernia"])
     sid = man["sample_id"].iloc[4]
-    with h5py.File(arch["root"] / man["h5_path"].iloc[4], "r") as f:
+    with h5py.File(arch["release"] / man["h5_path"].iloc[4], "r") as f:
         np.testing.assert_array_equal(a.read(sid), f["images"][int(man["index"].iloc[4])])
     flagged = pd.read_parquet(arch["mem"]).query("flagged")["sample_id"].iloc[0]
     with pytest.raises(KeyError, match="not among"):
         a.read(flagged)
+    batches = list(v.iter_batches(batch_size=2))
+    assert [i for ids, _ in batches for i in ids] == v.manifest.sort_values(["shard", "index"])["sample_id"].tolist()
+    for ids, imgs in batches:
+        for i, im in zip(ids, imgs):
+            np.testing.assert_array_equal(im, a.read(i))
 
 
 def test_torch_dataset_values_and_resize(arch):
-    a = open_archive(arch["root"])
+    a = open_archive(arch["release"])
     ds = a.torch_dataset()
     x, y = ds[3]
     row = a.manifest.iloc[3]
@@ -449,17 +399,18 @@ def test_torch_dataset_values_and_resize(arch):
     np.testing.assert_allclose(small[0].numpy(), ref, atol=1e-6)
 
 
-def test_parquet_only_archive_serves_same_pixels(arch, arch_pq):
-    a, b = open_archive(arch["root"]), open_archive(arch_pq["root"])
-    assert b.formats == ["parquet"] and not list((arch_pq["root"] / "shards").glob("*.h5"))
+def test_parquet_only_release_serves_same_pixels(arch, arch_pq):
+    a, b = open_archive(arch["release"]), open_archive(arch_pq["release"])
+    assert b.formats == ["parquet"] and not (arch_pq["release"] / "h5").exists()
     assert len(b) == int(arch_pq["rows"]["success"].sum())  # no gate: only failures withheld
-    for sid in b.manifest["sample_id"].iloc[[0, 7, -1]]:
-        np.testing.assert_array_equal(b.read(sid), a.read(sid) if sid in set(a.manifest["sample_id"]) else b.read(sid))
-    x, y = b.torch_dataset()[5]
+    common = sorted(set(a.manifest["sample_id"]) & set(b.manifest["sample_id"]))
+    assert len(common) > 5
+    for sid in common:  # same seed, same generator: the same pixels whichever format was read
+        np.testing.assert_array_equal(b.read(sid), a.read(sid))
+    x, _ = b.torch_dataset()[5]
     torch.testing.assert_close(x, uint8_to_float(b.read(b.manifest["sample_id"].iloc[5]))[None])
-    seen = [x for x, _ in b.iterable_dataset()]
-    assert len(seen) == len(b)
-    assert all(c.ok for c in verify_archive(arch_pq["root"]))
+    assert len([x for x, _ in b.iterable_dataset()]) == len(b)
+    assert all(c.ok for c in verify_release(arch_pq["release"]))
 
 
 def _loader_images(ds, workers: int) -> list[bytes]:
@@ -468,7 +419,7 @@ def _loader_images(ds, workers: int) -> list[bytes]:
 
 
 def test_iterable_dataset_two_workers_each_sample_once(arch):
-    a = open_archive(arch["root"])
+    a = open_archive(arch["release"])
     expect = sorted(a.read(s).tobytes() for s in a.manifest["sample_id"])
     assert len(set(expect)) == len(expect)  # images are distinct, so they identify samples
     got = _loader_images(a.iterable_dataset(), workers=2)
@@ -481,18 +432,24 @@ def test_iterable_dataset_two_workers_each_sample_once(arch):
     for e in range(6):
         ds.set_epoch(e)
         orders.add(tuple(ds.shard_order()))
-    assert len(orders) > 1 and all(sorted(o) == [0, 1, 2] for o in orders)
+    n = a.info["n_shards"]
+    assert len(orders) > 1 and all(sorted(o) == list(range(n)) for o in orders)
 
 
 # ----------------------------------------------------------------------------------------- card
+def _info(arch) -> dict:
+    return json.loads((arch["release"] / "archive.json").read_text())
+
+
 def test_dataset_card(arch, tmp_path):
     fid = tmp_path / "fid.json"
     fid.write_text(json.dumps({"fid": {"value": 12.3456, "ci": [10.0, 14.5]}, "kid": 0.0123, "note": "text"}))
     tstr = tmp_path / "tstr.json"
     tstr.write_text(json.dumps({"synthetic": {"macro_auroc": 0.8123}, "real": {"macro_auroc": 0.9001}}))
-    card = write_card(arch["root"] / "archive.json", tmp_path / "DATASET_CARD.md", fid, tstr, arch["mem"])
-    assert (tmp_path / "DATASET_CARD.md").read_text() == card
-    head = "\n".join(card.splitlines()[:6])
+    card = render_card(_info(arch), fid, tstr, arch["mem"])
+    assert card.startswith("---\n")
+    body = card.split("\n---\n", 1)[1]
+    head = "\n".join(body.splitlines()[:6])
     assert "**Every image in this archive is synthetic.**" in head
     c = arch["info"]["counts"]
     assert f"| released (in manifest) | {c['n_released']} |" in card
@@ -501,8 +458,24 @@ def test_dataset_card(arch, tmp_path):
     assert "| synthetic.macro_auroc | 0.8123 |" in card and "3 flagged" in card
     assert sha256_file(arch["gen"]) in card
     assert "Label reliability" not in card
-    bare = write_card(arch["root"] / "archive.json", tmp_path / "c2.md", tmp_path / "missing.json")
-    assert "No validation results were available" in bare
+    assert "No validation results were available" in render_card(_info(arch))
+    # the sealed release's README.md is this card (with what seal_release was given)
+    assert (arch["release"] / "README.md").read_text() == render_card(_info(arch), memorization=arch["mem"])
+
+
+def test_card_front_matter_is_generated_from_the_release(arch):
+    import yaml
+
+    card = (arch["release"] / "README.md").read_text()
+    meta = yaml.safe_load(card.split("---\n")[1])
+    info = _info(arch)
+    assert meta["configs"] == [{"config_name": "default", "data_files": [{"split": "train", "path": "parquet/*.parquet"}]}]
+    names = [f["name"] for f in meta["dataset_info"]["features"]]
+    assert names[:2] == ["sample_id", "image"] and set(LABELS) <= set(names) and {f"prob_{n}" for n in LABELS} <= set(names)
+    split = meta["dataset_info"]["splits"][0]
+    assert split["num_examples"] == info["counts"]["n_released"]
+    assert split["num_bytes"] == sum((arch["release"] / sh["files"]["parquet"]).stat().st_size for sh in info["shards"])
+    assert meta["license"] == "other" and meta["size_categories"] == ["n<1K"]
 
 
 def test_dataset_card_label_reliability(arch, tmp_path):
@@ -519,7 +492,7 @@ def test_dataset_card_label_reliability(arch, tmp_path):
                        "real_test_n_pos": 18, "real_test_tpr": 0.9444},
         },
     }))
-    card = write_card(arch["root"] / "archive.json", tmp_path / "card.md", lco_agreement=agree)
+    card = render_card(_info(arch), lco_agreement=agree)
     assert "### Label reliability (independent checker classifier)" in card
     assert "agreed with the whole target on 97.1% of the 1024 samples" in card and "real test scans is 96.6%" in card
     assert "| Effusion | 100 | 93.0% | 100.0% (44) | 10.2% |" in card
@@ -530,5 +503,4 @@ def test_dataset_card_label_reliability(arch, tmp_path):
     blind = [line for line in card.splitlines() if line.startswith("The checker also misses")]
     assert len(blind) == 1 and blind[0].startswith("The checker also misses Pneumothorax on more than 20%")
     agree.write_text("{not json")
-    broken = write_card(arch["root"] / "archive.json", tmp_path / "card2.md", lco_agreement=agree)
-    assert "lco_agreement.json could not be read" in broken
+    assert "lco_agreement.json could not be read" in render_card(_info(arch), lco_agreement=agree)

@@ -1,4 +1,4 @@
-"""The sample / finalize_archive / dataset_card rules run through Snakemake on a tiny fake archive.
+"""The sample / finalize_archive / release rules run through Snakemake on a tiny fake archive.
 
 Everything upstream (generator, classifier, latents, validation outputs) is faked on disk in the
 stage contracts, so only this stage's rules and scripts execute.
@@ -17,10 +17,11 @@ import pandas as pd
 import pytest
 import torch
 
-from synthcxr.archive.verify import verify_archive
+from synthcxr.archive.verify import verify_release
 from synthcxr.lco.latents import write_latents
 from synthcxr.pggan import Generator
 from synthcxr.pggan.checkpoint import save_generator
+from dag import run_group
 
 REPO = Path(__file__).resolve().parents[2]
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
@@ -43,7 +44,7 @@ def _fake_upstream(root: Path) -> list[str]:
         df["steps"], df["g_evals"], df["success"] = 3, 3, [True] * (n - 1) + [False]
         df["reason"] = [""] * (n - 1) + ["target not met"]
         df["z"] = list(rng.standard_normal((n, 8)).astype(np.float32))
-        write_latents(df, LABELS, root / f"results/archive/demo/latents/shard-{shard:05d}.parquet")
+        write_latents(df, LABELS, root / f"results/archive/demo/work/latents/shard-{shard:05d}.parquet")
         ids += list(df["sample_id"])
     val = root / "results/validate/demo"
     val.mkdir(parents=True)
@@ -59,7 +60,7 @@ def _fake_upstream(root: Path) -> list[str]:
 
 def _snakemake(root: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "SYNTHCXR_NO_PROGRESS": "1"}
-    return subprocess.run([str(SNAKEMAKE), "-c1", "--configfile", "over.yaml", *args], cwd=root, env=env, capture_output=True, text=True)
+    return run_group([str(SNAKEMAKE), "-c1", "--configfile", "over.yaml", *args], cwd=root, env=env, timeout=900)
 
 
 @pytest.mark.skipif(not SNAKEMAKE.exists(), reason="snakemake not installed in this environment")
@@ -69,26 +70,40 @@ def test_rules_build_verify_and_rerun_only_missing_shard(tmp_path):
         f'configfile: "{REPO}/config/config.yaml"\n'
         f'include: "{REPO}/workflow/rules/common.smk"\n'
         f'include: "{REPO}/workflow/rules/sample.smk"\n'
-        'rule all:\n    input: f"{ARCH}/manifest.parquet", f"{ARCH}/DATASET_CARD.md"\n'
+        'rule all:\n    input: f"{REL}/SHA256SUMS", f"{REL}/README.md"\n'
     )
     (root / "over.yaml").write_text("lco:\n  plan: {mode: match_real, n_samples: 12}\n  shard_size: 5\narchive: {name: demo, batch_size: 2}\n")
-    _fake_upstream(root)
+    ids = _fake_upstream(root)
     res = _snakemake(root)
     assert res.returncode == 0, res.stderr[-3000:]
     arch = root / "results/archive/demo"
-    assert all(c.ok for c in verify_archive(arch))
-    info = json.loads((arch / "archive.json").read_text())
+    rel = arch / "release"
+    assert all(c.ok for c in verify_release(rel))
+    info = json.loads((rel / "archive.json").read_text())
     assert info["counts"] == {**info["counts"], "n_requested": 12, "n_failed": 3, "n_flagged": 1, "n_released": 8}
-    assert info["batch_size"] == 2 and info["config"]["lco"]["shard_size"] == 5 and info["shard_size"] == 5
-    card = (arch / "DATASET_CARD.md").read_text()
+    assert info["render"]["batch_size"] == 2 and info["config"]["lco"]["shard_size"] == 5 and info["render"]["lco_shard_size"] == 5
+    assert sorted(pd.read_parquet(rel / "manifest.parquet")["sample_id"]) == sorted(
+        s for s in ids if s not in {"r0-1", "r0-4", "r1-4", "r2-1"})  # failed (last of each shard) and flagged withheld
+    card = (rel / "README.md").read_text()
     assert "Every image in this archive is synthetic" in card and "| fid.fid | 42.5 |" in card
     assert "| Effusion | 4 | 75.0% | n/a | 10.0% |" in card and "labelled Effusion." in card
     assert (root / "results/logs/archive-demo/sample/shard-00001.log").exists()
-    # as after a killed sampling run: one shard missing, archive not finalised -> only that shard is re-rendered
-    for name in ("shards/shard-00001.parquet", "manifest.parquet", "SHA256SUMS", "archive.json"):
-        (arch / name).unlink()
+    assert (root / "results/logs/archive-demo/release.log").exists()
+    # as after a killed sampling and finalising run: a working shard missing and the release cleared (finalize
+    # removes the old release first) -> only that shard is re-rendered, then the release rebuilt and sealed
+    (arch / "work/shards/shard-00001.parquet").unlink()
+    for name in ("SHA256SUMS", "README.md", "manifest.parquet", "archive.json", "latents.parquet"):
+        (rel / name).unlink()
     dry = _snakemake(root, "-n", "--quiet", "rules")
     assert dry.returncode == 0, dry.stderr[-3000:]
     table = dry.stdout + dry.stderr
     counts = {line.split()[0]: int(line.split()[1]) for line in table.splitlines() if len(line.split()) == 2 and line.split()[1].isdigit()}
-    assert counts.get("sample") == 1 and counts.get("finalize_archive") == 1, table
+    assert counts.get("sample") == 1 and counts.get("finalize_archive") == 1 and counts.get("release") == 1, table
+    res = _snakemake(root)
+    assert res.returncode == 0, res.stderr[-3000:]
+    # the release carries its own latents: losing working files (a failed `--forcerun lco` deletes the job's
+    # output) leaves a release that still verifies and regenerates, so "nothing to be done" is the truth
+    (arch / "work/latents/shard-00002.parquet").unlink()
+    dry = _snakemake(root, "-n")
+    assert dry.returncode == 0 and "Nothing to be done" in dry.stdout + dry.stderr
+    assert all(c.ok for c in verify_release(rel))

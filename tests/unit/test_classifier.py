@@ -333,21 +333,12 @@ def test_load_classifier_errors(tmp_path):
 
 
 def _archive_from_prepared(prepared: str, root, label_order: list[str]) -> None:
-    """An archive-shaped folder holding the prepared train split, labels stored in ``label_order``."""
-    import h5py
+    """A release holding the prepared train split, labels stored in ``label_order``."""
+    from archive_fixtures import write_release
 
     ds = PreparedDataset(prepared)
     rows = ds.split("train")
-    imgs = ds.read_images(32, rows["row"].to_numpy())
-    (root / "shards").mkdir(parents=True)
-    with h5py.File(root / "shards" / "shard-00000.h5", "w") as f:
-        f.create_dataset("images", data=imgs, chunks=(1, 32, 32))
-    man = pd.DataFrame({"sample_id": [f"s{i:04d}" for i in range(len(rows))], "shard": 0, "index": np.arange(len(rows)),
-                        "h5_path": "shards/shard-00000.h5"})
-    for n in label_order:
-        man[n] = rows[n].to_numpy().astype(np.int8)
-    man.to_parquet(root / "manifest.parquet", index=False)
-    (root / "archive.json").write_text(json.dumps({"label_names": label_order, "resolution": 32, "formats": ["h5"]}))
+    write_release(root, ds.read_images(32, rows["row"].to_numpy()), rows[label_order].to_numpy(), label_order)
 
 
 def test_train_on_archive_equals_training_on_the_same_real_images(tiny_prepared, tmp_path, trained):

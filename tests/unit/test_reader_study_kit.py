@@ -160,7 +160,7 @@ def test_archive_source_uses_archive_open(tmp_path, tiny_prepared, monkeypatch):
     opened = types.SimpleNamespace(manifest=pd.DataFrame({"sample_id": np.arange(12)}), read=lambda sid: arr[int(sid)])
     import synthcxr.archive as archive_pkg
 
-    monkeypatch.setattr(archive_pkg, "open", lambda path: opened, raising=False)
+    monkeypatch.setattr(archive_pkg, "open", lambda path, sealed=True: opened, raising=False)
     cfg = ReaderStudyConfig(n_real=4, n_fake=4, seed=0)
     key = build_study(tiny_prepared, arc_dir, tmp_path / "s" / "reader_kit", tmp_path / "s" / "key" / "key.csv", cfg)
     fake_rows = key[key.truth == "fake"]
@@ -191,19 +191,13 @@ def test_bad_inputs(tmp_path, tiny_prepared):
 
 
 def test_archive_source_reads_a_finalised_archive(tmp_path, tiny_prepared):
-    """Against the real ``synthcxr.archive.open`` on a minimal archive laid out as design.md describes."""
-    import h5py
+    """Against the real ``synthcxr.archive.open`` on a minimal release laid out as docs/archive-format.md describes."""
+    from archive_fixtures import write_release
 
-    root = tmp_path / "arch"
-    (root / "shards").mkdir(parents=True)
     arr = fakes(6)
-    with h5py.File(root / "shards" / "shard-00000.h5", "w") as f:
-        f.create_dataset("images", data=arr)
     names = ["Effusion", "No_Finding"]
-    man = pd.DataFrame({"sample_id": [f"s{i:03d}" for i in range(6)], "shard": 0, "index": np.arange(6),
-                        "h5_path": "shards/shard-00000.h5", "Effusion": 0.0, "No_Finding": 1.0})
-    man.to_parquet(root / "manifest.parquet", index=False)
-    (root / "archive.json").write_text(json.dumps({"label_names": names, "resolution": RES, "formats": ["h5"]}))
+    ids = [f"s{i:03d}" for i in range(6)]
+    root = write_release(tmp_path / "arch", arr, np.tile([0, 1], (6, 1)), names, ids, sealed=False)  # before the seal
     src = kitmod.archive_source(root)
-    assert src.ids == list(man["sample_id"])
+    assert src.ids == ids
     assert np.array_equal(src.read("s004"), arr[4])

@@ -9,9 +9,9 @@ import torch
 import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from archive_fixtures import write_release  # noqa: E402
 from conftest import write_prepared  # noqa: E402
 
-from synthcxr.archive.shard_h5 import H5ShardWriter  # noqa: E402
 from synthcxr.data.store import PreparedDataset  # noqa: E402
 from synthcxr.labels import PHANTOM_LABELS  # noqa: E402
 from synthcxr.metrics.features import classifier_extractor  # noqa: E402
@@ -51,10 +51,7 @@ def test_run_fid_writes_baseline_curve_and_orders_generators(tmp_path):
     n = 40
     noise = rng.integers(0, 256, (n, RES, RES), dtype=np.uint8)  # a poor "generator": far from real
     ids = [f"g{i:03d}" for i in range(n)]
-    with H5ShardWriter(arch / "shards" / "shard-00000.h5", n, RES, list(PHANTOM_LABELS)) as w:
-        L = len(PHANTOM_LABELS)
-        w.write(0, noise, np.zeros((n, L), np.uint8), np.zeros((n, L), np.float32), ids)
-    pd.DataFrame({"sample_id": ids[:-5]}).to_parquet(arch / "manifest.parquet")  # 5 samples excluded by the gate
+    write_release(arch, noise[:-5], np.zeros((n - 5, len(PHANTOM_LABELS))), list(PHANTOM_LABELS), ids[:-5], sealed=False)
 
     run_dir = tmp_path / "pggan"
     torch.manual_seed(0)

@@ -23,6 +23,10 @@ PREP = f"results/prepared/{DATASET}"
 PGGAN = f"results/pggan/{RUN}"
 CLF = "results/classifier"
 ARCH = f"results/archive/{ARCHIVE}"
+# The working area (every LCO latent and rendered sample, the operator's) and the release (only released
+# samples: what is handed to consumers). docs/archive-format.md is the release's contract.
+WORK = f"{ARCH}/work"
+REL = f"{ARCH}/release"
 VAL = f"results/validate/{ARCHIVE}"
 LOGS = "results/logs"
 # Logs are namespaced like the outputs they describe, so a second dataset, GAN run or archive keeps

@@ -25,14 +25,15 @@ rule lco:
         classifier=f"{CLF}/{config['classifier']['name']}/model.pt",
         thresholds=f"{CLF}/{config['classifier']['name']}/thresholds.json",
     output:
-        latents=f"{ARCH}/latents/shard-{{shard}}.parquet",
+        latents=f"{WORK}/latents/shard-{{shard}}.parquet",
     params:
         cfg=stage("lco"),
     log:
         f"{ALOGS}/lco/shard-{{shard}}.log",
     wildcard_constraints:
         shard=r"\d{5}",
-    threads: 2
+    # lco.threads, not the scheduler's --cores, sets the CPU thread count: a shard's bytes never depend on it.
+    threads: config["lco"]["threads"]
     conda:
         CONDA_ENV
     script:

@@ -4,7 +4,8 @@ rule reader_study:
     input:
         labels=f"{PREP}/labels.parquet",
         images=f"{PREP}/images.h5",
-        manifest=f"{ARCH}/manifest.parquet",
+        manifest=f"{REL}/manifest.parquet",
+        info=f"{REL}/archive.json",
     output:
         kit=directory(f"{VAL}/reader_kit"),
         key=f"{VAL}/answer_key/key.csv",

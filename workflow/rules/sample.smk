@@ -1,4 +1,6 @@
-# Mass sampling: render optimised latents into archive shards, then finalise and document the archive.
+# Mass sampling and the release: render optimised latents into working shards (work/shards/), build the
+# release from the samples that passed every gate (release/), and seal it with its card and checksums
+# once validation has read it.
 ARCHIVE_FORMATS = config["archive"]["formats"]
 MEMORIZATION_GATE = bool(config["validate"]["memorization"].get("gate", True))
 
@@ -8,17 +10,18 @@ wildcard_constraints:
 
 
 rule sample:
-    """Render one latents shard with the EMA generator into HDF5 and/or Parquet shard files."""
+    """Render one latents shard with the EMA generator into working HDF5 and/or Parquet shards."""
     input:
-        latents=f"{ARCH}/latents/shard-{{shard}}.parquet",
+        latents=f"{WORK}/latents/shard-{{shard}}.parquet",
         generator=f"{PGGAN}/generator.pt",
     output:
-        **{fmt: f"{ARCH}/shards/shard-{{shard}}.{fmt}" for fmt in ARCHIVE_FORMATS},
+        **{fmt: f"{WORK}/shards/shard-{{shard}}.{fmt}" for fmt in ARCHIVE_FORMATS},
     params:
         cfg=stage("archive"),
     log:
         f"{ALOGS}/sample/shard-{{shard}}.log",
-    threads: 2
+    # archive.threads, not the scheduler's --cores, sets the CPU thread count: rendered bytes never depend on it.
+    threads: config["archive"]["threads"]
     conda:
         CONDA_ENV
     script:
@@ -26,17 +29,20 @@ rule sample:
 
 
 rule finalize_archive:
-    """Manifest of released samples, archive.json (provenance, counts) and SHA256SUMS."""
+    """The release's data: only released samples, in byte-sized shards, with manifest, latents and archive.json.
+
+    The number of release shards depends on what passes the gates, so the shard files (release/h5/,
+    release/parquet/) are not declared: this job clears and rewrites them, and archive.json lists them."""
     input:
-        shards=expand(f"{ARCH}/shards/shard-{{shard}}.{{fmt}}", shard=SHARDS, fmt=ARCHIVE_FORMATS),
-        latents=expand(f"{ARCH}/latents/shard-{{shard}}.parquet", shard=SHARDS),
+        shards=expand(f"{WORK}/shards/shard-{{shard}}.{{fmt}}", shard=SHARDS, fmt=ARCHIVE_FORMATS),
+        latents=expand(f"{WORK}/latents/shard-{{shard}}.parquet", shard=SHARDS),
         generator=f"{PGGAN}/generator.pt",
         classifier=f"{CLF}/{config['classifier']['name']}/model.pt",
         memorization=[f"{VAL}/memorization.parquet"] if MEMORIZATION_GATE else [],
     output:
-        manifest=f"{ARCH}/manifest.parquet",
-        sums=f"{ARCH}/SHA256SUMS",
-        info=f"{ARCH}/archive.json",
+        manifest=f"{REL}/manifest.parquet",
+        latents=f"{REL}/latents.parquet",
+        info=f"{REL}/archive.json",
     params:
         cfg=stage("archive"),
         shard_size=config["lco"]["shard_size"],
@@ -48,19 +54,22 @@ rule finalize_archive:
         "../scripts/finalize_archive.py"
 
 
-rule dataset_card:
-    """DATASET_CARD.md from archive.json and the validation results."""
+rule release:
+    """Check the release against its manifest, write its dataset card (README.md) and SHA256SUMS last."""
     input:
-        info=f"{ARCH}/archive.json",
+        rules.finalize_archive.output,
+        info=f"{REL}/archive.json",
         fid=f"{VAL}/fid.json",
         tstr=f"{VAL}/tstr.json",
         memorization=f"{VAL}/memorization.parquet",
         lco_agreement=f"{VAL}/lco_agreement.json",
     output:
-        f"{ARCH}/DATASET_CARD.md",
+        card=f"{REL}/README.md",
+        sums=f"{REL}/SHA256SUMS",
     log:
-        f"{ALOGS}/dataset_card.log",
+        f"{ALOGS}/release.log",
+    threads: 2
     conda:
         CONDA_ENV
     script:
-        "../scripts/dataset_card.py"
+        "../scripts/release.py"

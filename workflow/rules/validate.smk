@@ -8,8 +8,8 @@ rule validate_memorization:
     """Nearest real training image of every rendered sample (features and pixels); runs before
     finalize_archive, which drops flagged samples when validate.memorization.gate is true."""
     input:
-        shards=expand(f"{ARCH}/shards/shard-{{shard}}.{{fmt}}", shard=SHARDS, fmt=VAL_FORMATS),
-        latents=expand(f"{ARCH}/latents/shard-{{shard}}.parquet", shard=SHARDS),
+        shards=expand(f"{WORK}/shards/shard-{{shard}}.{{fmt}}", shard=SHARDS, fmt=VAL_FORMATS),
+        latents=expand(f"{WORK}/latents/shard-{{shard}}.parquet", shard=SHARDS),
         images=f"{PREP}/images.h5",
         labels=f"{PREP}/labels.parquet",
         classifier=f"{VAL_CLASSIFIER}/model.pt",
@@ -29,9 +29,10 @@ rule validate_memorization:
 
 
 rule validate_fid:
-    """FID/KID/precision-recall of the finalised archive, real-vs-real baseline, FID over snapshots."""
+    """FID/KID/precision-recall of the release, real-vs-real baseline, FID over snapshots."""
     input:
-        manifest=f"{ARCH}/manifest.parquet",
+        manifest=f"{REL}/manifest.parquet",
+        info=f"{REL}/archive.json",
         images=f"{PREP}/images.h5",
         labels=f"{PREP}/labels.parquet",
         classifier=f"{VAL_CLASSIFIER}/model.pt",
@@ -42,7 +43,6 @@ rule validate_fid:
         png=report(f"{VAL}/fid_curve.png", caption="../report/fid.rst", category="Fidelity"),
     params:
         cfg=stage("validate", ["features", "inception_weights", "max_real", "kid_subsets", "kid_subset_size", "pr_k"]),
-        formats=VAL_FORMATS,
     log:
         f"{ALOGS}/validate_fid.log",
     threads: 2
@@ -53,9 +53,10 @@ rule validate_fid:
 
 
 rule validate_tstr:
-    """Train the classifier on the archive (same architecture and budget), test on real images."""
+    """Train the classifier on the release (same architecture and budget), test on real images."""
     input:
-        manifest=f"{ARCH}/manifest.parquet",
+        manifest=f"{REL}/manifest.parquet",
+        info=f"{REL}/archive.json",
         images=f"{PREP}/images.h5",
         labels=f"{PREP}/labels.parquet",
         real_model=f"{VAL_CLASSIFIER}/model.pt",
@@ -79,7 +80,8 @@ rule validate_tstr:
 rule validate_diversity:
     """Per-finding prevalence and co-occurrence, archive vs real train split; sample grids per label."""
     input:
-        manifest=f"{ARCH}/manifest.parquet",
+        manifest=f"{REL}/manifest.parquet",
+        info=f"{REL}/archive.json",
         images=f"{PREP}/images.h5",
         labels=f"{PREP}/labels.parquet",
     output:
@@ -100,7 +102,7 @@ rule validate_diversity:
 rule validate_lco:
     """Re-render every LCO latent and score it with the independently trained checker classifier."""
     input:
-        latents=expand(f"{ARCH}/latents/shard-{{shard}}.parquet", shard=SHARDS),
+        latents=expand(f"{WORK}/latents/shard-{{shard}}.parquet", shard=SHARDS),
         generator=f"{PGGAN}/generator.pt",
         checker=f"{CLF}/{config['classifier']['checker']['name']}/model.pt",
         thresholds=f"{CLF}/{config['classifier']['checker']['name']}/thresholds.json",

@@ -1,4 +1,4 @@
-"""Rule finalize_archive: manifest.parquet, archive.json and SHA256SUMS."""
+"""Rule finalize_archive: the release's shards, manifest.parquet, latents.parquet and archive.json."""
 
 from pathlib import Path
 
@@ -6,14 +6,16 @@ from synthcxr.archive.finalize import finalize_archive
 from synthcxr.archive.sample import ArchiveConfig
 from synthcxr.utils.runtime import setup_logging
 
-setup_logging(snakemake.log[0])
+sm = snakemake  # noqa: F821 (injected by Snakemake)
+setup_logging(sm.log[0])
 finalize_archive(
-    Path(snakemake.output.manifest).parent,
-    ArchiveConfig.from_section(snakemake.params.cfg),
-    list(snakemake.input.latents),
-    snakemake.input.generator,
-    classifier_path=snakemake.input.classifier,
-    memorization_path=snakemake.input.memorization[0] if snakemake.input.memorization else None,
-    full_config=snakemake.config,
-    shard_size=snakemake.params.shard_size,
+    Path(sm.input.latents[0]).parent.parent,
+    Path(sm.output.manifest).parent,
+    ArchiveConfig.from_section(sm.params.cfg),
+    list(sm.input.latents),
+    sm.input.generator,
+    classifier_path=sm.input.classifier,
+    memorization_path=sm.input.memorization[0] if sm.input.memorization else None,
+    full_config=sm.config,
+    shard_size=sm.params.shard_size,
 )

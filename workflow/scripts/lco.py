@@ -1,11 +1,8 @@
 """Rule lco: optimise the latents of one shard of the plan."""
 
-import torch
-
 from synthcxr.lco.run import run_shard
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
-torch.set_num_threads(max(1, int(sm.threads)))
 run_shard(
     sm.input.plan,
     int(sm.wildcards.shard),

@@ -14,6 +14,5 @@ run_fid(
     generator_path=sm.input.generator,
     classifier_path=sm.input.classifier,
     out_curve_json=sm.output.curve,
-    formats=tuple(sm.params.formats),
     log_file=sm.log[0],
 )

@@ -1,20 +1,23 @@
-"""Write ``DATASET_CARD.md``: what the archive is, how it was made, what it is for, and its numbers.
+"""The release's dataset card (``README.md``): what the archive is, how it was made, what it is for, its numbers.
 
-Validation outputs are optional inputs; whatever numeric keys fid.json / tstr.json hold are rendered
-generically, so the card keeps working as the validate stage adds metrics.
+The card opens with Hugging Face YAML front matter generated from archive.json (data files, features with
+every label column, split size, license), so ``datasets.load_dataset(RELEASE_DIR)`` reads the release
+with no arguments and no code of ours. Validation outputs are optional inputs; whatever numeric keys
+fid.json / tstr.json hold are rendered generically, so the card keeps working as the validate stage adds
+metrics.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import yaml
 
-from ..utils.atomic import write_text
+from .shard_parquet import hf_features
 
 
 def _flatten(obj: Any, prefix: str = "") -> list[tuple[str, float | str]]:
@@ -118,6 +121,41 @@ def _agreement_section(path: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _size_category(n: int) -> str:
+    """Hugging Face ``size_categories`` bucket of ``n`` examples."""
+    for bound, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"), (10_000_000, "1M<n<10M")):
+        if n < bound:
+            return name
+    return "10M<n<100M"
+
+
+def _hf_dtype(feature: Mapping[str, Any]) -> str:
+    return "image" if feature.get("_type") == "Image" else str(feature["dtype"])
+
+
+def front_matter(info: Mapping[str, Any]) -> dict[str, Any]:
+    """Hugging Face dataset-card metadata for a release: one ``train`` split, Parquet (else HDF5) shards."""
+    n = int(info["counts"]["n_released"])
+    cfg = info.get("config") or {}
+    license_id = str((cfg.get("archive") or {}).get("license", "other")) if isinstance(cfg, Mapping) else "other"
+    fmt = "parquet" if "parquet" in info["formats"] else "h5"
+    meta: dict[str, Any] = {
+        "pretty_name": f"synthcxr synthetic chest X-rays: {info['name']}",
+        "license": license_id,
+        "task_categories": ["image-classification"],
+        "tags": ["synthetic", "medical", "chest-x-ray", "multi-label"],
+        "size_categories": [_size_category(n)],
+        "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": f"{fmt}/*.{fmt}"}]}],
+    }
+    if fmt == "parquet":
+        feats = hf_features(info["label_names"])
+        meta["dataset_info"] = {
+            "features": [{"name": k, "dtype": _hf_dtype(v)} for k, v in feats.items()],
+            "splits": [{"name": "train", "num_bytes": sum(int((sh.get("bytes") or {}).get("parquet", 0)) for sh in info["shards"]), "num_examples": n}],
+        }
+    return meta
+
+
 def render_card(
     info: Mapping[str, Any],
     fid: Path | None = None,
@@ -131,7 +169,13 @@ def render_card(
     cfg = info.get("config") or {}
     lco = cfg.get("lco", {}) if isinstance(cfg, Mapping) else {}
     gate = "on" if info.get("memorization_gate") else "off"
+    render = info.get("render") or {}
+    fm = yaml.safe_dump(front_matter(info), sort_keys=False, default_flow_style=False)
     parts = [
+        "---",
+        fm.rstrip("\n"),
+        "---",
+        "",
         f"# Dataset card: synthetic chest X-ray archive `{info['name']}`",
         "",
         "> **Every image in this archive is synthetic.** No image shows a real patient; each was drawn by a",
@@ -141,8 +185,21 @@ def render_card(
         "",
         f"{c['n_released']} synthetic frontal chest X-rays at {info['resolution']} x {info['resolution']} px "
         f"(8-bit grayscale), each with a multi-label target over {len(info['label_names'])} findings: "
-        f"{', '.join(info['label_names'])}. Stored in {info['n_shards']} shard(s) as "
-        f"{' and '.join(info['formats'])} (`shards/`), listed in `manifest.parquet`, checksummed in `SHA256SUMS`.",
+        f"{', '.join(info['label_names'])}. Stored in {info['n_shards']} shard(s) per format "
+        f"({', '.join(f'`{f}/`' for f in info['formats'])}), listed in `manifest.parquet`, checksummed in `SHA256SUMS`. "
+        "The shards hold exactly the samples of the manifest, nothing withheld.",
+        "",
+        "## How to read it",
+        "",
+        "```python",
+        "import datasets; ds = datasets.load_dataset(\"path/to/release\", split=\"train\")   # Parquet shards",
+        "import pandas as pd; df = pd.read_parquet(\"path/to/release/manifest.parquet\")    # one row per sample",
+        "import synthcxr.archive; arc = synthcxr.archive.open(\"path/to/release\")          # checked reader",
+        "```",
+        "",
+        "HDF5 shards (`h5/`): `/images` uint8 `[n, R, R]`, `/labels` uint8 `[n, L]`, `/probs` float32 `[n, L]`, "
+        "`/sample_id`; row `index` of shard `shard` in the manifest. `synthcxr verify path/to/release` checks every "
+        "checksum, pixel, label, id and attribute against the manifest.",
         "",
         "## How it was made",
         "",
@@ -154,8 +211,9 @@ def render_card(
         + (f"; {lco.get('steps')} steps, lr {lco.get('lr')}, prior weight {lco.get('prior_weight')}" if lco else "")
         + "). The label of an image is the target of that optimisation, confirmed by the classifier's "
         "probabilities (`prob_<label>` columns), not a radiologist's reading.",
-        f"3. Images were rendered in fixed micro-batches of {info['batch_size']}; any sample can be recreated "
-        "byte-identically with `synthcxr regenerate ARCHIVE SAMPLE_ID` from `latents/` and the generator.",
+        f"3. Images were rendered in fixed micro-batches of {render.get('batch_size')}; any sample can be recreated "
+        "byte-identically with `synthcxr regenerate RELEASE SAMPLE_ID --generator generator.pt` from `latents.parquet` "
+        "and the generator file whose sha256 is given above.",
         "",
         "## Counts",
         "",
@@ -166,8 +224,8 @@ def render_card(
         f"| withheld: label optimisation failed | {c['n_failed']} |",
         f"| withheld: flagged by memorisation audit (gate {gate}) | {c['n_flagged']} |",
         "",
-        "Withheld samples stay in the shard files (indices stay stable) but are not in the manifest, and the "
-        "`synthcxr.archive.open` API never serves them.",
+        "Withheld samples are not in this release: not in its shards, its manifest or its latents. They stay in "
+        "the producing site's working area.",
         "",
         "| finding | released samples with it |",
         "|---|---|",
@@ -209,28 +267,9 @@ def render_card(
         "## Provenance",
         "",
         f"- package version {info.get('package_version')}, archive format {info.get('format_version')}, created {info.get('created')}",
-        f"- generator: `{gen.get('path')}`",
-        f"- classifier: `{clf.get('path')}`",
+        f"- generator: `{gen.get('file')}` sha256 `{gen.get('sha256')}`",
+        f"- steering classifier: `{clf.get('file')}` sha256 `{clf.get('sha256')}`",
         "- full configuration: `archive.json` (key `config`)",
         "",
     ]
     return "\n".join(parts)
-
-
-def write_card(
-    archive_json: str | os.PathLike,
-    out: str | os.PathLike,
-    fid: str | os.PathLike | None = None,
-    tstr: str | os.PathLike | None = None,
-    memorization: str | os.PathLike | None = None,
-    lco_agreement: str | os.PathLike | None = None,
-) -> str:
-    """Write DATASET_CARD.md from archive.json and whichever validation files exist; returns the text."""
-    p = Path(archive_json)
-    if not p.exists():
-        raise FileNotFoundError(f"{p} missing: run snakemake finalize_archive first")
-    info = json.loads(p.read_text())
-    opt = lambda q: Path(q) if q is not None and Path(q).exists() else None  # noqa: E731
-    text = render_card(info, opt(fid), opt(tstr), opt(memorization), opt(lco_agreement))
-    write_text(out, text)
-    return text

@@ -49,7 +49,13 @@ class ArchiveIterableDataset(IterableDataset):
         self.shuffle_shards = shuffle_shards
         self.seed = seed
         self.epoch = 0
-        self.shards = sorted(int(s) for s in archive.manifest["shard"].unique())
+        # one manifest scan, here: each shard's (index order) positions and labels
+        names = archive.label_names
+        self._rows: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        for shard, rows in archive.manifest.groupby("shard", sort=True):
+            rows = rows.sort_values("index")
+            self._rows[int(shard)] = (rows["index"].to_numpy(np.int64), rows[names].to_numpy(np.float32))
+        self.shards = sorted(self._rows)
 
     def set_epoch(self, epoch: int) -> None:
         """Vary the shard order between epochs (same order in every worker, so the split stays disjoint)."""
@@ -69,11 +75,9 @@ class ArchiveIterableDataset(IterableDataset):
         order = self.shard_order()
         if info is not None:
             order = order[info.id :: info.num_workers]
-        m = self.archive.manifest
-        names = self.archive.label_names
         for shard in order:
-            rows = m[m["shard"] == shard].sort_values("index")
-            labels = torch.from_numpy(np.array(rows[names].to_numpy(dtype=np.float32), copy=True))
-            pos = {int(ix): k for k, ix in enumerate(rows["index"])}
+            index, labels = self._rows[shard]
+            pos = {int(ix): k for k, ix in enumerate(index)}
+            lab = torch.from_numpy(np.array(labels, copy=True))
             for ix, img in self.archive.shard_images(shard).iter_rows(pos.keys()):
-                yield _to_tensor(img, self.res), labels[pos[ix]]
+                yield _to_tensor(img, self.res), lab[pos[ix]]

@@ -1,7 +1,10 @@
-"""Where things live inside an archive folder and the constants every reader and writer agrees on.
+"""Where things live in an archive's working area and in its release, and the constants every reader
+and writer agrees on.
 
-Keeping the layout in one place means the writer, ``verify``, ``regenerate`` and the consumer API can
-never drift apart about file names or format versions.
+An archive folder ``results/archive/{name}/`` holds the plan, a working area ``work/`` (every LCO
+latent and every rendered sample, released or not: the operator's) and the release ``release/`` (only
+released samples: what is handed to consumers). Keeping both layouts in one place means the writers,
+``verify``, ``regenerate`` and the consumer API can never drift apart about file names or versions.
 """
 
 from __future__ import annotations
@@ -10,8 +13,9 @@ import os
 import re
 from pathlib import Path
 
-#: Bumped whenever the on-disk layout of a shard or the manifest changes incompatibly.
-FORMAT_VERSION = 1
+#: Bumped whenever the on-disk layout of a release (shards, manifest, archive.json) changes
+#: incompatibly. 2: the release holds only released samples, in per-format folders.
+FORMAT_VERSION = 2
 #: zlib level for PNG bytes in Parquet shards. Fixed: regeneration compares PNG bytes exactly.
 PNG_COMPRESS_LEVEL = 6
 #: Formats a shard can be written in, mapped to their file extension.
@@ -19,10 +23,20 @@ FORMATS = {"h5": "h5", "parquet": "parquet"}
 #: Schema-metadata key under which Parquet shards carry the same attributes as HDF5 shards.
 PARQUET_META_KEY = b"synthcxr"
 
+# -- the release (results/archive/{name}/release/) -------------------------------------------------
 MANIFEST = "manifest.parquet"
 SUMS = "SHA256SUMS"
 ARCHIVE_JSON = "archive.json"
-CARD = "DATASET_CARD.md"
+#: The dataset card; README.md with YAML front matter is what ``datasets.load_dataset`` reads.
+CARD = "README.md"
+#: Latent of every released sample and where it was rendered, for ``synthcxr regenerate``.
+RELEASE_LATENTS = "latents.parquet"
+#: Files the release holds besides its shards.
+RELEASE_FILES = (MANIFEST, ARCHIVE_JSON, RELEASE_LATENTS, CARD, SUMS)
+
+# -- the working area (results/archive/{name}/work/) -----------------------------------------------
+WORK = "work"
+RELEASE = "release"
 
 _SHARD_RE = re.compile(r"shard-(\d+)\.(parquet|h5)$")
 
@@ -34,13 +48,18 @@ def shard_name(shard: int, fmt: str) -> str:
     return f"shard-{shard:05d}.{FORMATS[fmt]}"
 
 
-def shard_relpath(shard: int, fmt: str) -> str:
-    """Path of a rendered shard relative to the archive folder."""
+def release_shard_relpath(shard: int, fmt: str) -> str:
+    """Path of a release shard relative to the release folder: one folder per format."""
+    return f"{fmt}/{shard_name(shard, fmt)}"
+
+
+def work_shard_relpath(shard: int, fmt: str) -> str:
+    """Path of a rendered (working) shard relative to the working area."""
     return f"shards/{shard_name(shard, fmt)}"
 
 
 def latents_relpath(shard: int) -> str:
-    """Path of a shard's optimised latents (written by the lco stage) relative to the archive folder."""
+    """Path of a shard's optimised latents (written by the lco stage) relative to the working area."""
     return f"latents/shard-{shard:05d}.parquet"
 
 

@@ -1,15 +1,16 @@
-"""Consumer API: ``synthcxr.archive.open(path)`` -> :class:`Archive`, a view over released samples.
+"""Consumer API: ``synthcxr.archive.open(RELEASE)`` -> :class:`Archive`, a view over the released samples.
 
-Everything goes through ``manifest.parquet``, so samples withheld at finalisation (failed label
-optimisation, flagged by the memorisation audit) are never served although they stay in the shards.
-Images come from HDF5 shards when present (cheap random access) and from Parquet PNGs otherwise.
+A release holds only released samples; the reader still goes through ``manifest.parquet`` and checks each
+shard it opens against it (attributes and sample ids, :mod:`.contract`), so a swapped, foreign or stale
+shard raises instead of streaming wrong pixels. Only a sealed release (with SHA256SUMS) opens; the
+validation rules, which run between finalising and sealing, pass ``sealed=False``. Images come from
+HDF5 shards when present (cheap random access) and from Parquet PNGs otherwise.
 """
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,15 +19,21 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from .layout import ARCHIVE_JSON, MANIFEST
+from .contract import check_identity
+from .layout import SUMS
 from .shard_parquet import decode_png
+from .verify import read_info, read_manifest
 
 
 class ShardImages:
-    """Lazy, fork-safe access to the images of one shard file (HDF5 or Parquet)."""
+    """Lazy, fork-safe access to the images of one shard file (HDF5 or Parquet).
 
-    def __init__(self, path: Path, fmt: str):
-        self.path, self.fmt = path, fmt
+    With ``expect = (info, entry, ids)`` the shard is checked against archive.json's entry for it and the
+    manifest's ids the first time each process opens it.
+    """
+
+    def __init__(self, path: Path, fmt: str, expect: tuple[Mapping[str, Any], Mapping[str, Any], Sequence[str]] | None = None):
+        self.path, self.fmt, self.expect = path, fmt, expect
         self._pid: int | None = None
         self._h5: h5py.File | None = None
         self._pf: pq.ParquetFile | None = None
@@ -34,16 +41,18 @@ class ShardImages:
         self._cache: tuple[int, list] | None = None  # (row group, PNG bytes)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"path": self.path, "fmt": self.fmt}
+        return {"path": self.path, "fmt": self.fmt, "expect": self.expect}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["path"], state["fmt"])
+        self.__init__(state["path"], state["fmt"], state.get("expect"))
 
     def _open(self) -> None:
         if self._pid == os.getpid():
             return
         if not self.path.exists():
-            raise FileNotFoundError(f"{self.path} missing: the archive is incomplete; run 'synthcxr verify' on it")
+            raise FileNotFoundError(f"{self.path} missing: the release is incomplete; run 'synthcxr verify' on it")
+        if self.expect is not None:
+            check_identity(self.path, self.fmt, *self.expect)
         self._h5 = self._pf = None
         if self.fmt == "h5":
             self._h5 = h5py.File(self.path, "r")
@@ -94,9 +103,9 @@ class ShardImages:
 
 
 class Archive:
-    """A (possibly filtered) view of a finalised archive folder."""
+    """A (possibly filtered) view of a release folder."""
 
-    def __init__(self, root: str | os.PathLike, manifest: pd.DataFrame, info: dict[str, Any]):
+    def __init__(self, root: str | os.PathLike, manifest: pd.DataFrame, info: dict[str, Any], full: pd.DataFrame | None = None):
         self.root = Path(root)
         self.manifest = manifest.reset_index(drop=True)
         self.info = info
@@ -104,6 +113,8 @@ class Archive:
         self.resolution: int = int(info["resolution"])
         self.formats: list[str] = list(info["formats"])
         self.image_format = "h5" if "h5" in self.formats else "parquet"
+        self._full = self.manifest if full is None else full  # every released sample: what each shard must hold
+        self._entries = {int(sh["shard"]): sh for sh in info["shards"]}
         self._shards: dict[int, ShardImages] = {}
         self._by_id: dict[str, int] | None = None
 
@@ -128,14 +139,17 @@ class Archive:
             keep &= self.manifest[n].to_numpy() == 1
         for n in exclude:
             keep &= self.manifest[n].to_numpy() == 0
-        return Archive(self.root, self.manifest[keep], self.info)
+        return Archive(self.root, self.manifest[keep], self.info, self._full)
 
     def shard_images(self, shard: int) -> ShardImages:
-        """Image access for one shard (cached; safe across DataLoader worker forks)."""
+        """Image access for one shard, checked against the manifest (cached; safe across DataLoader worker forks)."""
         if shard not in self._shards:
-            rows = self.manifest.loc[self.manifest["shard"] == shard, f"{self.image_format}_path"]
-            rel = rows.iloc[0] if len(rows) else f"shards/shard-{shard:05d}.{self.image_format}"
-            self._shards[shard] = ShardImages(self.root / rel, self.image_format)
+            entry = self._entries.get(int(shard))
+            if entry is None:
+                raise KeyError(f"{self.root}: archive.json lists no shard {shard}")
+            rows = self._full[self._full["shard"] == shard].sort_values("index")
+            expect = (self.info, entry, rows["sample_id"].astype(str).tolist())
+            self._shards[shard] = ShardImages(self.root / entry["files"][self.image_format], self.image_format, expect)
         return self._shards[shard]
 
     def read(self, sample_id: str) -> np.ndarray:
@@ -146,6 +160,22 @@ class Archive:
             raise KeyError(f"sample {sample_id!r} is not among the {len(self)} released samples of this view")
         row = self.manifest.iloc[self._by_id[sample_id]]
         return self.shard_images(int(row["shard"])).get(int(row["index"]))
+
+    def iter_batches(self, batch_size: int = 256) -> Iterator[tuple[list[str], np.ndarray]]:
+        """``(sample_ids, uint8 [b, R, R])`` over this view, shard by shard; memory bounded by one batch."""
+        for shard, rows in self.manifest.groupby("shard", sort=True):
+            rows = rows.sort_values("index")
+            id_of = dict(zip(rows["index"].astype(int), rows["sample_id"].astype(str)))
+            ids: list[str] = []
+            imgs: list[np.ndarray] = []
+            for ix, img in self.shard_images(int(shard)).iter_rows(id_of.keys(), block=batch_size):
+                ids.append(id_of[ix])
+                imgs.append(img)
+                if len(ids) == batch_size:
+                    yield ids, np.stack(imgs)
+                    ids, imgs = [], []
+            if ids:
+                yield ids, np.stack(imgs)
 
     def torch_dataset(self, res: int | None = None):
         """Map-style dataset yielding ``(float [1, res, res] in [-1, 1], float32 labels [L])``."""
@@ -164,16 +194,16 @@ class Archive:
             s.close()
 
 
-def open_archive(path: str | os.PathLike) -> Archive:
-    """Open a finalised archive folder (``manifest.parquet`` + ``archive.json`` + shards)."""
+def open_archive(path: str | os.PathLike, sealed: bool = True) -> Archive:
+    """Open a release folder (``manifest.parquet`` + ``archive.json`` + shards, sealed by ``SHA256SUMS``).
+
+    ``sealed=False`` opens a finalised release before the ``release`` rule sealed it (the validation rules).
+    """
     root = Path(path)
-    for name in (MANIFEST, ARCHIVE_JSON):
-        if not (root / name).exists():
-            raise FileNotFoundError(f"{root / name} missing: not a finalised archive (run snakemake finalize_archive)")
-    with open(root / ARCHIVE_JSON) as fh:
-        info = json.load(fh)
-    manifest = pd.read_parquet(root / MANIFEST)
-    missing = [c for c in ("sample_id", "shard", "index", *info["label_names"]) if c not in manifest.columns]
-    if missing:
-        raise ValueError(f"{root / MANIFEST}: missing column(s) {missing}")
-    return Archive(root, manifest, info)
+    info = read_info(root)
+    if sealed and not (root / SUMS).exists():
+        raise FileNotFoundError(
+            f"{root / SUMS} missing: the release is not sealed (half-finalised, or its validation has not finished); "
+            "run snakemake to completion, then 'synthcxr verify'"
+        )
+    return Archive(root, read_manifest(root, info), info)

@@ -1,14 +1,17 @@
-"""``synthcxr regenerate PATH SAMPLE_ID``: re-render one sample from its latent and the generator.
+"""``synthcxr regenerate RELEASE SAMPLE_ID --generator G.pt``: re-render one released sample and compare.
 
-The archive keeps the optimised latents (``latents/``) and the render micro-batch size, so the
-sample's whole micro-batch is re-rendered exactly as the sample rule grouped it (see render.py) and
-the result is compared with the stored HDF5 pixels and Parquet PNG bytes.
+Everything needed is in the release and the generator file whose sha256 archive.json records: the
+sample's latent (``latents.parquet``), where it was rendered (``render_shard``, ``render_index``) and the
+render micro-batch size and thread count. A backend may pick its kernels by batch shape, so the sample is
+re-rendered at its own position inside a micro-batch of the original size (see render.py). Batch-mates
+that were not released are not in the release; their slots are filled with zeros. The generator has no
+operation that mixes samples of a batch (pixel norm and convolutions act per sample), so a sample's
+output depends on its position and the batch shape, not on its batch-mates' values; the tests check this.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -18,16 +21,18 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pandas as pd
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 from torch import nn
 
-from ..lco.latents import read_latents
 from ..utils.atomic import write_bytes
 from ..utils.hashing import sha256_file
-from .layout import ARCHIVE_JSON, MANIFEST, latents_relpath, shard_relpath
-from .render import render_one
+from ..utils.runtime import fixed_threads
+from .layout import MANIFEST, RELEASE_LATENTS
+from .render import render_batch
 from .shard_parquet import encode_png
+from .verify import read_info
 
 log = logging.getLogger("synthcxr")
 
@@ -41,7 +46,6 @@ class Regenerated:
     index: int
     image: np.ndarray
     png: bytes
-    released: bool
     matches: dict[str, bool] = field(default_factory=dict)
 
     @property
@@ -49,71 +53,89 @@ class Regenerated:
         return bool(self.matches) and all(self.matches.values())
 
 
-def locate(root: Path, sample_id: str, info: dict) -> tuple[int, int, bool]:
-    """``(shard, index, released)`` of a sample: the manifest first, then the latents of withheld ones."""
-    man = pd.read_parquet(root / MANIFEST, columns=["sample_id", "shard", "index"])
-    hit = man[man["sample_id"] == sample_id]
-    if len(hit):
-        return int(hit["shard"].iloc[0]), int(hit["index"].iloc[0]), True
-    for sh in info["shards"]:
-        ids = pq.read_table(root / sh["latents"], columns=["sample_id", "index"]).to_pandas()
-        m = ids[ids["sample_id"].astype(str) == sample_id]
-        if len(m):
-            return int(sh["shard"]), int(m["index"].iloc[0]), False
-    raise KeyError(f"sample {sample_id!r} is in neither {root / MANIFEST} nor any latents shard of {root}")
+def locate(root: Path, sample_id: str) -> pd.Series:
+    """The manifest row of a released sample; raises ``KeyError`` naming the release otherwise."""
+    man = pd.read_parquet(root / MANIFEST, columns=["sample_id", "shard", "index", "render_shard", "render_index"])
+    hit = man[man["sample_id"].astype(str) == sample_id]
+    if not len(hit):
+        raise KeyError(f"sample {sample_id!r} is not in {root / MANIFEST}; only released samples can be regenerated from a release")
+    return hit.iloc[0]
+
+
+def render_batch_latents(root: Path, info: dict, render_shard: int, render_index: int) -> tuple[np.ndarray, int]:
+    """``(z [b, D], position)``: the sample's original micro-batch, released batch-mates in place, zeros elsewhere."""
+    render = info["render"]
+    b = int(render["batch_size"])
+    count = int(render["shard_counts"][str(render_shard)])
+    start = (render_index // b) * b
+    stop = min(start + b, count)
+    t = pq.read_table(
+        root / RELEASE_LATENTS,
+        filters=(pc.field("render_shard") == render_shard) & (pc.field("render_index") >= start) & (pc.field("render_index") < stop),
+    )
+    if t.num_rows == 0:
+        raise KeyError(f"{root / RELEASE_LATENTS}: no latent rendered at shard {render_shard} index {render_index}")
+    z_all = np.stack(t.column("z").to_pylist()).astype(np.float32)
+    z = np.zeros((stop - start, z_all.shape[1]), np.float32)
+    z[t.column("render_index").to_numpy() - start] = z_all
+    return z, render_index - start
 
 
 def stored_copies(root: Path, info: dict, shard: int, index: int) -> dict[str, np.ndarray | bytes]:
-    """The archived h5 pixels and/or Parquet PNG bytes of one sample."""
+    """The released h5 pixels and/or Parquet PNG bytes of one sample."""
+    entry = next(sh for sh in info["shards"] if int(sh["shard"]) == shard)
     out: dict[str, np.ndarray | bytes] = {}
-    if "h5" in info["formats"]:
-        with h5py.File(root / shard_relpath(shard, "h5"), "r") as f:
+    if "h5" in entry["files"]:
+        with h5py.File(root / entry["files"]["h5"], "r") as f:
             out["h5"] = f["images"][index]
-    if "parquet" in info["formats"]:
-        t = pq.read_table(root / shard_relpath(shard, "parquet"), columns=["index", "image"], filters=[("index", "==", index)])
+    if "parquet" in entry["files"]:
+        t = pq.read_table(root / entry["files"]["parquet"], columns=["index", "image"], filters=[("index", "==", index)])
         out["parquet"] = t.column("image").combine_chunks().field("bytes")[0].as_py()
     return out
 
 
-def regenerate_sample(archive_dir: str | os.PathLike, sample_id: str, G: nn.Module) -> Regenerated:
-    """Re-render ``sample_id`` of the archive with generator ``G`` and compare with the stored copies."""
-    root = Path(archive_dir)
-    info = json.loads((root / ARCHIVE_JSON).read_text())
-    shard, index, released = locate(root, sample_id, info)
-    lat_path = next((root / s["latents"] for s in info["shards"] if int(s["shard"]) == shard), root / latents_relpath(shard))
-    lat = read_latents(lat_path, info["label_names"])
-    img = render_one(G, lat.z, index, int(info["batch_size"]))
+def regenerate_sample(release_dir: str | os.PathLike, sample_id: str, G: nn.Module) -> Regenerated:
+    """Re-render ``sample_id`` of the release with generator ``G`` and compare with the stored copies."""
+    root = Path(release_dir)
+    info = read_info(root)
+    row = locate(root, sample_id)
+    z, pos = render_batch_latents(root, info, int(row["render_shard"]), int(row["render_index"]))
+    img = render_batch(G, z)[pos]
     png = encode_png(img, int(info.get("png_compress_level", 6)))
-    res = Regenerated(sample_id, shard, index, img, png, released)
-    for fmt, stored in stored_copies(root, info, shard, index).items():
+    res = Regenerated(sample_id, int(row["shard"]), int(row["index"]), img, png)
+    for fmt, stored in stored_copies(root, info, res.shard, res.index).items():
         res.matches[fmt] = bool(np.array_equal(stored, img)) if fmt == "h5" else stored == png
     return res
 
 
 def cli(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="synthcxr regenerate", description=__doc__.splitlines()[0])
-    ap.add_argument("path", help="archive folder")
+    ap.add_argument("path", help="release folder")
     ap.add_argument("sample_id")
-    ap.add_argument("--generator", help="generator.pt (default: the path recorded in archive.json)")
+    ap.add_argument("--generator", required=True, help="generator.pt whose sha256 archive.json records (generator.sha256)")
     ap.add_argument("--out", help="write the re-rendered sample here as PNG")
-    ap.add_argument("--device", help="torch device (default: the device the archive was rendered on, if present)")
+    ap.add_argument("--device", help="torch device (default: the device the release was rendered on, if present)")
     args = ap.parse_args(argv)
     from .sample import load_generator_file
 
     root = Path(args.path)
     try:
-        info = json.loads((root / ARCHIVE_JSON).read_text())
-    except FileNotFoundError:
-        print(f"{root / ARCHIVE_JSON} missing: not a finalised archive", file=sys.stderr)
+        info = read_info(root)
+    except (OSError, ValueError) as exc:
+        print(exc, file=sys.stderr)
         return 1
-    gen = Path(args.generator or info["generator"]["path"])
+    gen = Path(args.generator)
+    want = info["generator"]["sha256"]
     if not gen.exists():
-        print(f"generator {gen} not found; pass --generator path/to/generator.pt", file=sys.stderr)
+        print(f"generator {gen} not found; this release needs the generator file with sha256 {want}", file=sys.stderr)
         return 1
-    if sha256_file(gen) != info["generator"]["sha256"]:
-        print(f"{gen} is not the generator that rendered this archive (sha256 differs from archive.json)", file=sys.stderr)
+    if sha256_file(gen) != want:
+        print(f"{gen} is not the generator that rendered this release: its sha256 differs from archive.json's {want}", file=sys.stderr)
         return 1
-    device = args.device or _recorded_device(root, info)
+    threads = (info.get("render") or {}).get("threads")
+    if threads:
+        fixed_threads(int(threads))
+    device = args.device or _recorded_device(info)
     G, _ = load_generator_file(gen, device)
     try:
         r = regenerate_sample(root, args.sample_id, G)
@@ -123,23 +145,16 @@ def cli(argv: list[str]) -> int:
     if args.out:
         write_bytes(args.out, r.png)
         print(f"wrote {args.out}")
-    status = "released" if r.released else "withheld from the manifest"
-    print(f"{r.sample_id}: shard {r.shard:05d} index {r.index} ({status})")
+    print(f"{r.sample_id}: shard {r.shard:05d} index {r.index}")
     for fmt, ok in r.matches.items():
         print(f"  {fmt}: {'byte-identical to the stored copy' if ok else 'DIFFERS from the stored copy'}")
     return 0 if r.identical else 1
 
 
-def _recorded_device(root: Path, info: dict) -> str:
-    """Device type the shards were rendered on, falling back to cpu when it is absent here."""
-    from .shard_h5 import read_h5_attrs
-    from .shard_parquet import read_parquet_attrs
-
-    sh = info["shards"][0]
-    fmt, rel = next(iter(sh["files"].items()))
-    attrs = read_h5_attrs(root / rel) if fmt == "h5" else read_parquet_attrs(root / rel)
-    dev = str(attrs.get("render_device", "cpu"))
-    if dev == "cuda" and not torch.cuda.is_available():
-        log.warning("archive was rendered on cuda; re-rendering on cpu may differ in the last bit")
+def _recorded_device(info: dict) -> str:
+    """Device type the release was rendered on, falling back to cpu when it is absent here."""
+    dev = str((info.get("render") or {}).get("device", "cpu"))
+    if dev.startswith("cuda") and not torch.cuda.is_available():
+        log.warning("release was rendered on cuda; re-rendering on cpu may differ in the last bit")
         return "cpu"
-    return dev
+    return dev if dev in ("cpu", "cuda") or dev.startswith("cuda:") else "cpu"

@@ -19,12 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 
 from .. import __version__
 from ..lco.latents import read_latents
 from ..utils.hashing import sha256_file
-from ..utils.runtime import progress, resolve_device
+from ..utils.runtime import fixed_threads, progress, resolve_device
+from .contract import ROLE_WORK
 from .layout import FORMAT_VERSION, FORMATS, PNG_COMPRESS_LEVEL
 from .render import generator_resolution, render_batches
 from .shard_h5 import H5ShardWriter
@@ -43,13 +45,21 @@ class ArchiveConfig:
     batch_size: int = 64
     device: str = "auto"
     name: str = "archive"
+    shard_mb: float = 256.0
+    row_group_mb: float = 16.0
+    threads: int = 2
 
     def __post_init__(self) -> None:
         bad = [f for f in self.formats if f not in FORMATS]
         if bad or not self.formats:
             raise ValueError(f"archive.formats: {self.formats} must be a non-empty subset of {sorted(FORMATS)}")
+        self.formats = [f for f in FORMATS if f in self.formats]  # one canonical order: h5, parquet
         if self.batch_size < 1:
             raise ValueError(f"archive.batch_size must be >= 1, got {self.batch_size}")
+        if self.shard_mb <= 0 or self.row_group_mb <= 0:
+            raise ValueError(f"archive.shard_mb and archive.row_group_mb must be > 0, got {self.shard_mb}, {self.row_group_mb}")
+        if self.threads < 1:
+            raise ValueError(f"archive.threads must be >= 1, got {self.threads}")
 
     @classmethod
     def from_section(cls, sec: Mapping[str, Any]) -> "ArchiveConfig":
@@ -61,13 +71,18 @@ class ArchiveConfig:
             batch_size=int(sec.get("batch_size", 64)),
             device=str(sec.get("device", "auto")),
             name=str(sec.get("name", "archive")),
+            shard_mb=float(sec.get("shard_mb", 256.0)),
+            row_group_mb=float(sec.get("row_group_mb", 16.0)),
+            threads=int(sec.get("threads", 2)),
         )
 
 
-def shard_attrs(shard: int, generator_sha256: str, batch_size: int, device: str, resolution: int) -> dict[str, Any]:
-    """Attributes every shard file carries (HDF5 root attrs, Parquet schema metadata)."""
-    return {
+def shard_attrs(shard: int, generator_sha256: str, batch_size: int, device: str, resolution: int, threads: int | None = None) -> dict[str, Any]:
+    """Attributes every working shard file carries (HDF5 root attrs, Parquet schema metadata)."""
+    attrs = {
         "format_version": FORMAT_VERSION,
+        "role": ROLE_WORK,
+        "render_threads": None if threads is None else int(threads),
         "shard": int(shard),
         "generator_sha256": generator_sha256,
         "batch_size": int(batch_size),
@@ -76,6 +91,7 @@ def shard_attrs(shard: int, generator_sha256: str, batch_size: int, device: str,
         "png_compress_level": PNG_COMPRESS_LEVEL,
         "package_version": __version__,
     }
+    return {k: v for k, v in attrs.items() if v is not None}  # HDF5 attributes cannot hold None
 
 
 class _Writers:
@@ -149,7 +165,7 @@ def sample_shard(
     if lat.z.shape[0] and lat.z.shape[1] != getattr(G, "latent_dim", lat.z.shape[1]):
         raise ValueError(f"{latents_path}: latents have length {lat.z.shape[1]} but the generator expects {G.latent_dim}")
     dev = next((p.device.type for p in G.parameters()), "cpu")
-    attrs = shard_attrs(lat.shard, generator_sha256, cfg.batch_size, dev, res)
+    attrs = shard_attrs(lat.shard, generator_sha256, cfg.batch_size, dev, res, torch.get_num_threads())
     n = len(lat)
     t0 = time.perf_counter()
     with contextlib.ExitStack() as stack:
@@ -182,6 +198,7 @@ def load_generator_file(path: str | os.PathLike, device: str = "auto") -> tuple[
 def sample_shard_files(
     latents_path: str | os.PathLike, generator_path: str | os.PathLike, outputs: Mapping[str, str | os.PathLike], cfg: ArchiveConfig
 ) -> dict[str, Any]:
-    """Snakemake entry point: load the generator file, then :func:`sample_shard`."""
+    """Snakemake entry point: fix the thread count, load the generator file, then :func:`sample_shard`."""
+    fixed_threads(cfg.threads)
     G, sha = load_generator_file(generator_path, cfg.device)
     return sample_shard(latents_path, G, outputs, cfg, sha)

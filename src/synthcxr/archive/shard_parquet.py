@@ -74,11 +74,22 @@ def shard_schema(label_names: Sequence[str], attrs: dict[str, Any] | None = None
 class ParquetShardWriter:
     """Context manager streaming micro-batches into row groups; renamed into place on clean exit."""
 
-    def __init__(self, path: str | os.PathLike, n: int, label_names: Sequence[str], attrs: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        n: int,
+        label_names: Sequence[str],
+        attrs: dict[str, Any] | None = None,
+        row_group_rows: int | None = None,
+    ):
+        """``row_group_rows``: buffer rows into row groups of this many (None: one group per write)."""
         self.path = Path(path)
         self.n = int(n)
         self.label_names = list(label_names)
         self.schema = shard_schema(self.label_names, {**(attrs or {}), "count": self.n})
+        self.row_group_rows = None if row_group_rows is None else max(1, int(row_group_rows))
+        self._buffer: list[pa.Table] = []
+        self._buffered = 0
         self._written = 0
         self._stack: contextlib.ExitStack | None = None
         self._writer: pq.ParquetWriter | None = None
@@ -117,14 +128,39 @@ class ParquetShardWriter:
             *(pa.array(np.asarray(labels[:, j], dtype=np.int8)) for j in range(len(self.label_names))),
             *(pa.array(np.asarray(probs[:, j], dtype=np.float32)) for j in range(len(self.label_names))),
         ]
-        self._writer.write_table(pa.Table.from_arrays(cols, schema=self.schema))
+        table = pa.Table.from_arrays(cols, schema=self.schema)
         self._written += b
+        if self.row_group_rows is None:
+            self._writer.write_table(table)
+            return
+        self._buffer.append(table)
+        self._buffered += b
+        if self._buffered >= self.row_group_rows:
+            self._flush(final=False)
+
+    def _flush(self, final: bool) -> None:
+        """Write buffered rows as full row groups (and, when ``final``, the remainder)."""
+        if not self._buffer:
+            return
+        table = pa.concat_tables(self._buffer)
+        keep = 0 if final else table.num_rows % self.row_group_rows
+        out, rest = table.slice(0, table.num_rows - keep), table.slice(table.num_rows - keep)
+        if out.num_rows:
+            self._writer.write_table(out, row_group_size=self.row_group_rows)
+        self._buffer, self._buffered = ([rest] if keep else []), keep
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         assert self._stack is not None and self._writer is not None
+        err: BaseException | None = None
+        try:
+            if exc_type is None and self.row_group_rows is not None:
+                self._flush(final=True)
+        except BaseException as e:  # noqa: BLE001 - the temporary file must still be removed
+            err = e
         self._writer.close()
-        if exc_type is None and self._written != self.n:
+        if err is None and exc_type is None and self._written != self.n:
             err = RuntimeError(f"{self.path}: {self.n - self._written} of {self.n} rows never written; shard not published")
+        if err is not None:
             self._stack.__exit__(type(err), err, None)
             raise err
         self._stack.__exit__(exc_type, exc, tb)

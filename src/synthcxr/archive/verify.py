@@ -1,9 +1,17 @@
-"""``synthcxr verify PATH``: prove an archive folder is intact before anyone trains on it.
+"""``synthcxr verify RELEASE``: prove a release is intact, and exactly what its manifest says, before anyone trains on it.
 
-Checks, each reported per file as OK or FAILED with a reason: every SHA256SUMS entry; every shard opens
-and decodes completely (HDF5 chunks decompress, every PNG decodes at the archive resolution); shard
-counts and sample ids agree with archive.json and the manifest; HDF5 and Parquet copies of a shard
-hold the same pixels. Exit code 1 on any failure.
+Checks, each reported as OK or FAILED with a reason that names the file, the row and what differs:
+- SHA256SUMS: every entry exists and matches, and every file in the release is listed (a temporary
+  file of an interrupted writer or any stray file fails);
+- archive.json parses and has this package's format version; the manifest has one row per released
+  sample, and every shard position exactly once;
+- every shard (in parallel with ``--jobs``): attributes (format version, role, shard number, count,
+  resolution, generator sha256, label names), sample ids, labels, probabilities and seeds equal the
+  manifest's, and every image decodes at the release resolution to the pixels whose SHA-256 the
+  manifest records (so the HDF5 and Parquet copies hold the same pixels);
+- latents.parquet holds the latent of every released sample and nothing else.
+Exit code 1 on any failure. The ``release`` rule runs the same checks (without the checksums it is
+about to write) before it seals a release.
 """
 
 from __future__ import annotations
@@ -13,163 +21,304 @@ import hashlib
 import json
 import os
 import sys
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from ..utils.atomic import is_temporary
 from ..utils.hashing import sha256_file
-from .layout import ARCHIVE_JSON, MANIFEST, SUMS
+from .contract import attr_problems, id_problems, read_shard_attrs
+from .layout import ARCHIVE_JSON, FORMAT_VERSION, MANIFEST, RELEASE, RELEASE_FILES, RELEASE_LATENTS, SUMS
 from .shard_parquet import decode_png
 
 
 @dataclass
 class Check:
-    """Outcome for one file (or one aspect of the archive)."""
+    """Outcome for one file (or one aspect of the release)."""
 
     path: str
     ok: bool
     reason: str = ""
-    warning: bool = False  # not a failure, but worth a look (e.g. a stray file)
 
     def line(self) -> str:
-        tag = "FAILED" if not self.ok else ("WARN  " if self.warning else "OK    ")
-        return f"{tag} {self.path}" + (f": {self.reason}" if self.reason else "")
+        return f"{'OK    ' if self.ok else 'FAILED'} {self.path}" + (f": {self.reason}" if self.reason else "")
 
 
-def check_sums(root: Path) -> list[Check]:
-    """Every line of SHA256SUMS: file exists and its SHA-256 matches."""
-    sums = root / SUMS
-    if not sums.exists():
-        return [Check(SUMS, False, "missing; the archive was never finalised (snakemake finalize_archive)")]
-    out = []
+def read_info(root: Path) -> dict[str, Any]:
+    """archive.json of a release, with errors that name the file and say what to do."""
+    p = root / ARCHIVE_JSON
+    if not p.exists():
+        hint = f"; the release is {root / RELEASE}" if (root / RELEASE / ARCHIVE_JSON).exists() else ""
+        raise FileNotFoundError(f"{p} missing: not a release folder (run snakemake finalize_archive){hint}")
+    try:
+        info = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{p}: not valid JSON ({exc}); the file is corrupt: re-run finalize_archive or restore it from the release") from None
+    if not isinstance(info, dict) or int(info.get("format_version", -1)) != FORMAT_VERSION:
+        got = info.get("format_version") if isinstance(info, dict) else None
+        raise ValueError(f"{p}: format_version {got!r}; this synthcxr reads releases of format {FORMAT_VERSION}")
+    missing = [k for k in ("label_names", "resolution", "formats", "shards", "counts", "generator") if k not in info]
+    if missing:
+        raise ValueError(f"{p}: missing key(s) {missing}; the file is not a synthcxr archive.json")
+    return info
+
+
+def expected_files(info: Mapping[str, Any]) -> set[str]:
+    """Every file a release described by ``info`` consists of (relative paths), SHA256SUMS included."""
+    files = set(RELEASE_FILES)
+    for sh in info["shards"]:
+        files.update(sh["files"].values())
+    return files
+
+
+def _all_files(root: Path) -> list[str]:
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+
+
+def check_files(root: Path, info: Mapping[str, Any] | None, sealed: bool = True) -> list[Check]:
+    """SHA256SUMS entries match; every file present belongs to the release; no temporary leftovers."""
+    out: list[Check] = []
     listed: set[str] = set()
-    for no, raw in enumerate(sums.read_text().splitlines(), 1):
-        if not raw.strip():
+    sums = root / SUMS
+    if sealed and not sums.exists():
+        out.append(Check(SUMS, False, "missing: the release was never sealed (run snakemake, which ends with the release rule)"))
+    elif sealed:
+        for no, raw in enumerate(sums.read_text().splitlines(), 1):
+            if not raw.strip():
+                continue
+            digest, sep, rel = raw.partition("  ")
+            if not sep or len(digest) != 64 or not all(c in "0123456789abcdef" for c in digest):
+                out.append(Check(f"{SUMS}:{no}", False, f"malformed line {raw[:80]!r}"))
+                continue
+            listed.add(rel)
+            p = root / rel
+            if not p.is_file():
+                out.append(Check(rel, False, "listed in SHA256SUMS but missing"))
+                continue
+            actual = sha256_file(p)
+            ok = actual == digest
+            out.append(Check(rel, ok, "checksum OK" if ok else f"checksum mismatch (SHA256SUMS {digest[:12]}..., file {actual[:12]}...)"))
+    known = expected_files(info) if info is not None else set(RELEASE_FILES)
+    for rel in _all_files(root):
+        name = rel.rsplit("/", 1)[-1]
+        if is_temporary(name) or name.startswith(".tmp-"):
+            out.append(Check(rel, False, "temporary file of an interrupted writer: delete it (the next successful run removes it)"))
+        elif rel == SUMS:
             continue
-        digest, sep, rel = raw.partition("  ")
-        if not sep or len(digest) != 64 or not all(c in "0123456789abcdef" for c in digest):
-            out.append(Check(f"{SUMS}:{no}", False, f"malformed line {raw[:80]!r}"))
-            continue
-        p = root / rel
-        listed.add(rel)
-        if not p.is_file():
-            out.append(Check(rel, False, "listed in SHA256SUMS but missing"))
-            continue
-        actual = sha256_file(p)
-        out.append(Check(rel, actual == digest, "" if actual == digest else f"checksum mismatch (expected {digest[:12]}..., got {actual[:12]}...)"))
-    for sub in ("shards", "latents"):
-        for p in sorted((root / sub).glob("*")) if (root / sub).is_dir() else []:
-            rel = f"{sub}/{p.name}"
-            if rel not in listed:
-                why = "temporary file of an interrupted writer; safe to delete" if p.name.startswith(".tmp-") else "not listed in SHA256SUMS; not part of the release"
-                out.append(Check(rel, True, why, warning=True))
+        elif rel not in known:
+            out.append(Check(rel, False, "not part of this release (archive.json does not list it): remove it or re-finalise"))
+        elif sealed and sums.exists() and rel not in listed:
+            out.append(Check(rel, False, "part of the release but not covered by SHA256SUMS"))
     return out
 
 
-def _read_h5(path: Path, count: int, res: int, L: int) -> tuple[list[str], np.ndarray]:
+def read_manifest(root: Path, info: Mapping[str, Any]) -> pd.DataFrame:
+    """The manifest, checked for the columns every reader relies on."""
+    p = root / MANIFEST
+    if not p.exists():
+        raise FileNotFoundError(f"{p} missing: the release is incomplete (run snakemake finalize_archive)")
+    man = pd.read_parquet(p)
+    need = ["sample_id", "shard", "index", "seed", "render_shard", "render_index", "pixel_sha256", *info["label_names"]]
+    need += [f"prob_{n}" for n in info["label_names"]]
+    missing = [c for c in need if c not in man.columns]
+    if missing:
+        raise ValueError(f"{p}: missing column(s) {missing}")
+    return man
+
+
+def check_manifest(man: pd.DataFrame, info: Mapping[str, Any]) -> list[Check]:
+    """One row per released sample, and every position of every shard exactly once."""
+    problems = []
+    n_rel = int(info["counts"]["n_released"])
+    if len(man) != n_rel:
+        problems.append(f"{len(man)} rows but archive.json counts {n_rel} released samples")
+    if man["sample_id"].duplicated().any():
+        problems.append(f"sample_id {man.loc[man['sample_id'].duplicated(), 'sample_id'].iloc[0]!r} appears twice")
+    counts = {int(sh["shard"]): int(sh["count"]) for sh in info["shards"]}
+    for shard, rows in man.groupby("shard"):
+        idx = np.sort(rows["index"].to_numpy())
+        want = counts.get(int(shard))
+        if want is None:
+            problems.append(f"rows point at shard {int(shard)}, which archive.json does not list")
+        elif not np.array_equal(idx, np.arange(want)):
+            problems.append(f"shard {int(shard)}: indices are not 0..{want - 1} exactly once each")
+    absent = sorted(set(counts) - set(man["shard"].astype(int)))
+    if absent:
+        problems.append(f"archive.json lists shard(s) {absent} that no manifest row uses")
+    labels = man[list(info["label_names"])].to_numpy()
+    if len(labels) and not np.isin(labels, (0, 1)).all():
+        problems.append("label columns must hold 0/1")
+    if problems:
+        return [Check(MANIFEST, False, "; ".join(problems))]
+    return [Check(MANIFEST, True, f"{len(man)} released samples")]
+
+
+def _first_diff(name: str, got: np.ndarray, want: np.ndarray, ids: Sequence[str], labels: Sequence[str] | None = None) -> str | None:
+    """'labels row 3 (sample s0000007) Effusion: 1, manifest 0' for the first differing entry, else None."""
+    got, want = np.asarray(got), np.asarray(want)
+    if got.shape != want.shape:
+        return f"{name} has shape {got.shape}, manifest implies {want.shape}"
+    diff = got != want
+    if not diff.any():
+        return None
+    r = int(np.argwhere(diff)[0][0])
+    where = f"{name} row {r} (sample {ids[r]})"
+    if got.ndim == 2 and labels is not None:
+        c = int(np.argwhere(diff[r])[0][0])
+        where += f" {labels[c]}: {got[r, c]}, manifest {want[r, c]}"
+    else:
+        where += f": {got[r]}, manifest {want[r]}"
+    return f"{where} ({int(diff.any(axis=tuple(range(1, diff.ndim))).sum()) if diff.ndim > 1 else int(diff.sum())} row(s) differ)"
+
+
+def _hash_rows(images) -> list[str]:
+    return [hashlib.sha256(np.ascontiguousarray(im, dtype=np.uint8).tobytes()).hexdigest() for im in images]
+
+
+def _check_h5(path: Path, rows: pd.DataFrame, info: Mapping[str, Any]) -> list[str]:
+    names, res = list(info["label_names"]), int(info["resolution"])
+    ids = rows["sample_id"].tolist()
+    n, L = len(rows), len(names)
+    problems: list[str] = []
     with h5py.File(path, "r") as f:
-        for name, shape in (("images", (count, res, res)), ("labels", (count, L)), ("probs", (count, L)), ("sample_id", (count,))):
-            if name not in f:
-                raise ValueError(f"dataset /{name} missing")
-            if f[name].shape != shape:
-                raise ValueError(f"/{name} has shape {f[name].shape}, expected {shape}")
-        if int(f.attrs.get("count", -1)) != count:
-            raise ValueError(f"attr count={f.attrs.get('count')} but archive.json says {count}")
-        ids = [s.decode() if isinstance(s, bytes) else str(s) for s in f["sample_id"][:]]
-        digest = hashlib.sha256()
-        imgs = f["images"]
-        for s in range(0, count, 256):  # decompress every chunk; bounded memory
-            digest.update(np.ascontiguousarray(imgs[s : s + 256]).tobytes())
-        return ids, np.frombuffer(digest.digest(), np.uint8)
+        for ds, shape in (("images", (n, res, res)), ("labels", (n, L)), ("probs", (n, L)), ("sample_id", (n,))):
+            if ds not in f:
+                return [f"dataset /{ds} missing"]
+            if f[ds].shape != shape:
+                problems.append(f"/{ds} has shape {f[ds].shape}, expected {shape}")
+        if problems:
+            return problems
+        stored = [s.decode() if isinstance(s, bytes) else str(s) for s in f["sample_id"][:]]
+        problems += id_problems(stored, ids)
+        for ds, want in (("labels", rows[names].to_numpy(np.uint8)), ("probs", rows[[f"prob_{x}" for x in names]].to_numpy(np.float32))):
+            d = _first_diff(f"/{ds}", f[ds][:], want, ids, names)
+            if d:
+                problems.append(d)
+        hashes: list[str] = []
+        for s in range(0, n, 256):  # decompress every chunk; bounded memory
+            hashes += _hash_rows(f["images"][s : s + 256])
+    d = _first_diff("/images pixels (sha256)", np.array(hashes, dtype=object), rows["pixel_sha256"].to_numpy(object), ids)
+    return problems + ([d] if d else [])
 
 
-def _read_parquet(path: Path, count: int, res: int) -> tuple[list[str], np.ndarray]:
+def _check_parquet(path: Path, rows: pd.DataFrame, info: Mapping[str, Any]) -> list[str]:
+    names, res = list(info["label_names"]), int(info["resolution"])
+    ids = rows["sample_id"].tolist()
     pf = pq.ParquetFile(path)
-    if pf.metadata.num_rows != count:
-        raise ValueError(f"{pf.metadata.num_rows} rows but archive.json says {count}")
-    ids: list[str] = []
-    digest = hashlib.sha256()
-    for rg in range(pf.num_row_groups):
-        t = pf.read_row_group(rg, columns=["sample_id", "index", "image"])
-        first = len(ids)
-        ids += [str(s) for s in t.column("sample_id").to_pylist()]
-        if t.column("index").to_pylist() != list(range(first, len(ids))):
-            raise ValueError(f"row group {rg}: column 'index' is not the row position")
-        pngs = t.column("image").combine_chunks().field("bytes").to_pylist()
-        for k, b in enumerate(pngs):
+    cols = ["sample_id", "index", "seed", "image", *names, *(f"prob_{x}" for x in names)]
+    missing = [c for c in cols if c not in pf.schema_arrow.names]
+    if missing:
+        return [f"column(s) {missing} missing"]
+    if pf.metadata.num_rows != len(rows):
+        return [f"{pf.metadata.num_rows} rows but archive.json and the manifest say {len(rows)}"]
+    scalar = pf.read(columns=[c for c in cols if c != "image"]).to_pandas()
+    problems = id_problems(scalar["sample_id"].astype(str).tolist(), ids)
+    checks = (
+        ("column index", scalar["index"].to_numpy(np.int64), np.arange(len(rows))),
+        ("column seed", scalar["seed"].to_numpy(np.int64), rows["seed"].to_numpy(np.int64)),
+        ("label columns", scalar[names].to_numpy(np.int64), rows[names].to_numpy(np.int64)),
+        ("prob columns", scalar[[f"prob_{x}" for x in names]].to_numpy(np.float32), rows[[f"prob_{x}" for x in names]].to_numpy(np.float32)),
+    )
+    for what, got, want in checks:
+        d = _first_diff(what, got, want, ids, names if got.ndim == 2 else None)
+        if d:
+            problems.append(d)
+    hashes: list[str] = []
+    for rb in pf.iter_batches(batch_size=256, columns=["image"]):
+        for k, b in enumerate(rb.column("image").field("bytes").to_pylist()):
+            r = len(hashes)
             if b is None:
-                raise ValueError(f"row {len(ids) - len(pngs) + k}: empty image")
+                return problems + [f"row {r} (sample {ids[r] if r < len(ids) else '?'}): empty image"]
             img = decode_png(b)
             if img.shape != (res, res):
-                raise ValueError(f"row {len(ids) - len(pngs) + k}: image {img.shape}, expected {(res, res)}")
-            digest.update(np.ascontiguousarray(img).tobytes())
-    return ids, np.frombuffer(digest.digest(), np.uint8)
+                return problems + [f"row {r}: image {img.shape}, expected {(res, res)}"]
+            hashes += _hash_rows([img])
+    d = _first_diff("image pixels (sha256)", np.array(hashes, dtype=object), rows["pixel_sha256"].to_numpy(object), ids)
+    return problems + ([d] if d else [])
 
 
-def check_shards(root: Path, info: dict, manifest: pd.DataFrame | None) -> list[Check]:
-    """Open and fully decode every shard; compare counts and ids with archive.json and the manifest."""
+def check_shard(root: str, info: Mapping[str, Any], entry: Mapping[str, Any], rows: pd.DataFrame) -> list[Check]:
+    """Every format of one release shard against its manifest rows (sorted by index) and archive.json."""
     out = []
-    res, L = int(info["resolution"]), len(info["label_names"])
-    for sh in info["shards"]:
-        count, shard = int(sh["count"]), int(sh["shard"])
-        pixel_digests = {}
-        ids_of: dict[str, list[str]] = {}
-        for fmt, rel in sh["files"].items():
-            p = root / rel
-            try:
-                if not p.is_file():
-                    raise FileNotFoundError("missing")
-                ids, dig = _read_h5(p, count, res, L) if fmt == "h5" else _read_parquet(p, count, res)
-                ids_of[fmt], pixel_digests[fmt] = ids, dig
-                if manifest is not None:
-                    rows = manifest[manifest["shard"] == shard]
-                    idx = rows["index"].to_numpy()
-                    if len(idx) and (idx.min() < 0 or idx.max() >= count):
-                        raise ValueError(f"manifest points at index {int(idx.max())} beyond {count} rows")
-                    bad = [s for s, i in zip(rows["sample_id"], idx) if ids[int(i)] != s]
-                    if bad:
-                        raise ValueError(f"manifest sample_id {bad[0]!r} not at its stated index")
-                out.append(Check(rel, True, f"{count} images decoded"))
-            except Exception as exc:  # noqa: BLE001 - every failure is reported, not raised
-                out.append(Check(rel, False, f"{type(exc).__name__}: {exc}"))
-        if len(pixel_digests) == 2:
-            same = bool(np.array_equal(*pixel_digests.values())) and ids_of["h5"] == ids_of["parquet"]
-            out.append(Check(f"shard {shard:05d} h5 vs parquet", same, "" if same else "the two formats hold different images or ids"))
+    for fmt, rel in entry["files"].items():
+        p = Path(root) / rel
+        try:
+            if not p.is_file():
+                raise FileNotFoundError("missing")
+            problems = attr_problems(read_shard_attrs(p, fmt), info, entry)
+            problems += _check_h5(p, rows, info) if fmt == "h5" else _check_parquet(p, rows, info)
+            out.append(Check(rel, not problems, "; ".join(problems) if problems else f"{len(rows)} samples match the manifest"))
+        except Exception as exc:  # noqa: BLE001 - every failure is reported, not raised
+            out.append(Check(rel, False, f"{type(exc).__name__}: {exc}"))
     return out
 
 
-def verify_archive(path: str | os.PathLike) -> list[Check]:
-    """All checks for the archive folder ``path``."""
+def check_latents(root: Path, man: pd.DataFrame) -> list[Check]:
+    """latents.parquet: exactly the released samples, rendered where the manifest says, one latent length."""
+    p = root / RELEASE_LATENTS
+    try:
+        t = pq.read_table(p)
+        got = t.select(["sample_id", "render_shard", "render_index"]).to_pandas()
+        merged = man[["sample_id", "render_shard", "render_index"]].merge(got, on="sample_id", how="outer", suffixes=("", "_lat"), indicator=True)
+        problems = []
+        if (merged["_merge"] != "both").any():
+            bad = merged.loc[merged["_merge"] != "both", "sample_id"].iloc[0]
+            problems.append(f"sample {bad!r} is in only one of latents.parquet and the manifest")
+        both = merged[merged["_merge"] == "both"]
+        if (both["render_shard"].to_numpy() != both["render_shard_lat"].to_numpy()).any() or (
+            both["render_index"].to_numpy() != both["render_index_lat"].to_numpy()
+        ).any():
+            problems.append("render_shard/render_index disagree with the manifest")
+        if t.num_rows and t.schema.field("z").type.list_size <= 0:
+            problems.append("column z is not a fixed-size latent")
+        return [Check(RELEASE_LATENTS, not problems, "; ".join(problems) if problems else f"{t.num_rows} latents")]
+    except Exception as exc:  # noqa: BLE001
+        return [Check(RELEASE_LATENTS, False, f"{type(exc).__name__}: {exc}")]
+
+
+def verify_release(path: str | os.PathLike, jobs: int = 1, sealed: bool = True) -> list[Check]:
+    """All checks for the release folder ``path``; ``sealed=False`` skips SHA256SUMS and the card (before sealing)."""
     root = Path(path)
     if not root.is_dir():
         return [Check(str(root), False, "not a directory")]
-    checks = check_sums(root)
     try:
-        info = json.loads((root / ARCHIVE_JSON).read_text())
-    except Exception as exc:  # noqa: BLE001
-        return [*checks, Check(ARCHIVE_JSON, False, f"cannot read: {exc}")]
-    manifest = None
+        info = read_info(root)
+    except (OSError, ValueError) as exc:
+        return [*check_files(root, None, sealed), Check(ARCHIVE_JSON, False, str(exc))]
+    checks = check_files(root, info, sealed)
     try:
-        manifest = pd.read_parquet(root / MANIFEST)
-        n_rel = int(info["counts"]["n_released"])
-        ok = len(manifest) == n_rel and not manifest["sample_id"].duplicated().any()
-        checks.append(Check(MANIFEST, ok, f"{len(manifest)} released samples" if ok else f"{len(manifest)} rows (unique?) but archive.json says {n_rel}"))
+        man = read_manifest(root, info)
     except Exception as exc:  # noqa: BLE001
-        checks.append(Check(MANIFEST, False, f"cannot read: {type(exc).__name__}: {exc}"))
-    checks += check_shards(root, info, manifest)
+        return [*checks, Check(MANIFEST, False, f"{type(exc).__name__}: {exc}")]
+    checks += check_manifest(man, info)
+    groups = {int(k): g.sort_values("index").reset_index(drop=True) for k, g in man.groupby("shard")}
+    empty = man.iloc[0:0]
+    tasks = [(str(root), info, sh, groups.get(int(sh["shard"]), empty)) for sh in info["shards"]]
+    if jobs > 1 and len(tasks) > 1:
+        with ProcessPoolExecutor(max_workers=min(jobs, len(tasks))) as pool:
+            for res in pool.map(check_shard, *zip(*tasks)):
+                checks += res
+    else:
+        for t in tasks:
+            checks += check_shard(*t)
+    checks += check_latents(root, man)
     return checks
 
 
 def cli(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="synthcxr verify", description=__doc__.splitlines()[0])
-    ap.add_argument("path", help="archive folder (holds manifest.parquet, archive.json, SHA256SUMS, shards/)")
+    ap.add_argument("path", help="release folder (holds manifest.parquet, archive.json, SHA256SUMS, h5/, parquet/)")
     ap.add_argument("-q", "--quiet", action="store_true", help="print failures and the summary only")
+    ap.add_argument("-j", "--jobs", type=int, default=1, help="shards checked in parallel (processes)")
     args = ap.parse_args(argv)
-    checks = verify_archive(args.path)
+    checks = verify_release(args.path, jobs=max(1, args.jobs))
     for c in checks:
         if not (args.quiet and c.ok):
             print(c.line())

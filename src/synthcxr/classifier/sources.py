@@ -45,7 +45,7 @@ def source_kind(path: str | os.PathLike) -> str:
         return ARCHIVE
     raise FileNotFoundError(
         f"{p}: neither a prepared dataset (labels.parquet + images.h5: run the prepare stage) "
-        "nor an archive (manifest.parquet: run the sample stage)"
+        "nor a release (manifest.parquet: run snakemake finalize_archive)"
     )
 
 
@@ -130,7 +130,7 @@ def archive_split(path: str | os.PathLike, labels: Sequence[str], res: int) -> S
         open_archive = archive_mod.open
     except (ImportError, AttributeError) as exc:
         raise RuntimeError(f"{path} is an archive but synthcxr.archive.open is unavailable ({exc})") from exc
-    arc = open_archive(path)
+    arc = open_archive(path, sealed=False)  # TSTR trains on the release before it is sealed
     names = [str(n) for n in getattr(arc, "label_names")]
     missing = [n for n in labels if n not in names]
     if missing:

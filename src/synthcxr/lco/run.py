@@ -14,9 +14,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from ..classifier.evaluate import read_thresholds  # thresholds.json belongs to the classifier stage
-from ..utils.runtime import resolve_device, seed_everything, setup_logging
+from ..utils.runtime import fixed_threads, resolve_device, seed_everything, setup_logging
 from .latents import write_latents
 from .optimize import LabelSpace, LCOConfig, module_device, optimise_latents, resolve_label_space
 from .plan import read_plan
@@ -50,6 +51,8 @@ def run_shard(
     if len(rows) == 0:
         have = sorted(int(s) for s in plan["shard"].unique())
         raise ValueError(f"{plan_path}: shard {shard} has no rows (shards present: {have[0]}..{have[-1]}); rerun the plan rule")
+    # The thread count comes from config, not from the scheduler: a shard's latents must not depend on --cores.
+    fixed_threads(int(cfg.get("threads", 2)))
     seed_everything(int(cfg.get("seed", 0)) + shard)
     device = resolve_device(lc.device)
     G = load_generator(generator_path, device)
@@ -86,6 +89,7 @@ def optimise_shard(
         "retries": lc.retries,
         "margin": lc.margin,
         "device": str(device),
+        "cpu_threads": int(torch.get_num_threads()),
     }
     write_latents(res, lc.labels, out_path, meta)
     log.info(

@@ -125,13 +125,13 @@ def archive_source(path: str | os.PathLike) -> ImageSource:
     if root.name == "manifest.parquet":
         root = root.parent
     if not (root / "manifest.parquet").exists():
-        raise FileNotFoundError(f"{root / 'manifest.parquet'} missing: run the sample stage first (snakemake sample)")
+        raise FileNotFoundError(f"{root / 'manifest.parquet'} missing: not a release folder (run snakemake finalize_archive)")
     from .. import archive as archive_mod
 
     opener = getattr(archive_mod, "open", None)
     if opener is None:
         raise ImportError("synthcxr.archive.open is not available; build the kit from a PNG folder (--pngs) instead")
-    arc = opener(root)
+    arc = opener(root, sealed=False)  # the kit is built before the release is sealed
     manifest = arc.manifest
     if "sample_id" not in manifest.columns:
         raise KeyError(f"{root / 'manifest.parquet'}: no 'sample_id' column")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import tempfile
@@ -14,17 +15,38 @@ _UMASK = os.umask(0o022)  # read once at import (os.umask can only be read by se
 os.umask(_UMASK)  # ... and restored at once
 
 
+#: Every temporary name ends in this, never in a real suffix, so ``glob("*.parquet")`` and readers that
+#: sniff extensions never pick up a half-written file.
+TMP_SUFFIX = ".partial"
+TMP_PREFIX = ".tmp-"
+
+
+def is_temporary(name: str) -> bool:
+    """Whether a file name is one of :func:`atomic_path`'s temporary names."""
+    return name.startswith(TMP_PREFIX) and name.endswith(TMP_SUFFIX)
+
+
+def stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Temporary files that earlier (killed) writers of ``path`` left next to it."""
+    target = Path(path)
+    # mkstemp's random part is 8 characters without '-': a target "a" never claims the temporaries of "a-b"
+    pattern = f"{TMP_PREFIX}{glob.escape(target.name)}-{'?' * 8}{TMP_SUFFIX}"
+    if not target.parent.is_dir():
+        return []
+    return sorted(p for p in target.parent.glob(pattern) if "-" not in p.name[len(TMP_PREFIX) + len(target.name) + 1 : -len(TMP_SUFFIX)])
+
+
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` only if the block succeeds.
 
-    A killed or failing writer leaves at most a ``.tmp-*`` file, never a complete-looking target.
-    The temporary name keeps the target's suffix so libraries that sniff extensions still work.
+    A killed or failing writer leaves at most a ``.tmp-<name>-XXXX.partial`` file, never a
+    complete-looking target; the next successful write of the same target removes such leftovers.
+    Writers that need a format hint must pass it explicitly (the temporary name has none).
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    sfx = suffix if suffix is not None else "".join(target.suffixes)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{target.stem}-", suffix=sfx, dir=target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{target.name}-", suffix=TMP_SUFFIX, dir=target.parent)
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; published files get normal permissions
     tmp_path = Path(tmp)
@@ -38,6 +60,11 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
         raise
+    # One job writes a given target at a time (Snakemake's contract), so every other temporary of
+    # this target belongs to a writer that died.
+    for stale in stale_temporaries(target):
+        with contextlib.suppress(FileNotFoundError):
+            stale.unlink()
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -20,6 +20,19 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def fixed_threads(n: int) -> int:
+    """Use exactly ``n`` intra-op CPU threads, whatever the scheduler granted.
+
+    CPU reductions are split across threads, so results can differ in the last bit between thread
+    counts: a job whose bytes must not depend on ``--cores`` (LCO, rendering) fixes its count from config.
+    """
+    import torch
+
+    n = max(1, int(n))
+    torch.set_num_threads(n)
+    return n
+
+
 def resolve_device(name: str = "auto"):
     """``auto`` -> cuda when available else cpu; anything else is passed to ``torch.device``."""
     import torch

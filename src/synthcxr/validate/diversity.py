@@ -99,7 +99,7 @@ def run_diversity(
     if read_images is None:
         from .. import archive as archive_mod
 
-        arc = archive_mod.open(archive_dir)
+        arc = archive_mod.open(archive_dir, sealed=False)  # validation runs before the release is sealed
         read_images = lambda ids: {i: np.asarray(arc.read(i)) for i in ids}  # noqa: E731
     all_ids = sorted({i for ids in picks.values() for i in ids})
     imgs = read_images(all_ids) if all_ids else {}

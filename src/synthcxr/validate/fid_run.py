@@ -31,7 +31,7 @@ from ..utils.atomic import write_json
 from ..utils.runtime import progress, resolve_device, seed_everything, setup_logging
 from . import figures
 from .common import iter_real
-from .shards import iter_shards, shard_paths
+from ..archive.reader import open_archive
 
 log = logging.getLogger("synthcxr")
 
@@ -175,7 +175,6 @@ def run_fid(
     generator_path: str | os.PathLike | None = None,
     classifier_path: str | os.PathLike | None = None,
     out_curve_json: str | os.PathLike | None = None,
-    formats: tuple[str, ...] = ("h5", "parquet"),
     log_file: str | os.PathLike | None = None,
     extractor: FeatureExtractor | None = None,
 ) -> dict:
@@ -186,22 +185,14 @@ def run_fid(
     if extractor is None:
         extractor = get_extractor(cfg.features, classifier_path=classifier_path, inception_weights=cfg.inception_weights, device=device)
     prep = PreparedDataset(prepared_dir)
-    manifest_path = Path(archive_dir) / "manifest.parquet"
-    if not manifest_path.exists():
-        raise FileNotFoundError(f"{manifest_path} missing: run the finalize_archive rule first")
-    keep = set(pd.read_parquet(manifest_path, columns=["sample_id"])["sample_id"].astype(str))
-    if len(keep) < 2:
-        raise ValueError(f"{manifest_path}: {len(keep)} sample(s); FID needs at least 2")
-
-    shards = shard_paths(archive_dir, formats)
-    gen_ids, gen_feats, res = [], [], None
-    for ids, imgs in progress(iter_shards(shards, cfg.batch_size, keep), desc="archive features", leave=False):
-        res = int(imgs.shape[-1])
-        gen_ids += ids
+    # The release, through the checked reader: FID sees exactly the released shards' pixels.
+    arc = open_archive(archive_dir, sealed=False)
+    if len(arc) < 2:
+        raise ValueError(f"{archive_dir}: {len(arc)} released sample(s); FID needs at least 2")
+    gen_feats, res = [], arc.resolution
+    for _, imgs in progress(arc.iter_batches(cfg.batch_size), desc="archive features", leave=False):
         gen_feats.append(extractor(uint8_to_float(imgs).unsqueeze(1)).numpy())
     gen = np.concatenate(gen_feats)
-    if len(gen) != len(keep):
-        raise ValueError(f"{archive_dir}: manifest lists {len(keep)} samples but the shards hold {len(gen)} of them")
 
     table = prep.split(cfg.real_split)
     half_a, half_b = patient_halves(table, cfg.max_real, cfg.seed)

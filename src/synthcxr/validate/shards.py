@@ -1,8 +1,8 @@
-"""Read rendered archive shards directly (HDF5 preferred, Parquet otherwise), batch by batch.
+"""Read rendered working shards directly (HDF5 preferred, Parquet otherwise), batch by batch.
 
-The memorisation audit runs before the archive is finalised (its flags decide what the manifest
-excludes), so it cannot go through the finished archive's API; FID reads the same way and keeps only
-the samples the manifest lists. Reading in batches keeps memory bounded by one batch at any size.
+The memorisation audit runs before the release exists (its flags decide what is released), so it reads
+the working area's shards, every rendered sample; everything after finalising reads the release
+through ``synthcxr.archive``. Reading in batches keeps memory bounded by one batch at any size.
 """
 
 from __future__ import annotations
@@ -18,18 +18,6 @@ import pyarrow.parquet as pq
 
 def _decode_ids(values) -> list[str]:
     return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
-
-
-def shard_paths(archive_dir: str | os.PathLike, formats: Sequence[str] = ("h5", "parquet")) -> list[Path]:
-    """Rendered shard files of an archive, one per shard number, HDF5 preferred when both exist."""
-    folder = Path(archive_dir) / "shards"
-    by_index: dict[str, Path] = {}
-    for fmt in reversed([f for f in ("h5", "parquet") if f in formats]):  # h5 last so it wins
-        for p in sorted(folder.glob(f"shard-*.{fmt}")):
-            by_index[p.stem] = p
-    if not by_index:
-        raise FileNotFoundError(f"{folder}: no rendered shards (shard-*.h5 / shard-*.parquet); run the sample stage first")
-    return [by_index[k] for k in sorted(by_index)]
 
 
 def pick_format(paths: Sequence[str | os.PathLike]) -> list[Path]:
@@ -81,13 +69,6 @@ def iter_shards(
                     continue
                 ids, imgs = [i for i, m in zip(ids, mask) if m], imgs[mask]
             yield ids, imgs
-
-
-def shard_resolution(path: str | os.PathLike) -> int:
-    """Image side length stored in a shard."""
-    for _, imgs in iter_shard(path, batch_size=1):
-        return int(imgs.shape[-1])
-    raise ValueError(f"{path}: empty shard, cannot tell its resolution")
 
 
 def read_samples(paths: Sequence[str | os.PathLike], sample_ids: Sequence[str]) -> dict[str, np.ndarray]:

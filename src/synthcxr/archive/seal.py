@@ -1,0 +1,57 @@
+"""Seal a release: check its content, write its dataset card, then the SHA256SUMS that mark it complete.
+
+``finalize_archive`` writes the release's data; validation reads it; sealing comes last, so the card can
+quote the validation numbers and the checksums cover the card too. A release without SHA256SUMS is
+unsealed: ``synthcxr.archive.open`` and ``verify`` refuse it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from pathlib import Path
+
+from ..utils.atomic import stale_temporaries, write_text
+from ..utils.hashing import sha256_file
+from .card import render_card
+from .layout import CARD, SUMS
+from .verify import expected_files, read_info, verify_release
+
+log = logging.getLogger("synthcxr")
+
+
+def write_sums(root: Path, rel_paths: list[str]) -> str:
+    """Write ``SHA256SUMS`` (``sha256sum -c`` format, sorted relative paths); returns its text."""
+    text = "".join(f"{sha256_file(root / r)}  {r}\n" for r in sorted(set(rel_paths)))
+    write_text(root / SUMS, text)
+    return text
+
+
+def seal_release(
+    release_dir: str | os.PathLike,
+    fid: str | os.PathLike | None = None,
+    tstr: str | os.PathLike | None = None,
+    memorization: str | os.PathLike | None = None,
+    lco_agreement: str | os.PathLike | None = None,
+    jobs: int = 1,
+) -> str:
+    """Verify the unsealed release, write README.md and SHA256SUMS; returns the card text.
+
+    Raises ``ValueError`` listing every failed check instead of sealing a release that disagrees with itself.
+    """
+    root = Path(release_dir)
+    for name in (SUMS, CARD):  # an earlier, interrupted seal and its writers' temporaries
+        for p in [root / name, *stale_temporaries(root / name)]:
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+    bad = [c for c in verify_release(root, jobs=jobs, sealed=False) if not c.ok]
+    if bad:
+        raise ValueError(f"{root}: refusing to seal a release that fails its checks:\n" + "\n".join(c.line() for c in bad))
+    info = read_info(root)
+    opt = lambda q: Path(q) if q is not None and Path(q).exists() else None  # noqa: E731
+    text = render_card(info, opt(fid), opt(tstr), opt(memorization), opt(lco_agreement))
+    write_text(root / CARD, text)
+    write_sums(root, sorted(expected_files(info) - {SUMS}))
+    log.info("sealed release %s: %d samples in %d shard(s)", root, info["counts"]["n_released"], info["n_shards"])
+    return text

@@ -1,0 +1,17 @@
+"""Rule release: verify the finalised release, then write README.md (the dataset card) and SHA256SUMS."""
+
+from pathlib import Path
+
+from synthcxr.archive.seal import seal_release
+from synthcxr.utils.runtime import setup_logging
+
+sm = snakemake  # noqa: F821 (injected by Snakemake)
+setup_logging(sm.log[0])
+seal_release(
+    Path(sm.output.sums).parent,
+    fid=sm.input.fid,
+    tstr=sm.input.tstr,
+    memorization=sm.input.memorization,
+    lco_agreement=sm.input.lco_agreement,
+    jobs=sm.threads,
+)
