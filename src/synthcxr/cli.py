@@ -8,10 +8,11 @@ import sys
 # name -> (module, function taking argv, one-line help). Modules are imported only when used.
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "phantom": ("synthcxr.data.phantom", "cli", "write a phantom dataset in a real on-disk layout"),
-    "verify": ("synthcxr.archive.verify", "cli", "check an archive's checksums and shard integrity"),
-    "regenerate": ("synthcxr.archive.regenerate", "cli", "re-render one archive sample from its manifest"),
+    "verify": ("synthcxr.archive.verify", "cli", "check a release against its manifest and checksums"),
+    "regenerate": ("synthcxr.archive.regenerate", "cli", "re-render one released sample from its latent"),
     "score-classifier": ("synthcxr.classifier.score", "cli", "score a trained classifier on a prepared dataset"),
     "reader-study": ("synthcxr.reader_study.cli", "cli", "build or score a radiologist reader study"),
+    "config-doc": ("synthcxr.config_doc", "cli", "write docs/configuration.md from the config schema"),
 }
 
 
