@@ -5,6 +5,17 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 SNAKE  := $(VENV)/bin/snakemake
 CORES  ?= 2
+# make demo: the full phantom demo (~90 min on 2 cores); make demo DEMO=quick: the same DAG, smaller (~10 min)
+DEMO   ?= full
+ifeq ($(DEMO),quick)
+DEMO_ARGS := --configfile config/demo-quick.yaml
+ARCHIVE   := quick
+else ifeq ($(DEMO),full)
+DEMO_ARGS :=
+ARCHIVE   := demo
+else
+$(error DEMO must be full or quick, not '$(DEMO)')
+endif
 # Optional index for the CPU torch build on machines without a local wheel,
 # e.g. make install TORCH_INDEX=https://download.pytorch.org/whl/cpu
 TORCH_INDEX ?=
@@ -22,9 +33,12 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 install: $(VENV)/.installed
 
 demo: install
-	$(SNAKE) --cores $(CORES)
-	$(SNAKE) --cores $(CORES) --report results/report.html
-	@echo "archive: results/archive/demo   report: results/report.html"
+	$(SNAKE) --cores $(CORES) $(DEMO_ARGS)
+	$(SNAKE) --cores $(CORES) $(DEMO_ARGS) --report results/report-$(ARCHIVE).html
+	@echo "release:  results/archive/$(ARCHIVE)/release/   (synthcxr verify results/archive/$(ARCHIVE)/release)"
+	@echo "card:     results/archive/$(ARCHIVE)/release/README.md"
+	@echo "report:   results/report-$(ARCHIVE).html"
+	@echo "numbers:  results/validate/$(ARCHIVE)/*.json"
 
 sysdeps:
 	bash tools/sysdeps.sh

@@ -15,7 +15,7 @@ STAGES = {
 
 
 def _run(*args: str, cwd) -> subprocess.CompletedProcess:
-    return run_group([SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(cwd), *args], timeout=600)
+    return run_group([SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(cwd), *args], timeout=600, cwd=REPO)
 
 
 def test_lint_is_clean(tmp_path):
@@ -40,3 +40,11 @@ def test_invalid_config_fails_before_any_rule(tmp_path):
     assert proc.returncode != 0
     assert "unknown key 'pggan.lrr'" in proc.stdout + proc.stderr
     assert not (tmp_path / "results").exists()
+
+
+def test_slurm_profile_resolves_as_users_type_it(tmp_path):
+    """`snakemake --profile slurm` from the repo root finds the profile (a dry run needs no cluster)."""
+    proc = _run("--profile", "slurm", "-n", "--quiet", "rules", cwd=tmp_path)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "no profile.yaml" not in out and re.search(r"^train_pggan\s+1$", out, flags=re.M), out[-3000:]

@@ -1,4 +1,4 @@
-"""The demo DAG (tiny config) through `snakemake --profile profiles/slurm` on a real single-node cluster.
+"""The demo DAG (tiny config) through `snakemake --profile slurm`, typed from the repo root, on a real single-node cluster.
 
 The cluster (munged + slurmctld + slurmd on loopback) is started by the test and stopped by PID.
 Jobs must go through sbatch, and the outputs must equal those of the local run.
@@ -51,10 +51,9 @@ def test_dag_runs_through_sbatch_and_matches_local(cluster: SlurmCluster, tiny_r
         "SYNTHCXR_SLURM_GPUS": "0",  # the test node has no GPUs: GPU rules run on its CPUs
         "SYNTHCXR_SLURM_PARTITION": "debug",
     }
-    profile = Path(__file__).resolve().parents[2] / "profiles" / "slurm"
     proc = snakemake(
         tmp_path,
-        "--profile", str(profile),
+        "--profile", "slurm",  # as users type it: resolves to the repo root's slurm/ (-> profiles/slurm)
         "--jobs", "2",
         # Same thread counts as the local --cores 2 run, so floating-point results are comparable.
         "--max-threads", "2",

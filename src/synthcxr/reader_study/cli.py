@@ -20,7 +20,7 @@ def _parser() -> argparse.ArgumentParser:
     b = sub.add_parser("build", help="build a blinded kit (reader_kit/) and its answer key")
     b.add_argument("--prepared", required=True, help="prepared dataset folder (images.h5 + labels.parquet)")
     gen = b.add_mutually_exclusive_group(required=True)
-    gen.add_argument("--archive", help="synthetic archive folder (holds manifest.parquet)")
+    gen.add_argument("--archive", help="release folder of a synthetic archive (holds manifest.parquet)")
     gen.add_argument("--pngs", help="folder of generated grayscale PNGs (file stem = source id)")
     b.add_argument("--out", required=True, help="study folder; reader_kit/ and answer_key/ are created inside")
     b.add_argument("--config", help="workflow config YAML; its reader_study section and labels give the defaults")
