@@ -255,19 +255,31 @@ def _clear_release(release_dir: Path) -> None:
             p.unlink()
 
 
-def write_release_latents(path: Path, manifest: pd.DataFrame, z: np.ndarray) -> None:
-    """``latents.parquet``: sample_id, where it was rendered, and its optimised latent."""
-    d = int(z.shape[1]) if z.ndim == 2 and len(z) else 0
-    table = pa.table(
-        {
-            "sample_id": pa.array(manifest["sample_id"].astype(str).tolist(), pa.string()),
-            "render_shard": pa.array(manifest["render_shard"].to_numpy(np.int32)),
-            "render_index": pa.array(manifest["render_index"].to_numpy(np.int32)),
-            "z": pa.FixedSizeListArray.from_arrays(pa.array(z.reshape(-1).astype(np.float32), pa.float32()), d),
-        }
-    )
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, row_group_size=65536)
+class _LatentsWriter:
+    """Streams ``latents.parquet`` (sample_id, where it was rendered, its latent) shard by shard."""
+
+    def __init__(self, path: Path, latent_dim: int):
+        self.d = int(latent_dim)
+        self.schema = pa.schema([
+            ("sample_id", pa.string()), ("render_shard", pa.int32()), ("render_index", pa.int32()),
+            ("z", pa.list_(pa.float32(), self.d)),
+        ])
+        self._stack = contextlib.ExitStack()
+        self._writer = pq.ParquetWriter(self._stack.enter_context(atomic_path(path)), self.schema)
+
+    def write(self, ids: Sequence[str], shard: int, index: np.ndarray, z: np.ndarray) -> None:
+        z = np.ascontiguousarray(z, np.float32).reshape(len(ids), self.d)
+        self._writer.write_table(pa.Table.from_arrays([
+            pa.array(list(ids), pa.string()), pa.array(np.full(len(ids), shard, np.int32)), pa.array(np.asarray(index, np.int32)),
+            pa.FixedSizeListArray.from_arrays(pa.array(z.reshape(-1), pa.float32()), self.d),
+        ], schema=self.schema))
+
+    def close(self, exc: BaseException | None = None) -> None:
+        self._writer.close()
+        if exc is None:
+            self._stack.close()  # renames into place
+        else:
+            self._stack.__exit__(type(exc), exc, exc.__traceback__)
 
 
 def finalize_archive(
@@ -326,30 +338,35 @@ def finalize_archive(
     shard_col = np.zeros(len(manifest), np.int32)
     index_col = np.zeros(len(manifest), np.int32)
     hashes: list[str] = [""] * len(manifest)
-    z_rows = np.zeros((len(manifest), lats[0].z.shape[1] if len(lats[0]) else 0), np.float32)
     writer = _ReleaseWriter(release, bounds, cfg, res, attrs, row_group_rows)
+    latents = _LatentsWriter(release / RELEASE_LATENTS, max((lat.z.shape[1] for lat in lats if len(lat)), default=0))
     label_cols = manifest[names].to_numpy(np.int8)
     prob_cols = manifest[[f"prob_{n}" for n in names]].to_numpy(np.float32)
+    ids, seeds = manifest["sample_id"].tolist(), manifest["seed"].to_numpy(np.int64)
     out_row = 0
     try:
         with progress(total=len(full), desc="release", unit="img") as bar:
             pos = 0
             for lat in lats:
                 keep = released[pos : pos + len(lat)]
+                first = out_row
                 for i, (px, png) in enumerate(_iter_work_rows(work, lat.shard, cfg.formats)):
                     if keep[i]:
                         img = px if px is not None else decode_png(png)
                         shard_col[out_row], index_col[out_row] = writer.add(
-                            out_row, img, png, label_cols[out_row], prob_cols[out_row], manifest["sample_id"].iat[out_row], int(manifest["seed"].iat[out_row])
+                            out_row, img, png, label_cols[out_row], prob_cols[out_row], ids[out_row], int(seeds[out_row])
                         )
                         hashes[out_row] = pixel_sha256(img)
-                        z_rows[out_row] = lat.z[i]
                         out_row += 1
                     bar.update(1)
+                kept = np.flatnonzero(keep)
+                latents.write(ids[first:out_row], lat.shard, kept, lat.z[kept])
                 pos += len(lat)
         writer.close()
+        latents.close()
     except BaseException as exc:
         writer.abort(exc)
+        latents.close(exc)
         raise
     if out_row != len(manifest):
         raise RuntimeError(f"{work}: copied {out_row} released samples but the manifest lists {len(manifest)}")
@@ -361,7 +378,6 @@ def finalize_archive(
     manifest["pixel_sha256"] = hashes
     with atomic_path(release / MANIFEST) as tmp:
         pq.write_table(pa.Table.from_pandas(manifest, preserve_index=False), tmp)
-    write_release_latents(release / RELEASE_LATENTS, manifest, z_rows)
 
     shards_info = []
     for k, (lo, hi) in enumerate(bounds):

@@ -117,6 +117,7 @@ class Archive:
         self._entries = {int(sh["shard"]): sh for sh in info["shards"]}
         self._shards: dict[int, ShardImages] = {}
         self._by_id: dict[str, int] | None = None
+        self._ids_by_shard: dict[int, list[str]] | None = None
 
     def __len__(self) -> int:
         return len(self.manifest)
@@ -147,8 +148,10 @@ class Archive:
             entry = self._entries.get(int(shard))
             if entry is None:
                 raise KeyError(f"{self.root}: archive.json lists no shard {shard}")
-            rows = self._full[self._full["shard"] == shard].sort_values("index")
-            expect = (self.info, entry, rows["sample_id"].astype(str).tolist())
+            if self._ids_by_shard is None:  # one pass over the manifest for all shards, not one per shard
+                full = self._full.sort_values(["shard", "index"])
+                self._ids_by_shard = {int(k): g.astype(str).tolist() for k, g in full.groupby("shard")["sample_id"]}
+            expect = (self.info, entry, self._ids_by_shard.get(int(shard), []))
             self._shards[shard] = ShardImages(self.root / entry["files"][self.image_format], self.image_format, expect)
         return self._shards[shard]
 
