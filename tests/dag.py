@@ -71,11 +71,14 @@ def run_group(
     return subprocess.CompletedProcess(list(cmd), proc.returncode, out, err)
 
 
-def snakemake(workdir: Path, *args: str, env: dict | None = None, timeout: int = 1200, config: Path = TINY) -> subprocess.CompletedProcess:
-    """Run the repo's Snakefile in ``workdir`` with ``config`` (default: the tiny one) merged over the default.
+def snakemake(workdir: Path, *args: str, env: dict | None = None, timeout: int = 1200,
+              config: Path | Sequence[Path] = TINY) -> subprocess.CompletedProcess:
+    """Run the repo's Snakefile in ``workdir`` with ``config`` (default: the tiny one; several are merged in order)
+    over the default.
 
     The command runs from the repo root, as users type it (``--profile slurm`` resolves there).
     """
-    cmd = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--configfile", str(config), *args]
+    configs = [config] if isinstance(config, (str, os.PathLike)) else list(config)
+    cmd = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--configfile", *map(str, configs), *args]
     run_env = dict(os.environ, SYNTHCXR_NO_PROGRESS="1", OMP_NUM_THREADS="1", **(env or {}))
     return run_group(cmd, timeout=timeout, env=run_env, cwd=REPO)

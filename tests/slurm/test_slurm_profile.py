@@ -6,6 +6,7 @@ Jobs must go through sbatch, and the outputs must equal those of the local run.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -16,7 +17,7 @@ import pandas as pd
 import pytest
 import torch
 from cluster import SlurmCluster, SystemConfigPresent, missing_binaries
-from dag import snakemake
+from dag import TINY, snakemake
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -51,6 +52,9 @@ def test_dag_runs_through_sbatch_and_matches_local(cluster: SlurmCluster, tiny_r
         "SYNTHCXR_SLURM_GPUS": "0",  # the test node has no GPUs: GPU rules run on its CPUs
         "SYNTHCXR_SLURM_PARTITION": "debug",
     }
+    # train_pggan stops at a ~1 s time budget and is resubmitted until its schedule is done
+    budget = tmp_path / "budget.yaml"
+    budget.write_text("pggan: {job_minutes: 0.02, allocations: 30}\n")
     proc = snakemake(
         tmp_path,
         "--profile", "slurm",  # as users type it: resolves to the repo root's slurm/ (-> profiles/slurm)
@@ -62,14 +66,26 @@ def test_dag_runs_through_sbatch_and_matches_local(cluster: SlurmCluster, tiny_r
         "--seconds-between-status-checks", "1",  # job turnaround, not the jobs, dominated this test at the default 10 s
         env=env,
         timeout=2400,
+        config=[TINY, budget],
     )
     out = proc.stdout + proc.stderr
+    (tmp_path / "snakemake.out").write_text(out)  # the whole run, for a failed assertion's reader
     assert proc.returncode == 0, out[-8000:]
     # Every job was submitted with sbatch and got a SLURM job id.
     submitted = re.findall(r"has been submitted with SLURM jobid (\d+)", out)
     local = re.findall(r"^localrule (\w+):", out, flags=re.M)
     assert not [r for r in local if r != "all"], f"rules ran outside SLURM: {local}"
     assert len(submitted) >= 15, out[-4000:]
+    # the GAN took several allocations (each stopped early with exit 75 and was resubmitted) ...
+    gan_jobs = re.findall(r"submitted with SLURM jobid \d+ \(log: (\S*rule_train_pggan\S*)\)", out)
+    assert len(gan_jobs) >= 2, out[-4000:]
+    assert "resuming at" in (tmp_path / "results/logs/train_pggan-tiny.log").read_text()
+    # ... and still trained one continuous schedule: the same log lines as the uninterrupted local run
+    def log_lines(root: Path) -> list[tuple]:
+        rows = [json.loads(x) for x in (root / "results/pggan/tiny/log.jsonl").read_text().splitlines()]
+        return [(r["kimg"], r["loss_d"], r["loss_g"], r["phase"]) for r in rows]
+
+    assert log_lines(tmp_path) == log_lines(tiny_run)
     # Identical results: prepared data, trained models, the archive's manifest and shard pixels.
     a, b = tiny_run / "results", tmp_path / "results"
     with h5py.File(a / "prepared/tiny/images.h5") as fa, h5py.File(b / "prepared/tiny/images.h5") as fb:

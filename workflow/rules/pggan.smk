@@ -1,6 +1,7 @@
 # Stage 2: Progressive GAN on the prepared train split. Only generator.pt is declared as output:
 # checkpoint.pt, log.jsonl, fakes/ and snapshots/ live beside it and survive a failed job, so a
-# rerun resumes from the last checkpoint instead of starting over.
+# rerun resumes from the last checkpoint instead of starting over. A job that stops early at its time
+# budget (pggan.job_minutes, the SLURM allocation) is resubmitted up to pggan.allocations - 1 times.
 rule train_pggan:
     input:
         images=f"{PREP}/images.h5",
@@ -14,6 +15,8 @@ rule train_pggan:
     benchmark:
         f"{LOGS}/benchmarks/train_pggan-{RUN}.tsv"
     threads: 2
+    # Resubmission is the scheduler's: the job step run inside an allocation must not retry within it.
+    retries: config["pggan"]["allocations"] - 1 if workflow.is_main_process else 0
     conda:
         CONDA_ENV
     script:

@@ -11,7 +11,13 @@ from typing import Any
 #: How stream.finding_repeats turns finding_floor into repeats (part of the fingerprint when the floor is on).
 FINDING_RULE = "shown-share"
 #: Keys that may change between a run and its resumption without changing what is trained.
-RESUME_SAFE_KEYS = frozenset({"run", "checkpoint_kimg", "snapshot_kimg", "log_kimg", "workers", "device", "labels", "gpus", "total_kimg"})
+#: How training is split into jobs: neither what is trained nor recorded in generator.pt, so an interrupted
+#: and resubmitted run writes the same generator bytes as an uninterrupted one.
+JOB_KEYS = frozenset({"job_minutes", "stop_margin_minutes", "allocations"})
+RESUME_SAFE_KEYS = frozenset({
+    "run", "checkpoint_kimg", "snapshot_kimg", "log_kimg", "workers", "device", "labels", "gpus", "total_kimg",
+    "job_minutes", "stop_margin_minutes", "allocations",
+})
 
 
 @dataclass
@@ -43,6 +49,9 @@ class PGGANConfig:
     gpus: int = 1
     finding_floor: float = 0.0
     finding_max_repeat: int = 8
+    job_minutes: float | None = None
+    stop_margin_minutes: float = 15.0
+    allocations: int = 1
     seed: int = 0
     device: str = "auto"
     labels: list[str] | None = None
@@ -67,6 +76,10 @@ class PGGANConfig:
         d = dataclasses.asdict(self)
         d["betas"] = list(self.betas)
         return d
+
+    def provenance_dict(self) -> dict[str, Any]:
+        """The config recorded in generator.pt: everything but :data:`JOB_KEYS`."""
+        return {k: v for k, v in self.to_dict().items() if k not in JOB_KEYS}
 
     def batch_for(self, res: int) -> int:
         """Global minibatch at ``res``; raises naming the missing ``pggan.minibatch`` entry."""

@@ -73,6 +73,15 @@ def mean_across_ranks(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return v / info.world_size
 
 
+def any_rank(flag: bool, info: DistInfo) -> bool:
+    """True on every rank when ``flag`` is true on at least one (e.g. one rank was asked to stop)."""
+    if not info.distributed:
+        return bool(flag)
+    t = torch.tensor([1.0 if flag else 0.0], device=info.device if info.device.type == "cuda" else "cpu")
+    tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
 def broadcast_flag(flag: bool, info: DistInfo) -> bool:
     """Rank 0's decision, shared so every rank takes the same branch."""
     if not info.distributed:
@@ -86,24 +95,52 @@ def launch_torchrun(cfg: dict, data_folder: str | os.PathLike, out_dir: str | os
                     log_file: str | os.PathLike | None, nproc: int) -> None:
     """Run ``train_pggan`` in ``nproc`` processes via ``torch.distributed.run`` (single node).
 
-    The config travels as a JSON file in the run folder, so every rank trains the same thing.
+    The config travels as a JSON file in the run folder, so every rank trains the same thing. A SIGTERM
+    or SIGUSR1 to this process is passed to torchrun as SIGTERM, which torchrun hands on to every rank
+    (each in a session of its own); the ranks checkpoint and stop together, and this raises
+    :class:`~.preempt.Preempted`. torchrun itself ignores SIGUSR1, which would kill it.
     """
+    import json
+    import signal
     import subprocess
     import sys
     from pathlib import Path
 
     from ..utils.atomic import write_json
+    from .preempt import MARKER, Preempted
 
     out = Path(out_dir)
     cfg_path = out / "launch-config.json"
     write_json(cfg_path, cfg)
+    (out / MARKER).unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
            "-m", "synthcxr.pggan.train", "--config-json", str(cfg_path), "--data", str(data_folder), "--out", str(out)]
     if log_file is not None:
         cmd += ["--log", str(log_file)]
-    res = subprocess.run(cmd, check=False)
-    if res.returncode != 0:
-        raise RuntimeError(f"torchrun with {nproc} processes failed (exit {res.returncode}); see {log_file or 'stderr'}")
+    old_usr1 = signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # inherited by torchrun; the ranks install their own
+    try:
+        proc = subprocess.Popen(cmd)
+    finally:
+        signal.signal(signal.SIGUSR1, old_usr1)
+
+    def forward(signum, frame):  # noqa: ARG001 - signal handler signature
+        try:
+            proc.send_signal(signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+    handlers = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGUSR1)}
+    try:
+        rc = proc.wait()
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+    marker = out / MARKER
+    if marker.exists():
+        info = json.loads(marker.read_text())
+        raise Preempted(int(round(float(info["kimg"]) * 1000)), str(info["reason"]))
+    if rc != 0:
+        raise RuntimeError(f"torchrun with {nproc} processes failed (exit {rc}); see {log_file or 'stderr'}")
 
 
 def train_maybe_distributed(cfg: dict, data_folder: str | os.PathLike, out_dir: str | os.PathLike,

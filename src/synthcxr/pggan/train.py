@@ -25,14 +25,15 @@ from torch.utils.data import DataLoader
 
 from ..data.store import PreparedDataset
 from ..imaging import float_to_uint8
-from ..utils.atomic import atomic_path, torch_save, write_text
+from ..utils.atomic import atomic_path, torch_save, write_json, write_text
 from ..utils.runtime import progress, seed_everything, setup_logging
 from .checkpoint import generator_payload, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import PGGANConfig, diff_training
-from .dist import DistInfo, barrier, init_distributed, mean_across_ranks, shutdown
+from .dist import DistInfo, any_rank, barrier, init_distributed, mean_across_ranks, shutdown
 from .layers import downsample2x, lerp, upsample2x
 from .loss import critic_loss, generator_loss, gradient_penalty
 from .networks import Discriminator, Generator
+from .preempt import MARKER, PREEMPTED_EXIT, Preempted, StopRequest, slurm_time_left_s, time_budget_s
 from .schedule import Position, Schedule
 from .stream import ImageStream, StepBatchSampler, finding_repeats, shown_share
 
@@ -167,6 +168,7 @@ class _Trainer:
         self.step = 0
         self.seconds = 0.0
         self.log_lines: list[str] = []
+        self.resumed_log: tuple[dict[str, torch.Tensor], int] = ({}, 0)
         self.grid_z = grid_latents(math.prod(grid_shape(cfg.resolution)), cfg.latent_dim, cfg.seed)
 
     # -- state ---------------------------------------------------------------------------------
@@ -174,7 +176,7 @@ class _Trainer:
     def ckpt_path(self) -> Path:
         return self.out / "checkpoint.pt"
 
-    def state(self, pos: Position) -> dict[str, Any]:
+    def state(self, pos: Position, log_acc: dict[str, torch.Tensor] | None = None, log_n: int = 0) -> dict[str, Any]:
         st = {
             "G": self.G.state_dict(),
             "D": self.D.state_dict(),
@@ -192,6 +194,9 @@ class _Trainer:
             "config": self.cfg.training_dict(),
             "fingerprint": self.cfg.fingerprint(),
             "n_train": self.n_train,
+            # the running means of the log interval in progress, so a resumed run logs the same numbers
+            "log_acc": {k: v.detach().cpu() for k, v in (log_acc or {}).items()},
+            "log_n": int(log_n),
         }
         if self.scaler_G is not None:
             st["scaler_G"] = self.scaler_G.state_dict()
@@ -219,6 +224,7 @@ class _Trainer:
             self.scaler_G.load_state_dict(ck["scaler_G"])
             self.scaler_D.load_state_dict(ck["scaler_D"])
         self.nimg, self.step, self.seconds = int(ck["nimg"]), int(ck["step"]), float(ck["seconds"])
+        self.resumed_log = ({k: v.to(self.dev) for k, v in ck.get("log_acc", {}).items()}, int(ck.get("log_n", 0)))
         set_rng_state(ck["rng"])
         log_path = self.out / "log.jsonl"
         if log_path.exists():  # drop lines written after the checkpoint: they will be written again
@@ -251,7 +257,7 @@ class _Trainer:
             "kimg": self.nimg / 1000.0,
             "res": pos.res,
             "alpha": pos.alpha,
-            "config": self.cfg.to_dict(),
+            "config": self.cfg.provenance_dict(),
             "fingerprint": self.cfg.fingerprint(),
             "n_train": self.n_train,
         }  # no wall-clock time here: same config + same platform must give the same generator bytes
@@ -371,9 +377,17 @@ class _Trainer:
                         unit="kimg", desc="pggan", **bar_kw,
                         bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} kimg [{elapsed}<{remaining}{postfix}]")
         it, cur_key = None, None
-        acc: dict[str, torch.Tensor] = {}
-        acc_n, t_int, img_int = 0, time.perf_counter(), 0
+        acc, acc_n = self.resumed_log
+        t_int, img_int = time.perf_counter(), 0
         steps_here = 0
+        marker = self.out / MARKER
+        if info.is_main and marker.exists():
+            marker.unlink()  # training continues: this run is no longer stopped early
+        budget = time_budget_s(cfg.job_minutes, cfg.stop_margin_minutes, slurm_time_left_s()) if info.is_main else None
+        if info.is_main and budget is not None:
+            log.info("time budget of this job: %.1f s of training, then checkpoint and exit %d to be resumed", budget, PREEMPTED_EXIT)
+        stop = StopRequest(budget)
+        stop.__enter__()
         try:
             while self.nimg < self.sched.total_nimg:
                 if max_steps is not None and steps_here >= max_steps:
@@ -411,11 +425,23 @@ class _Trainer:
                     acc, acc_n, t_int, img_int = {}, 0, now, 0
                 if info.is_main and (_crossed(prev, self.nimg, cfg.snapshot_kimg) or done):
                     self.snapshot(self.sched.at(prev))
-                if _crossed(prev, self.nimg, cfg.checkpoint_kimg) or done:
+                reason = stop.reason() if not done else None
+                stopping = any_rank(reason is not None, info)
+                if _crossed(prev, self.nimg, cfg.checkpoint_kimg) or done or stopping:
+                    log_acc = {k: mean_across_ranks(v, info) for k, v in sorted(acc.items())}
                     if info.is_main:
-                        save_checkpoint(self.ckpt_path, self.state(self.sched.at(prev)))
+                        save_checkpoint(self.ckpt_path, self.state(self.sched.at(prev), log_acc, acc_n))
                     barrier(info)
+                if stopping:
+                    reason = reason or "another rank was asked to stop"
+                    if info.is_main:
+                        write_json(marker, {"kimg": self.nimg / 1000, "reason": reason, "total_kimg": self.sched.total_nimg / 1000})
+                        log.warning("stopping early at %.3f kimg of %.1f (%s): checkpoint written; rerun to resume",
+                                    self.nimg / 1000, self.sched.total_nimg / 1000, reason)
+                    barrier(info)
+                    raise Preempted(self.nimg, reason)
         finally:
+            stop.__exit__(None, None, None)
             pbar.close()
         final = self.out / "generator.pt"
         if self.nimg >= self.sched.total_nimg and info.is_main:
@@ -463,7 +489,10 @@ def main(argv: list[str] | None = None) -> None:
     a = ap.parse_args(argv)
     with open(a.config_json) as fh:
         cfg = json.load(fh)
-    train_pggan(cfg, a.data, a.out, a.log)
+    try:
+        train_pggan(cfg, a.data, a.out, a.log)
+    except Preempted:
+        raise SystemExit(PREEMPTED_EXIT) from None
 
 
 if __name__ == "__main__":
