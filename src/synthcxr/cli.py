@@ -12,6 +12,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "regenerate": ("synthcxr.archive.regenerate", "cli", "re-render one released sample from its latent"),
     "score-classifier": ("synthcxr.classifier.score", "cli", "score a trained classifier on a prepared dataset"),
     "reader-study": ("synthcxr.reader_study.cli", "cli", "build or score a radiologist reader study"),
+    "pggan-allocations": ("synthcxr.pggan.allocations", "cli", "how many cluster jobs a GAN schedule needs at a rate"),
     "config-doc": ("synthcxr.config_doc", "cli", "write docs/configuration.md from the config schema"),
 }
 
