@@ -51,6 +51,21 @@ def test_models_load_weights_only(tiny_run: Path):
         assert "test" in metrics and "val" in metrics
 
 
+def test_allocations_from_the_runs_measured_rates(tiny_run: Path):
+    log = tiny_run / "results" / "pggan" / "tiny" / "log.jsonl"
+    proc = run_group([SYNTHCXR, "pggan-allocations", "--configfile", str(TINY), "--log", str(log), "--job-minutes", "60"],
+                     timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rows = [line.split() for line in proc.stdout.splitlines() if line.split()[:1] in (["4"], ["8"], ["16"])]
+    assert [r[0] for r in rows] == ["4", "8", "16"]
+    # log_kimg (1) is longer than the 0.4 kimg at 4 px: that row borrows the 8 px rate
+    assert [" ".join(r[4:]) for r in rows] == ["from 8 px", "measured", "measured"]
+    logged = {json.loads(line)["res"]: json.loads(line)["img/s"] for line in log.read_text().splitlines()}
+    assert float(rows[2][2]) == pytest.approx(logged[16], abs=0.051)
+    assert "total: 2 kimg" in proc.stdout  # 0.4 at 4 px, then 0.4 fade + 0.4 stable at 8 and 16
+    assert "1 allocation(s) needed" in proc.stdout
+
+
 def test_release_is_consistent_and_verifiable(tiny_run: Path):
     import synthcxr.archive
 

@@ -32,7 +32,7 @@ class ResolutionRow:
     res: int
     nimg: int
     img_per_s: float
-    measured: bool
+    source: str  # "measured", "given", or "from N px" (a larger resolution's measured rate)
 
     @property
     def hours(self) -> float:
@@ -56,16 +56,24 @@ def measured_rates(log_path: str | Path) -> dict[int, float]:
 
 
 def schedule_rows(sched: Schedule, img_per_s: float | None, measured: dict[int, float] | None = None) -> list[ResolutionRow]:
-    """One row per resolution: its images and the rate used (measured where known, else ``img_per_s``)."""
+    """One row per resolution: its images and the rate used.
+
+    A measured rate wins; a resolution the log has no row for (a phase shorter than ``log_kimg``) takes
+    ``img_per_s`` if given, else the measured rate of the next larger resolution, which is slower and so
+    bounds its time from above.
+    """
     measured = measured or {}
     rows = []
     for res, nimg in sched.nimg_per_res().items():
+        larger = [r for r in measured if r > res]
         if res in measured:
-            rows.append(ResolutionRow(res, nimg, measured[res], True))
-        elif img_per_s is None:
-            raise ValueError(f"no rate for {res} px: the log has none; give --img-per-s")
+            rows.append(ResolutionRow(res, nimg, measured[res], "measured"))
+        elif img_per_s is not None:
+            rows.append(ResolutionRow(res, nimg, float(img_per_s), "given"))
+        elif larger:
+            rows.append(ResolutionRow(res, nimg, measured[min(larger)], f"from {min(larger)} px"))
         else:
-            rows.append(ResolutionRow(res, nimg, float(img_per_s), False))
+            raise ValueError(f"no rate for {res} px: the log has none at or above it; give --img-per-s")
     return rows
 
 
@@ -116,8 +124,8 @@ def cli(argv: list[str] | None = None) -> int:
         return 2
     print(f"{'res':>5} {'kimg':>9} {'img/s':>9} {'hours':>8}  rate")
     for r in rows:
-        print(f"{r.res:>5} {r.nimg / 1000:>9.0f} {r.img_per_s:>9.1f} {r.hours:>8.1f}  {'measured' if r.measured else 'given'}")
-    print(f"total: {sched.total_nimg / 1000:.0f} kimg, {hours:.1f} h of training")
+        print(f"{r.res:>5} {r.nimg / 1000:>9g} {r.img_per_s:>9.1f} {r.hours:>8.1f}  {r.source}")
+    print(f"total: {sched.total_nimg / 1000:g} kimg, {hours:.1f} h of training")
     print(f"jobs of {job_minutes:g} min stopping {pcfg.stop_margin_minutes:g} min early: "
           f"{need} allocation(s) needed; pggan.allocations is {pcfg.allocations}"
           + ("" if pcfg.allocations >= need else f" -- raise it to at least {need}"))
