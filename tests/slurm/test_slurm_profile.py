@@ -91,6 +91,8 @@ def test_dag_runs_through_sbatch_and_matches_local(cluster: SlurmCluster, tiny_r
     with h5py.File(a / "prepared/tiny/images.h5") as fa, h5py.File(b / "prepared/tiny/images.h5") as fb:
         assert np.array_equal(fa["images/16"][:], fb["images/16"][:])
     _tables_equal(a / "prepared/tiny/labels.parquet", b / "prepared/tiny/labels.parquet")
+    # the GAN trained across allocations is the same file, byte for byte, as the one trained in one go
+    assert (a / "pggan/tiny/generator.pt").read_bytes() == (b / "pggan/tiny/generator.pt").read_bytes()
     for model in ("pggan/tiny/generator.pt", "classifier/real/model.pt"):
         sa = torch.load(a / model, weights_only=True)["state_dict"]
         sb = torch.load(b / model, weights_only=True)["state_dict"]
