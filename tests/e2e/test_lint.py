@@ -42,6 +42,16 @@ def test_invalid_config_fails_before_any_rule(tmp_path):
     assert not (tmp_path / "results").exists()
 
 
+def test_missing_dataset_root_fails_when_the_dag_is_built(tmp_path):
+    cfg = tmp_path / "nih.yaml"
+    cfg.write_text(f"dataset: {{name: nih, format: nih, root: {tmp_path / 'no-such-folder'}}}\n")
+    proc = _run("-n", "--cores", "1", "--configfile", str(cfg), cwd=tmp_path)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "'dataset.root'" in out and "no-such-folder" in out, out[-3000:]
+    assert not (tmp_path / "results").exists()
+
+
 def test_slurm_profile_resolves_as_users_type_it(tmp_path):
     """`snakemake --profile slurm` from the repo root finds the profile (a dry run needs no cluster)."""
     proc = _run("--profile", "slurm", "-n", "--quiet", "rules", cwd=tmp_path)

@@ -13,6 +13,10 @@ prepend_pythonpath(SRC)
 
 try:
     validate_config(config)
+    if workflow.is_main_process:  # the source is checked once, before anything is queued
+        from synthcxr.data.prepare import check_source
+
+        check_source(config["dataset"], config["labels"])
 except ConfigError as exc:
     raise WorkflowError(str(exc)) from None
 

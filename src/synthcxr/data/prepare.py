@@ -127,6 +127,14 @@ def _crashed(item: tuple[str, Any]) -> tuple[str, Any]:
     return ("q", ("decode_error", f"{item[0]}: decoder process crashed"))
 
 
+def check_source(cfg: Mapping[str, Any], labels: Sequence[str]) -> None:
+    """Fail fast, as the DAG is built: ``dataset.root`` and the format's label tables exist and read.
+
+    Reads table headers only. Raises :class:`~synthcxr.config.ConfigError` naming the key and the path.
+    """
+    make_adapter(PrepareConfig.from_dict(cfg), labels)
+
+
 def prepare(
     cfg: Mapping[str, Any] | PrepareConfig,
     labels: Sequence[str] | None,
