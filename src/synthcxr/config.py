@@ -103,15 +103,21 @@ def _cross_checks(config: dict) -> None:
         )
 
 
-def load_config(path: str | os.PathLike, overrides: dict | None = None) -> dict:
-    """Read a YAML config, apply ``overrides`` (deep-merged), validate and return it."""
+def read_config_file(path: str | os.PathLike) -> dict:
+    """The mapping in one YAML config file, not validated; a ConfigError names a missing or non-mapping file."""
     p = Path(path)
-    if not p.exists():
+    if not p.is_file():
         raise ConfigError(f"config file {p} does not exist")
     with open(p) as fh:
         cfg = yaml.safe_load(fh) or {}
     if not isinstance(cfg, dict):
         raise ConfigError(f"config file {p}: top level must be a mapping")
+    return cfg
+
+
+def load_config(path: str | os.PathLike, overrides: dict | None = None) -> dict:
+    """Read a YAML config, apply ``overrides`` (deep-merged), validate and return it."""
+    cfg = read_config_file(path)
     if overrides:
         cfg = deep_merge(cfg, overrides)
     return validate_config(cfg)

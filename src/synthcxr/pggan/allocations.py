@@ -19,12 +19,11 @@ from pathlib import Path
 
 import yaml
 
-from ..config import REPO_ROOT, ConfigError, deep_merge, validate_config
+from ..config import REPO_ROOT, ConfigError, deep_merge, read_config_file, validate_config
 from .config import PGGANConfig
 from .schedule import Schedule
 
-#: train_pggan's runtime in profiles/slurm/config.yaml (minutes)
-PROFILE_JOB_MINUTES = 4320.0
+PROFILE = REPO_ROOT / "profiles" / "slurm" / "config.yaml"
 
 
 @dataclass(frozen=True)
@@ -65,15 +64,15 @@ def schedule_rows(sched: Schedule, img_per_s: float | None, measured: dict[int, 
     measured = measured or {}
     rows = []
     for res, nimg in sched.nimg_per_res().items():
-        larger = [r for r in measured if r > res]
         if res in measured:
             rows.append(ResolutionRow(res, nimg, measured[res], "measured"))
         elif img_per_s is not None:
             rows.append(ResolutionRow(res, nimg, float(img_per_s), "given"))
-        elif larger:
-            rows.append(ResolutionRow(res, nimg, measured[min(larger)], f"from {min(larger)} px"))
         else:
-            raise ValueError(f"no rate for {res} px: the log has none at or above it; give --img-per-s")
+            nearest = min((r for r in measured if r > res), default=None)
+            if nearest is None:
+                raise ValueError(f"no rate for {res} px: the log has none at or above it; give --img-per-s")
+            rows.append(ResolutionRow(res, nimg, measured[nearest], f"from {nearest} px"))
     return rows
 
 
@@ -88,15 +87,15 @@ def allocations_needed(train_hours: float, job_minutes: float, stop_margin_minut
 def load_merged(configfiles: list[str]) -> dict:
     """config/config.yaml with each file merged over it in order, as Snakemake's ``--configfile`` does."""
     cfg: dict = {}
-    for path in [str(REPO_ROOT / "config" / "config.yaml"), *configfiles]:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} does not exist")
-        data = yaml.safe_load(p.read_text()) or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {p}: top level must be a mapping")
-        cfg = deep_merge(cfg, data)
+    for path in [REPO_ROOT / "config" / "config.yaml", *configfiles]:
+        cfg = deep_merge(cfg, read_config_file(path))
     return validate_config(cfg)
+
+
+def profile_job_minutes() -> float:
+    """train_pggan's runtime (minutes) in the SLURM profile, the job length a user gets by default."""
+    profile = yaml.safe_load(PROFILE.read_text())
+    return float(profile["set-resources"]["train_pggan"]["runtime"])
 
 
 def cli(argv: list[str] | None = None) -> int:
@@ -105,7 +104,7 @@ def cli(argv: list[str] | None = None) -> int:
     ap.add_argument("--img-per-s", type=float, help="training rate of one job (all its GPUs), images per second")
     ap.add_argument("--log", help="a run's log.jsonl: its measured rate per resolution overrides --img-per-s")
     ap.add_argument("--job-minutes", type=float, default=None,
-                    help=f"minutes per job (default: pggan.job_minutes, else the profile's {PROFILE_JOB_MINUTES:g})")
+                    help="minutes per job (default: pggan.job_minutes, else train_pggan's runtime in profiles/slurm)")
     args = ap.parse_args(argv)
     if args.img_per_s is not None and args.img_per_s <= 0:
         ap.error("--img-per-s must be > 0")
@@ -114,9 +113,9 @@ def cli(argv: list[str] | None = None) -> int:
     try:
         config = load_merged(args.configfile)
         pcfg = PGGANConfig.from_dict(config["pggan"])
-        sched = Schedule(pcfg.resolution, pcfg.stable_kimg, pcfg.fade_kimg, pcfg.minibatch, pcfg.total_kimg)
+        sched = pcfg.schedule()
         rows = schedule_rows(sched, args.img_per_s, measured_rates(args.log) if args.log else None)
-        job_minutes = args.job_minutes or pcfg.job_minutes or PROFILE_JOB_MINUTES
+        job_minutes = args.job_minutes or pcfg.job_minutes or profile_job_minutes()
         hours = sum(r.hours for r in rows)
         need = allocations_needed(hours, job_minutes, pcfg.stop_margin_minutes)
     except (ConfigError, ValueError, OSError) as exc:

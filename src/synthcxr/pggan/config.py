@@ -8,6 +8,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from .schedule import Schedule
+
 #: How stream.finding_repeats turns finding_floor into repeats (part of the fingerprint when the floor is on).
 FINDING_RULE = "shown-share"
 #: Keys that may change between a run and its resumption without changing what is trained.
@@ -80,6 +82,10 @@ class PGGANConfig:
     def provenance_dict(self) -> dict[str, Any]:
         """The config recorded in generator.pt: everything but :data:`JOB_KEYS`."""
         return {k: v for k, v in self.to_dict().items() if k not in JOB_KEYS}
+
+    def schedule(self) -> Schedule:
+        """The growth schedule these settings describe."""
+        return Schedule(self.resolution, self.stable_kimg, self.fade_kimg, self.minibatch, self.total_kimg)
 
     def batch_for(self, res: int) -> int:
         """Global minibatch at ``res``; raises naming the missing ``pggan.minibatch`` entry."""

@@ -34,7 +34,7 @@ from .layers import downsample2x, lerp, upsample2x
 from .loss import critic_loss, generator_loss, gradient_penalty
 from .networks import Discriminator, Generator
 from .preempt import MARKER, PREEMPTED_EXIT, Preempted, StopRequest, slurm_time_left_s, time_budget_s
-from .schedule import Position, Schedule
+from .schedule import Position
 from .stream import ImageStream, StepBatchSampler, finding_repeats, shown_share
 
 log = logging.getLogger("synthcxr")
@@ -141,8 +141,7 @@ class _Trainer:
         self.n_train = int(len(self.data.split("train")))
         if self.n_train == 0:
             raise ValueError(f"{self.data.labels_path}: the train split is empty")
-        self.sched = Schedule(cfg.resolution, cfg.stable_kimg, cfg.fade_kimg,
-                              {int(k): v for k, v in cfg.minibatch.items()}, cfg.total_kimg)
+        self.sched = cfg.schedule()
         for r, b in self.sched.minibatch.items():
             if r <= cfg.resolution and b % info.world_size:
                 raise ValueError(f"pggan.minibatch[\"{r}\"] = {b} is not divisible by the {info.world_size} GPUs")
