@@ -41,6 +41,16 @@ def synth_image(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return np.clip(np.rint(base), 0, 255).astype(np.uint8)
 
 
+def percentile_window(a: np.ndarray, pct: tuple[float, float] = (0.5, 99.5), valid: np.ndarray | None = None) -> np.ndarray:
+    """Reference display window (numpy percentiles of the valid pixels -> 0..255, rounded); invalid -> 0."""
+    a = a.astype(np.float64)
+    lo, hi = np.percentile(a if valid is None else a[valid], pct)
+    out = np.clip(np.rint(np.clip((a - lo) * 255.0 / (hi - lo), 0, 255)), 0, 255).astype(np.uint8)
+    if valid is not None:
+        out[~valid] = 0
+    return out
+
+
 def write_png(path: Path, arr: np.ndarray, mode: str | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(arr, mode=mode).save(path, format="PNG")
@@ -338,9 +348,8 @@ def write_dicom_folder(root: str | os.PathLike, seed: int = 3, bad: bool = True)
 
     base8 = synth_image(rng, 40, 40)
 
-    def stretched(a):  # without a VOI window the display range is the image's own min..max
-        a = a.astype(np.float64)
-        return np.clip(np.rint((a - a.min()) * 255.0 / (a.max() - a.min())), 0, 255).astype(np.uint8)
+    def stretched(a):  # without a VOI window: the 0.5th..99.5th percentiles of the image map to 0..255
+        return percentile_window(a)
 
     s8 = stretched(base8)
     add("native/mono2.dcm", make_dicom(base8), s8, patient="")
@@ -438,7 +447,12 @@ def check_common(res: dict, labels: list[str]) -> None:
     for r, arr in res["images"].items():
         assert arr.shape == (n, r, r) and arr.dtype == np.uint8
     assert [str(x) for x in res["attrs"]["label_names"]] == labels
-    assert list(t.columns) == ["row", "image_id", "patient_key", "split", "view", "sex", "age", *labels]
+    assert list(t.columns) == ["row", "image_id", "patient_key", "split", "view", "sex", "age", *labels, "other_finding"]
+    assert set(np.unique(t["other_finding"].dropna())) <= {0.0, 1.0}
+    findings = [n for n in labels if n != "No_Finding"]
+    if "No_Finding" in labels:  # a normal image has no finding, configured or not
+        normal = t["No_Finding"] == 1
+        assert not (t.loc[normal, findings] == 1).any(axis=None) and not (t.loc[normal, "other_finding"] == 1).any()
     assert set(t["split"]) <= {"train", "val", "test"}
     assert (t.groupby("patient_key")["split"].nunique() <= 1).all(), "patient in two splits"
     assert t["image_id"].is_unique

@@ -1,4 +1,9 @@
-"""Canonical pathology vocabulary (ChestX-ray14 spelling) shared by every stage."""
+"""Canonical pathology vocabulary shared by every stage: ChestX-ray14's 14 findings, CheXpert's others, No_Finding.
+
+Spelling follows ChestX-ray14 (underscores for spaces). The CheXpert/MIMIC-CXR observations without a
+ChestX-ray14 counterpart are canonical too, so that a source's every positive finding can be kept (and an
+image positive for any of them is never No_Finding); see docs/datasets.md for each format's mapping.
+"""
 
 from __future__ import annotations
 
@@ -19,8 +24,17 @@ CANONICAL_LABELS: tuple[str, ...] = (
     "Fibrosis",
     "Pleural_Thickening",
     "Hernia",
+    "Enlarged_Cardiomediastinum",
+    "Lung_Opacity",
+    "Lung_Lesion",
+    "Pleural_Other",
+    "Fracture",
+    "Support_Devices",
     "No_Finding",
 )
+
+#: The ChestX-ray14 vocabulary (its 14 findings and No_Finding), the NIH adapter's labels.
+NIH_LABELS: tuple[str, ...] = CANONICAL_LABELS[:14] + ("No_Finding",)
 
 #: The findings the built-in phantom renders with known ground truth.
 PHANTOM_LABELS: tuple[str, ...] = (

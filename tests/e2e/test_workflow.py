@@ -99,6 +99,13 @@ def test_release_is_consistent_and_verifiable(tiny_run: Path):
         regen = run_group([SYNTHCXR, "regenerate", str(rel), sid, "--generator", str(gen)], timeout=600)
         assert regen.returncode == 0, regen.stdout + regen.stderr
         assert regen.stdout.count("byte-identical") == 2
+    # nothing of the prepared (real, identifying) data travels: no quarantine.csv, labels or source paths
+    prepared = {p.name for p in (tiny_run / "results" / "prepared").rglob("*") if p.is_file()}
+    assert "quarantine.csv" in prepared
+    shipped = [p for p in rel.rglob("*") if p.is_file()]
+    assert not {p.name for p in shipped} & prepared
+    listed = {line.split(maxsplit=1)[1].lstrip("*") for line in (rel / "SHA256SUMS").read_text().splitlines()}
+    assert listed == {str(p.relative_to(rel)) for p in shipped} - {"SHA256SUMS"}
     card = (rel / "README.md").read_text()
     assert card.startswith("---\n") and "synthetic" in card.lower()
     assert "### Label reliability (independent checker classifier)" in card

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from fixtures_real import check_common, dataset_cfg, read_outputs, write_chexpert, write_mimic
+from fixtures_real import CHEXPERT_OBS, check_common, dataset_cfg, read_outputs, write_chexpert, write_mimic
 from synthcxr.data.prepare import prepare
 from synthcxr.data.splits import patient_key
 
@@ -23,6 +23,19 @@ def expected(cell: str, policy: str) -> float:
     if v == -1.0:
         return {"ones": 1.0, "zeros": 0.0, "ignore": math.nan}[policy]
     return v
+
+
+def expected_no_finding(raw: dict, policy: str) -> float:
+    """No_Finding: 0 when any other observation resolves to 1, else the source's own cell."""
+    if any(expected(raw[o], policy) == 1.0 for o in raw if o != "No Finding" and o in CHEXPERT_OBS):
+        return 0.0
+    return expected(raw["No Finding"], policy)
+
+
+def expected_other(raw: dict, policy: str, configured: set[str]) -> float:
+    """other_finding: 1 when an unconfigured observation resolves to 1, NaN when one is unknown."""
+    vals = [expected(raw[o], policy) for o in CHEXPERT_OBS[1:] if o not in configured]
+    return 1.0 if 1.0 in vals else (math.nan if any(math.isnan(v) for v in vals) else 0.0)
 
 
 def same(a: float, b: float) -> bool:
@@ -51,10 +64,11 @@ def test_chexpert_labels_views_quarantine(chexpert, tmp_path, policy):
         assert row["patient_key"] == patient_key(info["patients"][rel], "unit-test-salt")
         assert row["view"] == raw["AP/PA"] and row["sex"] == raw["Sex"][0] and row["age"] == float(raw["Age"])
         for lab, src in SRC.items():
-            assert same(row[lab], expected(raw[src], policy)), (rel, lab, raw[src], row[lab])
-        assert math.isnan(row["Nodule"])  # Lung Lesion is not mapped
+            want = expected_no_finding(raw, policy) if lab == "No_Finding" else expected(raw[src], policy)
+            assert same(row[lab], want), (rel, lab, raw[src], row[lab])
+        assert math.isnan(row["Nodule"])  # Lung Lesion covers Nodule and Mass: neither is derived
+        assert same(row["other_finding"], expected_other(raw, policy, {SRC[n] for n in SRC}))
     assert any("Nodule" in w for w in s["warnings"])
-    assert any("Lung Lesion" in n for n in s["label_notes"])
     split = dict(zip(good, t["split"]))
     assert all(split[p] == "val" for p in good if p in info["valid"])
     assert all(split[p] in ("train", "test") for p in good if p not in info["valid"])
@@ -87,6 +101,9 @@ def test_mimic_join_split_and_quarantine(tmp_path):
         assert row["patient_key"] == patient_key(v["subject"], "unit-test-salt")
         assert row["sex"] is None and math.isnan(row["age"])
         for lab, src in SRC.items():
-            assert same(row[lab], expected(v["labels"][src], "zeros")), (did, lab)
+            raw = v["labels"]
+            want = expected_no_finding(raw, "zeros") if lab == "No_Finding" else expected(raw[src], "zeros")
+            assert same(row[lab], want), (did, lab)
+        assert same(row["other_finding"], expected_other(v["labels"], "zeros", set(SRC.values())))
     text = (tmp_path / "out" / "labels.parquet").read_bytes()
     assert not any(v["subject"].encode() in text for v in info["images"].values())

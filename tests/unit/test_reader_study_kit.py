@@ -187,7 +187,7 @@ def test_bad_inputs(tmp_path, tiny_prepared):
     with pytest.raises(FileNotFoundError, match="no \\*.png"):
         png_folder_source(tmp_path)
     with pytest.raises(ValueError, match="unknown label"):
-        ReaderStudyConfig(labels=["Lung_Opacity"])
+        ReaderStudyConfig(labels=["Lung_Opacities"])
 
 
 def test_archive_source_reads_a_finalised_archive(tmp_path, tiny_prepared):

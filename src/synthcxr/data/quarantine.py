@@ -29,6 +29,7 @@ REASONS: dict[str, str] = {
     "no_label_row": "the image has no matching label row",
     "duplicate": "the same image is listed more than once (first listing kept)",
     "decode_error": "an unexpected error or crash while decoding the image",
+    "too_small": "the source image's short side is below dataset.min_source_size",
 }
 
 

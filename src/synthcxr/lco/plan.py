@@ -7,7 +7,9 @@ rerun of one shard reproduces exactly the same targets and seeds. Three ways to 
     Reproduce the label combinations of the real *train* split with their frequencies. Unknown labels
     (NaN) count as absent (the "U-zeros" convention, which keeps every image; dropping partially
     labelled rows would bias the plan towards fully annotated sources). ``No_Finding`` is derived from
-    the findings, never read from the table, so every target is self-consistent. Counts come from
+    the findings, never read from the table, so every target is self-consistent; rows whose
+    ``other_finding`` is 1 and that have no configured finding (positive only for findings outside
+    ``labels``) are left out rather than counted as No_Finding. Counts come from
     largest-remainder (Hamilton) rounding of ``n_samples * frequency``, so they sum to ``n_samples``
     exactly and each differs from its ideal share by less than one sample. With ``plan.keep_rare``
     (default) and ``n_samples`` at least the number of observed combinations, every observed combination
@@ -156,8 +158,20 @@ def _combos_from_real(real_table: pd.DataFrame, labels: Sequence[str]) -> pd.Ser
     mat = table[findings].to_numpy(dtype=np.float64)
     mat = np.where(np.isnan(mat), 0.0, mat)
     present = mat >= 0.5
+    if "other_finding" in table.columns:
+        # positive only for findings outside the configured labels: not normal, and no configured target
+        other_only = (table["other_finding"].to_numpy() == 1.0) & ~present.any(axis=1)
+        if other_only.any():
+            log.info("match_real: %d train rows positive only for unconfigured findings are left out", int(other_only.sum()))
+            present, index = present[~other_only], table.index[~other_only]
+        else:
+            index = table.index
+    else:
+        index = table.index
+    if len(index) == 0:
+        raise ValueError("match_real: every train row is positive only for findings outside config 'labels'")
     keys = ["+".join(f for f, p in zip(findings, row) if p) or NO_FINDING for row in present]
-    return pd.Series(keys, index=table.index)
+    return pd.Series(keys, index=index)
 
 
 def _vector(key: str, labels: Sequence[str]) -> list[int]:

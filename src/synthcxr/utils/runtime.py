@@ -92,3 +92,25 @@ def progress(iterable=None, **kwargs):
     kwargs.setdefault("dynamic_ncols", True)
     kwargs.setdefault("file", sys.stderr)
     return tqdm(iterable, **kwargs)
+
+
+def job_memory_mb(environ: dict[str, str] | None = None, cgroup: str = "/sys/fs/cgroup/memory.max") -> int | None:
+    """The memory this job may use, in MB: SLURM's allocation, else a cgroup v2 limit, else None (no limit known).
+
+    Reads ``SLURM_MEM_PER_NODE``, or ``SLURM_MEM_PER_CPU`` times ``SLURM_CPUS_ON_NODE`` (both in MB, as
+    SLURM exports them), then ``memory.max`` of the process's cgroup ("max" means unlimited).
+    """
+    env = os.environ if environ is None else environ
+    try:
+        if env.get("SLURM_MEM_PER_NODE"):
+            return int(env["SLURM_MEM_PER_NODE"])
+        if env.get("SLURM_MEM_PER_CPU"):
+            return int(env["SLURM_MEM_PER_CPU"]) * int(env.get("SLURM_CPUS_ON_NODE", "1") or 1)
+    except ValueError:
+        pass
+    try:
+        with open(cgroup) as fh:
+            text = fh.read().strip()
+    except OSError:
+        return None
+    return int(text) // (1 << 20) if text.isdigit() else None

@@ -16,9 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import numpy as np
-
 from ...config import ConfigError
+from ..decode import SourceImage
 from ..quarantine import Quarantine, QuarantineError
 
 if TYPE_CHECKING:
@@ -33,6 +32,8 @@ class Record:
 
     ``patient_id`` is the raw source id: it lives only in memory and is hashed before anything is
     written. ``ref`` is whatever :meth:`Adapter.load` needs (a path, or a phantom cohort row).
+    ``other_finding`` is 1 when the source marks a finding that is not among the configured labels
+    (0 when it marks none, NaN when it cannot say), so such an image is never taken for No_Finding.
     """
 
     source: str
@@ -44,6 +45,7 @@ class Record:
     labels: dict[str, float]
     official: str | None = None
     ref: Any = None
+    other_finding: float = NAN
 
 
 @dataclass
@@ -75,6 +77,31 @@ def parse_label_value(raw: object, column: str) -> float | None:
     return v
 
 
+UNCERTAIN_POLICIES = ("ones", "zeros", "ignore")
+
+
+def uncertain_policy(spec: str | Mapping[str, str], where: str = "dataset.chexpert_uncertain") -> dict[str, str]:
+    """``dataset.chexpert_uncertain`` -> {canonical label: ones/zeros/ignore} for every canonical label.
+
+    ``spec`` is one policy for all labels, or a mapping of canonical label names to policies with an
+    optional ``default`` (``ones`` when absent), e.g. the CheXpert paper's
+    ``{default: zeros, Atelectasis: ones, Edema: ones}``. Raises ``ValueError`` naming the bad key.
+    """
+    from ...labels import CANONICAL_LABELS
+
+    if isinstance(spec, str):
+        spec = {"default": spec}
+    if not isinstance(spec, Mapping):
+        raise ValueError(f"'{where}': expected ones/zeros/ignore or a mapping label -> policy, got {spec!r}")
+    for key, value in spec.items():
+        if key != "default" and key not in CANONICAL_LABELS:
+            raise ValueError(f"'{where}.{key}': not a canonical label name (use e.g. Effusion, Lung_Opacity) or 'default'")
+        if value not in UNCERTAIN_POLICIES:
+            raise ValueError(f"'{where}.{key}': {value!r} is not one of {', '.join(UNCERTAIN_POLICIES)}")
+    default = spec.get("default", "ones")
+    return {n: str(spec.get(n, default)) for n in CANONICAL_LABELS}
+
+
 def apply_uncertain(value: float | None, policy: str, blank: float) -> float:
     """Resolve one parsed value: -1 by ``policy`` (ones/zeros/ignore), blank -> ``blank``."""
     if value is None:
@@ -96,6 +123,7 @@ class Adapter:
         self.warnings: list[str] = []
         self.filtered_views: Counter[str] = Counter()
         self.seen = 0
+        self.uncertain = uncertain_policy(cfg.chexpert_uncertain)
 
     # ---- configuration -------------------------------------------------------------------------
     @property
@@ -151,12 +179,30 @@ class Adapter:
                 self.notes.append(f"{self.format} label {src!r} -> {canon!r}")
 
     # ---- pass 2: pixels (runs in worker processes) ---------------------------------------------
-    def load(self, ref: Any, res: int, source: str) -> np.ndarray:
-        """uint8 ``[res, res]`` for one record; raise QuarantineError for unusable inputs."""
+    def load(self, ref: Any, res: int, source: str) -> "SourceImage":
+        """One record's grayscale pixels at (or near) source size; raise QuarantineError for unusable inputs.
+
+        ``res`` is the pyramid's max_res, which a decoder may use to decode at a reduced scale that stays
+        at least twice as large; the caller crops, resizes and checks the source size.
+        """
         raise NotImplementedError
 
     def summary(self) -> dict[str, Any]:
         return {}
+
+
+#: Rows of a label table parsed at a time (tables are streamed, never held whole).
+CHUNK_ROWS = 16384
+
+
+def iter_rows(csv: str | os.PathLike, columns: Sequence[str] | None = None) -> Iterator[dict[str, str]]:
+    """A CSV's rows as dicts of raw strings (blank cells ``""``), parsed a chunk at a time."""
+    import pandas as pd
+
+    for chunk in pd.read_csv(csv, dtype=str, keep_default_na=False, usecols=columns, chunksize=CHUNK_ROWS):
+        cols = list(chunk.columns)
+        for values in chunk.itertuples(index=False, name=None):
+            yield dict(zip(cols, values))
 
 
 def index_files(folders: Sequence[Path], suffixes: Sequence[str]) -> dict[str, Path]:

@@ -14,15 +14,14 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from ...config import ConfigError
-from ..decode import load_square
+from ..decode import SourceImage, read_image_file
 from ..dicom import normalise_sex, parse_age
 from ..quarantine import Quarantine, QuarantineError
-from .base import Adapter, Record
-from .chexpert_vocab import BLANK_NOTE, VOCAB, map_observations, uncertain_note
+from .base import Adapter, Record, iter_rows
+from .chexpert_vocab import BLANK_NOTE, NO_FINDING_NOTE, VOCAB, check_observation_columns, map_observations, uncertain_note
 
 DATASET_DIRS = ("CheXpert-v1.0-small", "CheXpert-v1.0")
 _PATIENT = re.compile(r"(patient\d+)")
@@ -56,6 +55,7 @@ class CheXpertAdapter(Adapter):
             missing = [c for c in ("Path", "Frontal/Lateral") if c not in cols]
             if missing:
                 raise ConfigError(f"'dataset.root': {csv} lacks column(s) {missing}; is it a CheXpert table?")
+            self.warnings.extend(check_observation_columns(cols, self.labels, csv))
 
     def _resolve(self, rel: str) -> Path | None:
         p = PurePosixPath(rel.strip())
@@ -70,15 +70,14 @@ class CheXpertAdapter(Adapter):
     def scan(self, quarantine: Quarantine) -> Iterator[Record]:
         self.vocabulary_labels(VOCAB)
         self.notes.append(BLANK_NOTE)
-        self.notes.append(uncertain_note(self.cfg.chexpert_uncertain))
+        self.notes.append(NO_FINDING_NOTE)
+        self.notes.append(uncertain_note(self.uncertain, self.labels))
         tables = [(self.train_csv, "train_test" if self.valid_csv else None)]
         if self.valid_csv:
             tables.append((self.valid_csv, "val"))
             self.notes.append("official split honoured: valid.csv -> val; train.csv patients split into train/test")
         for csv, official in tables:
-            table = pd.read_csv(csv, dtype=str, keep_default_na=False)
-            for values in table.itertuples(index=False):
-                row = dict(zip(table.columns, values))
+            for row in iter_rows(csv):
                 self.seen += 1
                 rel = row["Path"].strip()
                 view = chexpert_view(row.get("Frontal/Lateral"), row.get("AP/PA"))
@@ -88,7 +87,7 @@ class CheXpertAdapter(Adapter):
                     m = _PATIENT.search(rel)
                     if not m:
                         raise QuarantineError("missing_metadata", f"no patientNNNNN component in Path {rel!r}")
-                    labels = map_observations(row, self.labels, self.cfg.chexpert_uncertain)
+                    labels, other = map_observations(row, self.labels, self.uncertain)
                     path = self._resolve(rel)
                     if path is None:
                         raise QuarantineError("missing_file", f"{rel} not found under {self.ds_dir}")
@@ -105,7 +104,8 @@ class CheXpertAdapter(Adapter):
                     labels=labels,
                     official=official,
                     ref=str(path),
+                    other_finding=other,
                 )
 
-    def load(self, ref: Any, res: int, source: str) -> np.ndarray:
-        return load_square(ref, res)
+    def load(self, ref: Any, res: int, source: str) -> SourceImage:
+        return read_image_file(ref, target=res, percentiles=self.cfg.intensity_percentiles)

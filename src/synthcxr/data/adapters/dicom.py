@@ -2,7 +2,8 @@
 
 The CSV needs a ``file`` column (path relative to ``dataset.root``) and one column per canonical
 label (``1``/``0``; ``-1`` follows ``dataset.chexpert_uncertain``; blank = unknown -> NaN, since a
-generic table has no "not mentioned" convention). Optional ``patient_id``, ``view``, ``sex``, ``age``
+generic table has no "not mentioned" convention). No_Finding is 0 when any finding column is 1; canonical
+columns that are not configured feed ``other_finding``. Optional ``patient_id``, ``view``, ``sex``, ``age``
 columns override the DICOM header (PatientID, ViewPosition, PatientSex, PatientAge). Other columns are
 ignored with a warning. Pixels follow :mod:`synthcxr.data.dicom`.
 """
@@ -14,15 +15,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from ...config import ConfigError
-from ...labels import CANONICAL_LABELS
-from ..decode import to_square_uint8
+from ...labels import CANONICAL_LABELS, NO_FINDING
+from ..decode import SourceImage
 from ..dicom import header_meta, normalise_sex, normalise_view, parse_age, read_dicom_gray, read_header
 from ..quarantine import Quarantine, QuarantineError
-from .base import NAN, Adapter, LabelVocabulary, Record, apply_uncertain, parse_label_value
+from .base import NAN, Adapter, LabelVocabulary, Record, apply_uncertain, iter_rows, parse_label_value
 
 META_COLUMNS = ("file", "patient_id", "view", "sex", "age")
 
@@ -49,19 +49,21 @@ class DicomAdapter(Adapter):
         if self.ignored_columns:
             self.warnings.append(f"{self.csv_path.name}: non-canonical column(s) ignored: {self.ignored_columns}")
         self.notes.append("blank label cells are unknown (NaN)")
-        table = pd.read_csv(self.csv_path, dtype=str, keep_default_na=False)
-        for values in table.itertuples(index=False):
-            row = dict(zip(table.columns, values))
+        for row in iter_rows(self.csv_path):
             self.seen += 1
             rel = row["file"].strip()
             try:
                 if not rel:
                     raise QuarantineError("missing_metadata", "empty 'file' cell")
-                labels = {
-                    n: (apply_uncertain(parse_label_value(row[n], n), self.cfg.chexpert_uncertain, blank=NAN)
-                        if n in self.label_columns else NAN)
-                    for n in self.labels
+                values = {
+                    n: apply_uncertain(parse_label_value(row[n], n), self.uncertain[n], blank=NAN)
+                    for n in self.label_columns
                 }
+                labels = {n: values.get(n, NAN) for n in self.labels}
+                if NO_FINDING in labels and any(v == 1.0 for n, v in values.items() if n != NO_FINDING):
+                    labels[NO_FINDING] = 0.0
+                others = [v for n, v in values.items() if n not in self.labels and n != NO_FINDING]
+                other = 1.0 if any(v == 1.0 for v in others) else (NAN if any(v != v for v in others) else 0.0)
                 path = self.root / rel
                 meta = header_meta(read_header(path))
             except QuarantineError as err:
@@ -86,7 +88,8 @@ class DicomAdapter(Adapter):
                 labels=labels,
                 official=None,
                 ref=str(path),
+                other_finding=other,
             )
 
-    def load(self, ref: Any, res: int, source: str) -> np.ndarray:
-        return to_square_uint8(read_dicom_gray(ref), res, source)
+    def load(self, ref: Any, res: int, source: str) -> SourceImage:
+        return SourceImage.of(read_dicom_gray(ref, self.cfg.intensity_percentiles))

@@ -12,20 +12,19 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from ...config import ConfigError
-from ...labels import CANONICAL_LABELS
-from ..decode import load_square
+from ...labels import NIH_LABELS, NO_FINDING
+from ..decode import SourceImage, read_image_file
 from ..dicom import normalise_sex, normalise_view, parse_age
 from ..quarantine import Quarantine, QuarantineError
-from .base import Adapter, LabelVocabulary, Record, index_files
+from .base import NAN, Adapter, LabelVocabulary, Record, index_files, iter_rows
 
 CSV_NAMES = ("Data_Entry_2017.csv", "Data_Entry_2017_v2020.csv")
 REQUIRED_COLUMNS = ("Image Index", "Finding Labels", "Patient ID")
 
-VOCAB = LabelVocabulary({("No Finding" if n == "No_Finding" else n): n for n in CANONICAL_LABELS})
+VOCAB = LabelVocabulary({("No Finding" if n == NO_FINDING else n): n for n in NIH_LABELS})
 
 
 def _read_list(path: Path) -> set[str]:
@@ -62,16 +61,14 @@ class NIHAdapter(Adapter):
                 "official split lists honoured: "
                 + ", ".join(p.name for p, s in ((tv_path, train_val), (test_path, test)) if s is not None)
             )
-        table = pd.read_csv(self.csv_path, dtype=str, keep_default_na=False)
-        for rec in table.itertuples(index=False):
-            row = dict(zip(table.columns, rec))
+        for row in iter_rows(self.csv_path):
             self.seen += 1
             name = row["Image Index"].strip()
             view = normalise_view(row.get("View Position", ""))
             if not self.accept_view(view):
                 continue
             try:
-                labels = self._labels(row["Finding Labels"])
+                labels, other = self._labels(row["Finding Labels"])
                 pid = row["Patient ID"].strip()
                 if not pid:
                     raise QuarantineError("missing_metadata", "empty Patient ID")
@@ -96,9 +93,11 @@ class NIHAdapter(Adapter):
                 labels=labels,
                 official=official,
                 ref=str(path),
+                other_finding=other,
             )
 
-    def _labels(self, findings: str) -> dict[str, float]:
+    def _labels(self, findings: str) -> tuple[dict[str, float], float]:
+        """``Finding Labels`` -> ({label: 1/0, NaN outside the NIH vocabulary}, other_finding)."""
         tokens = [t.strip() for t in str(findings).split("|") if t.strip()]
         if not tokens:
             raise QuarantineError("bad_label_value", "empty Finding Labels")
@@ -108,7 +107,10 @@ class NIHAdapter(Adapter):
         present = {VOCAB.mapping[t] for t in tokens}
         if "No_Finding" in present and len(present) > 1:
             raise QuarantineError("bad_label_value", f"Finding Labels {findings!r}: 'No Finding' with findings")
-        return {n: (1.0 if n in present else 0.0) for n in self.labels}
+        provided = VOCAB.provides()
+        labels = {n: (1.0 if n in present else 0.0) if n in provided else NAN for n in self.labels}
+        other = 1.0 if present - set(self.labels) - {NO_FINDING} else 0.0
+        return labels, other
 
-    def load(self, ref: Any, res: int, source: str) -> np.ndarray:
-        return load_square(ref, res)
+    def load(self, ref: Any, res: int, source: str) -> SourceImage:
+        return read_image_file(ref, target=res, percentiles=self.cfg.intensity_percentiles)

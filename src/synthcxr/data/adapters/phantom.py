@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 
 from ...config import ConfigError
-from ...labels import PHANTOM_LABELS
+from ...labels import NO_FINDING, PHANTOM_LABELS
+from ..decode import SourceImage
 from ..quarantine import Quarantine, QuarantineError
 from .base import NAN, Adapter, LabelVocabulary, Record
 
@@ -64,11 +65,12 @@ class PhantomAdapter(Adapter):
                 labels={n: (float(row[n]) if n in PHANTOM_LABELS else NAN) for n in self.labels},
                 official=None,
                 ref=row,
+                other_finding=float(any(row[n] for n in PHANTOM_LABELS if n not in self.labels and n != NO_FINDING)),
             )
 
-    def load(self, ref: Any, res: int, source: str) -> np.ndarray:
+    def load(self, ref: Any, res: int, source: str) -> SourceImage:
         _, _, render = phantom_api()
         img = np.asarray(render(ref, res))
         if img.shape != (res, res) or img.dtype != np.uint8:
             raise QuarantineError("bad_image", f"{source}: renderer returned {img.dtype} {img.shape}")
-        return img
+        return SourceImage.of(img)
