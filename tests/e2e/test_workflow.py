@@ -124,7 +124,8 @@ def test_lco_shard_rerun_with_other_cores_is_byte_identical(tiny_run: Path, tmp_
 def test_validation_outputs(tiny_run: Path):
     val = tiny_run / "results" / "validate" / "tiny"
     fid = json.loads((val / "fid.json").read_text())
-    assert fid["generated_vs_real"]["fid"] > 0 and np.isfinite(fid["real_vs_real"]["fid"])
+    assert fid["generated_vs_train"]["fid"] > 0 and np.isfinite(fid["heldout_vs_train"]["fid"])
+    assert fid["extractor"]["name"] == "checker" and len(fid["extractor"]["sha256"]) == 64
     tstr = json.loads((val / "tstr.json").read_text())
     assert tstr
     mem = pd.read_parquet(val / "memorization.parquet")

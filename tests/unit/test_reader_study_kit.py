@@ -58,6 +58,10 @@ def test_balance_layout_and_key_apart(tmp_path, tiny_prepared):
     on_disk = pd.read_csv(key_path)
     assert list(on_disk.columns) == ["image", "truth", "source"]
     assert (on_disk["truth"] == "real").sum() == 8 and (on_disk["truth"] == "fake").sum() == 8
+    # the organiser's side states what 16 images a reader can show (and never enters the kit)
+    design = json.loads((key_path.parent / "design.json").read_text())
+    assert design["images_per_reader"] == 16 and design["readers"] == 3 and design["correct_needed_per_reader"] == 13
+    assert design["readers_needed"] * 16 >= design["answers_needed"] and not any(kit.rglob("design.json"))
     assert sorted(on_disk["image"]) == sorted(p.name for p in (kit / "images").iterdir())
     pd.testing.assert_frame_equal(on_disk, key)
     # reals come from the test split only, fakes from the given source ids

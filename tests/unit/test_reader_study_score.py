@@ -145,7 +145,10 @@ def test_score_files_and_cli_outputs(files, tmp_path, capsys):
     assert (out / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     per = pd.read_csv(out / "per_reader.csv")
     assert list(per["reader"]) == ["A", "B", "C"]
-    assert "not significantly different from chance" in (out / "summary.txt").read_text()
+    text = (out / "summary.txt").read_text()
+    # 16 of 26 right: not different from chance, yet far too few answers to show equivalence within 0.1
+    assert summary["pooled"]["verdict"] == "inconclusive" and "the study cannot say" in text
+    assert summary["equivalence_margin"] == 0.1
     again = score_files(key_path, paths, tmp_path / "scores2")
     assert again["pooled"]["correct"] == 16
 
@@ -224,3 +227,51 @@ def test_rating_auc_against_sklearn_and_by_hand():
     expected = roc_auc_score(truth[keep] == "fake", np.where(answer == "fake", conf, -conf)[keep])
     assert rating_auc(truth, answer, conf) == (pytest.approx(expected), 38)
     assert np.isnan(rating_auc(["fake"], ["fake"], [3])[0])
+
+
+def test_tost_and_power_against_scipy_and_hand_counts():
+    from scipy.stats import binom
+
+    from synthcxr.reader_study.power import (
+        answers_needed,
+        design,
+        equivalence_answers_needed,
+        equivalence_power,
+        power,
+        rejection_counts,
+        tost,
+    )
+
+    # the figure: 20 real + 20 generated, 27 of 40 right are needed for p < 0.05
+    rej = rejection_counts(40)
+    assert rej[rej > 20].min() == 27 and rej[rej < 20].max() == 13
+    pv = __import__("scipy.stats").stats.binomtest
+    assert all((pv(k, 40, 0.5).pvalue < 0.05) == (k in set(rej)) for k in range(41))
+    # power = P(X <= 13) + P(X >= 27) under the alternative, by hand
+    assert power(40, 0.6) == pytest.approx(binom.cdf(13, 40, 0.6) + binom.sf(26, 40, 0.6))
+    n = answers_needed(0.6)
+    assert power(n, 0.6) >= 0.8 > max(power(m, 0.6) for m in range(n - 20, n))
+    # TOST: the larger of the two exact one-sided p-values
+    t = tost(520, 1000, 0.1)
+    assert t["p_lower"] == pytest.approx(binom.sf(519, 1000, 0.4)) and t["p_upper"] == pytest.approx(binom.cdf(520, 1000, 0.6))
+    assert t["equivalent"] and t["p_value"] == max(t["p_lower"], t["p_upper"])
+    assert not tost(16, 26, 0.1)["equivalent"] and not tost(650, 1000, 0.1)["equivalent"]
+    m = equivalence_answers_needed(0.1)
+    assert equivalence_power(m, 0.1) >= 0.8 > equivalence_power(m - 1, 0.1)
+    d = design(40, 3, 0.6, 0.1)
+    assert d["correct_needed_per_reader"] == 27 and d["readers_needed"] == -(-n // 40)
+    assert d["power_pooled"] == pytest.approx(power(120, 0.6))
+
+
+def test_rating_auc_ci_brackets_the_auc_and_resamples_images():
+    from synthcxr.reader_study.score import rating_auc, rating_auc_ci
+
+    rng = np.random.default_rng(0)
+    truth = np.array(["fake", "real"] * 30, dtype=object)
+    conf = rng.integers(1, 6, 60).astype(float)
+    answer = np.where(rng.random(60) < 0.7, truth, np.where(truth == "fake", "real", "fake"))
+    auc, _ = rating_auc(truth, answer, conf)
+    lo, hi = rating_auc_ci(truth, answer, conf, n_boot=500)
+    assert lo < auc < hi and 0.5 < auc
+    lo2, hi2 = rating_auc_ci(np.tile(truth, 3), np.tile(answer, 3), np.tile(conf, 3), np.tile(np.arange(60), 3), n_boot=500)
+    assert (hi2 - lo2) == pytest.approx(hi - lo, rel=0.35)  # three readers with identical answers: no extra information

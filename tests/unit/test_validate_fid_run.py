@@ -18,7 +18,7 @@ from synthcxr.metrics.features import classifier_extractor  # noqa: E402
 from synthcxr.metrics.fid import fid_from_features  # noqa: E402
 from synthcxr.pggan.checkpoint import save_generator  # noqa: E402
 from synthcxr.pggan.networks import Generator  # noqa: E402
-from synthcxr.validate.fid_run import FidConfig, patient_halves, run_fid, snapshot_files  # noqa: E402
+from synthcxr.validate.fid_run import FidConfig, real_sets, run_fid, snapshot_files  # noqa: E402
 
 RES = 16
 
@@ -34,14 +34,15 @@ class Feat(nn.Module):
         return nn.functional.adaptive_avg_pool2d(self.net(x), 2).flatten(1)
 
 
-def test_patient_halves_are_disjoint_and_balanced(tiny_prepared):
-    t = PreparedDataset(tiny_prepared).split("train")
-    a, b = patient_halves(t, max_images=10_000, seed=0)
-    pa = set(t.set_index("row").loc[a, "patient_key"])
-    pb = set(t.set_index("row").loc[b, "patient_key"])
-    assert not pa & pb and len(a) + len(b) == len(t) and abs(len(a) - len(b)) <= 2
-    a2, b2 = patient_halves(t, max_images=40, seed=0)
-    assert len(a2) == 20 and len(b2) == 20
+def test_real_sets_are_train_and_heldout(tiny_prepared):
+    t = PreparedDataset(tiny_prepared).table
+    ref, held = real_sets(t, max_images=10_000, seed=0)
+    by_row = t.set_index("row")
+    assert set(by_row.loc[ref, "split"]) == {"train"} and set(by_row.loc[held, "split"]) == {"val", "test"}
+    assert len(ref) == (t["split"] == "train").sum() and len(held) == t["split"].isin(["val", "test"]).sum()
+    assert not set(by_row.loc[ref, "patient_key"]) & set(by_row.loc[held, "patient_key"])
+    r2, h2 = real_sets(t, max_images=20, seed=0)
+    assert len(r2) == 20 and len(h2) == min(20, len(held))
 
 
 def test_run_fid_writes_baseline_curve_and_orders_generators(tmp_path):
@@ -68,26 +69,34 @@ def test_run_fid_writes_baseline_curve_and_orders_generators(tmp_path):
                   generator_path=run_dir / "generator.pt", out_curve_json=tmp_path / "v" / "fid_curve.json", extractor=ext)
     js = json.loads((tmp_path / "v" / "fid.json").read_text())
     assert js == json.loads(json.dumps(out))
-    assert js["extractor"] == "classifier" and js["n_generated"] == n - 5 and js["n_generated_total"] == n - 5
-    for part in ("generated_vs_real", "real_vs_real"):
-        assert set(js[part]) >= {"fid", "kid_mean", "kid_std", "precision", "recall"}
-    assert js["generated_vs_real"]["fid"] > 3 * js["real_vs_real"]["fid"] > 0
-    assert js["generated_vs_real"]["kid_mean"] > js["real_vs_real"]["kid_mean"]
-    assert js["real_vs_real"]["precision"] > js["generated_vs_real"]["precision"]
+    assert js["extractor"]["name"] == "checker" and js["resize"] == "clean"
+    assert js["n_generated"] == n - 5 and js["n_generated_total"] == n - 5
+    for part in ("generated_vs_train", "heldout_vs_train"):
+        assert set(js[part]) >= {"fid", "fid_infinity", "fid_by_n", "kid_mean", "kid_std", "precision", "recall"}
+        pts = js[part]["fid_by_n"]
+        assert [p["n"] for p in pts] == sorted(p["n"] for p in pts) and pts[-1]["n"] == js["n_generated"]
+        # FID_inf is the intercept of the least-squares line through (1/N, FID_N): numpy's polyfit agrees
+        slope, intercept = np.polyfit([1 / p["n"] for p in pts], [p["fid"] for p in pts], 1)
+        assert js[part]["fid_infinity"] == pytest.approx(intercept, rel=1e-6, abs=1e-9)
+        assert js[part]["fid_slope"] == pytest.approx(slope, rel=1e-6, abs=1e-9)
+    assert js["generated_vs_train"]["fid"] > 3 * js["heldout_vs_train"]["fid"] > 0
+    assert js["generated_vs_train"]["kid_mean"] > js["heldout_vs_train"]["kid_mean"]
+    assert js["heldout_vs_train"]["precision"] > js["generated_vs_train"]["precision"]
+    assert js["baseline"]["split"] == "val+test" and js["reference"]["split"] == "train"
     assert [c["kimg"] for c in js["curve"]] == [10.0, 20.0]
     assert all(np.isfinite(c["fid"]) for c in js["curve"])
     assert (tmp_path / "v" / "fid_curve.png").stat().st_size > 1000
 
     # the reported number is the plain Frechet distance of the two feature sets it describes
     prep = PreparedDataset(prep_dir)
-    _, b = patient_halves(prep.split("train"), 1000, 1)
+    ref_rows, _ = real_sets(prep.table, 1000, 1)
     from synthcxr.imaging import uint8_to_float
 
-    real_b = ext(uint8_to_float(prep.read_images(RES, b)).unsqueeze(1)).numpy()
+    ref = ext(uint8_to_float(prep.read_images(RES, ref_rows)).unsqueeze(1)).numpy()
     keep = pd.read_parquet(arch / "manifest.parquet")["sample_id"].tolist()
     gen = ext(uint8_to_float(noise[[ids.index(k) for k in keep]]).unsqueeze(1)).numpy()
-    assert len(gen) == js["n_generated"] < js["n_real"] == len(real_b)  # all generated used, none subsampled
-    assert js["generated_vs_real"]["fid"] == pytest.approx(fid_from_features(gen, real_b), rel=1e-5)
+    assert len(gen) == js["n_generated"] and js["reference"]["n"] == len(ref)  # all generated used
+    assert js["generated_vs_train"]["fid"] == pytest.approx(fid_from_features(gen, ref), rel=1e-5)
 
 
 def test_run_fid_missing_manifest_is_clear(tmp_path, tiny_prepared):

@@ -9,6 +9,7 @@ rule reader_study:
     output:
         kit=directory(f"{VAL}/reader_kit"),
         key=f"{VAL}/answer_key/key.csv",
+        design=f"{VAL}/answer_key/design.json",
     params:
         cfg=stage("reader_study"),
     log:

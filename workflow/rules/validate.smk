@@ -2,6 +2,10 @@
 # `snakemake --report results/report.html` collects them with the captions in workflow/report/.
 VAL_FORMATS = config["archive"]["formats"]
 VAL_CLASSIFIER = f"{CLF}/{config['classifier']['name']}"
+# The checker's model.pt is an input only when the quality metrics use its features (validate.features: checker).
+VAL_CHECKER = (
+    f"{CLF}/{config['classifier']['checker']['name']}/model.pt" if config["validate"]["features"] == "checker" else []
+)
 
 
 rule validate_memorization:
@@ -12,13 +16,13 @@ rule validate_memorization:
         latents=expand(f"{WORK}/latents/shard-{{shard}}.parquet", shard=SHARDS),
         images=f"{PREP}/images.h5",
         labels=f"{PREP}/labels.parquet",
-        classifier=f"{VAL_CLASSIFIER}/model.pt",
+        checker=VAL_CHECKER,
     output:
         table=f"{VAL}/memorization.parquet",
         summary=f"{VAL}/memorization.json",
         gallery=report(f"{VAL}/memorization_gallery.png", caption="../report/memorization.rst", category="Memorisation"),
     params:
-        cfg=stage("validate", ["memorization", "features", "inception_weights"]),
+        cfg=stage("validate", ["memorization", "features", "inception_weights", "resize", "feature_res"]),
     log:
         f"{ALOGS}/validate_memorization.log",
     threads: 2
@@ -35,14 +39,15 @@ rule validate_fid:
         info=f"{REL}/archive.json",
         images=f"{PREP}/images.h5",
         labels=f"{PREP}/labels.parquet",
-        classifier=f"{VAL_CLASSIFIER}/model.pt",
+        checker=VAL_CHECKER,
         generator=f"{PGGAN}/generator.pt",
     output:
         fid=f"{VAL}/fid.json",
         curve=f"{VAL}/fid_curve.json",
         png=report(f"{VAL}/fid_curve.png", caption="../report/fid.rst", category="Fidelity"),
     params:
-        cfg=stage("validate", ["features", "inception_weights", "max_real", "kid_subsets", "kid_subset_size", "pr_k"]),
+        cfg=stage("validate", ["features", "inception_weights", "max_real", "kid_subsets", "kid_subset_size", "pr_k",
+                               "resize", "feature_res", "fid_n_points"]),
     log:
         f"{ALOGS}/validate_fid.log",
     threads: 2

@@ -12,7 +12,7 @@ run_fid(
     out_json=sm.output.fid,
     out_png=sm.output.png,
     generator_path=sm.input.generator,
-    classifier_path=sm.input.classifier,
+    checker_path=str(sm.input.checker) if sm.input.checker else None,
     out_curve_json=sm.output.curve,
     log_file=sm.log[0],
 )

@@ -10,7 +10,7 @@ run_memorization(
     shard_files=list(sm.input.shards),
     latent_files=list(sm.input.latents),
     prepared_dir=Path(sm.input.images).parent,
-    classifier_path=sm.input.classifier,
+    checker_path=str(sm.input.checker) if sm.input.checker else None,
     out_parquet=sm.output.table,
     out_gallery=sm.output.gallery,
     out_summary=sm.output.summary,

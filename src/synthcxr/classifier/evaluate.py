@@ -72,14 +72,26 @@ def _num(v: float) -> float | None:
 
 
 def split_metrics(
-    y: np.ndarray, probs: np.ndarray, label_names: Sequence[str], n_boot: int, seed: int, alpha: float = 0.05
+    y: np.ndarray,
+    probs: np.ndarray,
+    label_names: Sequence[str],
+    n_boot: int,
+    seed: int,
+    alpha: float = 0.05,
+    groups: np.ndarray | None = None,
 ) -> dict:
-    """AUROC per label with percentile bootstrap CIs (images resampled, one resampling for all labels)."""
+    """AUROC per label with percentile bootstrap CIs (one resampling for all labels).
+
+    ``groups`` (patient keys, one per image) resamples patients with all their images; without it,
+    images are resampled. ``ci_resampling`` in the result says which.
+    """
     names = list(label_names)
     findings = _finding_columns(names)
     point = _summary_vector(y, probs, findings)
     if n_boot > 0:
-        dist = bootstrap_distribution(lambda a, b: _summary_vector(a, b, findings), y, probs, n=n_boot, seed=seed)
+        dist = bootstrap_distribution(
+            lambda a, b: _summary_vector(a, b, findings), y, probs, n=n_boot, seed=seed, clusters=groups
+        )
         lo, hi = percentile_interval(dist, alpha)
         n_ok = np.sum(~np.isnan(dist), axis=0)
     else:
@@ -100,6 +112,8 @@ def split_metrics(
     L = len(names)
     return {
         "n_images": int(len(y)),
+        "n_patients": None if groups is None else int(len(np.unique(np.asarray(groups)))),
+        "ci_resampling": "images" if groups is None else "patients (all images of a drawn patient)",
         "per_label": per_label,
         "mean_auroc": _num(point[L]),
         "mean_auroc_ci": [_num(lo[L]), _num(hi[L])],

@@ -85,6 +85,7 @@ class SplitData:
     dataset: Dataset
     labels: np.ndarray
     origin: str
+    groups: np.ndarray | None = None  # patient key per image (prepared splits), for patient-level CIs
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -116,10 +117,11 @@ def prepared_split(ds: PreparedDataset, split: str, labels: Sequence[str], res: 
         raise ValueError(f"{ds.labels_path}: split '{split}' is empty; check dataset.split fractions")
     lab = ds.label_matrix(rows, labels)
     origin = f"{ds.folder} [{split}]"
+    groups = rows["patient_key"].to_numpy() if "patient_key" in rows.columns else None
     if len(rows) * res * res <= IN_MEMORY_BYTES:
         imgs = ds.read_images(res, rows["row"].to_numpy())
-        return SplitData(MemoryImageDataset(imgs, lab), lab, origin)
-    return SplitData(ds.torch_dataset(split, res, labels), lab, origin)
+        return SplitData(MemoryImageDataset(imgs, lab), lab, origin, groups)
+    return SplitData(ds.torch_dataset(split, res, labels), lab, origin, groups)
 
 
 def archive_split(path: str | os.PathLike, labels: Sequence[str], res: int) -> SplitData:

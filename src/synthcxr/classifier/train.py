@@ -287,9 +287,12 @@ def train_classifier(
         "best_epoch": best_epoch,
         "select_on": cfg.select_on,
         "epochs_run": len(history),
-        "bootstrap": {"n": cfg.bootstrap, "alpha": 0.05, "method": "percentile", "resampling": "images (patient-agnostic)"},
-        "val": split_metrics(y_val, p_val, names, cfg.bootstrap, seed + 2),
-        "test": split_metrics(y_test, p_test, names, cfg.bootstrap, seed + 3),
+        "bootstrap": {
+            "n": cfg.bootstrap, "alpha": 0.05, "method": "percentile",
+            "resampling": "patients" if src.test.groups is not None else "images (no patient keys)",
+        },
+        "val": split_metrics(y_val, p_val, names, cfg.bootstrap, seed + 2, groups=src.val.groups),
+        "test": split_metrics(y_test, p_test, names, cfg.bootstrap, seed + 3, groups=src.test.groups),
         "history": [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in h.items()} for h in history],
         "seconds": round(time.time() - t0, 1),
     }

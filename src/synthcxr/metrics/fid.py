@@ -72,3 +72,36 @@ def fid_from_features(features1: np.ndarray, features2: np.ndarray, eps: float =
     if f1.ndim != 2 or f2.ndim != 2 or f1.shape[1] != f2.shape[1]:
         raise ValueError(f"feature sets must be [N, F] with the same F, got {f1.shape} and {f2.shape}")
     return frechet_distance(*gaussian_stats(f1), *gaussian_stats(f2), eps=eps)
+
+
+def sample_sizes(n_max: int, points: int, smallest: float = 0.2) -> list[int]:
+    """``points`` sample sizes evenly spaced in 1/N from ``smallest * n_max`` (at least 2) up to ``n_max``."""
+    if n_max < 2:
+        raise ValueError(f"FID needs at least 2 samples, got {n_max}")
+    lo = max(2, int(round(smallest * n_max)))
+    if points < 2 or lo >= n_max:
+        return [int(n_max)]
+    inv = np.linspace(1.0 / lo, 1.0 / n_max, points)
+    return sorted({int(round(1.0 / v)) for v in inv})
+
+
+def fid_infinity(
+    features: np.ndarray, reference: np.ndarray, sizes: list[int], seed: int = 0
+) -> tuple[float, float, list[dict]]:
+    """FID extrapolated to infinitely many samples (Chong & Forsyth, CVPR 2020).
+
+    FID_N is biased upward by a term linear in 1/N, so FID is computed on a random subset of ``features``
+    of each size N in ``sizes`` (the ``reference`` set stays whole), a line ``FID_N = FID_inf + k / N`` is
+    fitted by least squares, and its intercept is returned with the slope ``k`` and the points. Draws are
+    nested prefixes of one permutation, so a larger N always contains the smaller subsets.
+    """
+    f = np.asarray(features)
+    perm = np.random.default_rng(seed).permutation(len(f))
+    pts = [{"n": int(n), "fid": fid_from_features(f[np.sort(perm[:n])], reference)} for n in sizes if 2 <= n <= len(f)]
+    if len(pts) < 2:
+        raise ValueError(f"FID_inf needs at least two sample sizes <= {len(f)}, got {sizes}")
+    x = np.array([1.0 / p["n"] for p in pts])
+    y = np.array([p["fid"] for p in pts])
+    design = np.stack([np.ones_like(x), x], axis=1)
+    (intercept, slope), *_ = np.linalg.lstsq(design, y, rcond=None)
+    return float(intercept), float(slope), pts

@@ -225,8 +225,8 @@ def find_weights(configured: str | os.PathLike | None = None) -> Path:
         f"FID Inception weights {WEIGHTS_NAME} not found. Looked in:\n{looked}\n"
         f"Download the file once on a machine with internet access from\n  {WEIGHTS_URL}\n"
         f"and copy it to resources/{WEIGHTS_NAME} (or set validate.inception_weights to its path, or place it "
-        f"in the torch hub cache ~/.cache/torch/hub/checkpoints/). Alternatively set validate.features: classifier "
-        "to use the project's own classifier features, which need no download."
+        f"in the torch hub cache ~/.cache/torch/hub/checkpoints/). Alternatively set validate.features: checker "
+        "to use the independent checker classifier's features, which need no download."
     )
 
 

@@ -33,6 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--key", required=True, help="answer_key/key.csv")
     s.add_argument("answers", nargs="+", help="answer CSV files, one or more per reader")
     s.add_argument("--out", default="reader_study_scores", help="output folder (default: %(default)s)")
+    s.add_argument("--margin", type=float, default=None,
+                   help="TOST equivalence margin around 0.5 (default: the kit's design.json, else 0.1)")
     return p
 
 
@@ -72,7 +74,7 @@ def _build(args: argparse.Namespace) -> int:
 def _score(args: argparse.Namespace) -> int:
     from .score import format_summary, score_files
 
-    summary = score_files(args.key, args.answers, args.out)
+    summary = score_files(args.key, args.answers, args.out, args.margin)
     print(format_summary(summary), end="")
     print(f"written: {Path(args.out) / 'summary.txt'}, summary.json, per_reader.csv, accuracy.png")
     return 0

@@ -39,7 +39,7 @@ from PIL import Image
 
 from ..imaging import float_to_uint8, resize_batch, uint8_to_float
 from ..labels import check_labels
-from ..utils.atomic import write_text
+from ..utils.atomic import write_json, write_text
 from ..utils.runtime import progress
 
 log = logging.getLogger("synthcxr")
@@ -61,8 +61,17 @@ class ReaderStudyConfig:
     labels: list[str] = field(default_factory=list)
     png_compress_level: int = 0
     title: str = "Chest X-ray reader study"
+    readers: int = 3
+    detect_accuracy: float = 0.6
+    equivalence_margin: float = 0.1
 
     def __post_init__(self) -> None:
+        if int(self.readers) < 1:
+            raise ValueError(f"reader_study.readers: must be at least 1, got {self.readers}")
+        if not 0.5 < float(self.detect_accuracy) < 1.0:
+            raise ValueError(f"reader_study.detect_accuracy: must be in (0.5, 1), got {self.detect_accuracy}")
+        if not 0.0 < float(self.equivalence_margin) < 0.5:
+            raise ValueError(f"reader_study.equivalence_margin: must be in (0, 0.5), got {self.equivalence_margin}")
         for name in ("n_real", "n_fake"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"reader_study.{name}: must be at least 1, got {getattr(self, name)}")
@@ -73,7 +82,8 @@ class ReaderStudyConfig:
     @classmethod
     def from_section(cls, sec: dict[str, Any]) -> "ReaderStudyConfig":
         """From ``synthcxr.config.section(config, "reader_study")``; unknown keys are ignored (seed/device)."""
-        keys = ("n_real", "n_fake", "seed", "labels", "png_compress_level", "title")
+        keys = ("n_real", "n_fake", "seed", "labels", "png_compress_level", "title", "readers", "detect_accuracy",
+                "equivalence_margin")
         return cls(**{k: sec[k] for k in keys if k in sec})
 
 
@@ -355,9 +365,35 @@ def build_kit(
         columns=list(KEY_COLUMNS),
     )
     write_text(key, table.to_csv(index=False, lineterminator="\n"))
+    plan = study_design(len(names), cfg)
+    write_json(key.parent / DESIGN_NAME, {"study_id": study_id, **plan})
     log.info("reader study %s: %d real + %d generated images (%d px) -> %s; key -> %s",
              study_id, len(real), len(fake), res, kit, key)
+    log.info("%s", design_text(plan))
     return table
+
+
+DESIGN_NAME = "design.json"
+
+
+def study_design(n_images: int, cfg: ReaderStudyConfig) -> dict[str, Any]:
+    """The kit's power statement (see :mod:`synthcxr.reader_study.power`), written next to the key."""
+    from .power import design
+
+    return design(n_images, int(cfg.readers), float(cfg.detect_accuracy), float(cfg.equivalence_margin))
+
+
+def design_text(d: dict[str, Any]) -> str:
+    """One paragraph an organiser reads before recruiting readers."""
+    need = "more than 200,000" if d["answers_needed"] is None else f"{d['answers_needed']}"
+    return (
+        f"power: with {d['images_per_reader']} images a reader needs {d['correct_needed_per_reader']} right for p < "
+        f"{d['alpha']}; a reader whose true accuracy is {d['detect_accuracy']:.2f} is detected with probability "
+        f"{d['power_per_reader']:.2f} ({d['power_pooled']:.2f} pooled over {d['readers']} readers). "
+        f"{d['target_power']:.0%} power needs {need} answers ({d['readers_needed']} readers of this kit); showing "
+        f"equivalence to chance within +-{d['equivalence_margin']} needs {d['answers_needed_for_equivalence']} "
+        f"({d['readers_needed_for_equivalence']} readers)."
+    )
 
 
 def _replace_dir(src: Path, dst: Path) -> None:

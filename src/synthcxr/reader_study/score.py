@@ -1,7 +1,8 @@
 """Score a reader study: can radiologists tell generated scans from real ones?
 
 The question is answered per reader and pooled: accuracy with an exact (Clopper-Pearson) 95% CI
-and an exact two-sided binomial test against chance (p = 0.5), sensitivity/specificity with
+and an exact two-sided binomial test against chance (p = 0.5), an equivalence test (TOST, exact
+binomial) against a margin around 0.5, the rating AUC with a bootstrap CI, sensitivity/specificity with
 "fake" as the positive class, and the share of generated images called real (the headline number
 for a generator: high means readers were fooled). Agreement between readers (Cohen's kappa per
 pair, Fleiss' kappa across everyone on the images all readers answered) shows whether readers key
@@ -15,6 +16,7 @@ do, because they come back by e-mail from people who did not write them by hand.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import math
 import os
@@ -27,6 +29,8 @@ import pandas as pd
 from scipy.stats import binomtest
 
 from ..metrics.auroc import auroc
+from ..metrics.bootstrap import bootstrap_ci
+from .power import tost
 from ..utils.atomic import atomic_path, write_json, write_text
 
 log = logging.getLogger("synthcxr")
@@ -170,8 +174,8 @@ def _ratio(num: int, den: int) -> float:
     return num / den if den else float("nan")
 
 
-def accuracy_stats(truth: Sequence[str], answer: Sequence[str]) -> dict[str, Any]:
-    """Accuracy (+ exact CI and binomial test vs 0.5) and sensitivity/specificity with fake = positive."""
+def accuracy_stats(truth: Sequence[str], answer: Sequence[str], margin: float = 0.1) -> dict[str, Any]:
+    """Accuracy (+ exact CI, binomial test vs 0.5, TOST within +-margin), sensitivity/specificity (fake = positive)."""
     t = np.asarray(truth, dtype=object)
     a = np.asarray(answer, dtype=object)
     n = len(t)
@@ -201,7 +205,34 @@ def accuracy_stats(truth: Sequence[str], answer: Sequence[str]) -> dict[str, Any
         out.update(p_value=float(test.pvalue), ci_low=float(ci.low), ci_high=float(ci.high))
     else:
         out.update(p_value=float("nan"), ci_low=float("nan"), ci_high=float("nan"))
+    out["equivalence"] = tost(correct, n, margin)
     return out
+
+
+def verdict(st: dict[str, Any], alpha: float = 0.05) -> str:
+    """``different`` (told apart), ``equivalent`` (within the margin of chance) or ``inconclusive``."""
+    if st["n"] == 0 or math.isnan(st["p_value"]):
+        return "inconclusive"
+    if st["p_value"] < alpha:
+        return "different"
+    return "equivalent" if st["equivalence"]["equivalent"] else "inconclusive"
+
+
+def rating_auc_ci(
+    truth: Sequence[str], answer: Sequence[str], confidence: Sequence[float], images: Sequence[str] | None = None,
+    n_boot: int = 2000, seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap 95% CI of :func:`rating_auc`, resampling images (all of an image's answers together)."""
+    t = np.asarray(truth, dtype=object)
+    a = np.asarray(answer, dtype=object)
+    c = np.asarray(confidence, dtype=np.float64)
+    keep = ~np.isnan(c)
+    if keep.sum() < 2 or len(set(t[keep])) < 2:
+        return float("nan"), float("nan")
+    clusters = None if images is None else np.asarray(images, dtype=object)[keep]
+    y = (t[keep] == "fake").astype(np.float64)
+    rating = np.where(a[keep] == "fake", c[keep], -c[keep])
+    return bootstrap_ci(auroc, y, rating, n=n_boot, seed=seed, clusters=clusters)
 
 
 def rating_auc(truth: Sequence[str], answer: Sequence[str], confidence: Sequence[float]) -> tuple[float, int]:
@@ -253,21 +284,28 @@ def fleiss_kappa(counts: np.ndarray) -> float:
     return (p_bar - pe_bar) / (1.0 - pe_bar) if pe_bar < 1.0 else float("nan")
 
 
-def score(key: pd.DataFrame, answers: pd.DataFrame) -> dict[str, Any]:
-    """Per-reader and pooled statistics plus inter-reader agreement, as a JSON-able dict."""
+def score(key: pd.DataFrame, answers: pd.DataFrame, margin: float = 0.1) -> dict[str, Any]:
+    """Per-reader and pooled statistics plus inter-reader agreement, as a JSON-able dict.
+
+    ``margin`` is the equivalence margin of the TOST (``reader_study.equivalence_margin``).
+    """
     merged = answers.merge(key[["image", "truth"]], on="image", how="left", validate="many_to_one")
     readers = sorted(merged["reader"].unique())
     per_reader = {}
     for r in readers:
         sub = merged[merged["reader"] == r]
-        st = accuracy_stats(sub["truth"], sub["answer"])
+        st = accuracy_stats(sub["truth"], sub["answer"], margin)
         st["rating_auc"], st["n_rated"] = rating_auc(sub["truth"], sub["answer"], sub["confidence"])
+        st["rating_auc_ci"] = list(rating_auc_ci(sub["truth"], sub["answer"], sub["confidence"]))
+        st["verdict"] = verdict(st)
         st["coverage"] = len(sub) / len(key)
         st["mean_confidence"] = float(sub["confidence"].mean()) if sub["confidence"].notna().any() else float("nan")
         st["files"] = sorted(set(sub["file"]))
         per_reader[r] = st
-    pooled = accuracy_stats(merged["truth"], merged["answer"])
+    pooled = accuracy_stats(merged["truth"], merged["answer"], margin)
     pooled["rating_auc"], pooled["n_rated"] = rating_auc(merged["truth"], merged["answer"], merged["confidence"])
+    pooled["rating_auc_ci"] = list(rating_auc_ci(merged["truth"], merged["answer"], merged["confidence"], merged["image"]))
+    pooled["verdict"] = verdict(pooled)
     pooled["n_readers"] = len(readers)
 
     wide = merged.pivot(index="image", columns="reader", values="answer")
@@ -290,6 +328,7 @@ def score(key: pd.DataFrame, answers: pd.DataFrame) -> dict[str, Any]:
             counts = np.stack([(full == c).sum(axis=1).to_numpy() for c in CLASSES], axis=1)
             fleiss["kappa"] = fleiss_kappa(counts)
     return {
+        "equivalence_margin": margin,
         "n_images": len(key),
         "n_real": int((key["truth"] == "real").sum()),
         "n_fake": int((key["truth"] == "fake").sum()),
@@ -337,14 +376,22 @@ def format_summary(s: dict[str, Any]) -> str:
     lines.append("")
     p = s["pooled"]
     if not math.isnan(p["p_value"]):
-        verdict = (
-            "differs significantly from chance" if p["p_value"] < 0.05 else "is not significantly different from chance"
-        )
+        eq = p["equivalence"]
+        m = eq["margin"]
+        said = {
+            "different": "differs significantly from chance: readers told generated from real",
+            "equivalent": f"is equivalent to chance within +-{m} (TOST p = {_fmt_p(eq['p_value'])})",
+            "inconclusive": (f"is neither significantly different from chance nor shown equivalent within +-{m} "
+                             f"(TOST p = {_fmt_p(eq['p_value'])}): the study cannot say; see the kit's design.json "
+                             "for the readers it needs"),
+        }[p["verdict"]]
         lines.append(
-            f"Pooled accuracy {_fmt(p['accuracy'])} {verdict} (exact two-sided binomial test, p = {_fmt_p(p['p_value'])}); "
+            f"Pooled accuracy {_fmt(p['accuracy'])} {said} (exact two-sided binomial test, p = {_fmt_p(p['p_value'])}); "
             f"{_fmt(p['fake_called_real'])} of answers on generated images called them real."
         )
-        lines.append("The pooled test treats every answer as independent; per-reader tests are the conservative view.")
+        lo, hi = p.get("rating_auc_ci", [float("nan")] * 2)
+        lines.append(f"Rating AUC {_fmt(p.get('rating_auc', float('nan')))} (95% CI {_fmt(lo)}-{_fmt(hi)}, images resampled).")
+        lines.append("The pooled tests treat every answer as independent; per-reader tests are the conservative view.")
         lines.append("AUC: ROC area of the confidence-weighted rating (fake = +confidence, real = -confidence).")
     for pr in s["cohen_kappa"]:
         a, b = pr["readers"]
@@ -403,12 +450,21 @@ def _jsonable(obj: Any) -> Any:
 
 
 def score_files(
-    key_path: str | os.PathLike, answer_paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike
+    key_path: str | os.PathLike,
+    answer_paths: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    margin: float | None = None,
 ) -> dict[str, Any]:
-    """Read the key and answer CSVs, score, and write summary.json/.txt, per_reader.csv, accuracy.png."""
+    """Read the key and answer CSVs, score, and write summary.json/.txt, per_reader.csv, accuracy.png.
+
+    ``margin`` defaults to the equivalence margin in the kit's ``design.json`` next to the key (0.1 without one).
+    """
     key = read_key(key_path)
     answers = read_answers(answer_paths, key)
-    s = score(key, answers)
+    if margin is None:
+        design = Path(key_path).parent / "design.json"
+        margin = float(json.loads(design.read_text()).get("equivalence_margin", 0.1)) if design.is_file() else 0.1
+    s = score(key, answers, margin)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     text = format_summary(s)

@@ -1,12 +1,14 @@
-"""FID / KID / precision-recall of the archive against real images, a real-vs-real baseline and an FID
-curve over the generator's training snapshots.
+"""FID / KID / precision-recall of the release against real training images, a held-out real baseline,
+FID extrapolated to infinite samples, and an FID curve over the generator's training snapshots.
 
-FID is biased by sample size, so a bare number says little on a small demo. The real images (the
-prepared training split, at most ``validate.max_real``) are therefore split *by patient* into two
-disjoint halves A and B: ``real_vs_real`` compares A with B and ``generated_vs_real`` compares as many
-generated samples as A holds with the same B. Both numbers then carry the same bias, and a
-generator is only as good as its distance to the real-vs-real floor. Snapshots are scored against B
-with the same number of samples, after resizing their (lower-resolution) output to the archive's.
+All numbers use one feature extractor chosen by ``validate.features`` (never the steering classifier;
+see :mod:`synthcxr.metrics.features`) and recorded with its weights' sha256 in fid.json. The
+reference set is the prepared *train* split (what the GAN learnt from, at most ``validate.max_real``
+images). Two sets are compared with it at the same size N: the released samples, and held-out real
+images (val + test, patients the GAN never saw). FID is biased by N, so the held-out set is the floor
+a generator is judged against at equal N, and FID_inf (Chong & Forsyth 2020: FID at several N,
+extrapolated linearly in 1/N) is reported for both. Snapshots are scored against the reference with
+the same N, after resizing their (lower-resolution) output to the archive's.
 """
 
 from __future__ import annotations
@@ -21,77 +23,74 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..archive.reader import open_archive
 from ..data.store import PreparedDataset
 from ..imaging import float_to_uint8, resize_batch, uint8_to_float
 from ..metrics.features import FeatureExtractor, get_extractor
-from ..metrics.fid import fid_from_features
+from ..metrics.fid import fid_from_features, fid_infinity, sample_sizes
 from ..metrics.kid import kid
 from ..metrics.prdc import precision_recall
 from ..utils.atomic import write_json
 from ..utils.runtime import progress, resolve_device, seed_everything, setup_logging
 from . import figures
 from .common import iter_real
-from ..archive.reader import open_archive
 
 log = logging.getLogger("synthcxr")
 
 _SNAPSHOT_RE = re.compile(r"generator-(\d+)\.pt$")
+HELD_OUT = ("val", "test")
 
 
 @dataclass
 class FidConfig:
     """The ``validate`` section keys this stage uses."""
 
-    features: str = "classifier"
+    features: str = "checker"
     inception_weights: str | None = None
     max_real: int = 10000
     kid_subsets: int = 100
     kid_subset_size: int = 1000
     pr_k: int = 3
+    resize: str = "clean"
+    feature_res: int = 224
+    fid_n_points: int = 5
     seed: int = 0
     device: str = "auto"
     batch_size: int = 64
-    real_split: str = "train"
 
     @classmethod
     def from_section(cls, sec: dict) -> "FidConfig":
-        keys = ("features", "inception_weights", "max_real", "kid_subsets", "kid_subset_size", "pr_k", "seed", "device")
+        keys = ("features", "inception_weights", "max_real", "kid_subsets", "kid_subset_size", "pr_k", "resize",
+                "feature_res", "fid_n_points", "seed", "device")
         return cls(**{k: sec[k] for k in keys if k in sec})
 
 
-def patient_halves(table: pd.DataFrame, max_images: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Prepared ``row`` indices of two patient-disjoint halves with near-equal image counts.
-
-    Patients are shuffled and each goes to the half holding fewer images so far; each half is then
-    capped at ``max_images // 2`` images (random subset), so the two never share a patient.
-    """
-    if "patient_key" not in table.columns:
-        raise KeyError("labels.parquet has no 'patient_key' column; rerun the prepare stage")
+def real_sets(table: pd.DataFrame, max_images: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Prepared ``row`` indices of (train reference, held-out val+test), each at most ``max_images`` (random)."""
     rng = np.random.default_rng(seed)
-    groups = table.groupby("patient_key", sort=True)["row"].apply(lambda s: s.to_numpy())
-    if len(groups) < 2:
-        raise ValueError(f"need at least 2 patients for a real-vs-real baseline, found {len(groups)}")
-    halves: list[list[np.ndarray]] = [[], []]
-    counts = [0, 0]
-    for i in rng.permutation(len(groups)):
-        k = 0 if counts[0] <= counts[1] else 1
-        halves[k].append(groups.iloc[i])
-        counts[k] += len(groups.iloc[i])
-    cap = max(max_images // 2, 2)
     out = []
-    for h in halves:
-        rows = np.concatenate(h)
-        if len(rows) > cap:
-            rows = rng.choice(rows, cap, replace=False)
+    for splits in (("train",), HELD_OUT):
+        rows = table.loc[table["split"].isin(splits), "row"].to_numpy()
+        if len(rows) < 2:
+            raise ValueError(
+                f"labels.parquet: the {'+'.join(splits)} split has {len(rows)} image(s); FID needs at least 2"
+            )
+        if len(rows) > max_images:
+            rows = rng.choice(rows, max_images, replace=False)
         out.append(np.sort(rows))
     return out[0], out[1]
 
 
-def distribution_metrics(real: np.ndarray, gen: np.ndarray, cfg: FidConfig) -> dict[str, float]:
-    """FID, KID (mean, std), precision, recall, density and coverage of ``gen`` against ``real``."""
-    kid_mean, kid_std = kid(real, gen, cfg.kid_subsets, cfg.kid_subset_size, cfg.seed)
-    pr = precision_recall(real, gen, k=min(cfg.pr_k, len(real) - 1, len(gen) - 1))
-    return {"fid": fid_from_features(gen, real), "kid_mean": kid_mean, "kid_std": kid_std, **pr}
+def distribution_metrics(real: np.ndarray, other: np.ndarray, cfg: FidConfig) -> dict:
+    """FID, FID_inf, KID (mean, std), precision, recall, density and coverage of ``other`` against ``real``."""
+    kid_mean, kid_std = kid(real, other, cfg.kid_subsets, cfg.kid_subset_size, cfg.seed)
+    pr = precision_recall(real, other, k=min(cfg.pr_k, len(real) - 1, len(other) - 1))
+    out = {"fid": fid_from_features(other, real), "kid_mean": kid_mean, "kid_std": kid_std, **pr}
+    sizes = sample_sizes(len(other), cfg.fid_n_points)
+    if len(sizes) >= 2:
+        inf, slope, pts = fid_infinity(other, real, sizes, cfg.seed)
+        out.update(fid_infinity=inf, fid_slope=slope, fid_by_n=pts)
+    return out
 
 
 def snapshot_files(folder: str | os.PathLike) -> list[tuple[float, Path]]:
@@ -173,7 +172,7 @@ def run_fid(
     out_json: str | os.PathLike,
     out_png: str | os.PathLike,
     generator_path: str | os.PathLike | None = None,
-    classifier_path: str | os.PathLike | None = None,
+    checker_path: str | os.PathLike | None = None,
     out_curve_json: str | os.PathLike | None = None,
     log_file: str | os.PathLike | None = None,
     extractor: FeatureExtractor | None = None,
@@ -183,7 +182,8 @@ def run_fid(
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     if extractor is None:
-        extractor = get_extractor(cfg.features, classifier_path=classifier_path, inception_weights=cfg.inception_weights, device=device)
+        extractor = get_extractor(cfg.features, checker_path=checker_path, inception_weights=cfg.inception_weights,
+                                  device=device, resize=cfg.resize, feature_res=cfg.feature_res)
     prep = PreparedDataset(prepared_dir)
     # The release, through the checked reader: FID sees exactly the released shards' pixels.
     arc = open_archive(archive_dir, sealed=False)
@@ -194,45 +194,48 @@ def run_fid(
         gen_feats.append(extractor(uint8_to_float(imgs).unsqueeze(1)).numpy())
     gen = np.concatenate(gen_feats)
 
-    table = prep.split(cfg.real_split)
-    half_a, half_b = patient_halves(table, cfg.max_real, cfg.seed)
+    ref_rows, held_rows = real_sets(prep.table, cfg.max_real, cfg.seed)
     feats = {}
-    for name, rows in (("a", half_a), ("b", half_b)):
+    for name, rows in (("train", ref_rows), ("held-out", held_rows)):
         feats[name] = extractor.from_batches(
             (uint8_to_float(b).unsqueeze(1) for b in iter_real(prep, rows, res, cfg.batch_size)),
-            total=-(-len(rows) // cfg.batch_size), desc=f"real half {name.upper()}",
+            total=-(-len(rows) // cfg.batch_size), desc=f"real {name}",
         )
-    n = min(len(gen), len(feats["a"]))
+    ref = feats["train"]
+    n = min(len(gen), len(feats["held-out"]))
     rng = np.random.default_rng(cfg.seed)
     gen_n = gen[np.sort(rng.choice(len(gen), n, replace=False))] if n < len(gen) else gen
-    real_a = feats["a"][np.sort(rng.choice(len(feats["a"]), n, replace=False))] if n < len(feats["a"]) else feats["a"]
-    real_b = feats["b"]
-    log.info("FID: %s features at %d px; %d generated and %d real (half A) vs %d real (half B, disjoint patients)",
-             extractor.name, res, n, len(real_a), len(real_b))
+    held = feats["held-out"]
+    held_n = held[np.sort(rng.choice(len(held), n, replace=False))] if n < len(held) else held
+    log.info("FID: %s features at %d px (%s resize); %d generated and %d held-out real vs %d train real",
+             extractor.name, res, extractor.resize, n, len(held_n), len(ref))
 
-    g_vs_r = distribution_metrics(real_b, gen_n, cfg)
-    r_vs_r = distribution_metrics(real_b, real_a, cfg)
-    curve = fid_curve(generator_path, real_b, n, res, extractor, cfg, device)
+    g_vs_r = distribution_metrics(ref, gen_n, cfg)
+    h_vs_r = distribution_metrics(ref, held_n, cfg)
+    curve = fid_curve(generator_path, ref, n, res, extractor, cfg, device)
     result = {
-        "extractor": extractor.name,
+        "extractor": extractor.describe(),
+        "resize": extractor.resize,
         "resolution": res,
-        "real_split": cfg.real_split,
-        "n_real": int(len(real_b)),
+        "reference": {"split": "train", "n": int(len(ref))},
+        "baseline": {"split": "+".join(HELD_OUT), "n": int(len(held_n)), "n_total": int(len(held))},
         "n_generated": int(n),
         "n_generated_total": int(len(gen)),
-        "generated_vs_real": g_vs_r,
-        "real_vs_real": r_vs_r,
+        "generated_vs_train": g_vs_r,
+        "heldout_vs_train": h_vs_r,
         "curve": [{"kimg": c["kimg"], "fid": c["fid"]} for c in curve],
-        "fid_ratio_to_real_baseline": g_vs_r["fid"] / r_vs_r["fid"] if r_vs_r["fid"] > 0 else None,
-        "generated_above_real_baseline": bool(g_vs_r["fid"] > r_vs_r["fid"]),
+        "fid_ratio_to_heldout": g_vs_r["fid"] / h_vs_r["fid"] if h_vs_r["fid"] > 0 else None,
+        "generated_above_heldout": bool(g_vs_r["fid"] > h_vs_r["fid"]),
     }
     write_json(out_json, result)
     if out_curve_json is not None:
-        write_json(out_curve_json, {"extractor": extractor.name, "n": int(n), "n_real": int(len(real_b)), "curve": curve})
-    figures.fid_curve(result["curve"], out_png, r_vs_r["fid"], g_vs_r["fid"], extractor.name)
-    msg = (f"FID ({extractor.name}): generated vs real {g_vs_r['fid']:.3f} | real vs real {r_vs_r['fid']:.3f} | "
-           f"KID {g_vs_r['kid_mean']:.4f}+-{g_vs_r['kid_std']:.4f} | precision {g_vs_r['precision']:.3f} "
-           f"recall {g_vs_r['recall']:.3f} | n={n}")
+        write_json(out_curve_json, {"extractor": extractor.describe(), "n": int(n), "n_real": int(len(ref)), "curve": curve})
+    figures.fid_curve(result["curve"], out_png, h_vs_r["fid"], g_vs_r["fid"], extractor.name)
+    inf = g_vs_r.get("fid_infinity")
+    msg = (f"FID ({extractor.name}, {extractor.resize}): generated vs train {g_vs_r['fid']:.3f}"
+           + (f" (FID_inf {inf:.3f})" if inf is not None else "")
+           + f" | held-out real vs train {h_vs_r['fid']:.3f} | KID {g_vs_r['kid_mean']:.4f}+-{g_vs_r['kid_std']:.4f}"
+           f" | precision {g_vs_r['precision']:.3f} recall {g_vs_r['recall']:.3f} | n={n}")
     log.info(msg)
     print(msg)
     return result

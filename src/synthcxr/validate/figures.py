@@ -27,20 +27,20 @@ def _save(fig, path: str | os.PathLike) -> None:
 def fid_curve(
     curve: Sequence[Mapping[str, float]],
     path: str | os.PathLike,
-    real_vs_real: float | None = None,
+    heldout: float | None = None,
     generated: float | None = None,
     extractor: str = "",
 ) -> None:
-    """FID against training progress (kimg), with the real-vs-real floor and the final archive's FID."""
+    """FID against training progress (kimg), with the held-out real floor and the final archive's FID."""
     fig, ax = plt.subplots(figsize=(6, 4))
     if curve:
         k = [c["kimg"] for c in curve]
         v = [c["fid"] for c in curve]
         ax.plot(k, v, "o-", label="generator snapshots")
-    if real_vs_real is not None:
-        ax.axhline(real_vs_real, color="green", ls="--", label=f"real vs real ({real_vs_real:.2f})")
+    if heldout is not None:
+        ax.axhline(heldout, color="green", ls="--", label=f"held-out real vs train ({heldout:.2f})")
     if generated is not None:
-        ax.axhline(generated, color="red", ls=":", label=f"archive vs real ({generated:.2f})")
+        ax.axhline(generated, color="red", ls=":", label=f"archive vs train ({generated:.2f})")
     ax.set_xlabel("training progress (kimg)")
     ax.set_ylabel(f"FID ({extractor} features)" if extractor else "FID")
     ax.set_title("FID over training")

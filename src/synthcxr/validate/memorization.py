@@ -52,8 +52,10 @@ class MemorizationConfig:
     threshold: float = 0.97
     gate: bool = True
     gallery: int = 16
-    features: str = "classifier"
+    features: str = "checker"
     inception_weights: str | None = None
+    resize: str = "clean"
+    feature_res: int = 224
     device: str = "auto"
     seed: int = 0
     batch_size: int = 128
@@ -67,8 +69,10 @@ class MemorizationConfig:
         known = {k: mem[k] for k in ("pixel_res", "threshold", "gate", "gallery") if k in mem}
         return cls(
             **known,
-            features=sec.get("features", "classifier"),
+            features=sec.get("features", "checker"),
             inception_weights=sec.get("inception_weights"),
+            resize=sec.get("resize", "clean"),
+            feature_res=int(sec.get("feature_res", 224)),
             device=sec.get("device", "auto"),
             seed=int(sec.get("seed", 0)),
         )
@@ -202,6 +206,7 @@ def audit(
                    for s, b in zip(range(0, len(hrows), cfg.batch_size), iter_real(prep, hrows, res, cfg.batch_size)))
         held_df = search(batches, extractor, feat_index, pix_index, cfg, desc="held-out reference")
     summary = _summary(df, held_df, cfg, len(train_rows))
+    summary["extractor"] = extractor.describe()
     return df, summary
 
 
@@ -260,7 +265,7 @@ def run_memorization(
     shard_files: Sequence[str | os.PathLike],
     latent_files: Sequence[str | os.PathLike],
     prepared_dir: str | os.PathLike,
-    classifier_path: str | os.PathLike | None,
+    checker_path: str | os.PathLike | None,
     out_parquet: str | os.PathLike,
     out_gallery: str | os.PathLike,
     out_summary: str | os.PathLike | None = None,
@@ -273,7 +278,8 @@ def run_memorization(
     device = resolve_device(cfg.device)
     prep = PreparedDataset(prepared_dir)
     if extractor is None:
-        extractor = get_extractor(cfg.features, classifier_path=classifier_path, inception_weights=cfg.inception_weights, device=device)
+        extractor = get_extractor(cfg.features, checker_path=checker_path, inception_weights=cfg.inception_weights,
+                                  device=device, resize=cfg.resize, feature_res=cfg.feature_res)
     df, summary = audit(shard_files, prep, extractor, cfg, latent_files)
     with atomic_path(out_parquet) as tmp:
         df.to_parquet(tmp, index=False)

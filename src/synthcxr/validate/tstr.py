@@ -52,16 +52,23 @@ def predict_split(
 
 
 def paired_difference(
-    y: np.ndarray, p_real: np.ndarray, p_syn: np.ndarray, labels: list[str], n_boot: int, seed: int
+    y: np.ndarray,
+    p_real: np.ndarray,
+    p_syn: np.ndarray,
+    labels: list[str],
+    n_boot: int,
+    seed: int,
+    groups: np.ndarray | None = None,
 ) -> dict[str, dict]:
-    """Per-label AUROC(synthetic) - AUROC(real) with a paired percentile bootstrap CI over test images."""
+    """Per-label AUROC(synthetic) - AUROC(real) with a paired percentile bootstrap CI over test patients
+    (``groups``: patient key per image; None resamples images)."""
 
     def stat(yy, a, b):
         return np.array([auroc(yy[:, j], b[:, j]) - auroc(yy[:, j], a[:, j]) for j in range(yy.shape[1])])
 
     point = stat(y, p_real, p_syn)
     if n_boot > 0:
-        lo, hi = bootstrap_ci(stat, y, p_real, p_syn, n=n_boot, seed=seed)
+        lo, hi = bootstrap_ci(stat, y, p_real, p_syn, n=n_boot, seed=seed, clusters=groups)
     else:
         lo = hi = np.full_like(point, np.nan)
     return {n: {"delta": _num(point[j]), "ci_low": _num(lo[j]), "ci_high": _num(hi[j])} for j, n in enumerate(labels)}
@@ -144,7 +151,9 @@ def run_tstr(
     y2, p_syn = predict_split(syn_clf, prep, "test", labels, bs, device)
     if not np.array_equal(np.nan_to_num(y, nan=-1), np.nan_to_num(y2, nan=-1)):
         raise RuntimeError("test labels differ between the two predictions; the prepared dataset changed mid-run")
-    diff = paired_difference(y, p_real, p_syn, labels, int(sec.get("bootstrap", 1000)), int(sec.get("seed", 0)) + 5)
+    test_rows = prep.split("test")
+    groups = test_rows["patient_key"].to_numpy() if "patient_key" in test_rows.columns else None
+    diff = paired_difference(y, p_real, p_syn, labels, int(sec.get("bootstrap", 1000)), int(sec.get("seed", 0)) + 5, groups)
     result = summarise(real_m, syn_m, diff, labels)
     write_json(out_json, result)
     findings = result["findings"]
