@@ -448,3 +448,21 @@ def test_score_classifier_on_a_prepared_dataset(trained, tiny_prepared, tmp_path
         score_prepared(model, other)
     assert cli([str(tmp_path / "none.pt"), str(tiny_prepared)]) == 2
     assert "none.pt missing" in capsys.readouterr().err
+
+
+def test_real_plus_synthetic_source_and_equal_steps(tiny_prepared, tmp_path, trained):
+    """TSTR's arms: a concatenated real + archive training set, and a fixed number of images per epoch."""
+    pytest.importorskip("synthcxr.archive")
+    _, real = trained
+    arc = tmp_path / "arc"
+    _archive_from_prepared(tiny_prepared, arc, LABELS)
+    n = real["n_train"]
+    both = train_classifier(_cfg(epochs=2, bootstrap=0, samples_per_epoch=n), [tiny_prepared, arc], tiny_prepared,
+                            tmp_path / "both")
+    assert both["n_train"] == 2 * n and both["train_kind"] == "prepared+archive"
+    assert both["samples_per_epoch"] == n and both["steps"] == 2 * (n // 32)  # drop_last batches of 32
+    assert both["test"]["ci_resampling"].startswith("patients")
+    small = train_classifier(_cfg(epochs=2, bootstrap=0, samples_per_epoch=n), arc, tiny_prepared, tmp_path / "s")
+    assert small["steps"] == both["steps"]  # same optimisation steps whatever the training set's size
+    with pytest.raises(ValueError, match="eval_source"):
+        train_classifier(_cfg(epochs=1), [tiny_prepared, arc], None, tmp_path / "noeval")

@@ -7,7 +7,7 @@ from sklearn.metrics import roc_auc_score
 
 from synthcxr.labels import PHANTOM_LABELS
 from synthcxr.validate.diversity import cooccurrence, prevalence, run_diversity, sample_rows
-from synthcxr.validate.tstr import paired_difference, summarise
+from synthcxr.validate.tstr import paired_difference, summarise_arms
 
 
 def test_prevalence_and_cooccurrence_by_hand():
@@ -56,12 +56,27 @@ def test_paired_difference_matches_sklearn_and_summary():
         assert d[n]["ci_low"] <= d[n]["delta"] <= d[n]["ci_high"]
         assert d[n]["ci_high"] < 0  # the weaker synthetic-trained scores are significantly worse here
 
-    def metrics(p):
-        return {"n_train": 10, "test": {"per_label": {n: {"auroc": roc_auc_score(y[:, j], p[:, j]), "ci_low": 0.0, "ci_high": 1.0}
-                                                      for j, n in enumerate(names)}}}
-
-    s = summarise(metrics(p_real), metrics(p_syn), d, names, target=0.8)
-    assert s["findings"] == ["Effusion", "Nodule"]
-    want = np.mean([roc_auc_score(y[:, j], p_syn[:, j]) for j in range(2)])
-    assert s["mean_auroc_findings"]["synthetic_trained"] == pytest.approx(want)
-    assert s["meets_target"] == (want >= 0.8)
+    # three arms x two seeds: per-seed AUROCs, their mean and sd, and the ensemble, all against sklearn
+    groups = np.repeat(np.arange(50), 3)
+    probs = {"real": [p_real, np.clip(p_real + 0.05 * rng.random(p_real.shape), 0, 1)],
+             "synthetic": [p_syn, np.clip(p_syn + 0.05 * rng.random(p_syn.shape), 0, 1)],
+             "real+synthetic": [p_real, p_syn]}
+    s = summarise_arms(y, probs, names, groups, n_boot=200, seed=0, target=0.8)
+    assert s["findings"] == ["Effusion", "Nodule"] and s["ci"]["resampling"] == "test patients"
+    for arm, ps in probs.items():
+        per_seed = [[roc_auc_score(y[:, j], p[:, j]) for j in range(3)] for p in ps]
+        ens = np.mean(ps, axis=0)
+        for j, n in enumerate(names):
+            got = s["arms"][arm]["per_label"][n]
+            assert got["auroc_per_seed"] == pytest.approx([r[j] for r in per_seed])
+            assert got["auroc_mean"] == pytest.approx(np.mean([r[j] for r in per_seed]))
+            assert got["auroc_sd"] == pytest.approx(np.std([r[j] for r in per_seed], ddof=1))
+            assert got["ensemble_auroc"] == pytest.approx(roc_auc_score(y[:, j], ens[:, j]))
+            assert got["ci_low"] <= got["ensemble_auroc"] <= got["ci_high"]
+        want = np.mean([np.mean(r[:2]) for r in per_seed])
+        assert s["arms"][arm]["mean_auroc_findings"] == pytest.approx(want)
+    ens_real, ens_syn = np.mean(probs["real"], axis=0), np.mean(probs["synthetic"], axis=0)
+    d_syn = s["difference_from_real"]["synthetic"]["Effusion"]["delta"]
+    assert d_syn == pytest.approx(roc_auc_score(y[:, 0], ens_syn[:, 0]) - roc_auc_score(y[:, 0], ens_real[:, 0]))
+    assert set(s["difference_from_real"]) == {"synthetic", "real+synthetic"}
+    assert s["meets_target"] == (s["arms"]["synthetic"]["mean_auroc_findings"] >= 0.8)

@@ -1,4 +1,4 @@
-"""Rule validate_tstr: classifier trained on the archive, scored on the real test split -> tstr.json, bars."""
+"""Rule validate_tstr: real / synthetic / real+synthetic arms x seeds, scored on the real test split -> tstr.json, bars."""
 
 from pathlib import Path
 
@@ -9,10 +9,9 @@ run_tstr(
     dict(sm.params.cfg),
     archive_dir=Path(sm.input.manifest).parent,
     prepared_dir=Path(sm.input.images).parent,
-    real_model=sm.input.real_model,
-    real_metrics=sm.input.real_metrics,
-    out_dir=Path(sm.output.model).parent,
+    out_dir=sm.output.runs,
     out_json=sm.output.tstr,
     out_png=sm.output.bars,
+    seeds=int(sm.params.seeds),
     log_file=sm.log[0],
 )

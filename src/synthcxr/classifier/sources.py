@@ -151,24 +151,46 @@ def archive_split(path: str | os.PathLike, labels: Sequence[str], res: int) -> S
 
 
 def resolve_sources(
-    train_source: str | os.PathLike,
+    train_source: str | os.PathLike | Sequence[str | os.PathLike],
     eval_source: str | os.PathLike | None,
     labels: Sequence[str],
     res: int,
 ) -> Sources:
-    """Train/val/test splits for a training run (see the module docstring for the rules)."""
+    """Train/val/test splits for a training run (see the module docstring for the rules).
+
+    ``train_source`` may list several folders (e.g. a prepared dataset and an archive: real + synthetic
+    training); their training images are concatenated and ``eval_source`` is then required.
+    """
     labels = list(labels)
-    eval_source = train_source if eval_source is None else eval_source
-    train_kind = source_kind(train_source)
+    many = isinstance(train_source, (list, tuple))
+    sources = list(train_source) if many else [train_source]
+    if not sources:
+        raise ValueError("no training source given")
+    if eval_source is None:
+        if many:
+            raise ValueError("several training sources need an eval_source (the prepared real dataset)")
+        eval_source = train_source
+    kinds = [source_kind(p) for p in sources]
     if source_kind(eval_source) != PREPARED:
         raise ValueError(f"eval_source {eval_source} must be a prepared (real) dataset: val/test are always real images")
     ev = PreparedDataset(eval_source)
     res_eval = pick_res(ev.resolutions, res, str(ev.h5_path))
-    if train_kind == PREPARED:
-        tr_ds = ev if Path(train_source).resolve() == Path(eval_source).resolve() else PreparedDataset(train_source)
-        train = prepared_split(tr_ds, "train", labels, pick_res(tr_ds.resolutions, res, str(tr_ds.h5_path)))
+    parts = []
+    for path, kind in zip(sources, kinds):
+        if kind == PREPARED:
+            tr_ds = ev if Path(path).resolve() == Path(eval_source).resolve() else PreparedDataset(path)
+            parts.append(prepared_split(tr_ds, "train", labels, pick_res(tr_ds.resolutions, res, str(tr_ds.h5_path))))
+        else:
+            parts.append(archive_split(path, labels, res))
+    if len(parts) == 1:
+        train = parts[0]
     else:
-        train = archive_split(train_source, labels, res)
+        train = SplitData(
+            torch.utils.data.ConcatDataset([p.dataset for p in parts]),
+            np.concatenate([p.labels for p in parts]),
+            " + ".join(p.origin for p in parts),
+        )
+    train_kind = kinds[0] if len(set(kinds)) == 1 else "+".join(kinds)
     val = prepared_split(ev, "val", labels, res_eval)
     test = prepared_split(ev, "test", labels, res_eval)
     log.info("train: %d images from %s; val: %d; test: %d (from %s)", len(train), train.origin, len(val), len(test), eval_source)

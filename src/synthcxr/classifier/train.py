@@ -80,6 +80,9 @@ class ClassifierConfig:
     seed: int = 0
     seed_offset: int = 0
     device: str = "auto"
+    #: images drawn per epoch (with replacement unless it equals the training set's size); None = one pass.
+    #: TSTR sets it to the real train split's size so that every arm takes the same optimisation steps.
+    samples_per_epoch: int | None = None
 
     #: section keys that configure the workflow, not a training run
     IGNORED = ("checker",)
@@ -180,7 +183,7 @@ def _criterion(select_on: str, epoch: int, val_auc: dict[str, float], val_bce: f
 
 def train_classifier(
     cfg: dict | ClassifierConfig,
-    train_source: str | os.PathLike,
+    train_source: str | os.PathLike | list[str | os.PathLike],
     eval_source: str | os.PathLike | None,
     out_dir: str | os.PathLike,
     log_file: str | os.PathLike | None = None,
@@ -188,7 +191,8 @@ def train_classifier(
 ) -> dict:
     """Train, select an epoch on val (``select_on``), evaluate on test and write model.pt, metrics.json, thresholds.json, roc.png.
 
-    ``train_source`` is a prepared dataset or an archive folder; ``eval_source`` (default: the train
+    ``train_source`` is a prepared dataset or an archive folder, or a list of them (concatenated training
+    images, e.g. real + synthetic); ``eval_source`` (default: the train
     source) must be a prepared dataset whose val/test splits select and score the model. ``threads``
     caps torch's CPU threads (the rule's ``threads:``). Returns the content of ``metrics.json``.
     """
@@ -219,15 +223,23 @@ def train_classifier(
 
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
+    per_epoch = int(cfg.samples_per_epoch) if cfg.samples_per_epoch else len(src.train)
+    sampler = None
+    if per_epoch != len(src.train):
+        sampler = torch.utils.data.RandomSampler(
+            src.train.dataset, replacement=True, num_samples=per_epoch, generator=torch.Generator().manual_seed(seed)
+        )
     loader = DataLoader(
         src.train.dataset,
         batch_size=cfg.batch_size,
-        shuffle=True,
-        generator=torch.Generator().manual_seed(seed),
+        shuffle=sampler is None,
+        sampler=sampler,
+        generator=torch.Generator().manual_seed(seed) if sampler is None else None,
         num_workers=cfg.workers,
-        drop_last=len(src.train) > cfg.batch_size,  # no size-1 batches for BatchNorm
+        drop_last=per_epoch > cfg.batch_size,  # no size-1 batches for BatchNorm
         pin_memory=device.type == "cuda",
     )
+    steps = 0
     aug_gen = torch.Generator().manual_seed(seed + 1)
     best, best_epoch, best_state, since_best = -math.inf, 0, None, 0
     history = []
@@ -243,6 +255,7 @@ def train_classifier(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            steps += 1
             total += float(loss.detach()) * len(x)
             count += len(x)
             bar.set_postfix(loss=f"{total / count:.4f}")
@@ -280,10 +293,12 @@ def train_classifier(
     metrics = {
         "name": cfg.name,
         "labels": names,
-        "train_source": str(train_source),
+        "train_source": [str(p) for p in train_source] if isinstance(train_source, (list, tuple)) else str(train_source),
         "train_kind": src.train_kind,
-        "eval_source": str(eval_source if eval_source is not None else train_source),
+        "eval_source": str(eval_source) if eval_source is not None else str(train_source),
         "n_train": len(src.train),
+        "samples_per_epoch": per_epoch,
+        "steps": steps,
         "best_epoch": best_epoch,
         "select_on": cfg.select_on,
         "epochs_run": len(history),
@@ -308,7 +323,7 @@ def train_classifier(
         "epochs_run": len(history),
         "seed": seed,
         "train_kind": src.train_kind,
-        "train_source": str(train_source),
+        "train_source": [str(p) for p in train_source] if isinstance(train_source, (list, tuple)) else str(train_source),
         "n_train": len(src.train),
         "pos_weight": [float(v) for v in pw_np] if cfg.class_weighted else None,
         "val_mean_auroc": metrics["val"]["mean_auroc"],

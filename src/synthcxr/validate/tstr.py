@@ -1,15 +1,19 @@
-"""Train on synthetic, test on real (TSTR).
+"""Train on synthetic, test on real (TSTR), beside real-trained and real + synthetic (augmentation) arms.
 
 If the archive carries the label information of the real data, a classifier trained only on it should
-score real images nearly as well as one trained on real images. The synthetic-trained classifier uses
-the same architecture, budget and seed as the real-trained one (the ``classifier`` section, renamed),
-both are scored on the same real test split by the same code, and a paired bootstrap over test images
-gives a CI for the per-label AUROC difference (synthetic - real).
+score real images nearly as well as one trained on real images; how users will mostly use the archive
+is augmentation, so real + synthetic is measured too. All three arms are trained fresh here with the
+``classifier`` section's recipe (architecture, epochs, optimiser, augmentation), ``validate.tstr_seeds``
+seeds each (the same seeds across arms, so comparisons are paired), early stopping off, and the same
+number of optimisation steps: every arm draws as many images per epoch as the real train split holds
+(sampling with replacement from a set of another size). Every run is scored on the same real test split
+by the same code; per finding the result gives the mean and standard deviation over seeds, the AUROC of
+the seed ensemble (mean probability) with a patient-clustered bootstrap CI, and the paired difference of
+each arm's ensemble from the real arm's, with a CI that resamples test patients.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -74,100 +78,147 @@ def paired_difference(
     return {n: {"delta": _num(point[j]), "ci_low": _num(lo[j]), "ci_high": _num(hi[j])} for j, n in enumerate(labels)}
 
 
-def _per_label(metrics: dict, labels: list[str]) -> dict[str, dict]:
-    test = metrics.get("test", {}).get("per_label", {})
-    return {n: {k: test.get(n, {}).get(k) for k in ("auroc", "ci_low", "ci_high", "n_pos", "n_neg")} for n in labels}
+ARMS = ("real", "synthetic", "real+synthetic")
 
 
-def summarise(real_metrics: dict, syn_metrics: dict, diff: dict, labels: list[str], target: float = 0.80) -> dict:
-    """tstr.json content from the two classifiers' metrics.json and the paired differences."""
+def _mean_sd(values: list[float]) -> tuple[float | None, float | None]:
+    v = np.array([np.nan if x is None else x for x in values], dtype=np.float64)
+    v = v[~np.isnan(v)]
+    if not len(v):
+        return None, None
+    return float(v.mean()), (float(v.std(ddof=1)) if len(v) > 1 else 0.0)
+
+
+def summarise_arms(
+    y: np.ndarray,
+    probs: dict[str, list[np.ndarray]],
+    labels: list[str],
+    groups: np.ndarray | None,
+    n_boot: int,
+    seed: int,
+    target: float = 0.80,
+) -> dict:
+    """tstr.json content from each arm's per-seed test probabilities (see the module docstring)."""
     findings = [n for n in labels if n != NO_FINDING]
-    real, syn = _per_label(real_metrics, labels), _per_label(syn_metrics, labels)
+    fcols = [labels.index(n) for n in findings]
+    arms: dict[str, dict] = {}
+    ensembles = {arm: np.mean(np.stack(ps), axis=0) for arm, ps in probs.items()}
+    for arm, ps in probs.items():
+        per_seed = np.array([[auroc(y[:, j], p[:, j]) for j in range(len(labels))] for p in ps])
+        ens = ensembles[arm]
 
-    def mean_of(d):
-        return _num(mean_auroc([np.nan if d[n]["auroc"] is None else d[n]["auroc"] for n in findings]))
+        def stat(yy, pp):
+            per = np.array([auroc(yy[:, j], pp[:, j]) for j in range(yy.shape[1])])
+            return np.r_[per, mean_auroc(per[fcols])]
 
-    out = {
+        point = stat(y, ens)
+        lo, hi = bootstrap_ci(stat, y, ens, n=n_boot, seed=seed, clusters=groups) if n_boot > 0 else (
+            np.full_like(point, np.nan), np.full_like(point, np.nan))
+        per_label = {}
+        for j, n in enumerate(labels):
+            mean, sd = _mean_sd(list(per_seed[:, j]))
+            per_label[n] = {
+                "auroc_mean": mean, "auroc_sd": sd, "auroc_per_seed": [_num(v) for v in per_seed[:, j]],
+                "ensemble_auroc": _num(point[j]), "ci_low": _num(lo[j]), "ci_high": _num(hi[j]),
+            }
+        seed_means = [mean_auroc(row[fcols]) for row in per_seed]
+        mean, sd = _mean_sd(seed_means)
+        arms[arm] = {
+            "per_label": per_label,
+            "mean_auroc_findings": mean,
+            "mean_auroc_findings_sd": sd,
+            "mean_auroc_findings_per_seed": [_num(v) for v in seed_means],
+            "ensemble_mean_auroc_findings": _num(point[-1]),
+            "ensemble_mean_auroc_findings_ci": [_num(lo[-1]), _num(hi[-1])],
+        }
+    diffs = {
+        arm: paired_difference(y, ensembles["real"], ensembles[arm], labels, n_boot, seed + 1, groups)
+        for arm in probs if arm != "real" and "real" in probs
+    }
+    syn = arms.get("synthetic", {}).get("mean_auroc_findings")
+    return {
         "labels": labels,
         "findings": findings,
         "split": "test",
-        "real_trained": real,
-        "synthetic_trained": syn,
-        "difference": diff,
-        "mean_auroc_findings": {"real_trained": mean_of(real), "synthetic_trained": mean_of(syn)},
-        "mean_auroc_findings_ci": {
-            "real_trained": real_metrics.get("test", {}).get("mean_auroc_findings_ci"),
-            "synthetic_trained": syn_metrics.get("test", {}).get("mean_auroc_findings_ci"),
-        },
-        "n_train": {"real_trained": real_metrics.get("n_train"), "synthetic_trained": syn_metrics.get("n_train")},
+        "ci": {"n_boot": n_boot, "resampling": "test patients" if groups is not None else "test images"},
+        "arms": arms,
+        "difference_from_real": diffs,
+        "mean_auroc_findings": {arm: a["mean_auroc_findings"] for arm, a in arms.items()},
         "target_mean_auroc": target,
+        "meets_target": bool(syn is not None and syn >= target),
     }
-    m = out["mean_auroc_findings"]["synthetic_trained"]
-    out["meets_target"] = bool(m is not None and m >= target)
-    return out
 
 
 def run_tstr(
     clf_section: dict,
     archive_dir: str | os.PathLike,
     prepared_dir: str | os.PathLike,
-    real_model: str | os.PathLike,
-    real_metrics: str | os.PathLike,
     out_dir: str | os.PathLike,
     out_json: str | os.PathLike,
     out_png: str | os.PathLike,
+    seeds: int = 3,
     log_file: str | os.PathLike | None = None,
     trainer: Callable[..., dict] | None = None,
     loader: Callable[..., torch.nn.Module] | None = None,
 ) -> dict:
-    """Stage entry point: trains the TSTR classifier into ``out_dir`` and writes tstr.json + AUROC bars.
+    """Stage entry point: trains every arm x seed under ``out_dir`` and writes tstr.json + AUROC bars.
 
     ``trainer``/``loader`` default to :func:`synthcxr.classifier.train_classifier` / ``load_classifier``.
     """
     setup_logging(log_file)
+    if seeds < 1:
+        raise ValueError(f"validate.tstr_seeds: must be at least 1, got {seeds}")
     if trainer is None or loader is None:
         from ..classifier import load_classifier, train_classifier
 
         trainer = trainer or train_classifier
         loader = loader or load_classifier
-    sec = {k: v for k, v in dict(clf_section).items() if k != "checker"}
-    sec["name"] = f"{sec.get('name', 'real')}-tstr"
-    labels = list(sec["labels"])
-    real_metrics_path = Path(real_metrics)
-    if not real_metrics_path.exists():
-        raise FileNotFoundError(f"{real_metrics_path} missing: run the train_classifier rule first")
-    real_m = json.loads(real_metrics_path.read_text())
-
-    log.info("TSTR: training %s on the archive %s, testing on the real test split of %s", sec["name"], archive_dir, prepared_dir)
-    syn_m = trainer(sec, archive_dir, prepared_dir, out_dir, log_file)
-    setup_logging(log_file)  # the trainer may have reconfigured logging
-
-    device = resolve_device(str(sec.get("device", "auto")))
+    base = {k: v for k, v in dict(clf_section).items() if k != "checker"}
+    labels = list(base["labels"])
     prep = PreparedDataset(prepared_dir)
-    real_clf = loader(real_model, device)
-    syn_clf = loader(Path(out_dir) / "model.pt", device)
-    bs = int(sec.get("batch_size", 64)) * 2
-    y, p_real = predict_split(real_clf, prep, "test", labels, bs, device)
-    y2, p_syn = predict_split(syn_clf, prep, "test", labels, bs, device)
-    if not np.array_equal(np.nan_to_num(y, nan=-1), np.nan_to_num(y2, nan=-1)):
-        raise RuntimeError("test labels differ between the two predictions; the prepared dataset changed mid-run")
+    n_real = int((prep.table["split"] == "train").sum())
+    sources = {"real": str(prepared_dir), "synthetic": str(archive_dir), "real+synthetic": [str(prepared_dir), str(archive_dir)]}
+    device = resolve_device(str(base.get("device", "auto")))
+    bs = int(base.get("batch_size", 64)) * 2
+    probs: dict[str, list[np.ndarray]] = {arm: [] for arm in ARMS}
+    runs: dict[str, list[dict]] = {arm: [] for arm in ARMS}
+    y_ref = None
+    for arm in ARMS:
+        for k in range(seeds):
+            sec = {**base, "name": f"tstr-{arm}-seed{k}", "seed_offset": 100 + k, "samples_per_epoch": n_real,
+                   "patience": int(base.get("epochs", 25)) + 1, "bootstrap": 0}
+            run_dir = Path(out_dir) / arm.replace("+", "_") / f"seed{k}"
+            log.info("TSTR: arm %s, seed %d/%d: %d images per epoch", arm, k + 1, seeds, n_real)
+            m = trainer(sec, sources[arm], prepared_dir, run_dir, log_file)
+            setup_logging(log_file)  # the trainer may have reconfigured logging
+            model = loader(run_dir / "model.pt", device)
+            y, p = predict_split(model, prep, "test", labels, bs, device)
+            if y_ref is None:
+                y_ref = y
+            elif not np.array_equal(np.nan_to_num(y, nan=-1), np.nan_to_num(y_ref, nan=-1)):
+                raise RuntimeError("test labels differ between runs; the prepared dataset changed mid-run")
+            probs[arm].append(p)
+            runs[arm].append({"seed_offset": 100 + k, "n_train": m.get("n_train"), "steps": m.get("steps"),
+                              "epochs_run": m.get("epochs_run"), "best_epoch": m.get("best_epoch")})
     test_rows = prep.split("test")
     groups = test_rows["patient_key"].to_numpy() if "patient_key" in test_rows.columns else None
-    diff = paired_difference(y, p_real, p_syn, labels, int(sec.get("bootstrap", 1000)), int(sec.get("seed", 0)) + 5, groups)
-    result = summarise(real_m, syn_m, diff, labels)
+    result = summarise_arms(y_ref, probs, labels, groups, int(base.get("bootstrap", 1000)), int(base.get("seed", 0)) + 5)
+    result["seeds"] = seeds
+    result["runs"] = runs
+    result["steps_per_run"] = sorted({r["steps"] for rs in runs.values() for r in rs if r["steps"] is not None})
     write_json(out_json, result)
     findings = result["findings"]
-    figures.auroc_bars(
-        findings,
-        {"real-trained": result["real_trained"], "synthetic-trained (TSTR)": result["synthetic_trained"]},
-        out_png,
-        title="Per-finding AUROC on the real test split",
-    )
-    m = result["mean_auroc_findings"]
+    bars = {
+        f"{arm}-trained": {n: {"auroc": a["per_label"][n]["ensemble_auroc"], "ci_low": a["per_label"][n]["ci_low"],
+                               "ci_high": a["per_label"][n]["ci_high"]} for n in findings}
+        for arm, a in result["arms"].items()
+    }
+    figures.auroc_bars(findings, bars, out_png, title=f"Per-finding AUROC on the real test split ({seeds}-seed ensembles)")
     fmt = lambda v: "nan" if v is None else f"{v:.3f}"  # noqa: E731
-    msg = (f"TSTR: mean AUROC over findings on real test: synthetic-trained {fmt(m['synthetic_trained'])} vs "
-           f"real-trained {fmt(m['real_trained'])} (target >= {result['target_mean_auroc']:.2f}: "
-           f"{'met' if result['meets_target'] else 'NOT met'})")
+    parts = [f"{arm} {fmt(a['mean_auroc_findings'])} +- {fmt(a['mean_auroc_findings_sd'])}" for arm, a in result["arms"].items()]
+    msg = (f"TSTR: mean AUROC over findings on real test ({seeds} seeds, {result['steps_per_run']} steps each): "
+           + "; ".join(parts) + f" (synthetic target >= {result['target_mean_auroc']:.2f}: "
+           + ("met" if result["meets_target"] else "NOT met") + ")")
     log.info(msg)
     print(msg)
     return result
