@@ -277,3 +277,22 @@ def test_intensity_percentiles_config_is_checked():
     with pytest.raises(ConfigError, match="intensity_percentiles"):
         PrepareConfig.from_dict(dataset_cfg("phantom", None, intensity_percentiles=[99, 1]))
     assert PrepareConfig.from_dict(dataset_cfg("phantom", None)).intensity_percentiles == (0.5, 99.5)
+
+
+def test_mimic_label_codes_blank_bad_and_repeated_studies(tmp_path):
+    from synthcxr.data.adapters.mimic_jpg import key_hash, label_codes
+
+    csv = tmp_path / "mimic-cxr-2.0.0-chexpert.csv"
+    csv.write_text("subject_id,study_id,Atelectasis,Edema\n"
+                   "10000001,50000001,1.0,\n"
+                   "10000001,50000002,-1.0,yes\n"
+                   "10000001,50000001,0.0,0.0\n"  # the same study again: the first row wins
+                   "10000002,50000003, 0 ,1\n")
+    index, codes, bad = label_codes(csv, ["Atelectasis", "Edema"])
+    assert len(index) == 3 and codes.shape == (3, 2)
+    pos = index.get_indexer(key_hash(["10000001", "10000002"], ["50000001", "50000003"]))
+    np.testing.assert_array_equal(codes[pos[0]], [1.0, np.nan])
+    np.testing.assert_array_equal(codes[pos[1]], [0.0, 1.0])
+    second = index.get_indexer(key_hash(["10000001"], ["50000002"]))[0]
+    assert codes[second][0] == -1.0 and bad == {(second, 1): "yes"}
+    assert index.get_indexer(key_hash(["10000009"], ["50000001"]))[0] == -1

@@ -3,7 +3,10 @@
 FID fits a Gaussian to each feature set and measures the Frechet (2-Wasserstein) distance between
 the fits. Computing it exactly as the reference implementation does (``np.cov`` with
 ``rowvar=False``, ``scipy.linalg.sqrtm`` of ``sigma1 @ sigma2`` with an ``eps * I`` fallback) keeps
-numbers comparable with published values when the ``inception`` extractor is used.
+numbers comparable with published values when the ``inception`` extractor is used with the
+``pytorch_fid`` resize and a comparable sample size: FID is biased upward by roughly a term in 1/N,
+so numbers at different N (e.g. 1,000 here against 50,000 in a paper) are not comparable;
+:func:`fid_infinity` removes that term.
 """
 
 from __future__ import annotations

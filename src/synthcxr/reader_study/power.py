@@ -42,6 +42,16 @@ def power(n: int, accuracy: float, alpha: float = 0.05) -> float:
     return float(binom.pmf(ks, n, accuracy).sum()) if len(ks) else 0.0
 
 
+def _first_n(power_at, target: float, limit: int) -> int | None:
+    """Smallest n with ``power_at(n) >= target``: doubling search, then a scan back over the last interval."""
+    n = 1
+    while n <= limit:
+        if power_at(n) >= target:
+            return next(m for m in range(max(1, n // 2), n + 1) if power_at(m) >= target)
+        n *= 2
+    return None
+
+
 def answers_needed(accuracy: float, target: float = 0.8, alpha: float = 0.05, limit: int = 200_000) -> int | None:
     """Smallest number of answers whose power reaches ``target`` at true ``accuracy`` (None beyond ``limit``).
 
@@ -49,15 +59,7 @@ def answers_needed(accuracy: float, target: float = 0.8, alpha: float = 0.05, li
     """
     if accuracy == 0.5:
         return None
-    n = 1
-    while n <= limit:
-        if power(n, accuracy, alpha) >= target:
-            # step back over the coarse search to the first n that reaches the target
-            for m in range(max(1, n // 2), n + 1):
-                if power(m, accuracy, alpha) >= target:
-                    return m
-        n *= 2
-    return None
+    return _first_n(lambda n: power(n, accuracy, alpha), target, limit)
 
 
 def tost(correct: int, n: int, margin: float, alpha: float = 0.05) -> dict:
@@ -110,11 +112,4 @@ def equivalence_power(n: int, margin: float, alpha: float = 0.05, accuracy: floa
 
 def equivalence_answers_needed(margin: float, target: float = 0.8, alpha: float = 0.05, limit: int = 200_000) -> int | None:
     """Smallest number of answers for which TOST reaches ``target`` power when readers truly guess (accuracy 0.5)."""
-    n = 1
-    while n <= limit:
-        if equivalence_power(n, margin, alpha) >= target:
-            for m in range(max(1, n // 2), n + 1):
-                if equivalence_power(m, margin, alpha) >= target:
-                    return m
-        n *= 2
-    return None
+    return _first_n(lambda n: equivalence_power(n, margin, alpha), target, limit)
