@@ -181,7 +181,8 @@ def prepare(
     :class:`PrepareConfig`; ``labels`` is the ordered canonical label list (``None``: take
     ``cfg['labels']``). Configuration errors raise :class:`~synthcxr.config.ConfigError` before any
     output is touched; bad individual inputs are quarantined instead. ``mem_mb`` is the job's memory
-    (the rule's ``resources.mem_mb``); it caps the decoder processes (:func:`decode_workers`).
+    (:func:`synthcxr.utils.runtime.job_memory_mb`: SLURM's allocation or the cgroup limit); it caps the
+    decoder processes (:func:`decode_workers`).
     """
     logger = setup_logging(log) if log is not None else logging.getLogger("synthcxr")
     if labels is None:

@@ -27,7 +27,7 @@ from ...config import ConfigError
 from ..decode import SourceImage, read_image_file
 from ..dicom import normalise_view
 from ..quarantine import Quarantine, QuarantineError
-from .base import Adapter, Record
+from .base import CHUNK_ROWS, Adapter, Record
 from .chexpert_vocab import (
     BLANK_NOTE,
     NO_FINDING_NOTE,
@@ -41,8 +41,6 @@ from .chexpert_vocab import (
 PREFIX = "mimic-cxr-2.0.0-"
 _SPLITS = {"train": "train", "validate": "val", "val": "val", "test": "test"}
 _SPLIT_CODES = ("train", "val", "test")
-#: Rows of the metadata table read at a time.
-CHUNK_ROWS = 16384
 #: Code of a label cell that is not 1, 0, -1 or blank (its raw text is kept for the quarantine reason).
 _BAD = np.float32(99.0)
 
@@ -116,7 +114,9 @@ class MimicJpgAdapter(Adapter):
         self.label_csv = self.require_file(_table(root, "chexpert"), f"{PREFIX}chexpert.csv")
         split = [p for p in _table(root, "split") if p.is_file()]
         self.split_csv = split[0] if split else None
-        _need(list(pd.read_csv(self.meta_csv, nrows=0).columns), ("dicom_id", "subject_id", "study_id"), self.meta_csv)
+        meta_header = list(pd.read_csv(self.meta_csv, nrows=0).columns)
+        _need(meta_header, ("dicom_id", "subject_id", "study_id"), self.meta_csv)
+        self.meta_cols = [c for c in ("dicom_id", "subject_id", "study_id", "ViewPosition") if c in meta_header]
         label_cols = list(pd.read_csv(self.label_csv, nrows=0).columns)
         _need(label_cols, ("subject_id", "study_id"), self.label_csv)
         self.warnings.extend(check_observation_columns(label_cols, self.labels, self.label_csv.name))
@@ -153,9 +153,7 @@ class MimicJpgAdapter(Adapter):
         self.notes.append("MIMIC-CXR-JPG has no sex/age: both columns are unknown")
         label_index, codes, bad = label_codes(self.label_csv, self.observations)
         split = self._split_index()
-        meta_cols = [c for c in ("dicom_id", "subject_id", "study_id", "ViewPosition")
-                     if c in pd.read_csv(self.meta_csv, nrows=0).columns]
-        for chunk in _read(self.meta_csv, meta_cols, chunksize=CHUNK_ROWS):
+        for chunk in _read(self.meta_csv, self.meta_cols, chunksize=CHUNK_ROWS):
             ids = {c: chunk[c].str.strip().tolist() for c in ("dicom_id", "subject_id", "study_id")}
             views = chunk["ViewPosition"].tolist() if "ViewPosition" in chunk else [""] * len(chunk)
             lab_pos = label_index.get_indexer(key_hash(ids["subject_id"], ids["study_id"]))
