@@ -22,8 +22,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from synthcxr.lco.evaluate import agreement
-from synthcxr.lco.optimize import best_of_candidates, initial_latents, margin_thresholds, optimise_latents, resolve_label_space, success_rule
-from synthcxr.lco.plan import attempt_seed, make_plan, write_plan
+from synthcxr.lco.optimize import (
+    accept_rule, best_of_candidates, initial_latents, margin_thresholds, match_pool, optimise_latents, pool_block_latents,
+    resolve_label_space, success_rule,
+)
+from synthcxr.lco.plan import attempt_seed, make_plan, pool_seed, write_plan
 from synthcxr.lco.rejection import rejection_sample
 from synthcxr.lco.latents import read_latents
 from synthcxr.lco.run import run_shard
@@ -90,7 +93,7 @@ def models():
 
 
 def _cfg(**kw):
-    base = dict(labels=LABELS, steps=60, lr=0.1, prior_weight=0.05, batch_size=16, retries=0, device="cpu")
+    base = dict(labels=LABELS, steps=60, lr=0.1, prior_weight=0.05, batch_size=16, retries=0, device="cpu", mode="per_sample")
     base.update(kw)
     return base
 
@@ -350,6 +353,92 @@ def test_lco_is_cheaper_than_rejection_for_a_rare_combination(models):
     assert lco_cost < rej.evals_per_accept / 2
 
 
+# ---------------------------------------------------------------- amortised prior pool
+
+
+def test_match_pool_gives_rare_combinations_first_pick():
+    """Hand case: member 0 clears both combinations; the rare one (1 clearing member) must get it."""
+    thr = np.array([0.5, 0.5])
+    # combos: A alone [1, 0] (common), A+B [1, 1] (rare)
+    probs = np.array([[0.99, 0.99], [0.99, 0.01], [0.99, 0.01], [0.2, 0.2], [0.6, 0.4]], dtype=np.float32)
+    logits = np.log(probs / (1 - probs))
+    combos = np.array([[1, 0], [1, 1]], dtype=np.float32)
+    acc, st = match_pool(probs, logits, combos, np.array([3, 1]), thr, margin=0.0)
+    assert acc[1].tolist() == [0]  # the only member clearing A+B
+    assert sorted(acc[0].tolist()) == [1, 2, 4]  # A alone takes the rest of its clearing members
+    assert [len(x) for x in st] == [0, 0]
+    # with a margin of 2 logits member 4 (p=0.6) no longer clears A: it is A's optimisation start
+    acc, st = match_pool(probs, logits, combos, np.array([3, 1]), thr, margin=2.0)
+    assert acc[1].tolist() == [0] and sorted(acc[0].tolist()) == [1, 2] and st[0].tolist() == [4]
+    # more demand than pool: starts are lowest-loss unused members, each used once
+    acc, st = match_pool(probs, logits, combos, np.array([5, 2]), thr, margin=0.0)
+    used = np.concatenate([*acc, *st])
+    assert len(used) == len(set(used.tolist())) == 5
+
+
+def test_accept_rule_margin_matches_logit_hand_computation():
+    thr = np.array([0.3, 0.5])
+    p = np.array([[0.3 / (0.3 + 0.7 * np.exp(-1.0)) + 1e-6, 0.5 / (0.5 + 0.5 * np.exp(1.0)) - 1e-6],  # exactly 1 logit past both
+                  [0.5, 0.2]])
+    tgt = np.array([[1, 0], [1, 0]])
+    assert accept_rule(p, tgt, thr, 1.0).tolist() == [True, False]
+    assert accept_rule(torch.as_tensor(p), torch.as_tensor(tgt), thr, 1.0).tolist() == [True, False]
+    assert accept_rule(p, tgt, thr, 0.0).tolist() == success_rule(p, tgt, thr).tolist() == [True, True]
+
+
+def _mixed_targets(n=48):
+    rows = [[0, 0, 0, 1]] * (n // 2) + [[1, 0, 0, 0]] * (n // 4) + [RARE] * (n - n // 2 - n // 4)
+    return np.array(rows, dtype=np.float32)
+
+
+def test_pool_mode_accepts_drawn_members_without_steps_and_is_deterministic(models):
+    G, C = models
+    tgt = _mixed_targets()
+    cfg = _cfg(mode="pool", pool_factor=4, pool_block=16, margin=1.0, retries=1)
+    res = optimise_latents(G, C, THR, tgt, np.arange(len(tgt)), cfg, pool_seed=123)
+    pool = res.attrs["pool"]
+    assert pool.size % 16 == 0 and pool.size <= 4 * len(tgt) and pool.accepted > len(tgt) // 3
+    free = (res["grad_steps"] == 0) & (res["steps"] == 0)
+    assert free.sum() == pool.accepted and (res["attempts"][free] == 1).all()
+    # accepted latents are pool members, bit for bit, and each member is used once
+    members = torch.cat([pool_block_latents(123, b, 16, 16) for b in range(pool.blocks)]).numpy()
+    z = np.stack(res["z"][free])
+    hits = [(np.abs(members - zi).max(1) == 0).nonzero()[0] for zi in z]
+    assert all(len(h) == 1 for h in hits) and len({int(h[0]) for h in hits}) == len(hits)
+    # every sample pays the same share of the pool; free ones pay only that
+    np.testing.assert_allclose(res["g_evals"][free], pool.size / len(tgt))
+    # success is the margin rule on the probabilities the classifier gives the stored latents
+    ok = res["success"].to_numpy()
+    p = _probs_of(G, C, np.stack(res["z"]))
+    assert ok.mean() > 0.9
+    assert accept_rule(p[ok], tgt[ok], np.full(4, 0.5), 1.0).all()
+    again = optimise_latents(G, C, THR, tgt, np.arange(len(tgt)), cfg, pool_seed=123)
+    np.testing.assert_array_equal(np.stack(again["z"]), np.stack(res["z"]))
+    other = optimise_latents(G, C, THR, tgt, np.arange(len(tgt)), cfg, pool_seed=124)
+    assert not np.array_equal(np.stack(other["z"]), np.stack(res["z"]))
+
+
+def test_pool_stops_when_matched_and_is_capped(models):
+    G, C = models
+    nf = np.tile([0, 0, 0, 1], (8, 1)).astype(np.float32)  # ~half of random latents: matched in the first blocks
+    res = optimise_latents(G, C, THR, nf, np.arange(8), _cfg(mode="pool", pool_factor=8, pool_block=8), pool_seed=5)
+    assert res.attrs["pool"].accepted == 8 and res.attrs["pool"].size < 64
+    impossible = {**THR, "Cardiomegaly": 1.0}  # no latent can clear it: one block adds nothing, the pool stops
+    tgt = np.tile([1, 0, 0, 0], (8, 1)).astype(np.float32)
+    res = optimise_latents(G, C, impossible, tgt, np.arange(8), _cfg(mode="pool", pool_factor=8, pool_block=8, steps=2), pool_seed=5)
+    assert res.attrs["pool"].size == 8 and res.attrs["pool"].accepted == 0 and res.attrs["pool"].started == 8
+
+
+def test_pool_mode_is_cheaper_than_per_sample_mode_on_a_mixed_shard(models):
+    G, C = models
+    tgt = _mixed_targets(64)
+    per = optimise_latents(G, C, THR, tgt, np.arange(64), _cfg(mode="per_sample", init_candidates=16, margin=1.0, retries=2))
+    pool = optimise_latents(G, C, THR, tgt, np.arange(64), _cfg(mode="pool", pool_factor=4, pool_block=16, margin=1.0, retries=2), pool_seed=1)
+    cost = lambda r: (r["g_evals"].sum() + r["grad_steps"].sum()) / r["success"].sum()  # noqa: E731 - a backward costed as one forward
+    assert pool["success"].mean() >= per["success"].mean() - 0.05
+    assert cost(pool) < cost(per) / 2
+
+
 # ---------------------------------------------------------------- shard job and checker agreement
 
 
@@ -379,8 +468,10 @@ def _write_inputs(tmp_path):
     return section, plan
 
 
-def test_run_shard_schema_and_reproducible_bytes(tmp_path, fake_loaders):
+@pytest.mark.parametrize("mode", ["per_sample", "pool"])
+def test_run_shard_schema_and_reproducible_bytes(tmp_path, fake_loaders, mode):
     section, plan = _write_inputs(tmp_path)
+    section["mode"] = mode
     out = tmp_path / "latents" / "shard-00001.parquet"
     args = (tmp_path / "plan.parquet", "00001", "g.pt", "c.pt", tmp_path / "thresholds.json", section)
     res = run_shard(*args, out, log_file=tmp_path / "log.txt")
@@ -390,7 +481,8 @@ def test_run_shard_schema_and_reproducible_bytes(tmp_path, fake_loaders):
         assert schema.field(f"target_{n}").type == pa.int8()
         assert schema.field(f"prob_{n}").type == pa.float32()
     for name, typ in [("sample_id", pa.string()), ("shard", pa.int64()), ("index", pa.int64()), ("seed", pa.int64()),
-                      ("attempts", pa.int64()), ("steps", pa.int64()), ("g_evals", pa.int64()), ("success", pa.bool_())]:
+                      ("attempts", pa.int64()), ("steps", pa.int64()), ("g_evals", pa.float64()), ("grad_steps", pa.int64()),
+                          ("success", pa.bool_())]:
         assert schema.field(name).type == typ
     rows = plan[plan["shard"] == 1]
     lat = read_latents(out, LABELS)
@@ -404,6 +496,10 @@ def test_run_shard_schema_and_reproducible_bytes(tmp_path, fake_loaders):
     first = out.read_bytes()
     run_shard(*args, out)
     assert out.read_bytes() == first
+    meta = json.loads(pq.read_schema(out).metadata[b"synthcxr"])
+    assert meta["mode"] == mode and (meta["pool"] is None) == (mode == "per_sample")
+    if mode == "pool":  # the shard's pool seed comes from the config seed and the shard number
+        assert meta["pool"]["seed"] == pool_seed(3, 1) and meta["pool"]["size"] % 8 == 0
     assert not list(out.parent.glob(".tmp-*"))
 
 

@@ -31,7 +31,7 @@ META_KEY = "synthcxr"
 #: Columns the lco stage always writes; label-dependent columns are checked separately.
 REQUIRED = ("sample_id", "index", "seed", "z", "success")
 #: Columns carried into the manifest when present.
-OPTIONAL = ("attempts", "steps", "g_evals")
+OPTIONAL = ("attempts", "steps", "g_evals", "grad_steps")
 
 _MISSING = "{path} missing: run the lco stage first (snakemake lco)"
 
@@ -50,7 +50,8 @@ def latents_schema(labels: Sequence[str], latent_dim: int) -> pa.Schema:
     fields += [pa.field(f"prob_{n}", pa.float32()) for n in labels]
     fields += [
         pa.field("steps", pa.int64()),
-        pa.field("g_evals", pa.int64()),
+        pa.field("g_evals", pa.float64()),
+        pa.field("grad_steps", pa.int64()),
         pa.field("success", pa.bool_()),
         pa.field("reason", pa.string()),
     ]

@@ -28,8 +28,23 @@ Why the details are the way they are:
 * Samples that fail after ``steps`` updates are retried from a fresh seed derived from the sample seed and
   the attempt number, up to ``retries`` times; a sample that never succeeds is kept with
   ``success=False`` and a reason, and the archive stage decides what to do with it.
+* ``mode: pool`` (the default) amortises the start: the job draws one pool of prior latents for its
+  whole shard, in blocks of ``pool_block`` from the shard's seed, and scores each latent once. Targets
+  are matched to pool members rarest first (the combination with the fewest members clearing it per
+  requested sample goes first); a member that already clears every threshold by ``margin`` is accepted
+  with no optimisation step, and the remaining targets start from their lowest-loss unused member.
+  The pool grows block by block until every target has a clearing member, a block adds none, or it
+  holds ``pool_factor`` times the shard's rows. Retries (attempt 2 on) are per sample, as in
+  ``mode: per_sample``, where every attempt starts from the best of ``init_candidates`` fresh draws.
+* Success is the stop rule itself: every threshold cleared by ``margin`` logits (:func:`accept_rule`),
+  the same rule rejection sampling is judged by, so a sample that ends between the threshold and the
+  margin is retried rather than released on the classifier's decision boundary.
 * ``g_evals`` counts generator forward evaluations per sample over all attempts (a step on a batch of b
-  costs b), which is the unit the rejection-sampling baseline is compared in.
+  costs b), with each sample's equal share of its shard's pool, and ``grad_steps`` the backward passes
+  (an LCO update costs a forward plus a backward; benchmarks cost the backward by a measured ratio).
+* Scoring chunks and step batches are sized from the device's free memory (or ``memory_mb``) by
+  :mod:`synthcxr.lco.memory`, and ``amp: bf16 | fp16`` runs both networks under autocast; the latents,
+  their Adam state and every decision stay in float32.
 """
 
 from __future__ import annotations
@@ -47,11 +62,14 @@ from scipy.special import expit, logit
 
 from ..labels import NO_FINDING, check_labels
 from ..utils.runtime import progress, resolve_device
-from .plan import attempt_seed
+from .memory import AMP_MODES, autocast, plan_chunks
+from .plan import attempt_seed, derive_seed
 
 log = logging.getLogger("synthcxr")
 
 _BETA1, _BETA2, _EPS = 0.9, 0.999, 1e-8
+
+MODES = ("pool", "per_sample")
 
 
 @dataclass
@@ -66,6 +84,11 @@ class LCOConfig:
     retries: int = 3
     margin: float = 0.0
     init_candidates: int = 1
+    mode: str = "pool"
+    pool_factor: int = 4
+    pool_block: int = 32
+    memory_mb: float | None = None
+    amp: str = "none"
     device: str = "auto"
 
     @classmethod
@@ -83,10 +106,21 @@ class LCOConfig:
             retries=int(cfg.get("retries", cls.retries)),
             margin=float(cfg.get("margin", cls.margin)),
             init_candidates=int(cfg.get("init_candidates", cls.init_candidates)),
+            mode=str(cfg.get("mode", cls.mode)),
+            pool_factor=int(cfg.get("pool_factor", cls.pool_factor)),
+            pool_block=int(cfg.get("pool_block", cls.pool_block)),
+            memory_mb=None if cfg.get("memory_mb") is None else float(cfg["memory_mb"]),
+            amp=str(cfg.get("amp", cls.amp)),
             device=str(cfg.get("device", cls.device)),
         )
         if out.steps < 0 or out.batch_size < 1 or out.retries < 0 or out.lr <= 0 or out.prior_weight < 0 or out.margin < 0 or out.init_candidates < 1:
             raise ValueError(f"lco config: need steps >= 0, batch_size >= 1, retries >= 0, lr > 0, prior_weight >= 0, margin >= 0, init_candidates >= 1; got {out}")
+        if out.mode not in MODES:
+            raise ValueError(f"lco.mode: {out.mode!r} is not one of {', '.join(MODES)}")
+        if out.pool_factor < 1 or out.pool_block < 1 or (out.memory_mb is not None and out.memory_mb <= 0):
+            raise ValueError(f"lco config: need pool_factor >= 1, pool_block >= 1 and memory_mb > 0 (or null); got {out}")
+        if out.amp not in AMP_MODES:
+            raise ValueError(f"lco.amp: {out.amp!r} is not one of {', '.join(AMP_MODES)}")
         return out
 
 
@@ -168,6 +202,30 @@ def margin_thresholds(thresholds, margin: float) -> tuple[np.ndarray, np.ndarray
     return expit(lt - margin), expit(lt + margin)
 
 
+def accept_rule(probs, target, thresholds, margin: float = 0.0):
+    """Per-sample bool: every threshold cleared by ``margin`` logits on the side the target asks for.
+
+    The rule LCO stops and succeeds on and rejection sampling accepts on; ``margin`` 0 is
+    :func:`success_rule`. Same array conventions as :func:`success_rule`.
+    """
+    if margin == 0:
+        return success_rule(probs, target, thresholds)
+    lo, hi = margin_thresholds(thresholds, margin)
+    tgt = target.detach().cpu().numpy() if isinstance(target, torch.Tensor) else np.asarray(target)
+    want = np.ascontiguousarray(tgt >= 0.5)
+    cut = np.where(want, np.broadcast_to(hi, want.shape), np.broadcast_to(lo, want.shape))
+    if isinstance(probs, torch.Tensor):
+        cut_t = torch.as_tensor(cut, device=probs.device).to(probs.dtype)
+        want_t = torch.as_tensor(want, device=probs.device)
+        ok = torch.where(want_t, probs >= cut_t, probs <= cut_t) | torch.isnan(cut_t)
+        return ok.all(dim=-1)
+    p = np.asarray(probs, dtype=np.float64) if not np.issubdtype(np.asarray(probs).dtype, np.floating) else np.asarray(probs)
+    cut = cut.astype(p.dtype)
+    with np.errstate(invalid="ignore"):
+        ok = np.where(want, p >= cut, p <= cut) | np.isnan(cut)
+    return ok.all(axis=-1)
+
+
 def initial_latents(seeds: Sequence[int], latent_dim: int, candidates: int = 1) -> torch.Tensor:
     """``[n, latent_dim]`` (or ``[n, candidates, latent_dim]`` when candidates > 1) float32 on CPU.
 
@@ -180,24 +238,46 @@ def initial_latents(seeds: Sequence[int], latent_dim: int, candidates: int = 1) 
     return out[:, 0] if candidates == 1 else out
 
 
+def pool_block_latents(seed: int, block: int, size: int, latent_dim: int) -> torch.Tensor:
+    """Block ``block`` of a shard's prior pool: ``[size, latent_dim]`` float32 on CPU from its own seed.
+
+    Each block has its own generator, so the pool's latents never depend on how many blocks are drawn
+    or on the scoring chunk size.
+    """
+    g = torch.Generator().manual_seed(derive_seed(int(seed), int(block)))
+    return torch.randn(size, latent_dim, generator=g)
+
+
+@torch.no_grad()
+def score_latents(
+    G: torch.nn.Module, C: torch.nn.Module, z: torch.Tensor, idx: torch.Tensor, chunk: int, amp: str = "none"
+) -> torch.Tensor:
+    """Float32 logits ``[n, len(idx)]`` of ``C(G(z))`` on the generator's device, ``chunk`` latents at a time."""
+    device = module_device(G, "cpu")
+    out = torch.empty(len(z), len(idx), device=device)
+    for s in range(0, len(z), max(1, int(chunk))):
+        with autocast(device, amp):
+            logits = C(G(z[s : s + chunk].to(device)))
+        out[s : s + chunk] = logits.float().index_select(1, idx)
+    return out
+
+
 @torch.no_grad()
 def best_of_candidates(
-    G: torch.nn.Module, C: torch.nn.Module, cand: torch.Tensor, tgt: torch.Tensor, idx: torch.Tensor, chunk: int = 256
+    G: torch.nn.Module, C: torch.nn.Module, cand: torch.Tensor, tgt: torch.Tensor, idx: torch.Tensor, chunk: int = 256, amp: str = "none"
 ) -> torch.Tensor:
     """Per sample, the candidate latent whose image is closest to the target (lowest mean BCE).
 
     ``cand`` is ``[b, k, d]``, ``tgt`` ``[b, L_used]``; returns ``[b, d]``. Starting the optimisation
     from a prior draw that already shows part of the target means shorter, smaller moves in latent
-    space, which drift less towards images only the steering classifier believes.
+    space, which drift less towards images only the steering classifier believes. ``chunk`` is the most
+    images one forward holds (size it with :func:`synthcxr.lco.memory.plan_chunks` at high resolution).
     """
     b, k, d = cand.shape
-    flat = cand.reshape(b * k, d)
-    losses = torch.empty(b * k, device=cand.device)
-    rep = tgt.repeat_interleave(k, dim=0)
-    for s in range(0, b * k, chunk):
-        logits = C(G(flat[s : s + chunk])).index_select(1, idx)
-        losses[s : s + chunk] = F.binary_cross_entropy_with_logits(logits, rep[s : s + chunk], reduction="none").mean(1)
-    best = losses.view(b, k).argmin(1)
+    logits = score_latents(G, C, cand.reshape(b * k, d), idx, chunk, amp)
+    rep = tgt.to(logits.device).repeat_interleave(k, dim=0)
+    losses = F.binary_cross_entropy_with_logits(logits, rep, reduction="none").mean(1)
+    best = losses.view(b, k).argmin(1).to(cand.device)
     return cand[torch.arange(b, device=cand.device), best]
 
 
@@ -209,39 +289,92 @@ def module_device(module: torch.nn.Module, fallback: str) -> torch.device:
     return resolve_device(fallback)
 
 
+def _pool_losses(logits: np.ndarray, combos: np.ndarray) -> np.ndarray:
+    """Mean BCE ``[U, P]`` of each pool member's logits ``[P, Lu]`` against each combination ``[U, Lu]``."""
+    lg = logits[None, :, :].astype(np.float64)
+    y = combos[:, None, :].astype(np.float64)
+    return (np.maximum(lg, 0) - lg * y + np.log1p(np.exp(-np.abs(lg)))).mean(-1)
+
+
+def match_pool(
+    probs: np.ndarray, logits: np.ndarray, combos: np.ndarray, demand: np.ndarray, thresholds: np.ndarray, margin: float
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Assign pool members to targets, rarest combination first; each member is used at most once.
+
+    ``probs``/``logits`` are the pool's ``[P, Lu]``, ``combos`` the distinct targets ``[U, Lu]`` wanted
+    ``demand[u]`` times. Returns, per combination, the members that clear it by ``margin`` (accepted
+    as they are) and the lowest-loss members that will start an optimisation for the rest. Rarity is
+    clearing members per requested sample (ties: the combination listed first), so a rare combination is
+    not left with no clearing member because a common one took it.
+    """
+    P, U = len(probs), len(combos)
+    clear = np.stack([accept_rule(probs, np.broadcast_to(c, probs.shape), thresholds, margin) for c in combos]) if U else np.zeros((0, P), bool)
+    loss = _pool_losses(logits, combos) if P else np.zeros((U, 0))
+    used = np.zeros(P, dtype=bool)
+    accepted: list[np.ndarray] = [np.empty(0, np.int64)] * U
+    starts: list[np.ndarray] = [np.empty(0, np.int64)] * U
+    order = np.lexsort((np.arange(U), clear.sum(1) / np.maximum(demand, 1)))
+    for u in order:
+        cand = np.flatnonzero(clear[u] & ~used)
+        take = cand[np.argsort(loss[u, cand], kind="stable")][: demand[u]]
+        used[take] = True
+        accepted[u] = take
+    for u in order:
+        need = int(demand[u]) - len(accepted[u])
+        if need <= 0:
+            continue
+        cand = np.flatnonzero(~used)
+        take = cand[np.argsort(loss[u, cand], kind="stable")][:need]
+        used[take] = True
+        starts[u] = take
+    return accepted, starts
+
+
 @dataclass
 class _AttemptResult:
     z: np.ndarray  # [b, d] float32
     probs: np.ndarray  # [b, L] float32, NaN for unused labels
     steps: np.ndarray  # [b] int64: updates taken in this attempt
     g_evals: np.ndarray  # [b] int64: generator evaluations in this attempt
+    grad_steps: np.ndarray  # [b] int64: backward passes in this attempt
     success: np.ndarray  # [b] bool
 
 
 def _optimise_attempt(
-    G: torch.nn.Module, C: torch.nn.Module, space: LabelSpace, targets: np.ndarray, seeds: Sequence[int], cfg: LCOConfig, device: torch.device
+    G: torch.nn.Module,
+    C: torch.nn.Module,
+    space: LabelSpace,
+    targets: np.ndarray,
+    seeds: Sequence[int],
+    cfg: LCOConfig,
+    device: torch.device,
+    start: torch.Tensor | None = None,
+    score_chunk: int = 256,
 ) -> _AttemptResult:
-    """One attempt for a batch: Adam on z with per-sample freezing once the stop rule holds.
+    """One attempt for a batch: Adam on z with per-sample freezing once the accept rule holds.
 
-    A sample stops once it clears every threshold by ``cfg.margin`` logits; its success is the plain
-    :func:`success_rule` at the step where it stopped (or at the last step).
+    The start is ``start`` when given (pool mode), else the best of ``cfg.init_candidates`` draws from
+    ``seeds``. A sample stops, successfully, once it clears every threshold by ``cfg.margin`` logits.
     """
     b, d = len(seeds), int(G.latent_dim)
     used = space.used
     idx = torch.as_tensor(np.asarray(space.clf_index)[used], dtype=torch.long, device=device)
     thr = space.thresholds[used]
-    lo, hi = margin_thresholds(thr, cfg.margin)
     tgt = torch.as_tensor(targets[:, used], dtype=torch.float32, device=device)
     k = cfg.init_candidates
-    if k == 1:
+    evals = np.zeros(b, dtype=np.int64)
+    if start is not None:
+        z = start.to(device=device, dtype=torch.float32).clone()
+    elif k == 1:
         z = initial_latents(seeds, d).to(device)
     else:
-        z = best_of_candidates(G, C, initial_latents(seeds, d, k).to(device), tgt, idx)
+        z = best_of_candidates(G, C, initial_latents(seeds, d, k).to(device), tgt, idx, score_chunk, cfg.amp)
+        evals += k  # choosing the start costs k generator evaluations
     m = torch.zeros_like(z)
     v = torch.zeros_like(z)
     probs = np.full((b, len(space.labels)), np.nan, dtype=np.float32)
     steps = np.zeros(b, dtype=np.int64)
-    evals = np.full(b, k if k > 1 else 0, dtype=np.int64)  # choosing the start costs k generator evaluations
+    grads = np.zeros(b, dtype=np.int64)
     success = np.zeros(b, dtype=bool)
     active = np.arange(b)
     for t in range(cfg.steps + 1):
@@ -249,25 +382,24 @@ def _optimise_attempt(
             break
         ids = torch.as_tensor(active, device=device)
         zi = z.index_select(0, ids).requires_grad_(True)
-        logits = C(G(zi)).index_select(1, idx)
+        with autocast(device, cfg.amp):
+            out = C(G(zi))
+        logits = out.float().index_select(1, idx)
         p = torch.sigmoid(logits)
         evals[active] += 1
         tgt_i = tgt.index_select(0, ids)
-        met = success_rule(p.detach(), tgt_i, thr).cpu().numpy()
-        # stop rule: past the margin cuts (the thresholds themselves when margin is 0)
-        stop_cut = np.where((tgt_i >= 0.5).cpu().numpy(), hi, lo)
-        ok = success_rule(p.detach(), tgt_i, stop_cut).cpu().numpy() & met
-        probs[np.ix_(active, np.flatnonzero(used))] = p.detach().float().cpu().numpy()
+        ok = accept_rule(p.detach(), tgt_i, thr, cfg.margin).cpu().numpy()
+        probs[np.ix_(active, np.flatnonzero(used))] = p.detach().cpu().numpy()
         steps[active] = t
-        success[active] = met
+        success[active] = ok
         if t == cfg.steps or ok.all():
-            active = active[~ok]
             break
-        per_sample = F.binary_cross_entropy_with_logits(logits, tgt.index_select(0, ids), reduction="none").mean(1)
+        per_sample = F.binary_cross_entropy_with_logits(logits, tgt_i, reduction="none").mean(1)
         if cfg.prior_weight > 0:
             per_sample = per_sample + cfg.prior_weight * (zi.pow(2).sum(1) / d - 1.0).pow(2)
         keep = torch.as_tensor(~ok, device=device)
         (grad,) = torch.autograd.grad(per_sample[keep].sum(), zi)
+        grads[active] += 1  # the backward runs over the whole active batch
         grad = grad[keep]
         moving = ids[keep]
         # Adam with per-sample moments; every still-active sample has taken exactly t updates so far.
@@ -278,20 +410,66 @@ def _optimise_attempt(
         step = (m_i / (1 - _BETA1 ** (t + 1))) / ((v_i / (1 - _BETA2 ** (t + 1))).sqrt() + _EPS)
         z.index_copy_(0, moving, z.index_select(0, moving) - cfg.lr * step.detach())
         active = active[~ok]
-    return _AttemptResult(z.detach().float().cpu().numpy(), probs, steps, evals, success)
+    return _AttemptResult(z.detach().float().cpu().numpy(), probs, steps, evals, grads, success)
 
 
-def _reason(probs: np.ndarray, target: np.ndarray, space: LabelSpace, attempts: int, steps: int) -> str:
+def _reason(probs: np.ndarray, target: np.ndarray, space: LabelSpace, attempts: int, steps: int, margin: float) -> str:
+    lo, hi = margin_thresholds(space.thresholds, margin)
     unmet = []
     for j, name in enumerate(space.labels):
-        t = space.thresholds[j]
-        if np.isnan(t):
+        if np.isnan(space.thresholds[j]):
             continue
-        if target[j] >= 0.5 and not probs[j] >= np.float32(t):
-            unmet.append(f"{name} p={probs[j]:.4f}<{t:.4f}")
-        elif target[j] < 0.5 and not probs[j] <= np.float32(t):
-            unmet.append(f"{name} p={probs[j]:.4f}>{t:.4f}")
-    return f"target not met after {attempts} attempt(s) of up to {steps} steps; unmet: {', '.join(unmet)}"
+        if target[j] >= 0.5 and not probs[j] >= np.float32(hi[j]):
+            unmet.append(f"{name} p={probs[j]:.4f}<{hi[j]:.4f}")
+        elif target[j] < 0.5 and not probs[j] <= np.float32(lo[j]):
+            unmet.append(f"{name} p={probs[j]:.4f}>{lo[j]:.4f}")
+    past = f" by {margin:g} logits" if margin else ""
+    return f"target not met{past} after {attempts} attempt(s) of up to {steps} steps; unmet: {', '.join(unmet)}"
+
+
+@dataclass
+class PoolStats:
+    """What a shard's prior pool cost and gave: members scored, accepted as drawn, optimisation starts."""
+
+    size: int = 0
+    accepted: int = 0
+    started: int = 0
+    blocks: int = 0
+
+
+def draw_pool(
+    G: torch.nn.Module, C: torch.nn.Module, space: LabelSpace, targets: np.ndarray, seed: int, cfg: LCOConfig, score_chunk: int
+) -> tuple[torch.Tensor, np.ndarray, np.ndarray, PoolStats]:
+    """Draw and score the shard's prior pool block by block; returns (z, probs, logits, stats).
+
+    Blocks of ``cfg.pool_block`` are drawn until every target has a member clearing it by the margin,
+    a block adds no new clearing match, or the pool holds ``cfg.pool_factor`` times ``len(targets)``.
+    """
+    used = space.used
+    idx = torch.as_tensor(np.asarray(space.clf_index)[used], dtype=torch.long, device=module_device(G, cfg.device))
+    thr = space.thresholds[used]
+    combos, demand = np.unique(np.asarray(targets)[:, used] >= 0.5, axis=0, return_counts=True)
+    cap = cfg.pool_factor * len(targets)
+    zs, logit_blocks = [], []
+    d = int(G.latent_dim)
+    matched = 0
+    stats = PoolStats()
+    while stats.size < cap:
+        size = min(cfg.pool_block, cap - stats.size)
+        zb = pool_block_latents(seed, stats.blocks, size, d)
+        logit_blocks.append(score_latents(G, C, zb, idx, score_chunk, cfg.amp).cpu().numpy())
+        zs.append(zb)
+        stats.size += size
+        stats.blocks += 1
+        logits = np.concatenate(logit_blocks)
+        acc, _ = match_pool(1.0 / (1.0 + np.exp(-logits)), logits, combos.astype(np.float32), demand, thr, cfg.margin)
+        now = sum(len(a) for a in acc)
+        if now == len(targets) or now == matched:
+            break
+        matched = now
+    logits = np.concatenate(logit_blocks) if logit_blocks else np.zeros((0, len(idx)), np.float32)
+    probs = (1.0 / (1.0 + np.exp(-logits.astype(np.float64)))).astype(np.float32)
+    return torch.cat(zs) if zs else torch.zeros(0, d), probs, logits, stats
 
 
 def optimise_latents(
@@ -302,13 +480,18 @@ def optimise_latents(
     seeds: Sequence[int],
     cfg: Mapping[str, Any] | LCOConfig,
     classifier_labels: Sequence[str] | None = None,
+    pool_seed: int | None = None,
 ) -> pd.DataFrame:
     """Optimise one latent per target row; returns one row per target, in order.
 
     ``targets`` is ``[N, L]`` 0/1 over ``cfg.labels`` (or a DataFrame holding those columns); ``seeds``
-    the per-sample seeds from the plan. ``classifier_labels`` defaults to ``C.label_names``. Columns of
-    the result: seed (of the last attempt), attempts, z (float32 array per row), target_<label>,
-    prob_<label> (NaN for a label the classifier lacks), steps, g_evals, success, reason ('' on success).
+    the per-sample seeds from the plan; ``pool_seed`` the seed of the shard's prior pool in pool mode
+    (default: derived from the first sample seed). ``classifier_labels`` defaults to ``C.label_names``.
+    Columns of the result: seed (of the last attempt), attempts, z (float32 array per row),
+    target_<label>, prob_<label> (NaN for a label the classifier lacks), steps, g_evals (float: forward
+    evaluations incl. the sample's share of the pool), grad_steps, success, reason ('' on success).
+    ``result.attrs["pool"]`` holds the :class:`PoolStats` in pool mode and ``attrs["chunks"]`` the
+    memory-derived chunk sizes.
     """
     lc = LCOConfig.from_section(cfg)
     labels = lc.labels
@@ -333,37 +516,68 @@ def optimise_latents(
     G.eval()
     C.eval()
     device = module_device(G, lc.device)
+    chunks = plan_chunks(G, C, device, lc.batch_size, lc.memory_mb, lc.amp)
     n, d = len(targets), int(G.latent_dim)
+    used = space.used
     z_out = np.zeros((n, d), dtype=np.float32)
     probs_out = np.full((n, len(labels)), np.nan, dtype=np.float32)
     steps_out = np.zeros(n, dtype=np.int64)
-    evals_out = np.zeros(n, dtype=np.int64)
+    evals_out = np.zeros(n, dtype=np.float64)
+    grads_out = np.zeros(n, dtype=np.int64)
     attempts_out = np.zeros(n, dtype=np.int64)
     seed_out = seeds.copy()
     success_out = np.zeros(n, dtype=bool)
     bar = progress(total=n, desc="lco", unit="sample")
-    for start in range(0, n, lc.batch_size):
-        pending = np.arange(start, min(start + lc.batch_size, n))
-        for attempt in range(lc.retries + 1):
+    first_attempt = 0
+    starts: dict[int, torch.Tensor] = {}
+    stats = None
+    if lc.mode == "pool" and n:
+        pseed = int(pool_seed) if pool_seed is not None else derive_seed(int(seeds[0]), 0x504F4F4C)
+        pool_z, pool_p, pool_l, stats = draw_pool(G, C, space, targets, pseed, lc, chunks.score_chunk)
+        evals_out += stats.size / n
+        combos, inverse = np.unique(targets[:, used] >= 0.5, axis=0, return_inverse=True)
+        inverse = np.asarray(inverse).reshape(-1)
+        demand = np.bincount(inverse, minlength=len(combos))
+        acc, st = match_pool(pool_p, pool_l, combos.astype(np.float32), demand, space.thresholds[used], lc.margin)
+        for u in range(len(combos)):
+            rows = np.flatnonzero(inverse == u)
+            members = np.concatenate([acc[u], st[u]])
+            for j, (i, mbr) in enumerate(zip(rows, members)):
+                if j < len(acc[u]):
+                    z_out[i] = pool_z[mbr].numpy()
+                    probs_out[i, np.flatnonzero(used)] = pool_p[mbr]
+                    success_out[i] = True
+                    attempts_out[i] = 1
+                else:
+                    starts[int(i)] = pool_z[mbr]
+        stats.accepted = int(success_out.sum())
+        stats.started = len(starts)
+        bar.update(stats.accepted)
+        first_attempt = 1
+        log.info("lco pool: %d latents in %d block(s) scored; %d of %d targets accepted as drawn, %d start from their best match",
+                 stats.size, stats.blocks, stats.accepted, n, stats.started)
+        todo = np.array(sorted(starts), dtype=np.int64)
+    else:
+        todo = np.arange(n)
+    step_batch = chunks.step_batch
+    for b0 in range(0, len(todo), step_batch):
+        pending = todo[b0 : b0 + step_batch]
+        batch_n = len(pending)
+        if first_attempt == 1:
+            res = _optimise_attempt(G, C, space, targets[pending], seeds[pending], lc, device, start=torch.stack([starts[int(i)] for i in pending]), score_chunk=chunks.score_chunk)
+            pending = _record(res, pending, 0, seeds[pending], z_out, probs_out, steps_out, evals_out, grads_out, attempts_out, seed_out, success_out)
+        for attempt in range(first_attempt, lc.retries + 1):
             if len(pending) == 0:
                 break
-            seeds_a = [attempt_seed(int(seeds[i]), attempt) for i in pending]
-            res = _optimise_attempt(G, C, space, targets[pending], seeds_a, lc, device)
-            z_out[pending] = res.z
-            probs_out[pending] = res.probs
-            steps_out[pending] = res.steps
-            evals_out[pending] += res.g_evals
-            attempts_out[pending] = attempt + 1
-            seed_out[pending] = seeds_a
-            success_out[pending] = res.success
-            pending = pending[~res.success]
-        bar.update(min(start + lc.batch_size, n) - start)
-        done = min(start + lc.batch_size, n)
-        bar.set_postfix(success=f"{success_out[:done].mean():.3f}")
-        log.info("lco: %d/%d samples, success %.3f", done, n, success_out[:done].mean())
+            seeds_a = np.array([attempt_seed(int(seeds[i]), attempt) for i in pending], dtype=np.int64)
+            res = _optimise_attempt(G, C, space, targets[pending], seeds_a, lc, device, score_chunk=chunks.score_chunk)
+            pending = _record(res, pending, attempt, seeds_a, z_out, probs_out, steps_out, evals_out, grads_out, attempts_out, seed_out, success_out)
+        bar.update(batch_n)
+        bar.set_postfix(success=f"{success_out.mean():.3f}")
+        log.info("lco: %d/%d optimised, success so far %.3f", min(b0 + step_batch, len(todo)), len(todo), success_out.mean())
     bar.close()
     reasons = [
-        "" if success_out[i] else _reason(probs_out[i], targets[i], space, int(attempts_out[i]), lc.steps) for i in range(n)
+        "" if success_out[i] else _reason(probs_out[i], targets[i], space, int(attempts_out[i]), lc.steps, lc.margin) for i in range(n)
     ]
     out = pd.DataFrame({"seed": seed_out, "attempts": attempts_out, "z": list(z_out)})
     for j, name in enumerate(labels):
@@ -372,6 +586,22 @@ def optimise_latents(
         out[f"prob_{name}"] = probs_out[:, j]
     out["steps"] = steps_out
     out["g_evals"] = evals_out
+    out["grad_steps"] = grads_out
     out["success"] = success_out
     out["reason"] = reasons
+    out.attrs["pool"] = stats
+    out.attrs["chunks"] = chunks
     return out
+
+
+def _record(res: _AttemptResult, pending, attempt, seeds_a, z_out, probs_out, steps_out, evals_out, grads_out, attempts_out, seed_out, success_out):
+    """Store one attempt's results for ``pending`` rows; returns the rows still unsuccessful."""
+    z_out[pending] = res.z
+    probs_out[pending] = res.probs
+    steps_out[pending] = res.steps
+    evals_out[pending] += res.g_evals
+    grads_out[pending] += res.grad_steps
+    attempts_out[pending] = attempt + 1
+    seed_out[pending] = seeds_a
+    success_out[pending] = res.success
+    return pending[~res.success]

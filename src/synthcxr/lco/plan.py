@@ -50,6 +50,7 @@ MODES = ("match_real", "balanced", "quotas")
 _TAG_SAMPLE = 0x53414D50  # "SAMP"
 _TAG_ATTEMPT = 0x41545450  # "ATTP"
 _TAG_SHUFFLE = 0x53485546  # "SHUF"
+_TAG_POOL = 0x504F4F4C  # "POOL"
 
 _MASK64 = (1 << 64) - 1
 
@@ -81,6 +82,11 @@ def sample_seeds(seed: int, n: int) -> np.ndarray:
 def attempt_seed(sample_seed: int, attempt: int) -> int:
     """Seed of retry ``attempt`` of a sample; attempt 0 uses the plan's seed unchanged."""
     return int(sample_seed) if attempt == 0 else derive_seed(sample_seed, _TAG_ATTEMPT, attempt)
+
+
+def pool_seed(seed: int, shard: int) -> int:
+    """Seed of the prior pool an LCO job draws for ``shard`` (master ``seed``): one pool per shard."""
+    return derive_seed(seed, _TAG_POOL, shard)
 
 
 @dataclass

@@ -20,7 +20,7 @@ from ..classifier.evaluate import read_thresholds  # thresholds.json belongs to 
 from ..utils.runtime import fixed_threads, resolve_device, seed_everything, setup_logging
 from .latents import write_latents
 from .optimize import LabelSpace, LCOConfig, module_device, optimise_latents, resolve_label_space
-from .plan import read_plan
+from .plan import pool_seed, read_plan
 
 log = logging.getLogger("synthcxr")
 
@@ -58,7 +58,7 @@ def run_shard(
     G = load_generator(generator_path, device)
     C = load_classifier(classifier_path, device)
     space = resolve_label_space(lc.labels, C.label_names, read_thresholds(thresholds_path), where=os.fspath(thresholds_path))
-    return optimise_shard(rows, shard, G, C, space, lc, out_path)
+    return optimise_shard(rows, shard, G, C, space, lc, out_path, pool_seed=pool_seed(int(cfg.get("seed", 0)), shard))
 
 
 def optimise_shard(
@@ -69,13 +69,21 @@ def optimise_shard(
     thresholds: Mapping[str, float] | LabelSpace,
     cfg: Mapping[str, Any] | LCOConfig,
     out_path: str | os.PathLike,
+    pool_seed: int | None = None,
 ) -> pd.DataFrame:
-    """Optimise the given plan rows (one shard) with loaded models and write the latents shard."""
+    """Optimise the given plan rows (one shard) with loaded models and write the latents shard.
+
+    ``pool_seed`` seeds the shard's prior pool in pool mode (the lco rule derives it from the config
+    seed and the shard number, so a rerun of one shard reproduces its latents).
+    """
     lc = LCOConfig.from_section(cfg)
     device = module_device(G, lc.device)
-    log.info("lco shard %d: %d samples on %s (latent_dim %d, %d steps, %d retries)", shard, len(rows), device, G.latent_dim, lc.steps, lc.retries)
+    log.info("lco shard %d: %d samples on %s (mode %s, latent_dim %d, %d steps, %d retries, amp %s)", shard, len(rows), device, lc.mode, G.latent_dim, lc.steps, lc.retries, lc.amp)
     t0 = time.perf_counter()
-    res = optimise_latents(G, C, thresholds, rows[lc.labels].to_numpy(), rows["seed"].to_numpy(), lc, classifier_labels=list(C.label_names))
+    res = optimise_latents(
+        G, C, thresholds, rows[lc.labels].to_numpy(), rows["seed"].to_numpy(), lc, classifier_labels=list(C.label_names), pool_seed=pool_seed
+    )
+    pool, chunks = res.attrs.get("pool"), res.attrs.get("chunks")
     res.insert(0, "index", rows["index"].to_numpy(dtype=np.int64))
     res.insert(0, "shard", np.full(len(rows), shard, dtype=np.int64))
     res.insert(0, "sample_id", rows["sample_id"].astype(str).to_numpy())
@@ -88,9 +96,14 @@ def optimise_shard(
         "prior_weight": lc.prior_weight,
         "retries": lc.retries,
         "margin": lc.margin,
+        "mode": lc.mode,
+        "amp": lc.amp,
+        "pool": None if pool is None else {"size": pool.size, "blocks": pool.blocks, "accepted": pool.accepted, "started": pool.started, "seed": pool_seed},
+        "chunks": None if chunks is None else {"score_chunk": chunks.score_chunk, "step_batch": chunks.step_batch},
         "device": str(device),
         "cpu_threads": int(torch.get_num_threads()),
     }
+    res.attrs.clear()
     write_latents(res, lc.labels, out_path, meta)
     log.info(
         "lco shard %d: success %.3f (%d/%d), mean steps %.1f, mean g_evals %.1f, %.1f s",
