@@ -56,7 +56,7 @@ def write_fake_latents(folder: Path, n: int, shard_size: int, latent_dim: int, s
         for j, name in enumerate(LABELS):
             df[f"target_{name}"] = t[:, j]
             df[f"prob_{name}"] = rng.random(m).astype(np.float32)
-        df["steps"], df["g_evals"], df["success"], df["reason"] = 100, 100, True, ""
+        df["steps"], df["g_evals"], df["grad_steps"], df["success"], df["reason"] = 100, 100.0, 100, True, ""
         df["z"] = list(rng.standard_normal((m, latent_dim)).astype(np.float32))
         p = folder / "latents" / f"shard-{shard:05d}.parquet"
         write_latents(df, LABELS, p)

@@ -40,7 +40,7 @@ def latents_frame(shard: int, n: int, rng: np.random.Generator) -> tuple[pd.Data
     for name in LABELS:
         df[f"prob_{name}"] = rng.random(n).astype(np.float32)
     df["steps"] = 10
-    df["g_evals"] = 10
+    df["g_evals"], df["grad_steps"] = 10.0, 5
     df["success"] = rng.random(n) > 0.2
     df["reason"] = np.where(df["success"], "", "target not met")
     df = df.sample(frac=1.0, random_state=shard).reset_index(drop=True)  # rows need not arrive in index order

@@ -41,7 +41,7 @@ def _fake_upstream(root: Path) -> list[str]:
         for j, name in enumerate(LABELS):
             df[f"target_{name}"] = t[:, j]
             df[f"prob_{name}"] = rng.random(n).astype(np.float32)
-        df["steps"], df["g_evals"], df["success"] = 3, 3, [True] * (n - 1) + [False]
+        df["steps"], df["g_evals"], df["grad_steps"], df["success"] = 3, 3.0, 3, [True] * (n - 1) + [False]
         df["reason"] = [""] * (n - 1) + ["target not met"]
         df["z"] = list(rng.standard_normal((n, 8)).astype(np.float32))
         write_latents(df, LABELS, root / f"results/archive/demo/work/latents/shard-{shard:05d}.parquet")

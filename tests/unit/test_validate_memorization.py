@@ -67,7 +67,7 @@ def _write_archive(folder: Path, images: np.ndarray, ids: list[str]) -> tuple[Pa
     for name in LABELS:
         frame[f"target_{name}"] = 0
         frame[f"prob_{name}"] = 0.1
-    frame["steps"], frame["g_evals"], frame["success"], frame["reason"] = 1, 1, True, ""
+    frame["steps"], frame["g_evals"], frame["grad_steps"], frame["success"], frame["reason"] = 1, 1.0, 1, True, ""
     lat = folder / "latents" / "shard-00000.parquet"
     write_latents(frame, LABELS, lat)
     return shard, lat
