@@ -1,23 +1,35 @@
-"""Generator evaluations per accepted sample: latent class optimisation vs rejection sampling.
+"""LCO (amortised prior pool) vs rejection sampling at the same acceptance rule, and LCO's two modes over a plan.
 
-    python benchmarks/bench_lco_vs_rejection.py
-    python benchmarks/bench_lco_vs_rejection.py --generator results/pggan/demo/generator.pt \
-        --classifier results/classifier/real/model.pt --labels-table results/prepared/phantom/labels.parquet
+    python benchmarks/bench_lco_vs_rejection.py --configfile config/demo-quick.yaml \
+        --generator results/pggan/quick/generator.pt
+    python benchmarks/bench_lco_vs_rejection.py --plan results/archive/demo/work/plan.parquet
 
-Needs the trained demo models (``snakemake train_pggan train_classifier`` or ``make demo``). Picks a
-common combination (the most frequent in the real train split) and a rare one (the most frequent among
-those below ``--rare-below`` prevalence, 2 % by default, preferring several findings), unless given
-with ``--common``/``--rare``. For each it runs LCO with the config's settings on ``--n`` targets and
-rejection sampling with up to ``--max-draws`` prior latents, both counting generator forward
-evaluations, and prints evaluations per accepted sample and their ratio (all from this one run). With
-the independent checker classifier present (``--checker``), it also prints the share of each method's
-accepted samples that the checker agrees show the combination: cheap samples are only worth having if
-they are not just fooling the steering classifier.
+Needs trained models (``make demo`` or ``snakemake train_pggan train_classifier``). Everything below is
+measured in this one run, on one device:
+
+1. **Cost of a backward.** A no-grad forward of C(G(z)) and an LCO step (forward with the graph, then
+   backward to z) at the LCO batch size, interleaved ``--repeats`` times; ``r`` = median step / median
+   forward. Costs are then in *forward-equivalents* (FE): forwards + (r - 1) x backward passes.
+2. **Per combination** (``--n`` targets each): LCO in pool mode on a pool of its own, and rejection
+   sampling with the same acceptance rule (every threshold cleared by ``lco.margin`` logits), its cost
+   counted exactly as the draws up to the ``--n``-th accept. Combinations: the commonest under the GAN,
+   one rare one, and ``--ultra`` combinations the GAN draws in <= 1 % of random latents (as measured on
+   ``--prior`` random latents with the steering classifier and the margin rule), most findings first,
+   taken from the plan's combinations when ``--plan`` is given.
+   Printed: FE and seconds per accepted sample for both, their ratio, and the share of accepted samples
+   the independent checker agrees show the combination.
+3. **Over a plan** (``--plan``, e.g. the demo's): every shard optimised in ``per_sample`` mode (the
+   method before pooling) and in ``pool`` mode, cost per successful sample in FE and seconds, and the
+   checker's agreement with the successful ones.
+
+Rejection that accepts fewer than ``--n`` within ``--max-draws`` prints draws per accept so far ("~"),
+or with no accept at all the 95 % lower bound ``max_draws / 3`` (rule of three, ">").
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -25,135 +37,222 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 
-from synthcxr.config import load_config, section
-from synthcxr.labels import NO_FINDING, combo_key, parse_combo
-from synthcxr.lco.evaluate import checker_agrees
-from synthcxr.lco.optimize import LCOConfig, LabelSpace, optimise_latents, resolve_label_space
-from synthcxr.lco.plan import sample_seeds
-from synthcxr.lco.rejection import rejection_sample
 from synthcxr.classifier.evaluate import read_thresholds
+from synthcxr.config import deep_merge, load_config, read_config_file, section
+from synthcxr.labels import NO_FINDING, combo_key
+from synthcxr.lco.evaluate import checker_agrees
+from synthcxr.lco.optimize import LCOConfig, LabelSpace, accept_rule, optimise_latents, resolve_label_space, score_latents
+from synthcxr.lco.plan import pool_seed, read_plan, sample_seeds
+from synthcxr.lco.rejection import rejection_sample
 from synthcxr.utils.runtime import resolve_device, setup_logging
 
 
-def train_prevalence(table_path: str, labels: list[str]) -> pd.Series:
-    """Share of train images per combination key (NaN as absent, as in the label plan)."""
-    t = pd.read_parquet(table_path)
-    t = t[t["split"] == "train"] if "split" in t.columns else t
-    findings = [n for n in labels if n != NO_FINDING]
-    mat = t[findings].fillna(0).to_numpy() >= 0.5
-    keys = ["+".join(f for f, p in zip(findings, r) if p) or NO_FINDING for r in mat]
+def backward_ratio(G, C, idx, batch: int, d: int, device, repeats: int) -> tuple[float, float, float]:
+    """(r, seconds per no-grad forward latent, seconds per step latent), medians of interleaved runs."""
+    z = torch.randn(batch, d, generator=torch.Generator().manual_seed(0)).to(device)
+    tgt = torch.zeros(batch, len(idx), device=device)
+    fwd, step = [], []
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    for i in range(repeats + 1):
+        sync()
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            C(G(z)).index_select(1, idx)
+        sync()
+        t1 = time.perf_counter()
+        zi = z.clone().requires_grad_(True)
+        loss = F.binary_cross_entropy_with_logits(C(G(zi)).index_select(1, idx), tgt)
+        (g,) = torch.autograd.grad(loss, zi)
+        sync()
+        t2 = time.perf_counter()
+        if i:  # the first round warms up
+            fwd.append(t1 - t0)
+            step.append(t2 - t1)
+    mf, ms = statistics.median(fwd), statistics.median(step)
+    print(f"no-grad forward  batch {batch}: min {min(fwd) * 1e3:.1f} ms, median {mf * 1e3:.1f} ms")
+    print(f"LCO step (f+b)   batch {batch}: min {min(step) * 1e3:.1f} ms, median {ms * 1e3:.1f} ms")
+    return ms / mf, mf / batch, ms / batch
+
+
+def gan_prevalence(G, C, space: LabelSpace, n: int, margin: float, seed: int, chunk: int) -> pd.Series:
+    """Share of ``n`` random latents whose image clears each exact combination by ``margin`` (steering C)."""
+    used = space.used
+    idx = torch.as_tensor(np.asarray(space.clf_index)[used], dtype=torch.long, device=next(G.parameters()).device)
+    z = torch.randn(n, int(G.latent_dim), generator=torch.Generator().manual_seed(seed))
+    p = torch.sigmoid(score_latents(G, C, z, idx, chunk)).cpu().numpy()
+    names = [space.labels[j] for j in np.flatnonzero(used)]
+    findings = [j for j, nm in enumerate(names) if nm != NO_FINDING]
+    counts: dict[str, int] = {}
+    for j in range(n):
+        pos = p[j] >= space.thresholds[used]
+        vec = np.zeros(len(names))
+        vec[findings] = pos[findings]
+        if NO_FINDING in names:
+            vec[names.index(NO_FINDING)] = 0 if vec[findings].any() else 1
+        if accept_rule(p[j : j + 1], vec[None], space.thresholds[used], margin)[0]:
+            key = "+".join(names[k] for k in findings if vec[k]) or NO_FINDING
+            counts[key] = counts.get(key, 0) + 1
+    return pd.Series(counts, dtype=float).sort_values(ascending=False) / n
+
+
+def plan_combinations(plan_path: str, labels: list[str]) -> pd.Series:
+    """Share of each combination key among a plan's targets."""
+    plan = read_plan(plan_path, labels)
+    keys = [combo_key(r, labels) for r in plan[labels].to_numpy()]
     return pd.Series(keys).value_counts(normalize=True)
 
 
-def pick_combinations(prev: pd.Series, rare_below: float) -> tuple[str, str]:
-    common = str(prev.index[0])
-    rare = prev[prev < rare_below]
-    if rare.empty:
-        raise SystemExit(f"no combination below {rare_below:.1%} prevalence in the train split; pass --rare")
-    n_findings = pd.Series([k.count("+") + 1 for k in rare.index], index=rare.index)
-    multi = rare[n_findings >= 2]
-    return common, str((multi if not multi.empty else rare).index[0])
+def pick_combinations(prev: pd.Series, wanted: pd.Series, ultra: int) -> list[str]:
+    """The GAN's commonest combination, a rare one (1-5 %), and ``ultra`` drawn in <= 1 % (most findings first).
+
+    Candidates for the rare and <= 1 % picks are the plan's combinations when a plan is given (what
+    users ask for, including ones the GAN never draws), else the ones seen among the random latents.
+    """
+    picks = [str(prev.index[0])] if len(prev) else []
+    pool = list(wanted.index) if len(wanted) else list(prev.index)
+    rate = {k: float(prev.get(k, 0.0)) for k in pool}
+    rare = [k for k in pool if 0.01 < rate[k] <= 0.05 and k not in picks]
+    picks += rare[:1]
+    low = sorted((k for k in pool if rate[k] <= 0.01 and k not in picks), key=lambda k: (-(k.count("+") + 1), -float(wanted.get(k, 0.0)), k))
+    return picks + low[:ultra]
 
 
-def checker_agreement(G: torch.nn.Module, checker: torch.nn.Module, space: LabelSpace, z: np.ndarray, target: np.ndarray) -> float:
-    """Share of latents whose image the checker calls exactly ``target`` (NaN when there are none)."""
-    if len(z) == 0:
+def vector(key: str, labels: list[str]) -> np.ndarray:
+    parts = set(key.split("+"))
+    return np.array([1.0 if n in parts else 0.0 for n in labels], dtype=np.float32)
+
+
+def fe_cost(res: pd.DataFrame, r: float) -> float:
+    return float(res["g_evals"].sum() + (r - 1.0) * res["grad_steps"].sum())
+
+
+def agreement(G, checker, ck_space, z: np.ndarray, targets: np.ndarray) -> float:
+    if checker is None or len(z) == 0:
         return float("nan")
-    return float(checker_agrees(G, checker, space, z, np.tile(target, (len(z), 1)), batch_size=256).mean())
+    return float(checker_agrees(G, checker, ck_space, z, targets, batch_size=256).mean())
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="config/config.yaml")
+    ap.add_argument("--configfile", action="append", default=[], help="config overlays merged in order (e.g. config/demo-quick.yaml)")
     ap.add_argument("--generator", default="results/pggan/demo/generator.pt")
     ap.add_argument("--classifier", default="results/classifier/real/model.pt")
-    ap.add_argument("--thresholds", default=None, help="default: thresholds.json beside --classifier")
     ap.add_argument("--checker", default="results/classifier/check/model.pt", help="independent classifier; skipped when absent")
-    ap.add_argument("--labels-table", default="results/prepared/phantom/labels.parquet")
-    ap.add_argument("--common", default=None, help="combination key, e.g. No_Finding")
-    ap.add_argument("--rare", default=None, help="combination key, e.g. Cardiomegaly+Effusion")
-    ap.add_argument("--rare-below", type=float, default=0.02)
-    ap.add_argument("--n", type=int, default=32, help="LCO targets per combination")
-    ap.add_argument("--max-draws", type=int, default=20000, help="rejection sampling budget per combination")
-    ap.add_argument("--steps", type=int, default=None, help="override lco.steps")
+    ap.add_argument("--plan", default=None, help="plan.parquet: also compare per_sample and pool mode over every shard of it")
+    ap.add_argument("--n", type=int, default=64, help="targets per combination")
+    ap.add_argument("--prior", type=int, default=20000, help="random latents for the GAN's prevalence of each combination")
+    ap.add_argument("--ultra", type=int, default=3, help="combinations drawn in <= 1%% of random latents")
+    ap.add_argument("--max-draws", type=int, default=100000, help="rejection sampling budget per combination")
+    ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args(argv)
 
     missing = [p for p in (args.generator, args.classifier) if not Path(p).exists()]
     if missing:
-        print(
-            "bench_lco_vs_rejection needs trained demo models, missing: " + ", ".join(missing) + "\n"
-            "  train them first: snakemake --cores 2 train_pggan results/classifier/real/model.pt "
-            "(or make demo), or pass --generator/--classifier",
-            file=sys.stderr,
-        )
+        print("bench_lco_vs_rejection needs trained models, missing: " + ", ".join(missing) + "\n"
+              "  train them first (make demo, or snakemake train_pggan results/classifier/real/model.pt), or pass --generator/--classifier",
+              file=sys.stderr)
         return 2
     setup_logging()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     from synthcxr.classifier import load_classifier
     from synthcxr.pggan import load_generator
 
-    cfg = load_config(args.config)
+    overrides: dict = {}
+    for extra in args.configfile:
+        overrides = deep_merge(overrides, read_config_file(extra))
+    cfg = load_config(args.config, overrides or None)
     lco_cfg = section(cfg, "lco")
-    if args.steps is not None:
-        lco_cfg["steps"] = args.steps
     lc = LCOConfig.from_section(lco_cfg)
     labels = lc.labels
     device = resolve_device(args.device)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     G = load_generator(args.generator, device)
     C = load_classifier(args.classifier, device)
-    thr_path = args.thresholds or str(Path(args.classifier).with_name("thresholds.json"))
+    thr_path = str(Path(args.classifier).with_name("thresholds.json"))
     space = resolve_label_space(labels, C.label_names, read_thresholds(thr_path), where=thr_path)
-
-    checker, ck_space = None, None
+    checker = ck_space = None
     if args.checker and Path(args.checker).exists():
         checker = load_classifier(args.checker, device)
         ck_thr = str(Path(args.checker).with_name("thresholds.json"))
         ck_space = resolve_label_space(labels, checker.label_names, read_thresholds(ck_thr), where=ck_thr)
+    idx = torch.as_tensor(np.asarray(space.clf_index)[space.used], dtype=torch.long, device=device)
 
-    prev = train_prevalence(args.labels_table, labels) if Path(args.labels_table).exists() else None
-    if args.common is None or args.rare is None:
-        if prev is None:
-            print(f"{args.labels_table} missing: pass --common and --rare combination keys", file=sys.stderr)
-            return 2
-        common, rare = pick_combinations(prev, args.rare_below)
-        common, rare = args.common or common, args.rare or rare
-    else:
-        common, rare = args.common, args.rare
+    print(f"device {device}, torch threads {torch.get_num_threads()}; G {args.generator} ({G.resolution} px, latent {G.latent_dim}); "
+          f"margin {lc.margin}, steps {lc.steps}, lr {lc.lr}, retries {lc.retries}, pool_factor {lc.pool_factor}, pool_block {lc.pool_block}, "
+          f"init_candidates {lc.init_candidates}; checker {args.checker if checker is not None else 'none'}")
+    r, s_fwd, s_step = backward_ratio(G, C, idx, lc.batch_size, int(G.latent_dim), device, args.repeats)
+    print(f"r = step / forward = {r:.2f} (an LCO update costs {r:.2f} forward-equivalents)\n")
 
-    print(f"device {device}; G latent_dim {G.latent_dim}, {G.resolution} px; LCO steps {lc.steps}, lr {lc.lr}, "
-          f"prior_weight {lc.prior_weight}, retries {lc.retries}, margin {lc.margin}, init_candidates {lc.init_candidates}; "
-          f"thresholds {thr_path}; checker {args.checker if checker is not None else 'none'}")
-    header = (f"{'combination':<40}{'prev':>8}{'LCO ok':>9}{'LCO ev/acc':>12}{'rej acc':>10}{'rej ev/acc':>12}{'ratio':>9}"
-              f"{'LCO chk':>9}{'rej chk':>9}{'LCO s':>8}{'rej s':>8}")
+    prev = gan_prevalence(G, C, space, args.prior, lc.margin, args.seed + 7, 256)
+    wanted = plan_combinations(args.plan, labels) if args.plan else pd.Series(dtype=float)
+    combos = pick_combinations(prev, wanted, args.ultra)
+    header = (f"{'combination':<36}{'P(GAN)':>8}{'LCO ok':>8}{'LCO FE':>9}{'rej FE':>10}{'FE ratio':>9}"
+              f"{'LCO s':>9}{'rej s':>9}{'s ratio':>8}{'LCO chk':>8}{'rej chk':>8}")
+    print(f"per combination: {args.n} targets each; FE and s per accepted sample; ratio = rejection / LCO")
     print(header)
     print("-" * len(header))
-    for key in (common, rare):
-        vec = np.asarray(parse_combo(key, labels), dtype=np.float32)
+    for i, key in enumerate(combos):
+        vec = vector(key, labels)
         key = combo_key(vec, labels)
+        tgt = np.tile(vec, (args.n, 1))
         t0 = time.perf_counter()
-        res = optimise_latents(G, C, space, np.tile(vec, (args.n, 1)), sample_seeds(args.seed, args.n), lc)
+        res = optimise_latents(G, C, space, tgt, sample_seeds(args.seed + i, args.n), lc, pool_seed=args.seed + 1000 + i)
         t_lco = time.perf_counter() - t0
-        ok = int(res["success"].sum())
-        lco_cost = res["g_evals"].sum() / ok if ok else float("inf")
+        ok = res["success"].to_numpy()
+        lco_fe = fe_cost(res, r) / max(ok.sum(), 1)
         t0 = time.perf_counter()
-        rej = rejection_sample(G, C, space, vec, args.max_draws, lc.batch_size * 4, seed=args.seed + 1, max_accept=args.n)
+        rej = rejection_sample(G, C, space, vec, args.max_draws, 1024, seed=args.seed + 2000 + i, max_accept=args.n, margin=lc.margin)
         t_rej = time.perf_counter() - t0
-        ratio = rej.evals_per_accept / lco_cost if ok and rej.n_accepted else float("nan")
-        rej_note = f"{rej.evals_per_accept:>12.1f}" if rej.n_accepted else f"{'>' + str(rej.g_evals):>12}"
-        p = f"{prev.get(key, 0.0):.2%}" if prev is not None else "?"
-        chk_lco = chk_rej = float("nan")
-        if checker is not None:
-            z_ok = np.stack(res["z"][res["success"]].to_list()) if ok else np.zeros((0, G.latent_dim), np.float32)
-            chk_lco = checker_agreement(G, checker, ck_space, z_ok, vec)
-            chk_rej = checker_agreement(G, checker, ck_space, rej.z.numpy(), vec)
-        print(f"{key:<40}{p:>8}{ok / args.n:>9.3f}{lco_cost:>12.1f}{rej.n_accepted:>10d}{rej_note}{ratio:>9.1f}"
-              f"{chk_lco:>9.3f}{chk_rej:>9.3f}{t_lco:>8.1f}{t_rej:>8.1f}")
-    print("ev/acc = generator forward evaluations per accepted sample; ratio = rejection / LCO "
-          "(rejection with 0 accepted: its cost is above the budget shown, ratio nan); "
-          "chk = share of accepted samples the independent checker agrees with")
+        done = rej.n_accepted >= args.n
+        # short of --n accepts: the draws per accept so far, or with none the rule-of-three 95 % lower bound
+        rej_fe = rej.g_evals / rej.n_accepted if rej.n_accepted else rej.g_evals / 3.0
+        # wall clock: LCO as run; rejection's exact draws at the measured seconds per no-grad latent
+        rej_s = rej_fe * s_fwd
+        lco_s = t_lco / max(ok.sum(), 1)
+        z_ok = np.stack(res["z"][ok].to_list()) if ok.any() else np.zeros((0, G.latent_dim), np.float32)
+        chk_l = agreement(G, checker, ck_space, z_ok, tgt[ok])
+        chk_r = agreement(G, checker, ck_space, rej.z.numpy(), np.tile(vec, (rej.n_accepted, 1)))
+        mark = "" if done else ("~" if rej.n_accepted else ">")
+        print(f"{key:<36}{prev.get(key, 0.0):>8.2%}{ok.mean():>8.3f}{lco_fe:>9.1f}{mark + format(rej_fe, '.1f'):>10}"
+              f"{mark + format(rej_fe / lco_fe, '.1f'):>9}{lco_s * 1e3:>8.1f}m{mark + format(rej_s * 1e3, '.1f'):>8}m"
+              f"{mark + format(rej_s / lco_s, '.1f'):>8}{chk_l:>8.3f}{chk_r:>8.3f}", flush=True)
+    print("FE = forward-equivalents (forwards + (r - 1) x backward passes); s in ms per accepted sample "
+          "(rejection: its exact draws x the measured no-grad seconds per latent); chk = checker agreement")
+
+    if args.plan:
+        plan = read_plan(args.plan, labels)
+        print(f"\nover the plan {args.plan}: {len(plan)} samples in {plan['shard'].nunique()} shards")
+        head = f"{'mode':<12}{'success':>9}{'FE/ok':>9}{'fwd/ok':>9}{'bwd/ok':>9}{'s/ok':>9}{'checker':>9}"
+        print(head)
+        print("-" * len(head))
+        rows = {}
+        for mode in ("per_sample", "pool"):
+            lc_m = LCOConfig.from_section({**lco_cfg, "mode": mode})
+            outs, t0 = [], time.perf_counter()
+            for shard, part in plan.groupby("shard"):
+                part = part.sort_values("index")
+                outs.append(optimise_latents(G, C, space, part[labels].to_numpy(), part["seed"].to_numpy(), lc_m,
+                                             pool_seed=pool_seed(int(cfg["seed"]), int(shard))))
+            secs = time.perf_counter() - t0
+            res = pd.concat(outs, ignore_index=True)
+            ok = res["success"].to_numpy()
+            z_ok = np.stack(res["z"][ok].to_list())
+            tg = res[[f"target_{n}" for n in labels]].to_numpy()[ok]
+            rows[mode] = (fe_cost(res, r) / ok.sum(), secs / ok.sum())
+            print(f"{mode:<12}{ok.mean():>9.3f}{rows[mode][0]:>9.1f}{res['g_evals'].sum() / ok.sum():>9.1f}"
+                  f"{res['grad_steps'].sum() / ok.sum():>9.1f}{rows[mode][1] * 1e3:>8.1f}m{agreement(G, checker, ck_space, z_ok, tg):>9.3f}", flush=True)
+        print(f"pool vs per_sample: {rows['per_sample'][0] / rows['pool'][0]:.1f}x fewer FE, "
+              f"{rows['per_sample'][1] / rows['pool'][1]:.1f}x less time per successful sample")
     return 0
 
 

@@ -341,6 +341,14 @@ def test_rejection_sampling_accepts_only_matches_and_counts_draws(models):
     assert torch.equal(again.z, r.z)  # same seed, different batching -> same draws
     capped = rejection_sample(G, C, THR, "Cardiomegaly", max_draws=3000, batch_size=64, seed=4, max_accept=3)
     assert capped.n_accepted == 3 and capped.g_evals < 3000 and torch.equal(capped.z, r.z[:3])
+    # exact cost: the draws up to the 3rd accepted one, whatever the batch, by an independent count
+    z_all = torch.randn(3000, 16, generator=torch.Generator().manual_seed(4)).numpy()
+    hits = np.flatnonzero(success_rule(_probs_of(G, C, z_all), np.tile([1, 0, 0, 0], (3000, 1)), [0.5] * 4))
+    assert capped.g_evals == hits[2] + 1 and capped.computed == 64 * (hits[2] // 64 + 1)
+    # with a margin only draws clearing the thresholds by that many logits count
+    strict = rejection_sample(G, C, THR, "Cardiomegaly", max_draws=3000, batch_size=256, seed=4, margin=1.0)
+    assert 0 < strict.n_accepted < r.n_accepted
+    assert accept_rule(_probs_of(G, C, strict.z.numpy()), np.tile([1, 0, 0, 0], (strict.n_accepted, 1)), [0.5] * 4, 1.0).all()
     none = rejection_sample(G, C, {**THR, "Cardiomegaly": 1.0}, "Cardiomegaly", 64, 64, 0)
     assert none.n_accepted == 0 and none.evals_per_accept == float("inf")
 
@@ -427,6 +435,9 @@ def test_pool_stops_when_matched_and_is_capped(models):
     tgt = np.tile([1, 0, 0, 0], (8, 1)).astype(np.float32)
     res = optimise_latents(G, C, impossible, tgt, np.arange(8), _cfg(mode="pool", pool_factor=8, pool_block=8, steps=2), pool_seed=5)
     assert res.attrs["pool"].size == 8 and res.attrs["pool"].accepted == 0 and res.attrs["pool"].started == 8
+    # a pool block smaller than the shard: the pool still gives every target a start, and every target is tried
+    res = optimise_latents(G, C, impossible, np.tile([1, 0, 0, 0], (20, 1)), np.arange(20), _cfg(mode="pool", pool_factor=8, pool_block=8, steps=2), pool_seed=5)
+    assert res.attrs["pool"].size == 24 and res.attrs["pool"].started == 20 and (res["attempts"] == 1).all()
 
 
 def test_pool_mode_is_cheaper_than_per_sample_mode_on_a_mixed_shard(models):

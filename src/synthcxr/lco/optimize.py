@@ -442,8 +442,9 @@ def draw_pool(
 ) -> tuple[torch.Tensor, np.ndarray, np.ndarray, PoolStats]:
     """Draw and score the shard's prior pool block by block; returns (z, probs, logits, stats).
 
-    Blocks of ``cfg.pool_block`` are drawn until every target has a member clearing it by the margin,
-    a block adds no new clearing match, or the pool holds ``cfg.pool_factor`` times ``len(targets)``.
+    Blocks of ``cfg.pool_block`` are drawn until the pool holds at least one latent per target and
+    every target has a member clearing it by the margin or the last block added no new clearing match,
+    or until it holds ``cfg.pool_factor`` times ``len(targets)``.
     """
     used = space.used
     idx = torch.as_tensor(np.asarray(space.clf_index)[used], dtype=torch.long, device=module_device(G, cfg.device))
@@ -464,7 +465,8 @@ def draw_pool(
         logits = np.concatenate(logit_blocks)
         acc, _ = match_pool(1.0 / (1.0 + np.exp(-logits)), logits, combos.astype(np.float32), demand, thr, cfg.margin)
         now = sum(len(a) for a in acc)
-        if now == len(targets) or now == matched:
+        # at least one latent per target, so every target has a start of its own
+        if stats.size >= len(targets) and (now == len(targets) or now == matched):
             break
         matched = now
     logits = np.concatenate(logit_blocks) if logit_blocks else np.zeros((0, len(idx)), np.float32)
@@ -552,6 +554,7 @@ def optimise_latents(
                     starts[int(i)] = pool_z[mbr]
         stats.accepted = int(success_out.sum())
         stats.started = len(starts)
+        assert stats.accepted + stats.started == n, "the pool holds at least one latent per target"
         bar.update(stats.accepted)
         first_attempt = 1
         log.info("lco pool: %d latents in %d block(s) scored; %d of %d targets accepted as drawn, %d start from their best match",

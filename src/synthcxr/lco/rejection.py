@@ -1,9 +1,10 @@
 """Rejection sampling: the baseline LCO is measured against.
 
-Draw z ~ N(0, I), render, classify, keep the latent if :func:`~synthcxr.lco.optimize.success_rule` holds.
-Its cost per accepted sample is about 1 / P(target | z ~ prior), which explodes for rare label
-combinations; that is the case LCO exists for. Costs are counted in generator forward evaluations so the
-two methods compare on the same unit.
+Draw z ~ N(0, I), render, classify, keep the latent if :func:`~synthcxr.lco.optimize.accept_rule` holds
+with the same ``margin`` LCO succeeds on. Its cost per accepted sample is about 1 / P(target | z ~ prior),
+which explodes for rare label combinations; that is the case LCO exists for. Costs are counted in
+generator forward evaluations so the two methods compare on the same unit, and counted exactly: the
+draws up to and including the ``max_accept``-th accepted one, not the whole last batch.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 
 from ..labels import parse_combo
-from .optimize import LabelSpace, module_device, resolve_label_space, success_rule
+from .optimize import LabelSpace, accept_rule, module_device, resolve_label_space
 
 log = logging.getLogger("synthcxr")
 
@@ -27,8 +28,9 @@ class RejectionResult:
 
     z: torch.Tensor  # [k, d] accepted latents (CPU, float32)
     probs: np.ndarray  # [k, L] classifier probabilities of the accepted samples (NaN for unused labels)
-    g_evals: int  # generator forward evaluations spent (accepted or not)
+    g_evals: int  # draws up to the last accepted one (or all draws when fewer than max_accept were accepted)
     labels: tuple[str, ...]
+    computed: int = 0  # forwards actually run (whole batches)
 
     @property
     def n_accepted(self) -> int:
@@ -51,12 +53,14 @@ def rejection_sample(
     seed: int,
     labels: Sequence[str] | None = None,
     max_accept: int | None = None,
+    margin: float = 0.0,
 ) -> RejectionResult:
     """Draw up to ``max_draws`` prior latents (stopping once ``max_accept`` are accepted) for one target.
 
     ``target`` is a combination key such as ``"Cardiomegaly+Effusion"`` or a 0/1 vector over ``labels``
     (default: the classifier's ``label_names``). Draws come from one ``torch.Generator`` seeded with
-    ``seed``, so the result is reproducible.
+    ``seed``, so the result is reproducible and independent of ``batch_size``; a draw is accepted when
+    it clears every threshold by ``margin`` logits.
     """
     if max_draws < 1 or batch_size < 1:
         raise ValueError(f"rejection_sample: max_draws and batch_size must be positive, got {max_draws}, {batch_size}")
@@ -83,12 +87,17 @@ def rejection_sample(
     kept_z: list[torch.Tensor] = []
     kept_p: list[np.ndarray] = []
     n_kept = draws = 0
+    counted = None
     while draws < max_draws and (max_accept is None or n_kept < max_accept):
         b = min(batch_size, max_draws - draws)
         z = torch.randn(b, d, generator=gen)
         p = torch.sigmoid(C(G(z.to(device))).index_select(1, idx)).float().cpu().numpy()
         draws += b
-        ok = success_rule(p, np.broadcast_to(vec[used], p.shape), space.thresholds[used])
+        ok = accept_rule(p, np.broadcast_to(vec[used], p.shape), space.thresholds[used], margin)
+        if max_accept is not None and n_kept + int(ok.sum()) >= max_accept:
+            last = int(np.flatnonzero(ok)[max_accept - n_kept - 1])
+            ok[last + 1 :] = False
+            counted = draws - b + last + 1
         if ok.any():
             full = np.full((int(ok.sum()), len(labels)), np.nan, dtype=np.float32)
             full[:, used] = p[ok]
@@ -100,4 +109,4 @@ def rejection_sample(
     if max_accept is not None and len(z_acc) > max_accept:
         z_acc, p_acc = z_acc[:max_accept], p_acc[:max_accept]
     log.info("rejection sampling: %d accepted of %d draws", len(z_acc), draws)
-    return RejectionResult(z_acc, p_acc, draws, tuple(labels))
+    return RejectionResult(z_acc, p_acc, draws if counted is None else counted, tuple(labels), computed=draws)
