@@ -13,9 +13,9 @@ measured in this one run, on one device:
 2. **Per combination** (``--n`` targets each): LCO in pool mode on a pool of its own, and rejection
    sampling with the same acceptance rule (every threshold cleared by ``lco.margin`` logits), its cost
    counted exactly as the draws up to the ``--n``-th accept. Combinations: the commonest under the GAN,
-   one rare one, and ``--ultra`` combinations the GAN draws in <= 1 % of random latents (as measured on
-   ``--prior`` random latents with the steering classifier and the margin rule), most findings first,
-   taken from the plan's combinations when ``--plan`` is given.
+   one rarer single finding, and ``--ultra`` combinations the GAN draws in <= 1 % of random latents (as measured on
+   ``--prior`` random latents with the steering classifier and the margin rule), the plan's most
+   requested ones when ``--plan`` is given.
    Printed: FE and seconds per accepted sample for both, their ratio, and the share of accepted samples
    the independent checker agrees show the combination.
 3. **Over a plan** (``--plan``, e.g. the demo's): every shard optimised in ``per_sample`` mode (the
@@ -109,18 +109,18 @@ def plan_combinations(plan_path: str, labels: list[str]) -> pd.Series:
 
 
 def pick_combinations(prev: pd.Series, wanted: pd.Series, ultra: int) -> list[str]:
-    """The GAN's commonest combination, a rare one (1-5 %), and ``ultra`` drawn in <= 1 % (most findings first).
+    """The GAN's commonest combination, a rarer single finding, and ``ultra`` multi-finding ones drawn in <= 1 %.
 
-    Candidates for the rare and <= 1 % picks are the plan's combinations when a plan is given (what
-    users ask for, including ones the GAN never draws), else the ones seen among the random latents.
+    Candidates are the plan's combinations when a plan is given (what users ask for, including ones the
+    GAN never draws past the margin), most requested first, else the ones seen among the random latents.
     """
     picks = [str(prev.index[0])] if len(prev) else []
     pool = list(wanted.index) if len(wanted) else list(prev.index)
     rate = {k: float(prev.get(k, 0.0)) for k in pool}
-    rare = [k for k in pool if 0.01 < rate[k] <= 0.05 and k not in picks]
-    picks += rare[:1]
-    low = sorted((k for k in pool if rate[k] <= 0.01 and k not in picks), key=lambda k: (-(k.count("+") + 1), -float(wanted.get(k, 0.0)), k))
-    return picks + low[:ultra]
+    single = [k for k in pool if "+" not in k and k not in picks and rate[k] < rate.get(picks[0], 1.0)] if picks else []
+    picks += single[:1]
+    multi = [k for k in pool if "+" in k and rate[k] <= 0.01 and k not in picks]
+    return picks + multi[:ultra]
 
 
 def vector(key: str, labels: list[str]) -> np.ndarray:

@@ -50,6 +50,7 @@ Why the details are the way they are:
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -331,86 +332,132 @@ def match_pool(
 
 
 @dataclass
-class _AttemptResult:
-    z: np.ndarray  # [b, d] float32
-    probs: np.ndarray  # [b, L] float32, NaN for unused labels
-    steps: np.ndarray  # [b] int64: updates taken in this attempt
-    g_evals: np.ndarray  # [b] int64: generator evaluations in this attempt
-    grad_steps: np.ndarray  # [b] int64: backward passes in this attempt
-    success: np.ndarray  # [b] bool
+class _Results:
+    """Per-row outputs of the optimisation, filled as rows finish."""
+
+    z: np.ndarray  # [n, d] float32
+    probs: np.ndarray  # [n, L] float32, NaN for unused labels
+    steps: np.ndarray  # [n] int64: updates in the last attempt
+    g_evals: np.ndarray  # [n] float64: forward evaluations over all attempts (+ pool share)
+    grad_steps: np.ndarray  # [n] int64: backward passes over all attempts
+    attempts: np.ndarray  # [n] int64
+    seed: np.ndarray  # [n] int64: seed of the last attempt
+    success: np.ndarray  # [n] bool
 
 
-def _optimise_attempt(
+def _optimise_stream(
     G: torch.nn.Module,
     C: torch.nn.Module,
     space: LabelSpace,
     targets: np.ndarray,
-    seeds: Sequence[int],
+    seeds: np.ndarray,
     cfg: LCOConfig,
     device: torch.device,
-    start: torch.Tensor | None = None,
-    score_chunk: int = 256,
-) -> _AttemptResult:
-    """One attempt for a batch: Adam on z with per-sample freezing once the accept rule holds.
+    work: list[tuple[int, int, torch.Tensor | None]],
+    out: _Results,
+    step_batch: int,
+    score_chunk: int,
+    bar=None,
+) -> None:
+    """Adam on z for every queued (row, attempt, start) with continuous batching.
 
-    The start is ``start`` when given (pool mode), else the best of ``cfg.init_candidates`` draws from
-    ``seeds``. A sample stops, successfully, once it clears every threshold by ``cfg.margin`` logits.
+    Up to ``step_batch`` attempts run side by side, each with its own Adam moments and step count, so a
+    sample's trajectory does not depend on its neighbours (up to floating-point reduction order). When
+    a sample clears the accept rule it leaves the batch; when it fails after ``cfg.steps`` updates its
+    next attempt (a fresh seed, started from the best of ``cfg.init_candidates`` draws) joins the end of
+    the queue while attempts remain. Freed slots are refilled from the queue at once, which keeps the
+    batch full instead of letting a few slow samples run a nearly empty batch to the step limit.
     """
-    b, d = len(seeds), int(G.latent_dim)
+    d = int(G.latent_dim)
     used = space.used
+    cols = np.flatnonzero(used)
     idx = torch.as_tensor(np.asarray(space.clf_index)[used], dtype=torch.long, device=device)
     thr = space.thresholds[used]
-    tgt = torch.as_tensor(targets[:, used], dtype=torch.float32, device=device)
+    tgt_all = torch.as_tensor(targets[:, used], dtype=torch.float32, device=device)
     k = cfg.init_candidates
-    evals = np.zeros(b, dtype=np.int64)
-    if start is not None:
-        z = start.to(device=device, dtype=torch.float32).clone()
-    elif k == 1:
-        z = initial_latents(seeds, d).to(device)
-    else:
-        z = best_of_candidates(G, C, initial_latents(seeds, d, k).to(device), tgt, idx, score_chunk, cfg.amp)
-        evals += k  # choosing the start costs k generator evaluations
-    m = torch.zeros_like(z)
-    v = torch.zeros_like(z)
-    probs = np.full((b, len(space.labels)), np.nan, dtype=np.float32)
-    steps = np.zeros(b, dtype=np.int64)
-    grads = np.zeros(b, dtype=np.int64)
-    success = np.zeros(b, dtype=bool)
-    active = np.arange(b)
-    for t in range(cfg.steps + 1):
-        if len(active) == 0:
+    queue = deque(work)
+    rows = np.empty(0, dtype=np.int64)
+    att = np.empty(0, dtype=np.int64)
+    t = np.empty(0, dtype=np.int64)
+    z = torch.empty(0, d, device=device)
+    m = torch.empty(0, d, device=device)
+    v = torch.empty(0, d, device=device)
+
+    def fill():
+        nonlocal rows, att, t, z, m, v
+        new = []
+        while queue and len(rows) + len(new) < step_batch:
+            new.append(queue.popleft())
+        if not new:
+            return
+        r = np.array([w[0] for w in new], dtype=np.int64)
+        a = np.array([w[1] for w in new], dtype=np.int64)
+        zs = torch.empty(len(new), d, device=device)
+        fresh = [j for j, w in enumerate(new) if w[2] is None]
+        for j, w in enumerate(new):
+            if w[2] is not None:
+                zs[j] = w[2].to(device=device, dtype=torch.float32)
+        if fresh:
+            fr = r[fresh]
+            sd = [attempt_seed(int(seeds[i]), int(a[j])) for i, j in zip(fr, fresh)]
+            out.seed[fr] = sd
+            if k == 1:
+                zs[fresh] = initial_latents(sd, d).to(device)
+            else:
+                zs[fresh] = best_of_candidates(G, C, initial_latents(sd, d, k).to(device), tgt_all[fr], idx, score_chunk, cfg.amp)
+                out.g_evals[fr] += k  # choosing the start costs k generator evaluations
+        out.attempts[r] = a + 1
+        rows, att, t = np.concatenate([rows, r]), np.concatenate([att, a]), np.concatenate([t, np.zeros(len(r), np.int64)])
+        z = torch.cat([z, zs])
+        m = torch.cat([m, torch.zeros_like(zs)])
+        v = torch.cat([v, torch.zeros_like(zs)])
+
+    while True:
+        fill()
+        if len(rows) == 0:
             break
-        ids = torch.as_tensor(active, device=device)
-        zi = z.index_select(0, ids).requires_grad_(True)
+        zi = z.detach().requires_grad_(True)
         with autocast(device, cfg.amp):
-            out = C(G(zi))
-        logits = out.float().index_select(1, idx)
+            logits = C(G(zi)).float().index_select(1, idx)
         p = torch.sigmoid(logits)
-        evals[active] += 1
-        tgt_i = tgt.index_select(0, ids)
-        ok = accept_rule(p.detach(), tgt_i, thr, cfg.margin).cpu().numpy()
-        probs[np.ix_(active, np.flatnonzero(used))] = p.detach().cpu().numpy()
-        steps[active] = t
-        success[active] = ok
-        if t == cfg.steps or ok.all():
-            break
-        per_sample = F.binary_cross_entropy_with_logits(logits, tgt_i, reduction="none").mean(1)
-        if cfg.prior_weight > 0:
-            per_sample = per_sample + cfg.prior_weight * (zi.pow(2).sum(1) / d - 1.0).pow(2)
-        keep = torch.as_tensor(~ok, device=device)
-        (grad,) = torch.autograd.grad(per_sample[keep].sum(), zi)
-        grads[active] += 1  # the backward runs over the whole active batch
-        grad = grad[keep]
-        moving = ids[keep]
-        # Adam with per-sample moments; every still-active sample has taken exactly t updates so far.
-        m_i = m.index_select(0, moving).mul_(_BETA1).add_(grad, alpha=1 - _BETA1)
-        v_i = v.index_select(0, moving).mul_(_BETA2).addcmul_(grad, grad, value=1 - _BETA2)
-        m.index_copy_(0, moving, m_i)
-        v.index_copy_(0, moving, v_i)
-        step = (m_i / (1 - _BETA1 ** (t + 1))) / ((v_i / (1 - _BETA2 ** (t + 1))).sqrt() + _EPS)
-        z.index_copy_(0, moving, z.index_select(0, moving) - cfg.lr * step.detach())
-        active = active[~ok]
-    return _AttemptResult(z.detach().float().cpu().numpy(), probs, steps, evals, grads, success)
+        tgt = tgt_all[torch.as_tensor(rows, device=device)]
+        ok = accept_rule(p.detach(), tgt, thr, cfg.margin).cpu().numpy()
+        out.g_evals[rows] += 1
+        out.probs[np.ix_(rows, cols)] = p.detach().cpu().numpy()
+        out.steps[rows] = t
+        out.success[rows] = ok
+        failed = ~ok & (t >= cfg.steps)
+        cont = ~ok & ~failed
+        if cont.any():
+            per_sample = F.binary_cross_entropy_with_logits(logits, tgt, reduction="none").mean(1)
+            if cfg.prior_weight > 0:
+                per_sample = per_sample + cfg.prior_weight * (zi.pow(2).sum(1) / d - 1.0).pow(2)
+            keep_t = torch.as_tensor(cont, device=device)
+            (grad,) = torch.autograd.grad(per_sample[keep_t].sum(), zi)
+            out.grad_steps[rows] += 1  # the backward runs over the whole batch
+            # Adam with per-sample moments and per-sample step counts
+            g = grad[keep_t]
+            mi = m[keep_t].mul_(_BETA1).add_(g, alpha=1 - _BETA1)
+            vi = v[keep_t].mul_(_BETA2).addcmul_(g, g, value=1 - _BETA2)
+            tt = torch.as_tensor(t[cont] + 1, dtype=torch.float32, device=device)[:, None]
+            step = (mi / (1 - _BETA1**tt)) / ((vi / (1 - _BETA2**tt)).sqrt() + _EPS)
+            zc = z[keep_t] - cfg.lr * step
+        done = ~cont
+        if done.any():
+            out.z[rows[done]] = z[torch.as_tensor(done, device=device)].detach().float().cpu().numpy()
+            for i, a in zip(rows[failed], att[failed]):
+                if a < cfg.retries:
+                    queue.append((int(i), int(a) + 1, None))
+                elif bar is not None:
+                    bar.update(1)
+            if bar is not None and ok.any():
+                bar.update(int(ok.sum()))
+        if cont.any():
+            rows, att, t = rows[cont], att[cont], t[cont] + 1
+            z, m, v = zc.detach(), mi, vi
+        else:
+            rows, att, t = rows[:0], att[:0], t[:0]
+            z, m, v = z[:0].detach(), m[:0], v[:0]
 
 
 def _reason(probs: np.ndarray, target: np.ndarray, space: LabelSpace, attempts: int, steps: int, margin: float) -> str:
@@ -521,64 +568,52 @@ def optimise_latents(
     chunks = plan_chunks(G, C, device, lc.batch_size, lc.memory_mb, lc.amp)
     n, d = len(targets), int(G.latent_dim)
     used = space.used
-    z_out = np.zeros((n, d), dtype=np.float32)
-    probs_out = np.full((n, len(labels)), np.nan, dtype=np.float32)
-    steps_out = np.zeros(n, dtype=np.int64)
-    evals_out = np.zeros(n, dtype=np.float64)
-    grads_out = np.zeros(n, dtype=np.int64)
-    attempts_out = np.zeros(n, dtype=np.int64)
-    seed_out = seeds.copy()
-    success_out = np.zeros(n, dtype=bool)
+    res = _Results(
+        z=np.zeros((n, d), dtype=np.float32),
+        probs=np.full((n, len(labels)), np.nan, dtype=np.float32),
+        steps=np.zeros(n, dtype=np.int64),
+        g_evals=np.zeros(n, dtype=np.float64),
+        grad_steps=np.zeros(n, dtype=np.int64),
+        attempts=np.zeros(n, dtype=np.int64),
+        seed=seeds.copy(),
+        success=np.zeros(n, dtype=bool),
+    )
     bar = progress(total=n, desc="lco", unit="sample")
-    first_attempt = 0
-    starts: dict[int, torch.Tensor] = {}
     stats = None
     if lc.mode == "pool" and n:
         pseed = int(pool_seed) if pool_seed is not None else derive_seed(int(seeds[0]), 0x504F4F4C)
         pool_z, pool_p, pool_l, stats = draw_pool(G, C, space, targets, pseed, lc, chunks.score_chunk)
-        evals_out += stats.size / n
+        res.g_evals += stats.size / n
         combos, inverse = np.unique(targets[:, used] >= 0.5, axis=0, return_inverse=True)
         inverse = np.asarray(inverse).reshape(-1)
         demand = np.bincount(inverse, minlength=len(combos))
         acc, st = match_pool(pool_p, pool_l, combos.astype(np.float32), demand, space.thresholds[used], lc.margin)
+        work = []
         for u in range(len(combos)):
             rows = np.flatnonzero(inverse == u)
             members = np.concatenate([acc[u], st[u]])
             for j, (i, mbr) in enumerate(zip(rows, members)):
                 if j < len(acc[u]):
-                    z_out[i] = pool_z[mbr].numpy()
-                    probs_out[i, np.flatnonzero(used)] = pool_p[mbr]
-                    success_out[i] = True
-                    attempts_out[i] = 1
+                    res.z[i] = pool_z[mbr].numpy()
+                    res.probs[i, np.flatnonzero(used)] = pool_p[mbr]
+                    res.success[i] = True
+                    res.attempts[i] = 1
                 else:
-                    starts[int(i)] = pool_z[mbr]
-        stats.accepted = int(success_out.sum())
-        stats.started = len(starts)
+                    work.append((int(i), 0, pool_z[mbr]))
+        work.sort(key=lambda w: w[0])
+        stats.accepted = int(res.success.sum())
+        stats.started = len(work)
         assert stats.accepted + stats.started == n, "the pool holds at least one latent per target"
         bar.update(stats.accepted)
-        first_attempt = 1
         log.info("lco pool: %d latents in %d block(s) scored; %d of %d targets accepted as drawn, %d start from their best match",
                  stats.size, stats.blocks, stats.accepted, n, stats.started)
-        todo = np.array(sorted(starts), dtype=np.int64)
     else:
-        todo = np.arange(n)
-    step_batch = chunks.step_batch
-    for b0 in range(0, len(todo), step_batch):
-        pending = todo[b0 : b0 + step_batch]
-        batch_n = len(pending)
-        if first_attempt == 1:
-            res = _optimise_attempt(G, C, space, targets[pending], seeds[pending], lc, device, start=torch.stack([starts[int(i)] for i in pending]), score_chunk=chunks.score_chunk)
-            pending = _record(res, pending, 0, seeds[pending], z_out, probs_out, steps_out, evals_out, grads_out, attempts_out, seed_out, success_out)
-        for attempt in range(first_attempt, lc.retries + 1):
-            if len(pending) == 0:
-                break
-            seeds_a = np.array([attempt_seed(int(seeds[i]), attempt) for i in pending], dtype=np.int64)
-            res = _optimise_attempt(G, C, space, targets[pending], seeds_a, lc, device, score_chunk=chunks.score_chunk)
-            pending = _record(res, pending, attempt, seeds_a, z_out, probs_out, steps_out, evals_out, grads_out, attempts_out, seed_out, success_out)
-        bar.update(batch_n)
-        bar.set_postfix(success=f"{success_out.mean():.3f}")
-        log.info("lco: %d/%d optimised, success so far %.3f", min(b0 + step_batch, len(todo)), len(todo), success_out.mean())
+        work = [(i, 0, None) for i in range(n)]
+    _optimise_stream(G, C, space, targets, seeds, lc, device, work, res, chunks.step_batch, chunks.score_chunk, bar)
     bar.close()
+    log.info("lco: %d targets, success %.3f", n, res.success.mean() if n else float("nan"))
+    z_out, probs_out, steps_out, evals_out, grads_out = res.z, res.probs, res.steps, res.g_evals, res.grad_steps
+    attempts_out, seed_out, success_out = res.attempts, res.seed, res.success
     reasons = [
         "" if success_out[i] else _reason(probs_out[i], targets[i], space, int(attempts_out[i]), lc.steps, lc.margin) for i in range(n)
     ]
@@ -596,15 +631,3 @@ def optimise_latents(
     out.attrs["chunks"] = chunks
     return out
 
-
-def _record(res: _AttemptResult, pending, attempt, seeds_a, z_out, probs_out, steps_out, evals_out, grads_out, attempts_out, seed_out, success_out):
-    """Store one attempt's results for ``pending`` rows; returns the rows still unsuccessful."""
-    z_out[pending] = res.z
-    probs_out[pending] = res.probs
-    steps_out[pending] = res.steps
-    evals_out[pending] += res.g_evals
-    grads_out[pending] += res.grad_steps
-    attempts_out[pending] = attempt + 1
-    seed_out[pending] = seeds_a
-    success_out[pending] = res.success
-    return pending[~res.success]
