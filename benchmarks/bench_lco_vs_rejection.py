@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         # short of --n accepts: the draws per accept so far, or with none the rule-of-three 95 % lower bound
         rej_fe = rej.g_evals / rej.n_accepted if rej.n_accepted else rej.g_evals / 3.0
         # wall clock: LCO as run; rejection's exact draws at the measured seconds per no-grad latent
-        rej_s = rej_fe * s_fwd
+        rej_s = rej_fe * t_rej / max(rej.computed, 1)  # its measured seconds per draw x its exact draws per accept
         lco_s = t_lco / max(ok.sum(), 1)
         z_ok = np.stack(res["z"][ok].to_list()) if ok.any() else np.zeros((0, G.latent_dim), np.float32)
         chk_l = agreement(G, checker, ck_space, z_ok, tgt[ok])
@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{mark + format(rej_fe / lco_fe, '.1f'):>9}{lco_s * 1e3:>8.1f}m{mark + format(rej_s * 1e3, '.1f'):>8}m"
               f"{mark + format(rej_s / lco_s, '.1f'):>8}{chk_l:>8.3f}{chk_r:>8.3f}", flush=True)
     print("FE = forward-equivalents (forwards + (r - 1) x backward passes); s in ms per accepted sample "
-          "(rejection: its exact draws x the measured no-grad seconds per latent); chk = checker agreement")
+          "(rejection: its exact draws x its measured seconds per draw); chk = checker agreement")
 
     if args.plan:
         plan = read_plan(args.plan, labels)

@@ -489,7 +489,7 @@ def draw_pool(
 ) -> tuple[torch.Tensor, np.ndarray, np.ndarray, PoolStats]:
     """Draw and score the shard's prior pool block by block; returns (z, probs, logits, stats).
 
-    Blocks of ``cfg.pool_block`` are drawn until the pool holds at least one latent per target and
+    Blocks of ``cfg.pool_block`` (at most ``len(targets)``) are drawn until the pool holds at least one latent per target and
     every target has a member clearing it by the margin or the last block added no new clearing match,
     or until it holds ``cfg.pool_factor`` times ``len(targets)``.
     """
@@ -502,8 +502,9 @@ def draw_pool(
     d = int(G.latent_dim)
     matched = 0
     stats = PoolStats()
+    block = min(cfg.pool_block, len(targets))  # a shard smaller than a block never pays for a whole one
     while stats.size < cap:
-        size = min(cfg.pool_block, cap - stats.size)
+        size = min(block, cap - stats.size)
         zb = pool_block_latents(seed, stats.blocks, size, d)
         logit_blocks.append(score_latents(G, C, zb, idx, score_chunk, cfg.amp).cpu().numpy())
         zs.append(zb)
