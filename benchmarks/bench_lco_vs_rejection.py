@@ -146,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--classifier", default="results/classifier/real/model.pt")
     ap.add_argument("--checker", default="results/classifier/check/model.pt", help="independent classifier; skipped when absent")
     ap.add_argument("--plan", default=None, help="plan.parquet: also compare per_sample and pool mode over every shard of it")
+    ap.add_argument("--no-plan-run", action="store_true", help="with --plan: take the combinations from it but skip the plan-wide run")
+    ap.add_argument("--skip-combos", action="store_true", help="only the backward ratio and the plan-wide run")
     ap.add_argument("--n", type=int, default=64, help="targets per combination")
     ap.add_argument("--prior", type=int, default=20000, help="random latents for the GAN's prevalence of each combination")
     ap.add_argument("--ultra", type=int, default=3, help="combinations drawn in <= 1%% of random latents")
@@ -193,9 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     r, s_fwd, s_step = backward_ratio(G, C, idx, lc.batch_size, int(G.latent_dim), device, args.repeats)
     print(f"r = step / forward = {r:.2f} (an LCO update costs {r:.2f} forward-equivalents)\n")
 
-    prev = gan_prevalence(G, C, space, args.prior, lc.margin, args.seed + 7, 256)
+    prev = gan_prevalence(G, C, space, args.prior if not args.skip_combos else 1, lc.margin, args.seed + 7, 256)
     wanted = plan_combinations(args.plan, labels) if args.plan else pd.Series(dtype=float)
-    combos = pick_combinations(prev, wanted, args.ultra)
+    combos = [] if args.skip_combos else pick_combinations(prev, wanted, args.ultra)
     header = (f"{'combination':<36}{'P(GAN)':>8}{'LCO ok':>8}{'LCO FE':>9}{'rej FE':>10}{'FE ratio':>9}"
               f"{'LCO s':>9}{'rej s':>9}{'s ratio':>8}{'LCO chk':>8}{'rej chk':>8}")
     print(f"per combination: {args.n} targets each; FE and s per accepted sample; ratio = rejection / LCO")
@@ -229,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     print("FE = forward-equivalents (forwards + (r - 1) x backward passes); s in ms per accepted sample "
           "(rejection: its exact draws x its measured seconds per draw); chk = checker agreement")
 
-    if args.plan:
+    if args.plan and not args.no_plan_run:
         plan = read_plan(args.plan, labels)
         print(f"\nover the plan {args.plan}: {len(plan)} samples in {plan['shard'].nunique()} shards")
         head = f"{'mode':<12}{'success':>9}{'FE/ok':>9}{'fwd/ok':>9}{'bwd/ok':>9}{'s/ok':>9}{'checker':>9}"
