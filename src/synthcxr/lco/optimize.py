@@ -90,6 +90,7 @@ class LCOConfig:
     pool_block: int = 32
     memory_mb: float | None = None
     amp: str = "none"
+    patience: int | None = None
     device: str = "auto"
 
     @classmethod
@@ -112,6 +113,7 @@ class LCOConfig:
             pool_block=int(cfg.get("pool_block", cls.pool_block)),
             memory_mb=None if cfg.get("memory_mb") is None else float(cfg["memory_mb"]),
             amp=str(cfg.get("amp", cls.amp)),
+            patience=None if cfg.get("patience") is None else int(cfg["patience"]),
             device=str(cfg.get("device", cls.device)),
         )
         if out.steps < 0 or out.batch_size < 1 or out.retries < 0 or out.lr <= 0 or out.prior_weight < 0 or out.margin < 0 or out.init_candidates < 1:
@@ -120,6 +122,8 @@ class LCOConfig:
             raise ValueError(f"lco.mode: {out.mode!r} is not one of {', '.join(MODES)}")
         if out.pool_factor < 1 or out.pool_block < 1 or (out.memory_mb is not None and out.memory_mb <= 0):
             raise ValueError(f"lco config: need pool_factor >= 1, pool_block >= 1 and memory_mb > 0 (or null); got {out}")
+        if out.patience is not None and out.patience < 1:
+            raise ValueError(f"lco.patience: need a positive step count or null, got {out.patience}")
         if out.amp not in AMP_MODES:
             raise ValueError(f"lco.amp: {out.amp!r} is not one of {', '.join(AMP_MODES)}")
         return out
@@ -379,12 +383,14 @@ def _optimise_stream(
     rows = np.empty(0, dtype=np.int64)
     att = np.empty(0, dtype=np.int64)
     t = np.empty(0, dtype=np.int64)
+    best = np.empty(0, dtype=np.float64)  # lowest target loss of the attempt so far
+    stale = np.empty(0, dtype=np.int64)  # steps since it last fell by 1 %
     z = torch.empty(0, d, device=device)
     m = torch.empty(0, d, device=device)
     v = torch.empty(0, d, device=device)
 
     def fill():
-        nonlocal rows, att, t, z, m, v
+        nonlocal rows, att, t, best, stale, z, m, v
         new = []
         while queue and len(rows) + len(new) < step_batch:
             new.append(queue.popleft())
@@ -408,6 +414,7 @@ def _optimise_stream(
                 out.g_evals[fr] += k  # choosing the start costs k generator evaluations
         out.attempts[r] = a + 1
         rows, att, t = np.concatenate([rows, r]), np.concatenate([att, a]), np.concatenate([t, np.zeros(len(r), np.int64)])
+        best, stale = np.concatenate([best, np.full(len(r), np.inf)]), np.concatenate([stale, np.zeros(len(r), np.int64)])
         z = torch.cat([z, zs])
         m = torch.cat([m, torch.zeros_like(zs)])
         v = torch.cat([v, torch.zeros_like(zs)])
@@ -426,10 +433,17 @@ def _optimise_stream(
         out.probs[np.ix_(rows, cols)] = p.detach().cpu().numpy()
         out.steps[rows] = t
         out.success[rows] = ok
+        bce = F.binary_cross_entropy_with_logits(logits, tgt, reduction="none").mean(1)
+        loss_now = bce.detach().cpu().numpy().astype(np.float64)
+        better = loss_now < best * 0.99
+        stale = np.where(better, 0, stale + 1)
+        best = np.minimum(best, loss_now)
         failed = ~ok & (t >= cfg.steps)
+        if cfg.patience is not None:  # an attempt whose loss stopped falling gives up early
+            failed |= ~ok & (stale >= cfg.patience)
         cont = ~ok & ~failed
         if cont.any():
-            per_sample = F.binary_cross_entropy_with_logits(logits, tgt, reduction="none").mean(1)
+            per_sample = bce
             if cfg.prior_weight > 0:
                 per_sample = per_sample + cfg.prior_weight * (zi.pow(2).sum(1) / d - 1.0).pow(2)
             keep_t = torch.as_tensor(cont, device=device)
@@ -454,9 +468,11 @@ def _optimise_stream(
                 bar.update(int(ok.sum()))
         if cont.any():
             rows, att, t = rows[cont], att[cont], t[cont] + 1
+            best, stale = best[cont], stale[cont]
             z, m, v = zc.detach(), mi, vi
         else:
             rows, att, t = rows[:0], att[:0], t[:0]
+            best, stale = best[:0], stale[:0]
             z, m, v = z[:0].detach(), m[:0], v[:0]
 
 
