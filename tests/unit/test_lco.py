@@ -619,11 +619,11 @@ def test_patience_gives_up_attempts_whose_loss_stopped_falling(models):
     impossible = {**THR, "Cardiomegaly": 1.0}  # never met: every attempt fails
     tgt = np.tile([1, 0, 0, 0], (6, 1)).astype(np.float32)
     # a step size too small to move the loss by 1 %: the loss is flat from the first step
-    full = optimise_latents(G, C, impossible, tgt, np.arange(6), _cfg(steps=80, lr=1e-6))
+    full = optimise_latents(G, C, impossible, tgt, np.arange(6), _cfg(steps=80, lr=1e-6, patience=None))
     short = optimise_latents(G, C, impossible, tgt, np.arange(6), _cfg(steps=80, lr=1e-6, patience=5))
     assert (full["steps"] == 80).all() and not short["success"].any()
     assert (short["steps"] == 5).all() and (short["grad_steps"] == 5).all() and (full["grad_steps"] == 80).all()
     # a reachable target is not cut short: the same successes as without patience
-    ok_full = optimise_latents(G, C, THR, np.tile(RARE, (16, 1)), np.arange(16), _cfg(retries=1))
+    ok_full = optimise_latents(G, C, THR, np.tile(RARE, (16, 1)), np.arange(16), _cfg(retries=1, patience=None))
     ok_pat = optimise_latents(G, C, THR, np.tile(RARE, (16, 1)), np.arange(16), _cfg(retries=1, patience=20))
     assert ok_pat["success"].mean() >= ok_full["success"].mean() - 1 / 16

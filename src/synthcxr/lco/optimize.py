@@ -90,7 +90,7 @@ class LCOConfig:
     pool_block: int = 32
     memory_mb: float | None = None
     amp: str = "none"
-    patience: int | None = None
+    patience: int | None = 20
     device: str = "auto"
 
     @classmethod
@@ -113,7 +113,7 @@ class LCOConfig:
             pool_block=int(cfg.get("pool_block", cls.pool_block)),
             memory_mb=None if cfg.get("memory_mb") is None else float(cfg["memory_mb"]),
             amp=str(cfg.get("amp", cls.amp)),
-            patience=None if cfg.get("patience") is None else int(cfg["patience"]),
+            patience=None if cfg.get("patience", cls.patience) is None else int(cfg.get("patience", cls.patience)),
             device=str(cfg.get("device", cls.device)),
         )
         if out.steps < 0 or out.batch_size < 1 or out.retries < 0 or out.lr <= 0 or out.prior_weight < 0 or out.margin < 0 or out.init_candidates < 1:
