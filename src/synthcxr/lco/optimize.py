@@ -64,7 +64,7 @@ from scipy.special import expit, logit
 from ..labels import NO_FINDING, check_labels
 from ..utils.runtime import progress, resolve_device
 from .memory import AMP_MODES, autocast, plan_chunks
-from .plan import attempt_seed, derive_seed
+from .plan import _TAG_POOL, attempt_seed, derive_seed
 
 log = logging.getLogger("synthcxr")
 
@@ -217,18 +217,8 @@ def accept_rule(probs, target, thresholds, margin: float = 0.0):
         return success_rule(probs, target, thresholds)
     lo, hi = margin_thresholds(thresholds, margin)
     tgt = target.detach().cpu().numpy() if isinstance(target, torch.Tensor) else np.asarray(target)
-    want = np.ascontiguousarray(tgt >= 0.5)
-    cut = np.where(want, np.broadcast_to(hi, want.shape), np.broadcast_to(lo, want.shape))
-    if isinstance(probs, torch.Tensor):
-        cut_t = torch.as_tensor(cut, device=probs.device).to(probs.dtype)
-        want_t = torch.as_tensor(want, device=probs.device)
-        ok = torch.where(want_t, probs >= cut_t, probs <= cut_t) | torch.isnan(cut_t)
-        return ok.all(dim=-1)
-    p = np.asarray(probs, dtype=np.float64) if not np.issubdtype(np.asarray(probs).dtype, np.floating) else np.asarray(probs)
-    cut = cut.astype(p.dtype)
-    with np.errstate(invalid="ignore"):
-        ok = np.where(want, p >= cut, p <= cut) | np.isnan(cut)
-    return ok.all(axis=-1)
+    # per entry: the upper cut where the label is wanted, the lower one where it is not
+    return success_rule(probs, target, np.where(tgt >= 0.5, hi, lo))
 
 
 def initial_latents(seeds: Sequence[int], latent_dim: int, candidates: int = 1) -> torch.Tensor:
@@ -296,9 +286,10 @@ def module_device(module: torch.nn.Module, fallback: str) -> torch.device:
 
 def _pool_losses(logits: np.ndarray, combos: np.ndarray) -> np.ndarray:
     """Mean BCE ``[U, P]`` of each pool member's logits ``[P, Lu]`` against each combination ``[U, Lu]``."""
-    lg = logits[None, :, :].astype(np.float64)
-    y = combos[:, None, :].astype(np.float64)
-    return (np.maximum(lg, 0) - lg * y + np.log1p(np.exp(-np.abs(lg)))).mean(-1)
+    shape = (len(combos), len(logits), logits.shape[1])
+    lg = torch.as_tensor(logits, dtype=torch.float64)[None].expand(shape)
+    y = torch.as_tensor(combos, dtype=torch.float64)[:, None].expand(shape)
+    return F.binary_cross_entropy_with_logits(lg, y, reduction="none").mean(-1).numpy()
 
 
 def match_pool(
@@ -491,6 +482,16 @@ def _reason(probs: np.ndarray, target: np.ndarray, space: LabelSpace, attempts: 
 
 
 @dataclass
+class PoolDraw:
+    """A scored pool and its final matching: members accepted as drawn and starts, per combination."""
+
+    z: torch.Tensor  # [P, d] float32 on CPU
+    probs: np.ndarray  # [P, Lu] float32
+    accepted: list[np.ndarray]
+    starts: list[np.ndarray]
+
+
+@dataclass
 class PoolStats:
     """What a shard's prior pool cost and gave: members scored, accepted as drawn, optimisation starts."""
 
@@ -501,24 +502,32 @@ class PoolStats:
 
 
 def draw_pool(
-    G: torch.nn.Module, C: torch.nn.Module, space: LabelSpace, targets: np.ndarray, seed: int, cfg: LCOConfig, score_chunk: int
-) -> tuple[torch.Tensor, np.ndarray, np.ndarray, PoolStats]:
-    """Draw and score the shard's prior pool block by block; returns (z, probs, logits, stats).
+    G: torch.nn.Module,
+    C: torch.nn.Module,
+    space: LabelSpace,
+    combos: np.ndarray,
+    demand: np.ndarray,
+    seed: int,
+    cfg: LCOConfig,
+    score_chunk: int,
+) -> tuple[PoolDraw, PoolStats]:
+    """Draw and score the shard's prior pool block by block, matching it to the targets after each block.
 
-    Blocks of ``cfg.pool_block`` (at most ``len(targets)``) are drawn until the pool holds at least one latent per target and
-    every target has a member clearing it by the margin or the last block added no new clearing match,
-    or until it holds ``cfg.pool_factor`` times ``len(targets)``.
+    ``combos`` are the distinct targets ``[U, Lu]`` over the used labels, wanted ``demand[u]`` times.
+    Blocks of ``cfg.pool_block`` (at most the number of targets) are drawn until the pool holds at least
+    one latent per target and every target has a member clearing it by the margin or the last block
+    added no new clearing match, or until it holds ``cfg.pool_factor`` latents per target.
     """
     used = space.used
     idx = torch.as_tensor(np.asarray(space.clf_index)[used], dtype=torch.long, device=module_device(G, cfg.device))
     thr = space.thresholds[used]
-    combos, demand = np.unique(np.asarray(targets)[:, used] >= 0.5, axis=0, return_counts=True)
-    cap = cfg.pool_factor * len(targets)
+    n = int(demand.sum())
+    cap = cfg.pool_factor * n
     zs, logit_blocks = [], []
     d = int(G.latent_dim)
     matched = 0
     stats = PoolStats()
-    block = min(cfg.pool_block, len(targets))  # a shard smaller than a block never pays for a whole one
+    block = min(cfg.pool_block, n)  # a shard smaller than a block never pays for a whole one
     while stats.size < cap:
         size = min(block, cap - stats.size)
         zb = pool_block_latents(seed, stats.blocks, size, d)
@@ -527,15 +536,14 @@ def draw_pool(
         stats.size += size
         stats.blocks += 1
         logits = np.concatenate(logit_blocks)
-        acc, _ = match_pool(1.0 / (1.0 + np.exp(-logits)), logits, combos.astype(np.float32), demand, thr, cfg.margin)
+        probs = expit(logits.astype(np.float64)).astype(np.float32)
+        acc, st = match_pool(probs, logits, combos, demand, thr, cfg.margin)
         now = sum(len(a) for a in acc)
         # at least one latent per target, so every target has a start of its own
-        if stats.size >= len(targets) and (now == len(targets) or now == matched):
+        if stats.size >= n and (now == n or now == matched):
             break
         matched = now
-    logits = np.concatenate(logit_blocks) if logit_blocks else np.zeros((0, len(idx)), np.float32)
-    probs = (1.0 / (1.0 + np.exp(-logits.astype(np.float64)))).astype(np.float32)
-    return torch.cat(zs) if zs else torch.zeros(0, d), probs, logits, stats
+    return PoolDraw(torch.cat(zs), probs, acc, st), stats
 
 
 def optimise_latents(
@@ -552,7 +560,7 @@ def optimise_latents(
 
     ``targets`` is ``[N, L]`` 0/1 over ``cfg.labels`` (or a DataFrame holding those columns); ``seeds``
     the per-sample seeds from the plan; ``pool_seed`` the seed of the shard's prior pool in pool mode
-    (default: derived from the first sample seed). ``classifier_labels`` defaults to ``C.label_names``.
+    (default: derived from the first sample seed under the plan's pool tag). ``classifier_labels`` defaults to ``C.label_names``.
     Columns of the result: seed (of the last attempt), attempts, z (float32 array per row),
     target_<label>, prob_<label> (NaN for a label the classifier lacks), steps, g_evals (float: forward
     evaluations incl. the sample's share of the pool), grad_steps, success, reason ('' on success).
@@ -598,13 +606,13 @@ def optimise_latents(
     bar = progress(total=n, desc="lco", unit="sample")
     stats = None
     if lc.mode == "pool" and n:
-        pseed = int(pool_seed) if pool_seed is not None else derive_seed(int(seeds[0]), 0x504F4F4C)
-        pool_z, pool_p, pool_l, stats = draw_pool(G, C, space, targets, pseed, lc, chunks.score_chunk)
-        res.g_evals += stats.size / n
+        pseed = int(pool_seed) if pool_seed is not None else derive_seed(int(seeds[0]), _TAG_POOL)
         combos, inverse = np.unique(targets[:, used] >= 0.5, axis=0, return_inverse=True)
         inverse = np.asarray(inverse).reshape(-1)
         demand = np.bincount(inverse, minlength=len(combos))
-        acc, st = match_pool(pool_p, pool_l, combos.astype(np.float32), demand, space.thresholds[used], lc.margin)
+        pool, stats = draw_pool(G, C, space, combos.astype(np.float32), demand, pseed, lc, chunks.score_chunk)
+        pool_z, pool_p, acc, st = pool.z, pool.probs, pool.accepted, pool.starts
+        res.g_evals += stats.size / n
         work = []
         for u in range(len(combos)):
             rows = np.flatnonzero(inverse == u)
