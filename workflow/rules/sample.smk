@@ -3,6 +3,7 @@
 # once validation has read it.
 ARCHIVE_FORMATS = config["archive"]["formats"]
 MEMORIZATION_GATE = bool(config["validate"]["memorization"].get("gate", True))
+REID_GATE = bool(config["validate"]["reid"].get("enabled", True) and config["validate"]["reid"].get("gate", True))
 
 
 wildcard_constraints:
@@ -39,6 +40,7 @@ rule finalize_archive:
         generator=f"{PGGAN}/generator.pt",
         classifier=f"{CLF}/{config['classifier']['name']}/model.pt",
         memorization=[f"{VAL}/memorization.parquet"] if MEMORIZATION_GATE else [],
+        reid=[f"{VAL}/reid.parquet"] if REID_GATE else [],
     output:
         manifest=f"{REL}/manifest.parquet",
         latents=f"{REL}/latents.parquet",
@@ -63,6 +65,7 @@ rule release:
         tstr=f"{VAL}/tstr.json",
         memorization=f"{VAL}/memorization.parquet",
         lco_agreement=f"{VAL}/lco_agreement.json",
+        reid=[f"{VAL}/reid.json"] if config["validate"]["reid"].get("enabled", True) else [],
     output:
         card=f"{REL}/README.md",
         sums=f"{REL}/SHA256SUMS",

@@ -32,6 +32,59 @@ rule validate_memorization:
         "../scripts/validate_memorization.py"
 
 
+# The re-identification audit: a patient-verification network trained on the real training patients
+# (results/reid/{dataset}/), then every rendered sample matched against them; gated like memorisation.
+REID_CFG = config["validate"]["reid"]
+REID_ON = bool(REID_CFG.get("enabled", True))
+REID = f"results/reid/{DATASET}"
+# Keys that do not change the verifier (gate, gallery, enabled) are left out so editing them never retrains it.
+REID_TRAIN_KEYS = {k: v for k, v in REID_CFG.items() if k not in ("gate", "gallery", "enabled")}
+
+
+rule train_reid_verifier:
+    """Patient-verification network on real training pairs; held-out AUC and the audit threshold."""
+    input:
+        images=f"{PREP}/images.h5",
+        labels=f"{PREP}/labels.parquet",
+    output:
+        model=f"{REID}/verifier.pt",
+        metrics=f"{REID}/verifier.json",
+    params:
+        cfg={"reid": REID_TRAIN_KEYS, "seed": config["seed"], "device": config["device"]},
+    log:
+        f"{LOGS}/train_reid_verifier-{DATASET}.log",
+    threads: 2
+    conda:
+        CONDA_ENV
+    script:
+        "../scripts/train_reid_verifier.py"
+
+
+rule validate_reid:
+    """Best-matching training patient of every rendered sample; runs before finalize_archive, which withholds
+    matched samples when validate.reid.gate is true."""
+    input:
+        shards=expand(f"{WORK}/shards/shard-{{shard}}.{{fmt}}", shard=SHARDS, fmt=VAL_FORMATS),
+        latents=expand(f"{WORK}/latents/shard-{{shard}}.parquet", shard=SHARDS),
+        images=f"{PREP}/images.h5",
+        labels=f"{PREP}/labels.parquet",
+        verifier=rules.train_reid_verifier.output.model,
+        verifier_metrics=rules.train_reid_verifier.output.metrics,
+    output:
+        table=f"{VAL}/reid.parquet",
+        summary=f"{VAL}/reid.json",
+        gallery=report(f"{VAL}/reid_gallery.png", caption="../report/reid.rst", category="Privacy"),
+    params:
+        cfg=stage("validate", ["reid"]),
+    log:
+        f"{ALOGS}/validate_reid.log",
+    threads: 2
+    conda:
+        CONDA_ENV
+    script:
+        "../scripts/validate_reid.py"
+
+
 rule validate_fid:
     """FID/KID/precision-recall of the release, real-vs-real baseline, FID over snapshots."""
     input:
@@ -135,4 +188,5 @@ rule validate:
         rules.validate_memorization.output,
         rules.validate_diversity.output,
         rules.validate_lco.output,
+        rules.validate_reid.output if REID_ON else [],
 

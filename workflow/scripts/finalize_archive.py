@@ -16,6 +16,7 @@ finalize_archive(
     sm.input.generator,
     classifier_path=sm.input.classifier,
     memorization_path=sm.input.memorization[0] if sm.input.memorization else None,
+    reid_path=sm.input.reid[0] if sm.input.reid else None,
     full_config=sm.config,
     shard_size=sm.params.shard_size,
 )

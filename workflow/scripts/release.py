@@ -14,4 +14,5 @@ seal_release(
     memorization=sm.input.memorization,
     lco_agreement=sm.input.lco_agreement,
     jobs=sm.threads,
+    reid=sm.input.reid[0] if sm.input.reid else None,
 )

@@ -65,6 +65,41 @@ def _memorization_section(path: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _reid_section(path: Path) -> str:
+    """The re-identification audit from reid.json: verifier quality, calibration, what it matched."""
+    title = "### Patient re-identification audit"
+    try:
+        data = json.loads(path.read_text())
+        ver, aud, smp = data["verification"], data["audit"], data["samples"]
+    except (OSError, json.JSONDecodeError, KeyError) as exc:
+        return f"{title}\n\n{path.name} could not be read ({exc!r}).\n"
+    check, follow = aud.get("heldout_check") or {}, aud.get("followup_reid") or {}
+    lines = [
+        title,
+        "",
+        f"From `{path.name}`. A patient-verification network trained on pairs of real training scans (same patient or "
+        f"not) reaches ROC AUC {ver['auc']:.4f} on {ver['n_same_pairs']} same-patient and {ver['n_different_pairs']} "
+        f"different-patient pairs of held-out patients. Every sample was compared with all training scans; it counts "
+        f"as matched to a training patient when its best score exceeds {aud['threshold']:.4f}, the cut at which "
+        f"{_pct(aud['false_match_rate'])} of unseen patients' scans (val split) are matched.",
+        "",
+        "| | images | matched |",
+        "|---|---|---|",
+        f"| synthetic samples (gate {'on' if data.get('gate') else 'off'}) | {smp['n']} | {smp['n_matched']} ({_pct(smp['match_rate'])}) |",
+    ]
+    if check:
+        lines.append(f"| unseen real patients (test split; the false-match reference) | {check['n']} | "
+                     f"{check['n_matched']} ({_pct(check['match_rate'])}) |")
+    if follow.get("n"):
+        lines += ["", f"For scale: given one study of an unseen patient in the gallery, the audit re-identifies "
+                      f"the patient from another study {_pct(follow['rate'])} of the time ({follow['n']} patients)."]
+    worst = sorted(smp.get("per_combination", {}).items(), key=lambda kv: (-kv[1]["match_rate"], kv[0]))[:5]
+    if worst and worst[0][1]["n_matched"]:
+        lines += ["", "| label combination | samples | matched |", "|---|---|---|"]
+        lines += [f"| {k} | {v['n']} | {v['n_matched']} ({_pct(v['match_rate'])}) |" for k, v in worst if v["n_matched"]]
+    return "\n".join(lines) + "\n"
+
+
 LOW_AGREEMENT = 0.8  # below this share the card warns that a label's images often do not show it
 
 
@@ -162,6 +197,7 @@ def render_card(
     tstr: Path | None = None,
     memorization: Path | None = None,
     lco_agreement: Path | None = None,
+    reid: Path | None = None,
 ) -> str:
     """The card's Markdown text for archive.json contents ``info`` and optional validation files."""
     c = info["counts"]
@@ -169,6 +205,7 @@ def render_card(
     cfg = info.get("config") or {}
     lco = cfg.get("lco", {}) if isinstance(cfg, Mapping) else {}
     gate = "on" if info.get("memorization_gate") else "off"
+    reid_gate = "on" if info.get("reid_gate") else "off"
     render = info.get("render") or {}
     fm = yaml.safe_dump(front_matter(info), sort_keys=False, default_flow_style=False)
     parts = [
@@ -223,6 +260,7 @@ def render_card(
         f"| released (in manifest) | {c['n_released']} |",
         f"| withheld: label optimisation failed | {c['n_failed']} |",
         f"| withheld: flagged by memorisation audit (gate {gate}) | {c['n_flagged']} |",
+        f"| withheld: matched to a training patient by re-identification audit (gate {reid_gate}) | {c.get('n_reid_matched', 0)} |",
         "",
         "Withheld samples are not in this release: not in its shards, its manifest or its latents. They stay in "
         "the producing site's working area.",
@@ -248,7 +286,9 @@ def render_card(
         "- The generator reproduces the training population (scanners, views, demographics, label noise) and its "
         "artefacts; rare findings may look less varied than real ones.",
         f"- Resolution is {info['resolution']} px; fine findings may not be rendered faithfully.",
-        "- A memorisation audit reduces, but cannot rule out, near-copies of training images.",
+        "- A memorisation audit reduces, but cannot rule out, near-copies of training images; a re-identification "
+        "audit reduces, but cannot rule out, images that show a training patient. Both are only as strong as "
+        "the networks they use (their held-out numbers are below).",
         "- Not a medical device; not for clinical decisions.",
         "",
         "## Validation",
@@ -259,6 +299,7 @@ def render_card(
         _metric_table(fid, "Fidelity and diversity (FID and related)") if fid else None,
         _metric_table(tstr, "Train on synthetic, test on real") if tstr else None,
         _memorization_section(memorization) if memorization else None,
+        _reid_section(reid) if reid else None,
     ]
     val = [v for v in val if v]
     parts += val if val else ["No validation results were available when this card was written.", ""]

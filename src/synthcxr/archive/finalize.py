@@ -1,8 +1,9 @@
 """Build the release from the working area: only released samples, copied byte for byte into
 byte-sized release shards, with their manifest, latents and archive.json.
 
-A sample is released when its label optimisation succeeded (``success``) and the memorisation audit
-did not flag it (when ``validate.memorization.gate`` is on). Everything else stays in the working
+A sample is released when its label optimisation succeeded (``success``), the memorisation audit did
+not flag it (when ``validate.memorization.gate`` is on) and the re-identification audit did not match it
+to a training patient (when ``validate.reid.gate`` is on). Everything else stays in the working
 area (``work/``), which is never handed out. Release shards hold the working shards' HDF5 pixels and
 Parquet PNG bytes unchanged, in render order, so ``regenerate`` still reproduces every image byte for
 byte. The release is unsealed until the ``release`` rule has checked it and written README.md and
@@ -62,16 +63,22 @@ def pixel_sha256(image: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(image, dtype=np.uint8).tobytes()).hexdigest()
 
 
-def read_memorization(path: str | os.PathLike) -> pd.DataFrame:
-    """``sample_id -> flagged`` from the validate stage's memorisation audit."""
+def read_audit(path: str | os.PathLike, column: str = "flagged", what: str = "memorisation audit",
+               key: str = "validate.memorization.gate") -> pd.DataFrame:
+    """``sample_id -> column`` (bool) from one of the validate stage's per-sample audits."""
     p = Path(path)
     if not p.exists():
-        raise FileNotFoundError(f"{p} missing: run the memorisation audit (validate stage) or set validate.memorization.gate: false")
+        raise FileNotFoundError(f"{p} missing: run the {what} (validate stage) or set {key}: false")
     df = pd.read_parquet(p)
-    missing = [c for c in ("sample_id", "flagged") if c not in df.columns]
+    missing = [c for c in ("sample_id", column) if c not in df.columns]
     if missing:
-        raise ValueError(f"{p}: missing column(s) {missing}; expected at least sample_id, flagged")
-    return df[["sample_id", "flagged"]].astype({"sample_id": str, "flagged": bool}).drop_duplicates("sample_id")
+        raise ValueError(f"{p}: missing column(s) {missing}; expected at least sample_id, {column}")
+    return df[["sample_id", column]].astype({"sample_id": str, column: bool}).drop_duplicates("sample_id")
+
+
+def read_memorization(path: str | os.PathLike) -> pd.DataFrame:
+    """``sample_id -> flagged`` from the memorisation audit."""
+    return read_audit(path)
 
 
 def check_work_shard(work_dir: Path, lat: ShardLatents, formats: Sequence[str], generator_sha256: str) -> dict[str, Any]:
@@ -115,21 +122,35 @@ def rendered_frame(lat: ShardLatents, label_names: Sequence[str]) -> pd.DataFram
     return pd.DataFrame(cols)
 
 
-def release_mask(full: pd.DataFrame, memorization_path: str | os.PathLike | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(released, failed, flagged)`` boolean masks over ``full``'s rows."""
+def _audit_mask(full: pd.DataFrame, failed: np.ndarray, path: str | os.PathLike, column: str, what: str, key: str) -> np.ndarray:
+    """Successful samples that the audit in ``path`` marks in ``column``; every successful sample must be audited."""
+    mark = read_audit(path, column, what, key).set_index("sample_id")[column]
+    audited = full["sample_id"].isin(mark.index).to_numpy()
+    unaudited = ~audited & ~failed
+    if unaudited.any():
+        raise ValueError(
+            f"{path}: {int(unaudited.sum())} successful sample(s) were not audited "
+            f"(e.g. {full.loc[unaudited, 'sample_id'].iloc[0]!r}); rerun the {what}"
+        )
+    return audited & full["sample_id"].map(mark).fillna(False).to_numpy(dtype=bool) & ~failed
+
+
+def release_mask(
+    full: pd.DataFrame, memorization_path: str | os.PathLike | None, reid_path: str | os.PathLike | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(released, failed, flagged, matched)`` boolean masks over ``full``'s rows.
+
+    ``flagged``: withheld by the memorisation audit; ``matched``: withheld by the re-identification audit
+    (a sample can be both). Failed samples are never counted as flagged or matched.
+    """
     failed = ~full["success"].to_numpy(dtype=bool)
     flagged = np.zeros(len(full), dtype=bool)
+    matched = np.zeros(len(full), dtype=bool)
     if memorization_path is not None:
-        mem = read_memorization(memorization_path).set_index("sample_id")["flagged"]
-        audited = full["sample_id"].isin(mem.index).to_numpy()
-        unaudited = ~audited & ~failed
-        if unaudited.any():
-            raise ValueError(
-                f"{memorization_path}: {int(unaudited.sum())} successful sample(s) were not audited "
-                f"(e.g. {full.loc[unaudited, 'sample_id'].iloc[0]!r}); rerun the memorisation audit"
-            )
-        flagged = audited & full["sample_id"].map(mem).fillna(False).to_numpy(dtype=bool) & ~failed
-    return ~failed & ~flagged, failed, flagged
+        flagged = _audit_mask(full, failed, memorization_path, "flagged", "memorisation audit", "validate.memorization.gate")
+    if reid_path is not None:
+        matched = _audit_mask(full, failed, reid_path, "matched", "re-identification audit", "validate.reid.gate")
+    return ~failed & ~flagged & ~matched, failed, flagged, matched
 
 
 def shard_bounds(n: int, bytes_per_sample: float, shard_mb: float) -> list[tuple[int, int]]:
@@ -290,6 +311,7 @@ def finalize_archive(
     generator_path: str | os.PathLike,
     classifier_path: str | os.PathLike | None = None,
     memorization_path: str | os.PathLike | None = None,
+    reid_path: str | os.PathLike | None = None,
     full_config: Mapping[str, Any] | None = None,
     shard_size: int | None = None,
 ) -> dict[str, Any]:
@@ -315,7 +337,7 @@ def finalize_archive(
     full = pd.concat([rendered_frame(lat, names) for lat in lats], ignore_index=True)
     if full["sample_id"].duplicated().any():
         raise ValueError(f"{work}: sample_id {full.loc[full['sample_id'].duplicated(), 'sample_id'].iloc[0]!r} appears in two shards")
-    released, failed, flagged = release_mask(full, memorization_path)
+    released, failed, flagged, matched = release_mask(full, memorization_path, reid_path)
     manifest = full[released].drop(columns=["success"]).reset_index(drop=True)
     res = res_seen.pop()
 
@@ -412,24 +434,31 @@ def finalize_archive(
             "n_released": int(released.sum()),
             "n_failed": int(failed.sum()),
             "n_flagged": int(flagged.sum()),
+            "n_reid_matched": int(matched.sum()),
+            "n_withheld": int((flagged | matched).sum()),
             "per_finding": {n: int(manifest[n].sum()) for n in names},
             "per_combination": {k: int(v) for k, v in sorted(manifest["combination"].value_counts().items())},
         },
         "release_policy": (
-            "the release holds only samples whose label optimisation succeeded and that the memorisation audit "
-            "did not flag (when gated); failed and withheld samples stay in the working area and are never released"
+            "the release holds only samples whose label optimisation succeeded and that neither the memorisation "
+            "audit flagged nor the re-identification audit matched to a training patient (each when gated); failed "
+            "and withheld samples stay in the working area and are never released"
         ),
         "memorization_gate": memorization_path is not None,
+        "reid_gate": reid_path is not None,
         "generator": {"file": Path(generator_path).name, "sha256": gen_sha},
         "classifier": {"file": Path(classifier_path).name, "sha256": sha256_file(classifier_path)} if classifier_path else None,
         "memorization": {"file": Path(memorization_path).name, "sha256": sha256_file(memorization_path)} if memorization_path else None,
+        "reid": {"file": Path(reid_path).name, "sha256": sha256_file(reid_path)} if reid_path else None,
         "platform": {"python": platform.python_version(), "machine": platform.machine(), "torch": _torch_version()},
         "config": dict(full_config) if full_config is not None else None,
     }
     write_json(release / ARCHIVE_JSON, info)
     log.info(
-        "release %s: %d requested, %d released in %d shard(s), %d failed, %d flagged (withheld in %s)",
-        release, len(full), info["counts"]["n_released"], len(shards_info), info["counts"]["n_failed"], info["counts"]["n_flagged"], work,
+        "release %s: %d requested, %d released in %d shard(s), %d failed, %d flagged, %d matched to a training patient "
+        "(withheld in %s)",
+        release, len(full), info["counts"]["n_released"], len(shards_info), info["counts"]["n_failed"],
+        info["counts"]["n_flagged"], info["counts"]["n_reid_matched"], work,
     )
     return info
 

@@ -35,7 +35,15 @@ import pyarrow.parquet as pq
 from ..utils.atomic import is_temporary
 from ..utils.hashing import sha256_file
 from .contract import attr_problems, id_problems, read_shard_attrs
-from .layout import ARCHIVE_JSON, FORMAT_VERSION, MANIFEST, RELEASE, RELEASE_FILES, RELEASE_LATENTS, SUMS
+from .layout import (
+    ARCHIVE_JSON,
+    FORMAT_VERSION,
+    MANIFEST,
+    RELEASE,
+    RELEASE_FILES,
+    RELEASE_LATENTS,
+    SUMS,
+)
 from .shard_parquet import decode_png
 
 

@@ -173,3 +173,35 @@ def pair_gallery(
         axes[i][2].set_title(f"pixel nn (row {p['nn_pixel_row']}) sim {p['pixel_sim']:.3f}", fontsize=7, color=color)
     fig.suptitle(f"{title} (flag threshold {threshold:g})", fontsize=9)
     _save(fig, path)
+
+
+def match_gallery(
+    rows: Sequence[Mapping], path: str | os.PathLike, threshold: float, title: str = "Samples closest to a training patient"
+) -> None:
+    """Rows of (generated sample, its best-matching training image, another study of that patient).
+
+    ``rows[i]`` holds ``generated``, ``nearest``, ``other_study`` (uint8 images; ``other_study`` may be None),
+    ``sample_id``, ``score``, ``matched``, ``nn_row``, ``combination``. Matched rows are titled in red.
+    """
+    n = max(len(rows), 1)
+    fig, axes = plt.subplots(n, 3, figsize=(6.0, 2.1 * n + 0.4), squeeze=False)
+    for i in range(n):
+        for ax in axes[i]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+        if not rows:
+            axes[0][1].text(0.5, 0.5, "no generated samples", ha="center", va="center")
+            continue
+        r = rows[i]
+        color = "red" if r["matched"] else "black"
+        axes[i][0].imshow(r["generated"], cmap="gray", vmin=0, vmax=255)
+        axes[i][0].set_title(f"{r['sample_id']}" + (" MATCHED" if r["matched"] else ""), fontsize=7, color=color)
+        axes[i][1].imshow(r["nearest"], cmap="gray", vmin=0, vmax=255)
+        axes[i][1].set_title(f"training row {r['nn_row']}: score {r['score']:.3f}", fontsize=7, color=color)
+        if r.get("other_study") is not None:
+            axes[i][2].imshow(r["other_study"], cmap="gray", vmin=0, vmax=255)
+            axes[i][2].set_title("same patient, other study", fontsize=7)
+        else:
+            axes[i][2].text(0.5, 0.5, "no other study", ha="center", va="center", fontsize=7)
+    fig.suptitle(f"{title} (match threshold {threshold:.3f})", fontsize=9)
+    _save(fig, path)

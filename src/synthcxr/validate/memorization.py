@@ -79,13 +79,14 @@ class MemorizationConfig:
 
 
 class NearestIndex:
-    """Unit-normalised reference vectors (after subtracting their mean) for chunked max-cosine search."""
+    """Unit-normalised reference vectors (after subtracting their mean unless ``center`` is off) for chunked
+    max-cosine search: exact, one ``[query, chunk]`` matrix product at a time."""
 
-    def __init__(self, vectors: torch.Tensor, rows: np.ndarray, device: torch.device, chunk: int = 2048):
+    def __init__(self, vectors: torch.Tensor, rows: np.ndarray, device: torch.device, chunk: int = 2048, center: bool = True):
         vectors = vectors.to(torch.float32)
         if len(vectors) == 0:
             raise ValueError("no reference (training) images to compare against")
-        self.mean = vectors.mean(dim=0, keepdim=True)
+        self.mean = vectors.mean(dim=0, keepdim=True) if center else torch.zeros_like(vectors[:1])
         self.ref = _unit(vectors - self.mean).to(device)
         self.mean = self.mean.to(device)
         self.rows = np.asarray(rows, dtype=np.int64)
