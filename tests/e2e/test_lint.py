@@ -10,7 +10,7 @@ from dag import REPO, SNAKEMAKE, run_group
 STAGES = {
     "prepare", "train_pggan", "train_classifier", "plan", "lco", "sample", "validate_memorization",
     "finalize_archive", "validate_fid", "validate_tstr", "validate_diversity", "validate_lco",
-    "reader_study", "release", "all",
+    "train_reid_verifier", "validate_reid", "reader_study", "release", "all",
 }
 
 

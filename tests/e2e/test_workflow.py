@@ -81,7 +81,9 @@ def test_release_is_consistent_and_verifiable(tiny_run: Path):
     # the release holds the released samples only; the working area keeps every rendered one
     lat = pd.concat([pd.read_parquet(p) for p in sorted((arch / "work" / "latents").glob("*.parquet"))])
     mem = pd.read_parquet(tiny_run / "results" / "validate" / "tiny" / "memorization.parquet")
-    released = set(lat.loc[lat["success"], "sample_id"]) - set(mem.loc[mem["flagged"], "sample_id"])
+    reid = pd.read_parquet(tiny_run / "results" / "validate" / "tiny" / "reid.parquet")
+    released = (set(lat.loc[lat["success"], "sample_id"]) - set(mem.loc[mem["flagged"], "sample_id"])
+                - set(reid.loc[reid["matched"], "sample_id"]))
     assert set(man["sample_id"]) == released
     shard_ids = []
     for p in sorted((rel / "h5").glob("*.h5")):
@@ -109,6 +111,8 @@ def test_release_is_consistent_and_verifiable(tiny_run: Path):
     card = (rel / "README.md").read_text()
     assert card.startswith("---\n") and "synthetic" in card.lower()
     assert "### Label reliability (independent checker classifier)" in card
+    assert "### Patient re-identification audit" in card
+    assert f"| withheld: matched to a training patient by re-identification audit (gate on) | {info['counts']['n_reid_matched']} |" in card
 
 
 def test_lco_shard_rerun_with_other_cores_is_byte_identical(tiny_run: Path, tmp_path: Path):
@@ -141,21 +145,30 @@ def test_validation_outputs(tiny_run: Path):
     for name, row in agree["per_label"].items():  # the checker's own sensitivity on real test scans, per label
         ref = chk["test"]["exact_match"]["per_label"][name]
         assert (row["real_test_n_pos"], row["real_test_tpr"]) == (ref["n_pos"], ref["tpr"])
+    reid = json.loads((val / "reid.json").read_text())
+    verifier = json.loads((tiny_run / "results" / "reid" / "tiny" / "verifier.json").read_text())
+    assert reid["verification"] == verifier["verification"] and 0.5 < reid["verification"]["auc"] <= 1.0
+    assert reid["samples"]["n"] == 24 and reid["audit"]["false_match_rate"] == 0.05
+    matched = pd.read_parquet(val / "reid.parquet")
+    assert len(matched) == 24 and int(matched["matched"].sum()) == reid["samples"]["n_matched"]
+    assert (matched["matched"] == (matched["score"] > reid["audit"]["threshold"])).all()
     key = pd.read_csv(val / "answer_key" / "key.csv")
     assert len(key) == 8
     assert (val / "reader_kit" / "index.html").exists()
-    for fig in ("fid_curve.png", "auroc_bars.png", "prevalence.png", "cooccurrence.png", "memorization_gallery.png"):
+    for fig in ("fid_curve.png", "auroc_bars.png", "prevalence.png", "cooccurrence.png", "memorization_gallery.png",
+                "reid_gallery.png"):
         assert (val / fig).stat().st_size > 1000, fig
 
 
 def test_every_rule_logs_under_its_dataset_run_or_archive(tiny_run: Path):
     logs = tiny_run / "results" / "logs"
     # the tiny config names its dataset, GAN run and archive "tiny": a second one of each gets its own logs
-    top = {"prepare-tiny.log", "train_pggan-tiny.log", "train_classifier_real.log", "train_classifier_check.log"}
+    top = {"prepare-tiny.log", "train_pggan-tiny.log", "train_classifier_real.log", "train_classifier_check.log",
+           "train_reid_verifier-tiny.log"}
     assert {p.name for p in logs.glob("*.log")} == top
     arch = logs / "archive-tiny"
     per_archive = {"plan", "finalize_archive", "release", "reader_study"} | {
-        f"validate_{v}" for v in ("memorization", "fid", "tstr", "diversity", "lco")
+        f"validate_{v}" for v in ("memorization", "fid", "tstr", "diversity", "lco", "reid")
     }
     assert {p.stem for p in arch.glob("*.log")} == per_archive
     for stage in ("lco", "sample"):
@@ -197,5 +210,11 @@ def test_config_edit_reruns_stage_and_downstream_only(tiny_run: Path):
     assert "validate_lco" in prior_edit and not prior_edit & {"validate_memorization", "finalize_archive", "validate_fid"}
     kid_edit = _planned_rules(tiny_run, {"validate": {"kid_subsets": 3}})
     assert "validate_fid" in kid_edit and not kid_edit & {"validate_memorization", "finalize_archive", "validate_lco"}
+    # the re-id gate only changes what is released; verifier keys retrain the verifier, not the memorisation audit
+    gate_edit = _planned_rules(tiny_run, {"validate": {"reid": {**yaml.safe_load(TINY.read_text())["validate"]["reid"], "gate": False}}})
+    assert "finalize_archive" in gate_edit and not gate_edit & {"train_reid_verifier", "validate_reid", "validate_memorization"}
+    steps_edit = _planned_rules(tiny_run, {"validate": {"reid": {**yaml.safe_load(TINY.read_text())["validate"]["reid"], "steps": 30}}})
+    assert {"train_reid_verifier", "validate_reid", "finalize_archive"} <= steps_edit
+    assert not steps_edit & {"validate_memorization", "train_classifier", "lco"}
     gan_edit = _planned_rules(tiny_run, {"pggan": {"lr": 0.002}})
     assert "train_pggan" in gan_edit and not gan_edit & {"prepare", "train_classifier"}

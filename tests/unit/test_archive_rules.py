@@ -49,6 +49,14 @@ def _fake_upstream(root: Path) -> list[str]:
     val = root / "results/validate/demo"
     val.mkdir(parents=True)
     pd.DataFrame({"sample_id": ids, "flagged": [s == "r0-1" for s in ids]}).to_parquet(val / "memorization.parquet")
+    pd.DataFrame({"sample_id": ids, "matched": [s == "r1-2" for s in ids]}).to_parquet(val / "reid.parquet")
+    (val / "reid.json").write_text(json.dumps({
+        "verification": {"auc": 0.991, "n_same_pairs": 300, "n_different_pairs": 90000},
+        "audit": {"threshold": 0.95, "false_match_rate": 0.01, "heldout_check": {"n": 400, "n_matched": 3, "match_rate": 0.0075},
+                  "followup_reid": {"n": 80, "rate": 0.4}},
+        "gate": True,
+        "samples": {"n": 12, "n_matched": 1, "match_rate": 1 / 12, "per_combination": {"Effusion": {"n": 2, "n_matched": 1, "match_rate": 0.5}}},
+    }))
     (val / "fid.json").write_text(json.dumps({"fid": {"fid": 42.5}}))
     (val / "tstr.json").write_text(json.dumps({"macro_auroc": {"synthetic": 0.71}}))
     (val / "lco_agreement.json").write_text(json.dumps({
@@ -80,13 +88,16 @@ def test_rules_build_verify_and_rerun_only_missing_shard(tmp_path):
     rel = arch / "release"
     assert all(c.ok for c in verify_release(rel))
     info = json.loads((rel / "archive.json").read_text())
-    assert info["counts"] == {**info["counts"], "n_requested": 12, "n_failed": 3, "n_flagged": 1, "n_released": 8}
+    assert info["counts"] == {**info["counts"], "n_requested": 12, "n_failed": 3, "n_flagged": 1, "n_reid_matched": 1, "n_released": 7}
+    assert info["reid_gate"] and info["reid"]["file"] == "reid.parquet"
     assert info["render"]["batch_size"] == 2 and info["config"]["lco"]["shard_size"] == 5 and info["render"]["lco_shard_size"] == 5
     assert sorted(pd.read_parquet(rel / "manifest.parquet")["sample_id"]) == sorted(
-        s for s in ids if s not in {"r0-1", "r0-4", "r1-4", "r2-1"})  # failed (last of each shard) and flagged withheld
+        s for s in ids if s not in {"r0-1", "r0-4", "r1-2", "r1-4", "r2-1"})  # failed (last of each shard), flagged, matched
     card = (rel / "README.md").read_text()
     assert "Every image in this archive is synthetic" in card and "| fid.fid | 42.5 |" in card
     assert "| Effusion | 4 | 75.0% | n/a | 10.0% |" in card and "labelled Effusion." in card
+    assert "matched to a training patient by re-identification audit (gate on) | 1 |" in card
+    assert "ROC AUC 0.9910" in card and "| Effusion | 2 | 1 (50.0%) |" in card
     assert (root / "results/logs/archive-demo/sample/shard-00001.log").exists()
     assert (root / "results/logs/archive-demo/release.log").exists()
     # as after a killed sampling and finalising run: a working shard missing and the release cleared (finalize

@@ -37,8 +37,14 @@ rule validate_memorization:
 REID_CFG = config["validate"]["reid"]
 REID_ON = bool(REID_CFG.get("enabled", True))
 REID = f"results/reid/{DATASET}"
-# Keys that do not change the verifier (gate, gallery, enabled) are left out so editing them never retrains it.
-REID_TRAIN_KEYS = {k: v for k, v in REID_CFG.items() if k not in ("gate", "gallery", "enabled")}
+# Keys that do not change the verifier (gate, gallery, enabled; the label list) are left out so editing them
+# never retrains it. stage() sorts keys: Snakemake compares params as text.
+_REID_STAGE = stage("validate", ["reid"])
+REID_TRAIN_PARAMS = {
+    "reid": {k: v for k, v in _REID_STAGE["reid"].items() if k not in ("gate", "gallery", "enabled")},
+    "device": _REID_STAGE["device"],
+    "seed": _REID_STAGE["seed"],
+}
 
 
 rule train_reid_verifier:
@@ -50,7 +56,7 @@ rule train_reid_verifier:
         model=f"{REID}/verifier.pt",
         metrics=f"{REID}/verifier.json",
     params:
-        cfg={"reid": REID_TRAIN_KEYS, "seed": config["seed"], "device": config["device"]},
+        cfg=REID_TRAIN_PARAMS,
     log:
         f"{LOGS}/train_reid_verifier-{DATASET}.log",
     threads: 2
