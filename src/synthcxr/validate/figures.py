@@ -146,6 +146,27 @@ def image_grid(
     _save(fig, path)
 
 
+def _image_rows(rows: Sequence[Sequence[tuple]], path: str | os.PathLike, suptitle: str) -> None:
+    """A grid with one row per entry of ``rows``; each cell ``(uint8 image or None, title, colour)``, a None
+    image leaving its title as text in an empty cell."""
+    n, m = max(len(rows), 1), max((len(r) for r in rows), default=3)
+    fig, axes = plt.subplots(n, m, figsize=(2.0 * m, 2.1 * n + 0.4), squeeze=False)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if not rows:
+        axes[0][m // 2].text(0.5, 0.5, "no generated samples", ha="center", va="center")
+    for i, cells in enumerate(rows):
+        for j, (img, title, color) in enumerate(cells):
+            if img is None:
+                axes[i][j].text(0.5, 0.5, title, ha="center", va="center", fontsize=7)
+                continue
+            axes[i][j].imshow(img, cmap="gray", vmin=0, vmax=255)
+            axes[i][j].set_title(title, fontsize=7, color=color)
+    fig.suptitle(suptitle, fontsize=9)
+    _save(fig, path)
+
+
 def pair_gallery(
     pairs: Sequence[Mapping], path: str | os.PathLike, threshold: float, title: str = "Closest generated-real pairs"
 ) -> None:
@@ -154,25 +175,15 @@ def pair_gallery(
     ``pairs[i]`` holds ``generated``, ``feature_nn``, ``pixel_nn`` (uint8 images), ``sample_id``,
     ``feature_sim``, ``pixel_sim``, ``flagged``. Flagged rows are titled in red.
     """
-    n = max(len(pairs), 1)
-    fig, axes = plt.subplots(n, 3, figsize=(6.0, 2.1 * n + 0.4), squeeze=False)
-    for i in range(n):
-        for ax in axes[i]:
-            ax.set_xticks([])
-            ax.set_yticks([])
-        if not pairs:
-            axes[0][1].text(0.5, 0.5, "no generated samples", ha="center", va="center")
-            continue
-        p = pairs[i]
-        color = "red" if p["flagged"] else "black"
-        axes[i][0].imshow(p["generated"], cmap="gray", vmin=0, vmax=255)
-        axes[i][0].set_title(f"{p['sample_id']}" + (" FLAGGED" if p["flagged"] else ""), fontsize=7, color=color)
-        axes[i][1].imshow(p["feature_nn"], cmap="gray", vmin=0, vmax=255)
-        axes[i][1].set_title(f"feature nn (row {p['nn_feature_row']}) sim {p['feature_sim']:.3f}", fontsize=7, color=color)
-        axes[i][2].imshow(p["pixel_nn"], cmap="gray", vmin=0, vmax=255)
-        axes[i][2].set_title(f"pixel nn (row {p['nn_pixel_row']}) sim {p['pixel_sim']:.3f}", fontsize=7, color=color)
-    fig.suptitle(f"{title} (flag threshold {threshold:g})", fontsize=9)
-    _save(fig, path)
+    rows = []
+    for p in pairs:
+        c = "red" if p["flagged"] else "black"
+        rows.append([
+            (p["generated"], f"{p['sample_id']}" + (" FLAGGED" if p["flagged"] else ""), c),
+            (p["feature_nn"], f"feature nn (row {p['nn_feature_row']}) sim {p['feature_sim']:.3f}", c),
+            (p["pixel_nn"], f"pixel nn (row {p['nn_pixel_row']}) sim {p['pixel_sim']:.3f}", c),
+        ])
+    _image_rows(rows, path, f"{title} (flag threshold {threshold:g})")
 
 
 def match_gallery(
@@ -183,25 +194,13 @@ def match_gallery(
     ``rows[i]`` holds ``generated``, ``nearest``, ``other_study`` (uint8 images; ``other_study`` may be None),
     ``sample_id``, ``score``, ``matched``, ``nn_row``, ``combination``. Matched rows are titled in red.
     """
-    n = max(len(rows), 1)
-    fig, axes = plt.subplots(n, 3, figsize=(6.0, 2.1 * n + 0.4), squeeze=False)
-    for i in range(n):
-        for ax in axes[i]:
-            ax.set_xticks([])
-            ax.set_yticks([])
-        if not rows:
-            axes[0][1].text(0.5, 0.5, "no generated samples", ha="center", va="center")
-            continue
-        r = rows[i]
-        color = "red" if r["matched"] else "black"
-        axes[i][0].imshow(r["generated"], cmap="gray", vmin=0, vmax=255)
-        axes[i][0].set_title(f"{r['sample_id']}" + (" MATCHED" if r["matched"] else ""), fontsize=7, color=color)
-        axes[i][1].imshow(r["nearest"], cmap="gray", vmin=0, vmax=255)
-        axes[i][1].set_title(f"training row {r['nn_row']}: score {r['score']:.3f}", fontsize=7, color=color)
-        if r.get("other_study") is not None:
-            axes[i][2].imshow(r["other_study"], cmap="gray", vmin=0, vmax=255)
-            axes[i][2].set_title("same patient, other study", fontsize=7)
-        else:
-            axes[i][2].text(0.5, 0.5, "no other study", ha="center", va="center", fontsize=7)
-    fig.suptitle(f"{title} (match threshold {threshold:.3f})", fontsize=9)
-    _save(fig, path)
+    cells = []
+    for r in rows:
+        c = "red" if r["matched"] else "black"
+        other = r.get("other_study")
+        cells.append([
+            (r["generated"], f"{r['sample_id']}" + (" MATCHED" if r["matched"] else ""), c),
+            (r["nearest"], f"training row {r['nn_row']}: score {r['score']:.3f}", c),
+            (other, "same patient, other study" if other is not None else "no other study", "black"),
+        ])
+    _image_rows(cells, path, f"{title} (match threshold {threshold:.3f})")
