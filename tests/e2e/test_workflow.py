@@ -49,6 +49,15 @@ def test_models_load_weights_only(tiny_run: Path):
         assert list(clf.label_names) == yaml.safe_load(TINY.read_text()).get("labels", clf.label_names)
         metrics = json.loads((path.parent / "metrics.json").read_text())
         assert "test" in metrics and "val" in metrics
+    from synthcxr.validate.reid import load_verifier
+
+    ver = tiny_run / "results" / "reid" / "tiny" / "verifier.pt"
+    torch.load(ver, weights_only=True)
+    model, meta = load_verifier(ver, torch.device("cpu"))
+    assert model.arch["res"] == 16 and np.isfinite(meta["threshold"])
+    with torch.no_grad():
+        emb = model(torch.zeros(3, 1, 16, 16))
+    assert torch.allclose(emb.norm(dim=1), torch.ones(3), atol=1e-5)
 
 
 def test_allocations_from_the_runs_measured_rates(tiny_run: Path):

@@ -54,7 +54,6 @@ def _fake_upstream(root: Path) -> list[str]:
         "verification": {"auc": 0.991, "n_same_pairs": 300, "n_different_pairs": 90000},
         "audit": {"threshold": 0.95, "false_match_rate": 0.01, "heldout_check": {"n": 400, "n_matched": 3, "match_rate": 0.0075},
                   "followup_reid": {"n": 80, "rate": 0.4}},
-        "gate": True,
         "samples": {"n": 12, "n_matched": 1, "match_rate": 1 / 12, "per_combination": {"Effusion": {"n": 2, "n_matched": 1, "match_rate": 0.5}}},
     }))
     (val / "fid.json").write_text(json.dumps({"fid": {"fid": 42.5}}))
@@ -97,6 +96,7 @@ def test_rules_build_verify_and_rerun_only_missing_shard(tmp_path):
     assert "Every image in this archive is synthetic" in card and "| fid.fid | 42.5 |" in card
     assert "| Effusion | 4 | 75.0% | n/a | 10.0% |" in card and "labelled Effusion." in card
     assert "matched to a training patient by re-identification audit (gate on) | 1 |" in card
+    assert "ROC AUC 0.9910" in card and "| synthetic samples (gate on) | 12 | 1 (8.3%) |" in card
     assert "ROC AUC 0.9910" in card and "| Effusion | 2 | 1 (50.0%) |" in card
     assert (root / "results/logs/archive-demo/sample/shard-00001.log").exists()
     assert (root / "results/logs/archive-demo/release.log").exists()

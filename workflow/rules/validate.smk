@@ -45,6 +45,8 @@ REID_TRAIN_PARAMS = {
     "device": _REID_STAGE["device"],
     "seed": _REID_STAGE["seed"],
 }
+# The audit reads everything but the gate (which only finalize_archive reads) and the switch.
+REID_AUDIT_PARAMS = {**_REID_STAGE, "reid": {k: v for k, v in _REID_STAGE["reid"].items() if k not in ("gate", "enabled")}}
 
 
 rule train_reid_verifier:
@@ -81,7 +83,7 @@ rule validate_reid:
         summary=f"{VAL}/reid.json",
         gallery=report(f"{VAL}/reid_gallery.png", caption="../report/reid.rst", category="Privacy"),
     params:
-        cfg=stage("validate", ["reid"]),
+        cfg=REID_AUDIT_PARAMS,
     log:
         f"{ALOGS}/validate_reid.log",
     threads: 2

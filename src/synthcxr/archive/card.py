@@ -65,7 +65,7 @@ def _memorization_section(path: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _reid_section(path: Path) -> str:
+def _reid_section(path: Path, gate: bool) -> str:
     """The re-identification audit from reid.json: verifier quality, calibration, what it matched."""
     title = "### Patient re-identification audit"
     try:
@@ -85,7 +85,7 @@ def _reid_section(path: Path) -> str:
         "",
         "| | images | matched |",
         "|---|---|---|",
-        f"| synthetic samples (gate {'on' if data.get('gate') else 'off'}) | {smp['n']} | {smp['n_matched']} ({_pct(smp['match_rate'])}) |",
+        f"| synthetic samples (gate {'on' if gate else 'off'}) | {smp['n']} | {smp['n_matched']} ({_pct(smp['match_rate'])}) |",
     ]
     if check:
         lines.append(f"| unseen real patients (test split; the false-match reference) | {check['n']} | "
@@ -299,7 +299,7 @@ def render_card(
         _metric_table(fid, "Fidelity and diversity (FID and related)") if fid else None,
         _metric_table(tstr, "Train on synthetic, test on real") if tstr else None,
         _memorization_section(memorization) if memorization else None,
-        _reid_section(reid) if reid else None,
+        _reid_section(reid, bool(info.get("reid_gate"))) if reid else None,
     ]
     val = [v for v in val if v]
     parts += val if val else ["No validation results were available when this card was written.", ""]

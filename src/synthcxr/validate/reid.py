@@ -338,7 +338,6 @@ def run_reid(
     summary = {
         **json.loads(Path(verifier_metrics).read_text()),
         "verifier_sha256": sha256_file(verifier_path),
-        "gate": cfg.gate,
         "samples": summarise(df, threshold),
     }
     write_json(out_summary, summary)
