@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 SNAKE  := $(VENV)/bin/snakemake
 CORES  ?= 2
-# make demo: the full phantom demo (~90 min on 2 cores); make demo DEMO=quick: the same DAG, smaller (~12 min)
+# make demo: the full phantom demo (~2 h on 2 cores); make demo DEMO=quick: the same DAG, smaller (~12 min)
 DEMO   ?= full
 ifeq ($(DEMO),quick)
 DEMO_ARGS := --configfile config/demo-quick.yaml
