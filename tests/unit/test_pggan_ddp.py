@@ -5,6 +5,7 @@ import os
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import torch
 
@@ -58,6 +59,21 @@ def test_two_rank_gloo_training_keeps_ranks_identical(tiny_prepared, tmp_path):
     assert (out / "generator.pt").exists() and (out / "checkpoint.pt").exists()
     lines = (out / "log.jsonl").read_text().splitlines()
     assert len(lines) == len({json.loads(x)["kimg"] for x in lines}) >= 4  # one writer, no duplicates
+    # One process on the same global minibatch trains the same network: same latents, same critic
+    # groups, gradients averaged instead of summed in one batch (equal up to float reassociation).
+    single = tmp_path / "single"
+    res = run_group([sys.executable, "-m", "synthcxr.pggan.train", "--config-json", str(tmp_path / "cfg.json"),
+                     "--data", tiny_prepared, "--out", str(single)], env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-4000:]
+    one = [json.loads(x) for x in (single / "log.jsonl").read_text().splitlines()]
+    two = [json.loads(x) for x in lines]
+    assert [r["kimg"] for r in one] == [r["kimg"] for r in two]
+    for key in ("loss_d", "loss_g", "gp"):
+        np.testing.assert_allclose([r[key] for r in two], [r[key] for r in one], rtol=1e-3, atol=1e-4, err_msg=key)
+    g1 = torch.load(single / "generator.pt", weights_only=True)["state_dict"]
+    g2 = torch.load(out / "generator.pt", weights_only=True)["state_dict"]
+    for k in g1:
+        torch.testing.assert_close(g2[k], g1[k], rtol=1e-3, atol=1e-4, msg=k)
 
 
 LAUNCH = textwrap.dedent(

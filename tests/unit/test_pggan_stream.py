@@ -6,7 +6,8 @@ import torch
 
 from synthcxr.pggan import train_pggan
 from synthcxr.pggan.config import PGGANConfig, diff_training
-from synthcxr.pggan.stream import ImageStream, StepBatchSampler, finding_repeats, shown_share
+from synthcxr.pggan.layers import minibatch_stddev
+from synthcxr.pggan.stream import ImageStream, StepBatchSampler, finding_repeats, rank_share, shown_share
 
 
 def test_image_stream_is_a_permutation_per_epoch_and_position_addressable():
@@ -37,9 +38,25 @@ def test_stream_with_repeats_shows_each_image_its_count_per_epoch():
 def test_sampler_splits_global_batch_across_ranks():
     s = ImageStream(12, seed=0)
     batches = [next(iter(StepBatchSampler(s, 4, 6, r, 3))) for r in range(3)]
-    assert sum(batches, []) == s.indices(4, 6).tolist()
+    assert sorted(sum(batches, [])) == sorted(s.indices(4, 6).tolist())
     with pytest.raises(ValueError, match="not divisible"):
         StepBatchSampler(s, 0, 5, 0, 2)
+
+
+def test_rank_share_rebuilds_the_global_minibatch_stddev_groups():
+    # hand-computed: 16 samples, groups of 4 with stride 4 ({0,4,8,12}, {1,5,9,13}, ...), 2 ranks
+    assert rank_share(16, 0, 2).tolist() == [0, 1, 4, 5, 8, 9, 12, 13]
+    assert rank_share(16, 1, 2).tolist() == [2, 3, 6, 7, 10, 11, 14, 15]
+    assert rank_share(16, 0, 1).tolist() == list(range(16))
+    x = torch.randn(32, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    whole = minibatch_stddev(x, 4)[:, -1, 0, 0]
+    for world in (2, 4, 8):
+        shares = [rank_share(32, r, world) for r in range(world)]
+        assert sorted(np.concatenate(shares).tolist()) == list(range(32))
+        for sh in shares:  # each rank's own statistic equals the global one on its samples
+            torch.testing.assert_close(minibatch_stddev(x[sh], 4)[:, -1, 0, 0], whole[sh], rtol=0, atol=1e-6)
+    # 8 samples over 4 ranks cannot keep groups of 4 whole: contiguous slices, groups within each rank
+    assert [rank_share(8, r, 4).tolist() for r in range(4)] == [[0, 1], [2, 3], [4, 5], [6, 7]]
 
 
 def test_finding_repeats_hand_computed():

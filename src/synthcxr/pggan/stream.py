@@ -94,26 +94,45 @@ class ImageStream:
         return out
 
 
+def rank_share(batch: int, rank: int, world_size: int, group: int = 4) -> np.ndarray:
+    """Positions in a global minibatch of ``batch`` that rank ``rank`` of ``world_size`` trains on.
+
+    The critic's minibatch-stddev layer groups samples with stride (sample ``i`` of ``N`` in group
+    ``i % (N / group)``). When ``batch`` is a multiple of ``group * world_size`` each rank takes whole
+    groups, laid out so that its local stride grouping rebuilds exactly the groups of the global batch:
+    data-parallel training then computes the same losses and gradients as one process on the whole
+    minibatch. Otherwise rank ``r`` takes the r-th contiguous slice (groups form within each rank).
+    """
+    if batch % world_size:
+        raise ValueError(f"minibatch {batch} is not divisible by the {world_size} ranks")
+    local = batch // world_size
+    g = max(1, min(group, batch))
+    if world_size > 1 and batch % (g * world_size) == 0:
+        m = batch // g  # groups in the global batch; this rank owns m / world_size of them
+        cols = np.arange(rank * m // world_size, (rank + 1) * m // world_size)
+        return (np.arange(g)[:, None] * m + cols[None, :]).ravel()
+    return np.arange(rank * local, (rank + 1) * local)
+
+
 class StepBatchSampler(Sampler[list[int]]):
     """Yields this rank's share of each global minibatch, starting at ``start_nimg``.
 
     This plays the role of a ``DistributedSampler`` (disjoint per-rank shards of the same global
-    order) while staying resumable mid-epoch: rank ``r`` takes the r-th contiguous slice of the
-    global batch.
+    order) while staying resumable mid-epoch: rank ``r`` takes the positions :func:`rank_share`
+    gives it, the same positions whose latents it draws.
     """
 
-    def __init__(self, stream: ImageStream, start_nimg: int, batch: int, rank: int, world_size: int):
-        if batch % world_size:
-            raise ValueError(f"minibatch {batch} is not divisible by the {world_size} ranks")
+    def __init__(self, stream: ImageStream, start_nimg: int, batch: int, rank: int, world_size: int,
+                 group: int = 4):
+        self.share = rank_share(batch, rank, world_size, group)
         self.stream, self.start, self.batch = stream, start_nimg, batch
         self.rank, self.world = rank, world_size
-        self.local = batch // world_size
 
     def __iter__(self) -> Iterator[list[int]]:
         nimg = self.start
         while True:
             idx = self.stream.indices(nimg, self.batch)
-            yield idx[self.rank * self.local : (self.rank + 1) * self.local].tolist()
+            yield idx[self.share].tolist()
             nimg += self.batch
 
     def __len__(self) -> int:  # effectively endless; the loop stops drawing when the phase ends

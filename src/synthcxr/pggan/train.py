@@ -1,9 +1,10 @@
 """Progressive GAN training loop: WGAN-GP + drift, Adam, EMA generator, exact resume, optional DDP.
 
 Every random draw of a training step (latents, gradient-penalty mixing factors, which real images
-are shown) is a pure function of ``(seed, step, rank)`` or of the number of images shown, so a run
-killed after a checkpoint and resumed reproduces the uninterrupted run bit for bit on the same
-platform. Only rank 0 writes files.
+are shown) is a pure function of ``(seed, step)`` or of the number of images shown, drawn for the whole
+minibatch, of which each rank keeps its share: a run killed after a checkpoint and resumed reproduces
+the uninterrupted run bit for bit on the same platform, and N ranks compute the losses of one process
+on the same global minibatch. Only rank 0 writes files.
 """
 
 from __future__ import annotations
@@ -30,12 +31,12 @@ from ..utils.runtime import progress, seed_everything, setup_logging
 from .checkpoint import generator_payload, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import PGGANConfig, diff_training
 from .dist import DistInfo, any_rank, barrier, init_distributed, mean_across_ranks, shutdown
-from .layers import downsample2x, lerp, upsample2x
+from .layers import MinibatchStdDev, downsample2x, lerp, upsample2x
 from .loss import critic_loss, generator_loss, gradient_penalty
 from .networks import Discriminator, Generator
 from .preempt import MARKER, PREEMPTED_EXIT, Preempted, StopRequest, slurm_time_left_s, time_budget_s
 from .schedule import Position
-from .stream import ImageStream, StepBatchSampler, finding_repeats, shown_share
+from .stream import ImageStream, StepBatchSampler, finding_repeats, rank_share, shown_share
 
 log = logging.getLogger("synthcxr")
 
@@ -67,9 +68,10 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, beta: float) -> Non
 # Deterministic randomness and data order
 
 
-def step_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
-    """A CPU generator for one training step's latents and mixing factors on one rank."""
-    state = np.random.SeedSequence([seed, STEP_SEED_SALT, step, rank]).generate_state(2, np.uint32)
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """A CPU generator for one training step's latents and mixing factors (the whole minibatch's)."""
+    # the trailing 0 keeps the stream of earlier single-process runs (it once named the rank)
+    state = np.random.SeedSequence([seed, STEP_SEED_SALT, step, 0]).generate_state(2, np.uint32)
     g = torch.Generator()
     g.manual_seed((int(state[0]) << 31) ^ int(state[1]))
     return g
@@ -150,6 +152,7 @@ class _Trainer:
         seed_everything(cfg.seed)
         self.G = Generator(cfg.resolution, cfg.latent_dim, cfg.fmap_base, cfg.fmap_max).to(self.dev)
         self.D = Discriminator(cfg.resolution, cfg.fmap_base, cfg.fmap_max).to(self.dev)
+        self.mbstd_group = next(m.group_size for m in self.D.modules() if isinstance(m, MinibatchStdDev))
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
         adam = dict(lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.adam_eps)
         self.opt_G = torch.optim.Adam(self.G.parameters(), **adam)
@@ -280,11 +283,15 @@ class _Trainer:
     def train_step(self, G_net, D_net, real: torch.Tensor, pos: Position) -> dict[str, torch.Tensor]:
         G_raw, D_raw = _unwrap(G_net), _unwrap(D_net)
         res, alpha = pos.res, pos.alpha
-        n = real.shape[0]
-        gen = step_generator(self.cfg.seed, self.step, self.info.rank)
-        z_d = torch.randn(n, self.cfg.latent_dim, generator=gen).to(self.dev)
-        mix = torch.rand(n, generator=gen)
-        z_g = torch.randn(n, self.cfg.latent_dim, generator=gen).to(self.dev)
+        # Every rank draws the whole minibatch's latents and keeps its share, so a data-parallel run
+        # sees the same latents, in the same critic groups, as one process with the global minibatch.
+        share = torch.from_numpy(rank_share(pos.batch, self.info.rank, self.info.world_size, self.mbstd_group))
+        if real.shape[0] != len(share):
+            raise RuntimeError(f"rank {self.info.rank} got {real.shape[0]} images for a share of {len(share)}")
+        gen = step_generator(self.cfg.seed, self.step)
+        z_d = torch.randn(pos.batch, self.cfg.latent_dim, generator=gen)[share].to(self.dev)
+        mix = torch.rand(pos.batch, generator=gen)[share]
+        z_g = torch.randn(pos.batch, self.cfg.latent_dim, generator=gen)[share].to(self.dev)
         real = blend_reals(real, alpha)
 
         # critic step
@@ -340,7 +347,7 @@ class _Trainer:
 
     def loader(self, res: int, batch: int) -> Iterator:
         ds = self.data.torch_dataset("train", res)
-        sampler = StepBatchSampler(self.stream, self.nimg, batch, self.info.rank, self.info.world_size)
+        sampler = StepBatchSampler(self.stream, self.nimg, batch, self.info.rank, self.info.world_size, self.mbstd_group)
         dl = DataLoader(ds, batch_sampler=sampler, num_workers=self.cfg.workers,
                         pin_memory=self.dev.type == "cuda")
         return iter(dl)
