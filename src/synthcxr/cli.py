@@ -13,6 +13,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "score-classifier": ("synthcxr.classifier.score", "cli", "score a trained classifier on a prepared dataset"),
     "reader-study": ("synthcxr.reader_study.cli", "cli", "build or score a radiologist reader study"),
     "pggan-allocations": ("synthcxr.pggan.allocations", "cli", "how many cluster jobs a GAN schedule needs at a rate"),
+    "pggan-memory": ("synthcxr.pggan.memory", "cli", "memory per GPU of a GAN training step at each resolution"),
     "config-doc": ("synthcxr.config_doc", "cli", "write docs/configuration.md from the config schema"),
 }
 

@@ -1,8 +1,10 @@
-"""A throw-away single-node SLURM cluster on loopback (munged + slurmctld + slurmd) for tests.
+"""A throw-away SLURM cluster on loopback (munged + slurmctld + one slurmd per node) for tests.
 
 Everything lives under one folder; the daemons are started in the foreground-less daemon mode with
 pid files there and stopped by PID in :meth:`SlurmCluster.stop`. Accounting is disabled, so job
-status comes from ``squeue`` (MinJobAge keeps finished jobs visible long enough).
+status comes from ``squeue`` (MinJobAge keeps finished jobs visible long enough). With ``nodes > 1``
+the nodes ``n1``, ``n2``, ... are slurmd daemons on this machine, each on its own port (SLURM's
+multiple-slurmd mode), so multi-node jobs and ``srun`` across nodes run for real.
 """
 
 from __future__ import annotations
@@ -38,11 +40,12 @@ class SystemConfigPresent(RuntimeError):
 
 
 class SlurmCluster:
-    def __init__(self, root: Path, cpus: int | None = None, mem_mb: int | None = None):
+    def __init__(self, root: Path, cpus: int | None = None, mem_mb: int | None = None, nodes: int = 1):
         self.root = Path(root)
         self.cpus = cpus or os.cpu_count() or 1
         self.mem_mb = mem_mb or 4000
         self.node = socket.gethostname().split(".")[0]
+        self.nodes = [self.node] if nodes == 1 else [f"n{i}" for i in range(1, nodes + 1)]
         self.conf = self.root / "slurm.conf"
         self.pids: dict[str, int] = {}
         self.env = dict(os.environ, SLURM_CONF=str(self.conf))
@@ -61,15 +64,14 @@ class SlurmCluster:
                     "SlurmUser=root",
                     "SlurmdUser=root",
                     f"SlurmctldPort={_free_port()}",
-                    f"SlurmdPort={_free_port()}",
                     "AuthType=auth/munge",
                     f"AuthInfo=socket={r / 'munge' / 'munge.socket'}",
                     f"StateSaveLocation={r / 'state'}",
-                    f"SlurmdSpoolDir={r / 'spool'}",
+                    f"SlurmdSpoolDir={r / 'spool' / '%n'}",
                     f"SlurmctldPidFile={r / 'slurmctld.pid'}",
-                    f"SlurmdPidFile={r / 'slurmd.pid'}",
+                    f"SlurmdPidFile={r / 'slurmd-%n.pid'}",
                     f"SlurmctldLogFile={r / 'log' / 'slurmctld.log'}",
-                    f"SlurmdLogFile={r / 'log' / 'slurmd.log'}",
+                    f"SlurmdLogFile={r / 'log' / 'slurmd-%n.log'}",
                     "ProctrackType=proctrack/linuxproc",
                     "TaskPlugin=task/none",
                     "MpiDefault=none",
@@ -86,7 +88,8 @@ class SlurmCluster:
                     # cluster-sized requests schedule on a laptop-sized test node.
                     "SlurmdParameters=config_overrides",
                     "SlurmdTimeout=30",
-                    f"NodeName={self.node} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={self.mem_mb} State=UNKNOWN",
+                    *(f"NodeName={n} NodeHostname={self.node} NodeAddr=127.0.0.1 Port={_free_port()} "
+                      f"CPUs={self.cpus} RealMemory={self.mem_mb} State=UNKNOWN" for n in self.nodes),
                     "PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP",
                     "",
                 ]
@@ -146,17 +149,19 @@ class SlurmCluster:
         self._start_munge()
         subprocess.run([_which("slurmctld"), "-f", str(self.conf), "-i"], check=True, env=self.env, capture_output=True)
         self.pids["slurmctld"] = self._wait_pid(self.root / "slurmctld.pid")
-        subprocess.run([_which("slurmd"), "-f", str(self.conf), "-N", self.node], check=True, env=self.env, capture_output=True)
-        self.pids["slurmd"] = self._wait_pid(self.root / "slurmd.pid")
+        for n in self.nodes:
+            (self.root / "spool" / n).mkdir(parents=True, exist_ok=True)
+            subprocess.run([_which("slurmd"), "-f", str(self.conf), "-N", n], check=True, env=self.env, capture_output=True)
+            self.pids[f"slurmd-{n}"] = self._wait_pid(self.root / f"slurmd-{n}.pid")
         deadline = time.time() + timeout
-        state = ""
+        states: list[str] = []
         while time.time() < deadline:
-            out = subprocess.run(["sinfo", "-h", "-o", "%t"], env=self.env, capture_output=True, text=True)
-            state = out.stdout.strip()
-            if state.startswith("idle") or state.startswith("mix"):
+            out = subprocess.run(["sinfo", "-h", "-N", "-o", "%t"], env=self.env, capture_output=True, text=True)
+            states = out.stdout.split()
+            if len(states) == len(self.nodes) and all(s.startswith(("idle", "mix")) for s in states):
                 return
             time.sleep(1.0)
-        raise RuntimeError(f"SLURM node never became idle (sinfo says {state!r}); logs in {self.root / 'log'}")
+        raise RuntimeError(f"SLURM nodes never became idle (sinfo says {states!r}); logs in {self.root / 'log'}")
 
     def cancel_jobs(self, timeout: float = 30.0) -> None:
         """scancel every job and wait until the queue is empty: job steps must not outlive the daemons."""
@@ -178,7 +183,7 @@ class SlurmCluster:
         if self._linked_system_conf and SYSTEM_CONF.is_symlink():
             SYSTEM_CONF.unlink()
             self._linked_system_conf = False
-        for name in ("slurmd", "slurmctld", "munged"):
+        for name in [*(k for k in self.pids if k.startswith("slurmd")), "slurmctld", "munged"]:
             pid = self.pids.pop(name, None)
             if pid is None:
                 continue

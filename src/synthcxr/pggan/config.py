@@ -17,7 +17,7 @@ FINDING_RULE = "shown-share"
 #: and resubmitted run writes the same generator bytes as an uninterrupted one.
 JOB_KEYS = frozenset({"job_minutes", "stop_margin_minutes", "allocations"})
 RESUME_SAFE_KEYS = frozenset({
-    "run", "checkpoint_kimg", "snapshot_kimg", "log_kimg", "workers", "device", "labels", "gpus", "total_kimg",
+    "run", "checkpoint_kimg", "snapshot_kimg", "log_kimg", "workers", "device", "labels", "gpus", "nodes", "total_kimg",
     "job_minutes", "stop_margin_minutes", "allocations",
 })
 
@@ -49,6 +49,7 @@ class PGGANConfig:
     amp: bool = False
     workers: int = 0
     gpus: int = 1
+    nodes: int = 1
     finding_floor: float = 0.0
     finding_max_repeat: int = 8
     job_minutes: float | None = None

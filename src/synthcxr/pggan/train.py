@@ -30,7 +30,7 @@ from ..utils.atomic import atomic_path, torch_save, write_json, write_text
 from ..utils.runtime import progress, seed_everything, setup_logging
 from .checkpoint import generator_payload, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import PGGANConfig, diff_training
-from .dist import DistInfo, any_rank, barrier, init_distributed, mean_across_ranks, shutdown
+from .dist import DistInfo, any_rank, barrier, init_distributed, mean_across_ranks, ranks_per_host, shutdown
 from .layers import MinibatchStdDev, downsample2x, lerp, upsample2x
 from .loss import critic_loss, generator_loss, gradient_penalty
 from .networks import Discriminator, Generator
@@ -356,8 +356,11 @@ class _Trainer:
     def run(self, max_steps: int | None = None) -> Path:
         cfg, info = self.cfg, self.info
         resumed = self.try_resume()
+        hosts = ranks_per_host(info)
         if info.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
+            if info.distributed:
+                log.info("ranks per node: %s", ", ".join(f"{h} x{n}" for h, n in hosts.items()))
             log.info(
                 "PGGAN %s: %s at %.1f kimg of %.1f (%d train images, device %s, %d rank(s), amp %s)",
                 cfg.run, "resuming" if resumed else "starting", self.nimg / 1000, self.sched.total_nimg / 1000,
@@ -491,7 +494,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--config-json", required=True, help="JSON file holding the pggan config section")
     ap.add_argument("--data", required=True, help="prepared dataset folder (images.h5 + labels.parquet)")
     ap.add_argument("--out", required=True, help="run folder (checkpoint.pt, generator.pt, ...)")
-    ap.add_argument("--log", default=None)
+    # torchrun parses the whole command line first and would take "--log" as an abbreviation of its own
+    # options (--log-dir, --logs-specs): the launcher passes --log-file
+    ap.add_argument("--log-file", "--log", dest="log", default=None, help="log file (rank 0 writes it)")
     a = ap.parse_args(argv)
     with open(a.config_json) as fh:
         cfg = json.load(fh)
