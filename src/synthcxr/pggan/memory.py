@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 import weakref
 from dataclasses import dataclass
 
@@ -99,15 +100,21 @@ class StepMemory:
         return self.peak - self.params - self.optimizer
 
 
-def step_memory(cfg: PGGANConfig, res: int, batch: int, amp: bool = False) -> StepMemory:
-    """Peak bytes of one training step at ``res`` (the larger of a fade-in and a stable step)."""
+def step_memory(cfg: PGGANConfig, res: int, batch: int, amp: bool = False, fake: bool = True) -> StepMemory:
+    """Peak bytes of one training step at ``res`` (the larger of a fade-in and a stable step).
+
+    ``fake=False`` runs the same step on real CPU tensors (the tests' check of the fake count)."""
     if res not in resolutions(cfg.resolution):
         raise ValueError(f"resolution {res} is not a stage of a {cfg.resolution} px network")
+    from contextlib import nullcontext
+
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     peaks = []
     for alpha in (0.5, 1.0):  # a fade-in runs both the new block and the old output path
-        with FakeTensorMode(allow_non_fake_inputs=True):
+        mode = FakeTensorMode(allow_non_fake_inputs=True) if fake else nullcontext()
+        with mode, warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Accessing the data pointer of FakeTensor")
             st = _StepOnly(cfg, amp)
             real = torch.randn(batch, 1, res, res)
             live = LiveBytes()
