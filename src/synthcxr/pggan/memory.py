@@ -60,7 +60,7 @@ class LiveBytes(TorchDispatchMode):
         return out
 
 
-class _StepOnly:
+class StepOnly:
     """The parts of a trainer one training step reads: networks, optimisers, EMA copy, step counter."""
 
     train_step = _Trainer.train_step
@@ -115,7 +115,7 @@ def step_memory(cfg: PGGANConfig, res: int, batch: int, amp: bool = False, fake:
         mode = FakeTensorMode(allow_non_fake_inputs=True) if fake else nullcontext()
         with mode, warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Accessing the data pointer of FakeTensor")
-            st = _StepOnly(cfg, amp)
+            st = StepOnly(cfg, amp)
             real = torch.randn(batch, 1, res, res)
             live = LiveBytes()
             nets = [*st.G.parameters(), *st.D.parameters(), *st.G_ema.parameters(), *st.G.buffers(), *st.D.buffers()]
