@@ -208,3 +208,22 @@ class SlurmCluster:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def start_or_skip(root: Path, **kwargs) -> SlurmCluster:
+    """A started cluster for a test fixture; skips where none can run (fails in CI if SLURM is missing)."""
+    import pytest
+
+    missing = missing_binaries()
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail(f"SLURM binaries missing in CI: {missing} (tools/sysdeps.sh installs slurm-wlm and munge)")
+        pytest.skip(f"SLURM not installed ({', '.join(missing)}); run tools/sysdeps.sh as root")
+    if os.geteuid() != 0:
+        pytest.skip("the test cluster runs its daemons as root")
+    c = SlurmCluster(root, **kwargs)
+    try:
+        c.start()
+    except SystemConfigPresent as exc:
+        pytest.skip(str(exc))
+    return c

@@ -8,14 +8,13 @@ local run of the same config (same global minibatch), and the generator the same
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from cluster import SlurmCluster, SystemConfigPresent, missing_binaries
+from cluster import SlurmCluster, start_or_skip
 from dag import TINY, snakemake
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -23,18 +22,7 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def two_nodes(tmp_path_factory):
-    missing = missing_binaries()
-    if missing:
-        if os.environ.get("CI"):
-            pytest.fail(f"SLURM binaries missing in CI: {missing} (tools/sysdeps.sh installs slurm-wlm and munge)")
-        pytest.skip(f"SLURM not installed ({', '.join(missing)}); run tools/sysdeps.sh as root")
-    if os.geteuid() != 0:
-        pytest.skip("the test cluster runs its daemons as root")
-    c = SlurmCluster(tmp_path_factory.mktemp("slurm2"), cpus=8, mem_mb=128000, nodes=2)
-    try:
-        c.start()
-    except SystemConfigPresent as exc:
-        pytest.skip(str(exc))
+    c = start_or_skip(tmp_path_factory.mktemp("slurm2"), cpus=8, mem_mb=128000, nodes=2)
     yield c
     c.stop()
 

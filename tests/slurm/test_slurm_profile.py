@@ -7,7 +7,6 @@ Jobs must go through sbatch, and the outputs must equal those of the local run.
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from cluster import SlurmCluster, SystemConfigPresent, missing_binaries
+from cluster import SlurmCluster, start_or_skip
 from dag import TINY, snakemake
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -24,18 +23,7 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    missing = missing_binaries()
-    if missing:
-        if os.environ.get("CI"):
-            pytest.fail(f"SLURM binaries missing in CI: {missing} (tools/sysdeps.sh installs slurm-wlm and munge)")
-        pytest.skip(f"SLURM not installed ({', '.join(missing)}); run tools/sysdeps.sh as root")
-    if os.geteuid() != 0:
-        pytest.skip("the test cluster runs its daemons as root")
-    c = SlurmCluster(tmp_path_factory.mktemp("slurm"), cpus=8, mem_mb=128000)
-    try:
-        c.start()
-    except SystemConfigPresent as exc:
-        pytest.skip(str(exc))
+    c = start_or_skip(tmp_path_factory.mktemp("slurm"), cpus=8, mem_mb=128000)
     yield c
     c.stop()
     for name, pid in c.pids.items():

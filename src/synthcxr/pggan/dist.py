@@ -8,6 +8,7 @@ CUDA ranks use NCCL and one GPU each; CPU ranks use Gloo (what the tests exercis
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -148,7 +149,7 @@ def _free_port() -> int:
 
 def torchrun_command(cfg_path: os.PathLike, data_folder: os.PathLike, out_dir: os.PathLike,
                      log_file: os.PathLike | None, nproc: int, nodes: int = 1,
-                     env: dict[str, str] | None = None, threads: int | None = None) -> list[str]:
+                     env: Mapping[str, str] | None = None, threads: int | None = None) -> list[str]:
     """The command that starts ``nodes x nproc`` training processes.
 
     One node: ``torchrun --standalone``. Several: ``srun`` starts one torchrun agent per node of the
@@ -157,7 +158,7 @@ def torchrun_command(cfg_path: os.PathLike, data_folder: os.PathLike, out_dir: o
     """
     import sys
 
-    env = dict(os.environ if env is None else env)
+    env = os.environ if env is None else env
     train = ["-m", "synthcxr.pggan.train", "--config-json", str(cfg_path), "--data", str(data_folder), "--out", str(out_dir)]
     if log_file is not None:
         train += ["--log-file", str(log_file)]
@@ -217,7 +218,7 @@ def launch_torchrun(cfg: dict, data_folder: str | os.PathLike, out_dir: str | os
     write_json(cfg_path, cfg)
     (out / MARKER).unlink(missing_ok=True)
     env = _step_env() if nodes > 1 else dict(os.environ)
-    cmd = torchrun_command(cfg_path, data_folder, out, log_file, nproc, nodes, env=dict(os.environ), threads=threads)
+    cmd = torchrun_command(cfg_path, data_folder, out, log_file, nproc, nodes, threads=threads)
     old_usr1 = signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # inherited by torchrun; the ranks install their own
     try:
         proc = subprocess.Popen(cmd, env=env)
