@@ -82,7 +82,7 @@ def build_archive(root: Path, formats=("h5", "parquet"), compression="gzip", gat
         lat_paths.append(lp)
         zs[shard] = z
         frames.append(df)
-        sample_shard(lp, G, {f: work / "shards" / f"shard-{shard:05d}.{f}" for f in formats}, cfg, sha256_file(gen_path))
+        sample_shard(lp, G, {f: work / "shards" / f"shard-{shard:05d}.{f}" for f in cfg.work_formats}, cfg, sha256_file(gen_path))
     allrows = pd.concat(frames, ignore_index=True)
     mem_path = None
     if gate:

@@ -1,7 +1,16 @@
 # Mass sampling and the release: render optimised latents into working shards (work/shards/), build the
 # release from the samples that passed every gate (release/), and seal it with its card and checksums
 # once validation has read it.
-ARCHIVE_FORMATS = config["archive"]["formats"]
+from synthcxr.archive.layout import work_formats  # noqa: E402
+
+# The sample rule renders working shards (HDF5 and/or Parquet); the release's formats are built from them.
+WORK_FORMATS = work_formats(config["archive"]["formats"])
+# Keys that change rendered bytes: only these rerun sampling (shard sizes, license or adding WebDataset do not).
+SAMPLE_CFG = {**stage("archive", ["batch_size", "compression", "threads"]), "formats": WORK_FORMATS}
+SAMPLE_CFG = {k: SAMPLE_CFG[k] for k in sorted(SAMPLE_CFG)}
+# archive.workers sets the CPU workers of sample, finalize and release; their outputs never depend on it.
+RELEASE_CFG = stage("archive", [k for k in config["archive"] if k != "workers"])
+ARCHIVE_WORKERS = config["archive"]["workers"]
 MEMORIZATION_GATE = bool(config["validate"]["memorization"].get("gate", True))
 REID_GATE = bool(config["validate"]["reid"].get("enabled", True) and config["validate"]["reid"].get("gate", True))
 
@@ -16,13 +25,16 @@ rule sample:
         latents=f"{WORK}/latents/shard-{{shard}}.parquet",
         generator=f"{PGGAN}/generator.pt",
     output:
-        **{fmt: f"{WORK}/shards/shard-{{shard}}.{fmt}" for fmt in ARCHIVE_FORMATS},
+        **{fmt: f"{WORK}/shards/shard-{{shard}}.{fmt}" for fmt in WORK_FORMATS},
     params:
-        cfg=stage("archive"),
+        cfg=SAMPLE_CFG,
     log:
         f"{ALOGS}/sample/shard-{{shard}}.log",
-    # archive.threads, not the scheduler's --cores, sets the CPU thread count: rendered bytes never depend on it.
-    threads: config["archive"]["threads"]
+    # archive.threads, not the scheduler's --cores, sets the generator's CPU threads (rendered bytes never
+    # depend on --cores); the job's threads beyond that encode PNG and HDF5 chunks (archive.workers).
+    threads: max(config["archive"]["threads"], ARCHIVE_WORKERS)
+    resources:
+        cpus_per_task=max(config["archive"]["threads"], ARCHIVE_WORKERS),
     conda:
         CONDA_ENV
     script:
@@ -35,7 +47,7 @@ rule finalize_archive:
     The number of release shards depends on what passes the gates, so the shard files (release/h5/,
     release/parquet/) are not declared: this job clears and rewrites them, and archive.json lists them."""
     input:
-        shards=expand(f"{WORK}/shards/shard-{{shard}}.{{fmt}}", shard=SHARDS, fmt=ARCHIVE_FORMATS),
+        shards=expand(f"{WORK}/shards/shard-{{shard}}.{{fmt}}", shard=SHARDS, fmt=WORK_FORMATS),
         latents=expand(f"{WORK}/latents/shard-{{shard}}.parquet", shard=SHARDS),
         generator=f"{PGGAN}/generator.pt",
         classifier=f"{CLF}/{config['classifier']['name']}/model.pt",
@@ -46,10 +58,14 @@ rule finalize_archive:
         latents=f"{REL}/latents.parquet",
         info=f"{REL}/archive.json",
     params:
-        cfg=stage("archive"),
+        cfg=RELEASE_CFG,
         shard_size=config["lco"]["shard_size"],
     log:
         f"{ALOGS}/finalize_archive.log",
+    # one release shard per worker process
+    threads: ARCHIVE_WORKERS
+    resources:
+        cpus_per_task=ARCHIVE_WORKERS,
     conda:
         CONDA_ENV
     script:
@@ -71,7 +87,10 @@ rule release:
         sums=f"{REL}/SHA256SUMS",
     log:
         f"{ALOGS}/release.log",
-    threads: 2
+    # shards checked and files hashed in parallel
+    threads: ARCHIVE_WORKERS
+    resources:
+        cpus_per_task=ARCHIVE_WORKERS,
     conda:
         CONDA_ENV
     script:

@@ -1,6 +1,5 @@
 # Stage 6: validation of the archive against the real data. Figures are wrapped in report() so
 # `snakemake --report results/report.html` collects them with the captions in workflow/report/.
-VAL_FORMATS = config["archive"]["formats"]
 VAL_CLASSIFIER = f"{CLF}/{config['classifier']['name']}"
 # The checker's model.pt is an input only when the quality metrics use its features (validate.features: checker).
 VAL_CHECKER = (
@@ -12,7 +11,7 @@ rule validate_memorization:
     """Nearest real training image of every rendered sample (features and pixels); runs before
     finalize_archive, which drops flagged samples when validate.memorization.gate is true."""
     input:
-        shards=expand(f"{WORK}/shards/shard-{{shard}}.{{fmt}}", shard=SHARDS, fmt=VAL_FORMATS),
+        shards=expand(f"{WORK}/shards/shard-{{shard}}.{{fmt}}", shard=SHARDS, fmt=WORK_FORMATS),
         latents=expand(f"{WORK}/latents/shard-{{shard}}.parquet", shard=SHARDS),
         images=f"{PREP}/images.h5",
         labels=f"{PREP}/labels.parquet",
@@ -72,7 +71,7 @@ rule validate_reid:
     """Best-matching training patient of every rendered sample; runs before finalize_archive, which withholds
     matched samples when validate.reid.gate is true."""
     input:
-        shards=expand(f"{WORK}/shards/shard-{{shard}}.{{fmt}}", shard=SHARDS, fmt=VAL_FORMATS),
+        shards=expand(f"{WORK}/shards/shard-{{shard}}.{{fmt}}", shard=SHARDS, fmt=WORK_FORMATS),
         latents=expand(f"{WORK}/latents/shard-{{shard}}.parquet", shard=SHARDS),
         images=f"{PREP}/images.h5",
         labels=f"{PREP}/labels.parquet",

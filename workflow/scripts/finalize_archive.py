@@ -11,7 +11,7 @@ setup_logging(sm.log[0])
 finalize_archive(
     Path(sm.input.latents[0]).parent.parent,
     Path(sm.output.manifest).parent,
-    ArchiveConfig.from_section(sm.params.cfg),
+    ArchiveConfig.from_section({**sm.params.cfg, "workers": sm.threads}),
     list(sm.input.latents),
     sm.input.generator,
     classifier_path=sm.input.classifier,

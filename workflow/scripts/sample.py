@@ -1,12 +1,9 @@
-"""Rule sample: render one latents shard into archive shard files."""
+"""Rule sample: render one latents shard into working shard files."""
 
 from synthcxr.archive.sample import ArchiveConfig, sample_shard_files
 from synthcxr.utils.runtime import setup_logging
 
-setup_logging(snakemake.log[0])
-sample_shard_files(
-    snakemake.input.latents,
-    snakemake.input.generator,
-    {fmt: snakemake.output[fmt] for fmt in snakemake.params.cfg["formats"]},
-    ArchiveConfig.from_section(snakemake.params.cfg),
-)
+sm = snakemake  # noqa: F821 (injected by Snakemake)
+setup_logging(sm.log[0])
+cfg = ArchiveConfig.from_section({**sm.params.cfg, "workers": sm.threads})
+sample_shard_files(sm.input.latents, sm.input.generator, {fmt: sm.output[fmt] for fmt in cfg.work_formats}, cfg)

@@ -168,19 +168,26 @@ def _hf_dtype(feature: Mapping[str, Any]) -> str:
     return "image" if feature.get("_type") == "Image" else str(feature["dtype"])
 
 
+def fm_format(info: Mapping[str, Any]) -> str:
+    """The format the card's ``train`` split points at: Parquet, else WebDataset, else HDF5."""
+    return next(f for f in ("parquet", "webdataset", "h5") if f in info["formats"])
+
+
 def front_matter(info: Mapping[str, Any]) -> dict[str, Any]:
-    """Hugging Face dataset-card metadata for a release: one ``train`` split, Parquet (else HDF5) shards."""
+    """Hugging Face dataset-card metadata for a release: one ``train`` split over Parquet shards (else the
+    WebDataset tars, else HDF5)."""
     n = int(info["counts"]["n_released"])
     cfg = info.get("config") or {}
     license_id = str((cfg.get("archive") or {}).get("license", "other")) if isinstance(cfg, Mapping) else "other"
-    fmt = "parquet" if "parquet" in info["formats"] else "h5"
+    fmt = fm_format(info)
+    ext = {"parquet": "parquet", "webdataset": "tar", "h5": "h5"}[fmt]
     meta: dict[str, Any] = {
         "pretty_name": f"synthcxr synthetic chest X-rays: {info['name']}",
         "license": license_id,
         "task_categories": ["image-classification"],
         "tags": ["synthetic", "medical", "chest-x-ray", "multi-label"],
         "size_categories": [_size_category(n)],
-        "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": f"{fmt}/*.{fmt}"}]}],
+        "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": f"{fmt}/*.{ext}"}]}],
     }
     if fmt == "parquet":
         feats = hf_features(info["label_names"])
@@ -229,14 +236,17 @@ def render_card(
         "## How to read it",
         "",
         "```python",
-        "import datasets; ds = datasets.load_dataset(\"path/to/release\", split=\"train\")   # Parquet shards",
+        f"import datasets; ds = datasets.load_dataset(\"path/to/release\", split=\"train\")   # {fm_format(info)} shards",
         "import pandas as pd; df = pd.read_parquet(\"path/to/release/manifest.parquet\")    # one row per sample",
         "import synthcxr.archive; arc = synthcxr.archive.open(\"path/to/release\")          # checked reader",
         "```",
         "",
         "HDF5 shards (`h5/`): `/images` uint8 `[n, R, R]`, `/labels` uint8 `[n, L]`, `/probs` float32 `[n, L]`, "
-        "`/sample_id`; row `index` of shard `shard` in the manifest. `synthcxr verify path/to/release` checks every "
-        "checksum, pixel, label, id and attribute against the manifest.",
+        "`/sample_id`; row `index` of shard `shard` in the manifest. WebDataset shards (`webdataset/`): per sample "
+        "`<sample_id>.png` and `<sample_id>.json` (labels and probabilities by name), e.g. "
+        "`webdataset.WebDataset(urls).decode(\"pil\").to_tuple(\"png\", \"json\")`. `synthcxr.archive.stream(URL)` "
+        "streams any format from a local path or fsspec URL across DataLoader workers and distributed ranks. "
+        "`synthcxr verify path/to/release` checks every checksum, pixel, label, id and attribute against the manifest.",
         "",
         "## How it was made",
         "",

@@ -17,19 +17,25 @@ import pyarrow.parquet as pq
 from .layout import FORMAT_VERSION
 from .shard_h5 import read_h5_attrs
 from .shard_parquet import read_parquet_attrs
+from .shard_wds import read_tar_ids
 
 #: Value of the ``role`` attribute: working shards hold every rendered sample, release shards only released ones.
 ROLE_WORK = "work"
 ROLE_RELEASE = "release"
 
 
-def read_shard_attrs(path: str | os.PathLike, fmt: str) -> dict[str, Any]:
-    """Root attributes of an HDF5 shard or the ``synthcxr`` schema metadata of a Parquet shard."""
+def read_shard_attrs(path: str | os.PathLike, fmt: str) -> dict[str, Any] | None:
+    """Root attributes of an HDF5 shard, the ``synthcxr`` schema metadata of a Parquet shard; None for a
+    WebDataset tar, which carries its identity per sample (id, shard and index in each JSON member)."""
+    if fmt == "webdataset":
+        return None
     return read_h5_attrs(path) if fmt == "h5" else read_parquet_attrs(path)
 
 
 def read_shard_ids(path: str | os.PathLike, fmt: str) -> list[str]:
     """Sample ids of a shard in stored (index) order."""
+    if fmt == "webdataset":
+        return read_tar_ids(path)
     if fmt == "h5":
         with h5py.File(path, "r") as f:
             if "sample_id" not in f:
@@ -51,9 +57,11 @@ def expected_attrs(info: Mapping[str, Any], entry: Mapping[str, Any]) -> dict[st
     }
 
 
-def attr_problems(attrs: Mapping[str, Any], info: Mapping[str, Any], entry: Mapping[str, Any]) -> list[str]:
-    """One sentence per attribute that differs from what archive.json promises for this shard."""
-    out = []
+def attr_problems(attrs: Mapping[str, Any] | None, info: Mapping[str, Any], entry: Mapping[str, Any]) -> list[str]:
+    """One sentence per attribute that differs from what archive.json promises for this shard (none for a tar)."""
+    out: list[str] = []
+    if attrs is None:
+        return out
     for key, want in expected_attrs(info, entry).items():
         have = attrs.get(key)
         if isinstance(want, list):

@@ -1,5 +1,6 @@
 """Build the release from the working area: only released samples, copied byte for byte into
-byte-sized release shards, with their manifest, latents and archive.json.
+byte-sized release shards (one parallel job per shard, :mod:`.release_shard`), with their manifest,
+latents and archive.json.
 
 A sample is released when its label optimisation succeeded (``success``), the memorisation audit did
 not flag it (when ``validate.memorization.gate`` is on) and the re-identification audit did not match it
@@ -14,17 +15,15 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import hashlib
-import itertools
 import logging
 import math
 import os
 import platform
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -49,18 +48,12 @@ from .layout import (
     release_shard_relpath,
     work_shard_relpath,
 )
+from .release_shard import ShardJob, write_release_shard
 from .sample import ArchiveConfig
-from .shard_h5 import H5ShardWriter
-from .shard_parquet import ParquetShardWriter, decode_png
 
 log = logging.getLogger("synthcxr")
 
 MB = 1 << 20
-
-
-def pixel_sha256(image: np.ndarray) -> str:
-    """SHA-256 of an image's raw uint8 pixels (row-major): the manifest's proof of every pixel."""
-    return hashlib.sha256(np.ascontiguousarray(image, dtype=np.uint8).tobytes()).hexdigest()
 
 
 def read_audit(path: str | os.PathLike, column: str = "flagged", what: str = "memorisation audit",
@@ -170,99 +163,27 @@ def _bytes_per_sample(work_dir: Path, lats: Sequence[ShardLatents], formats: Seq
     return max(sizes) / max(n, 1)
 
 
-def _iter_work_rows(work_dir: Path, shard: int, formats: Sequence[str], block: int = 256) -> Iterator[tuple[np.ndarray | None, bytes | None]]:
-    """``(pixels or None, PNG bytes or None)`` of every row of a working shard, in index order."""
-    pixels: Iterator[np.ndarray | None]
-    pngs: Iterator[bytes | None]
-    with contextlib.ExitStack() as stack:
-        if "h5" in formats:
-            f = stack.enter_context(h5py.File(work_dir / work_shard_relpath(shard, "h5"), "r"))
-            ds = f["images"]
-
-            def _pixels() -> Iterator[np.ndarray]:
-                for s in range(0, ds.shape[0], block):
-                    yield from ds[s : s + block]
-
-            pixels = _pixels()
-        if "parquet" in formats:
-            pf = pq.ParquetFile(work_dir / work_shard_relpath(shard, "parquet"))
-
-            def _pngs() -> Iterator[bytes]:
-                for rb in pf.iter_batches(batch_size=block, columns=["image"]):
-                    yield from rb.column("image").field("bytes").to_pylist()
-
-            pngs = _pngs()
-        if "h5" not in formats:
-            pixels = itertools.repeat(None)
-        if "parquet" not in formats:
-            pngs = itertools.repeat(None)
-        n = int(read_shard_attrs(work_dir / work_shard_relpath(shard, formats[0]), formats[0])["count"])
-        for _, px, png in zip(range(n), pixels, pngs):
-            yield px, png
-
-
-class _ReleaseWriter:
-    """Writes released rows, in order, into the release shards given by ``bounds``."""
-
-    def __init__(self, release_dir: Path, bounds: list[tuple[int, int]], cfg: ArchiveConfig, res: int, attrs: dict[str, Any], row_group_rows: int):
-        self.root, self.bounds, self.cfg, self.res, self.attrs = release_dir, bounds, cfg, res, attrs
-        self.row_group_rows = row_group_rows
-        self.k = -1
-        self._stack: contextlib.ExitStack | None = None
-        self._h5: H5ShardWriter | None = None
-        self._pq: ParquetShardWriter | None = None
-        self._buf: list[tuple] = []
-        self._start = 0  # row of the current shard where the buffer starts
-
-    def _open_next(self) -> None:
-        self.close()
-        self.k += 1
-        lo, hi = self.bounds[self.k]
-        n, stack = hi - lo, contextlib.ExitStack()
-        attrs = {**self.attrs, "shard": self.k}
-        if "h5" in self.cfg.formats:
-            self._h5 = stack.enter_context(
-                H5ShardWriter(self.root / release_shard_relpath(self.k, "h5"), n, self.res, self.cfg.labels, self.cfg.compression, attrs)
-            )
-        if "parquet" in self.cfg.formats:
-            self._pq = stack.enter_context(
-                ParquetShardWriter(self.root / release_shard_relpath(self.k, "parquet"), n, self.cfg.labels, attrs, self.row_group_rows)
-            )
-        self._stack, self._start = stack, 0
-
-    def _flush(self) -> None:
-        if not self._buf:
-            return
-        imgs, pngs, labels, probs, ids, seeds = zip(*self._buf)
-        labels, probs = np.stack(labels), np.stack(probs)
-        if self._h5 is not None:
-            self._h5.write(self._start, np.stack(imgs), labels.astype(np.uint8), probs, ids)
-        if self._pq is not None:
-            self._pq.write(self._start, list(pngs), labels, probs, ids, seeds)
-        self._start += len(self._buf)
-        self._buf = []
-
-    def add(self, row: int, img: np.ndarray, png: bytes | None, labels: np.ndarray, probs: np.ndarray, sample_id: str, seed: int) -> tuple[int, int]:
-        """Append released row ``row`` (0-based over the release); returns its ``(shard, index)``."""
-        if self.k < 0 or row >= self.bounds[self.k][1]:
-            self._flush()
-            self._open_next()
-        self._buf.append((img, png, labels, probs, sample_id, seed))
-        where = (self.k, row - self.bounds[self.k][0])
-        if len(self._buf) >= 64:
-            self._flush()
-        return where
-
-    def close(self) -> None:
-        self._flush()
-        if self._stack is not None:
-            self._stack.close()  # renames the finished shard files into place
-        self._stack = self._h5 = self._pq = None
-
-    def abort(self, exc: BaseException) -> None:
-        if self._stack is not None:
-            self._stack.__exit__(type(exc), exc, exc.__traceback__)
-        self._stack = self._h5 = self._pq = None
+def _run_jobs(jobs: list[ShardJob], workers: int, on_done) -> list[list[str]]:
+    """Pixel hashes of every release shard job, in job order; ``workers`` processes (1: in this process)."""
+    if workers <= 1 or len(jobs) <= 1:
+        out = []
+        for job in jobs:
+            out.append(write_release_shard(job))
+            on_done(len(job))
+        return out
+    results: list[list[str] | None] = [None] * len(jobs)
+    with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
+        futures = {pool.submit(write_release_shard, job): k for k, job in enumerate(jobs)}
+        try:
+            for fut in as_completed(futures):
+                k = futures[fut]
+                results[k] = fut.result()
+                on_done(len(jobs[k]))
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
+    return [r if r is not None else [] for r in results]
 
 
 def _clear_release(release_dir: Path) -> None:
@@ -318,13 +239,14 @@ def finalize_archive(
     """Write the release folder (shards, ``manifest.parquet``, ``latents.parquet``, ``archive.json``); return archive.json."""
     work, release = Path(work_dir), Path(release_dir)
     names = list(cfg.labels)
+    wfmts = cfg.work_formats
     gen_sha = sha256_file(generator_path)
     lats = [read_latents(lp, names) for lp in sorted(latents_paths, key=lambda p: Path(p).name)]
     if not lats:
         raise ValueError("finalize_archive: no latents shards given")
     res_seen, bs_seen, threads_seen, devices = set(), set(), set(), set()
     for lat in lats:
-        a = check_work_shard(work, lat, cfg.formats, gen_sha)
+        a = check_work_shard(work, lat, wfmts, gen_sha)
         res_seen.add(int(a["resolution"]))
         bs_seen.add(int(a["batch_size"]))
         threads_seen.add(a.get("render_threads"))
@@ -341,9 +263,9 @@ def finalize_archive(
     manifest = full[released].drop(columns=["success"]).reset_index(drop=True)
     res = res_seen.pop()
 
-    bps = _bytes_per_sample(work, lats, cfg.formats)
+    bps = _bytes_per_sample(work, lats, wfmts)
     bounds = shard_bounds(len(manifest), bps, cfg.shard_mb)
-    png_bps = _bytes_per_sample(work, lats, ["parquet"]) if "parquet" in cfg.formats else bps
+    png_bps = _bytes_per_sample(work, lats, ["parquet"]) if "parquet" in wfmts else bps
     row_group_rows = max(1, int(cfg.row_group_mb * MB // max(png_bps, 1.0)))
     attrs = {
         "format_version": FORMAT_VERSION,
@@ -359,47 +281,42 @@ def finalize_archive(
     _clear_release(release)
     shard_col = np.zeros(len(manifest), np.int32)
     index_col = np.zeros(len(manifest), np.int32)
-    hashes: list[str] = [""] * len(manifest)
-    writer = _ReleaseWriter(release, bounds, cfg, res, attrs, row_group_rows)
-    latents = _LatentsWriter(release / RELEASE_LATENTS, max((lat.z.shape[1] for lat in lats if len(lat)), default=0))
     label_cols = manifest[names].to_numpy(np.int8)
     prob_cols = manifest[[f"prob_{n}" for n in names]].to_numpy(np.float32)
     ids, seeds = manifest["sample_id"].tolist(), manifest["seed"].to_numpy(np.int64)
-    out_row = 0
+    rshard, rindex = manifest["render_shard"].to_numpy(np.int64), manifest["render_index"].to_numpy(np.int64)
+    jobs = []
+    for k, (lo, hi) in enumerate(bounds):
+        shard_col[lo:hi], index_col[lo:hi] = k, np.arange(hi - lo)
+        jobs.append(ShardJob(
+            work_dir=str(work), release_dir=str(release), shard=k, render_shard=rshard[lo:hi], render_index=rindex[lo:hi],
+            sample_ids=ids[lo:hi], labels=label_cols[lo:hi], probs=prob_cols[lo:hi], seeds=seeds[lo:hi], label_names=names,
+            formats=list(cfg.formats), work_formats=wfmts, compression=cfg.compression, resolution=res, attrs=attrs,
+            row_group_rows=row_group_rows,
+        ))
+    latents = _LatentsWriter(release / RELEASE_LATENTS, max((lat.z.shape[1] for lat in lats if len(lat)), default=0))
     try:
-        with progress(total=len(full), desc="release", unit="img") as bar:
-            pos = 0
-            for lat in lats:
-                keep = released[pos : pos + len(lat)]
-                first = out_row
-                for i, (px, png) in enumerate(_iter_work_rows(work, lat.shard, cfg.formats)):
-                    if keep[i]:
-                        img = px if px is not None else decode_png(png)
-                        shard_col[out_row], index_col[out_row] = writer.add(
-                            out_row, img, png, label_cols[out_row], prob_cols[out_row], ids[out_row], int(seeds[out_row])
-                        )
-                        hashes[out_row] = pixel_sha256(img)
-                        out_row += 1
-                    bar.update(1)
-                kept = np.flatnonzero(keep)
-                latents.write(ids[first:out_row], lat.shard, kept, lat.z[kept])
-                pos += len(lat)
-        writer.close()
+        with progress(total=len(manifest), desc=f"release ({cfg.workers} workers)", unit="img") as bar:
+            shard_hashes = _run_jobs(jobs, cfg.workers, bar.update)
+        pos = 0
+        for lat in lats:
+            kept = np.flatnonzero(released[pos : pos + len(lat)])
+            latents.write(list(full["sample_id"].iloc[pos + kept]), lat.shard, kept, lat.z[kept])
+            pos += len(lat)
         latents.close()
     except BaseException as exc:
-        writer.abort(exc)
         latents.close(exc)
         raise
-    if out_row != len(manifest):
-        raise RuntimeError(f"{work}: copied {out_row} released samples but the manifest lists {len(manifest)}")
+    hashes = [h for hs in shard_hashes for h in hs]
+    if len(hashes) != len(manifest):
+        raise RuntimeError(f"{work}: copied {len(hashes)} released samples but the manifest lists {len(manifest)}")
 
     manifest.insert(1, "shard", shard_col)
     manifest.insert(2, "index", index_col)
     for j, fmt in enumerate(cfg.formats):
         manifest.insert(3 + j, f"{fmt}_path", [release_shard_relpath(int(s), fmt) for s in shard_col])
     manifest["pixel_sha256"] = hashes
-    with atomic_path(release / MANIFEST) as tmp:
-        pq.write_table(pa.Table.from_pandas(manifest, preserve_index=False), tmp)
+    write_manifest(release / MANIFEST, manifest, bounds)
 
     shards_info = []
     for k, (lo, hi) in enumerate(bounds):
@@ -415,6 +332,7 @@ def finalize_archive(
         "findings": findings_of(names),
         "resolution": res,
         "formats": list(cfg.formats),
+        "work_formats": wfmts,
         "compression": cfg.compression,
         "png_compress_level": PNG_COMPRESS_LEVEL,
         "shard_mb": cfg.shard_mb,
@@ -461,6 +379,15 @@ def finalize_archive(
         info["counts"]["n_flagged"], info["counts"]["n_reid_matched"], work,
     )
     return info
+
+
+def write_manifest(path: Path, manifest: pd.DataFrame, bounds: Sequence[tuple[int, int]]) -> None:
+    """``manifest.parquet`` with one row group per release shard, so a streaming reader reads each shard's rows once."""
+    table = pa.Table.from_pandas(manifest, preserve_index=False)
+    with atomic_path(path) as tmp:
+        with pq.ParquetWriter(tmp, table.schema, write_statistics=["shard", "index"]) as w:
+            for lo, hi in bounds or [(0, 0)]:
+                w.write_table(table.slice(lo, hi - lo), row_group_size=max(1, hi - lo))
 
 
 def _torch_version() -> str:

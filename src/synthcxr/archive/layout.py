@@ -18,8 +18,10 @@ from pathlib import Path
 FORMAT_VERSION = 2
 #: zlib level for PNG bytes in Parquet shards. Fixed: regeneration compares PNG bytes exactly.
 PNG_COMPRESS_LEVEL = 6
-#: Formats a shard can be written in, mapped to their file extension.
-FORMATS = {"h5": "h5", "parquet": "parquet"}
+#: Formats a release shard can be written in, mapped to their file extension (and folder name).
+FORMATS = {"h5": "h5", "parquet": "parquet", "webdataset": "tar"}
+#: Formats of the working shards the sample rule renders; WebDataset tars are built from the Parquet PNGs.
+WORK_FORMATS = ("h5", "parquet")
 #: Schema-metadata key under which Parquet shards carry the same attributes as HDF5 shards.
 PARQUET_META_KEY = b"synthcxr"
 
@@ -38,11 +40,26 @@ RELEASE_FILES = (MANIFEST, ARCHIVE_JSON, RELEASE_LATENTS, CARD, SUMS)
 WORK = "work"
 RELEASE = "release"
 
-_SHARD_RE = re.compile(r"shard-(\d+)\.(parquet|h5)$")
+_SHARD_RE = re.compile(r"shard-(\d+)\.(parquet|h5|tar)$")
+
+
+def canonical_formats(formats) -> list[str]:
+    """``archive.formats`` checked and in one canonical order (h5, parquet, webdataset)."""
+    formats = list(formats)
+    bad = [f for f in formats if f not in FORMATS]
+    if bad or not formats:
+        raise ValueError(f"archive.formats: {formats} must be a non-empty subset of {sorted(FORMATS)}")
+    return [f for f in FORMATS if f in formats]
+
+
+def work_formats(formats) -> list[str]:
+    """Working shard formats the release ``formats`` need: HDF5 for h5, Parquet (PNG bytes) for parquet and webdataset."""
+    formats = canonical_formats(formats)
+    return [f for f in WORK_FORMATS if f in formats or (f == "parquet" and "webdataset" in formats)]
 
 
 def shard_name(shard: int, fmt: str) -> str:
-    """File name of shard ``shard`` in format ``fmt`` (``h5`` or ``parquet``)."""
+    """File name of shard ``shard`` in format ``fmt`` (``h5``, ``parquet`` or ``webdataset``)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown archive format {fmt!r}; expected one of {sorted(FORMATS)}")
     return f"shard-{shard:05d}.{FORMATS[fmt]}"
@@ -67,5 +84,5 @@ def shard_index_of(path: str | os.PathLike) -> int:
     """Shard number encoded in a file name like ``shard-00012.parquet``; raises naming the file otherwise."""
     m = _SHARD_RE.search(Path(path).name)
     if not m:
-        raise ValueError(f"{path}: file name must look like shard-00000.parquet / shard-00000.h5")
+        raise ValueError(f"{path}: file name must look like shard-00000.parquet / shard-00000.h5 / shard-00000.tar")
     return int(m.group(1))

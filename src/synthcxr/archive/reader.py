@@ -4,12 +4,14 @@ A release holds only released samples; the reader still goes through ``manifest.
 shard it opens against it (attributes and sample ids, :mod:`.contract`), so a swapped, foreign or stale
 shard raises instead of streaming wrong pixels. Only a sealed release (with SHA256SUMS) opens; the
 validation rules, which run between finalising and sealing, pass ``sealed=False``. Images come from
-HDF5 shards when present (cheap random access) and from Parquet PNGs otherwise.
+HDF5 shards when present (cheap random access), else from Parquet PNGs, else from WebDataset tars.
+For streaming from object storage or across distributed ranks, see :mod:`.streaming`.
 """
 
 from __future__ import annotations
 
 import os
+import tarfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,8 @@ class ShardImages:
         self._pid: int | None = None
         self._h5: h5py.File | None = None
         self._pf: pq.ParquetFile | None = None
+        self._tar: tarfile.TarFile | None = None
+        self._members: dict[str, tarfile.TarInfo] = {}
         self._bounds: np.ndarray | None = None
         self._cache: tuple[int, list] | None = None  # (row group, PNG bytes)
 
@@ -53,9 +57,14 @@ class ShardImages:
             raise FileNotFoundError(f"{self.path} missing: the release is incomplete; run 'synthcxr verify' on it")
         if self.expect is not None:
             check_identity(self.path, self.fmt, *self.expect)
-        self._h5 = self._pf = None
+        self._h5 = self._pf = self._tar = None
         if self.fmt == "h5":
             self._h5 = h5py.File(self.path, "r")
+        elif self.fmt == "webdataset":
+            if self.expect is None:
+                raise ValueError(f"{self.path}: a WebDataset shard is read by sample id; open it through synthcxr.archive.open")
+            self._tar = tarfile.open(self.path, "r")
+            self._members = {m.name: m for m in self._tar.getmembers()}
         else:
             self._pf = pq.ParquetFile(self.path)
             sizes = [self._pf.metadata.row_group(i).num_rows for i in range(self._pf.num_row_groups)]
@@ -68,6 +77,10 @@ class ShardImages:
         self._open()
         if self._h5 is not None:
             return self._h5["images"][index]
+        if self._tar is not None:
+            name = f"{self.expect[2][index]}.png"
+            fh = self._tar.extractfile(self._members[name])
+            return decode_png(fh.read())
         rg = int(np.searchsorted(self._bounds, index, side="right") - 1)
         if self._cache is None or self._cache[0] != rg:
             col = self._pf.read_row_group(rg, columns=["image"]).column("image").combine_chunks()
@@ -87,6 +100,10 @@ class ShardImages:
                 for i in part:
                     yield int(i), chunk[int(i) - lo]
             return
+        if self._tar is not None:
+            for i in wanted:
+                yield int(i), self.get(int(i))
+            return
         for rg in range(self._pf.num_row_groups):
             lo, hi = int(self._bounds[rg]), int(self._bounds[rg + 1])
             part = wanted[(wanted >= lo) & (wanted < hi)]
@@ -96,23 +113,28 @@ class ShardImages:
                     yield int(i), decode_png(pngs[int(i) - lo].as_py())
 
     def close(self) -> None:
-        if self._h5 is not None and self._pid == os.getpid():
-            self._h5.close()
-        self._h5 = self._pf = None
+        if self._pid == os.getpid():
+            for f in (self._h5, self._tar):
+                if f is not None:
+                    f.close()
+        self._h5 = self._pf = self._tar = None
         self._pid = None
 
 
 class Archive:
     """A (possibly filtered) view of a release folder."""
 
-    def __init__(self, root: str | os.PathLike, manifest: pd.DataFrame, info: dict[str, Any], full: pd.DataFrame | None = None):
+    def __init__(self, root: str | os.PathLike, manifest: pd.DataFrame, info: dict[str, Any], full: pd.DataFrame | None = None,
+                 sealed: bool = True, require: Sequence[str] = (), exclude: Sequence[str] = ()):
         self.root = Path(root)
+        self.sealed = sealed
+        self.require, self.exclude = list(require), list(exclude)  # the view's filter, for streaming it
         self.manifest = manifest.reset_index(drop=True)
         self.info = info
         self.label_names: list[str] = list(info["label_names"])
         self.resolution: int = int(info["resolution"])
         self.formats: list[str] = list(info["formats"])
-        self.image_format = "h5" if "h5" in self.formats else "parquet"
+        self.image_format = next(f for f in ("h5", "parquet", "webdataset") if f in self.formats)
         self._full = self.manifest if full is None else full  # every released sample: what each shard must hold
         self._entries = {int(sh["shard"]): sh for sh in info["shards"]}
         self._shards: dict[int, ShardImages] = {}
@@ -140,7 +162,8 @@ class Archive:
             keep &= self.manifest[n].to_numpy() == 1
         for n in exclude:
             keep &= self.manifest[n].to_numpy() == 0
-        return Archive(self.root, self.manifest[keep], self.info, self._full)
+        return Archive(self.root, self.manifest[keep], self.info, self._full, self.sealed,
+                       [*self.require, *require], [*self.exclude, *exclude])
 
     def shard_images(self, shard: int) -> ShardImages:
         """Image access for one shard, checked against the manifest (cached; safe across DataLoader worker forks)."""
@@ -186,11 +209,14 @@ class Archive:
 
         return ArchiveDataset(self, res)
 
-    def iterable_dataset(self, shuffle_shards: bool = False, seed: int = 0, res: int | None = None):
-        """Shard-streaming dataset; DataLoader workers split the shards so no sample repeats."""
-        from .dataset import ArchiveIterableDataset
+    def iterable_dataset(self, shuffle: int = 0, seed: int = 0, res: int | None = None, **kwargs: Any):
+        """This view streamed (:func:`synthcxr.archive.stream`): ``{"sample_id", "image", "labels"}`` items, each
+        sample read once across DataLoader workers and distributed ranks; ``shuffle`` is the buffer size."""
+        from .streaming import ReleaseStream
 
-        return ArchiveIterableDataset(self, shuffle_shards=shuffle_shards, seed=seed, res=res)
+        kwargs.setdefault("format", self.image_format)
+        return ReleaseStream(self.root, shuffle=shuffle, seed=seed, res=res, require=self.require, exclude=self.exclude,
+                             sealed=self.sealed, **kwargs)
 
     def close(self) -> None:
         for s in self._shards.values():
@@ -209,4 +235,4 @@ def open_archive(path: str | os.PathLike, sealed: bool = True) -> Archive:
             f"{root / SUMS} missing: the release is not sealed (half-finalised, or its validation has not finished); "
             "run snakemake to completion, then 'synthcxr verify'"
         )
-    return Archive(root, read_manifest(root, info), info)
+    return Archive(root, read_manifest(root, info), info, sealed=sealed)

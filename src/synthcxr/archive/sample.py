@@ -1,8 +1,10 @@
-"""Render one latents shard into archive shard files (HDF5 and/or Parquet): the ``sample`` rule's job.
+"""Render one latents shard into working shard files (HDF5 and/or Parquet): the ``sample`` rule's job.
 
-The main thread runs the generator while one writer thread PNG-encodes, compresses and writes the
-previous micro-batch (zlib and HDF5 filters release the GIL), so storage work overlaps rendering
-instead of adding to it. A queue of two micro-batches bounds memory whatever the shard size.
+The main thread runs the generator; each rendered micro-batch goes to a pool of ``archive.workers``
+encoder threads (PNG for Parquet, deflated chunks for HDF5; :mod:`.encode`), and one writer thread
+stores the encoded batches in order. Storage work overlaps rendering and scales with the job's cores,
+so a GPU rendering 1024 px images is not left waiting on one core's PNG encoder. At most two batches
+wait for the writer, which bounds memory whatever the shard size.
 """
 
 from __future__ import annotations
@@ -27,17 +29,21 @@ from ..lco.latents import read_latents
 from ..utils.hashing import sha256_file
 from ..utils.runtime import fixed_threads, progress, resolve_device
 from .contract import ROLE_WORK
-from .layout import FORMAT_VERSION, FORMATS, PNG_COMPRESS_LEVEL
+from .encode import BatchEncoder, EncodedBatch, PendingBatch
+from .layout import FORMAT_VERSION, PNG_COMPRESS_LEVEL, canonical_formats, work_formats
 from .render import generator_resolution, render_batches
 from .shard_h5 import H5ShardWriter
-from .shard_parquet import ParquetShardWriter, encode_png
+from .shard_parquet import ParquetShardWriter
 
 log = logging.getLogger("synthcxr")
 
 
 @dataclass
 class ArchiveConfig:
-    """The ``archive`` config section (plus global labels/device) as the package sees it."""
+    """The ``archive`` config section (plus global labels/device) as the package sees it.
+
+    ``formats`` are the release's formats; :attr:`work_formats` the working shards the sample rule writes.
+    """
 
     labels: list[str]
     formats: list[str] = field(default_factory=lambda: ["h5", "parquet"])
@@ -48,18 +54,23 @@ class ArchiveConfig:
     shard_mb: float = 256.0
     row_group_mb: float = 16.0
     threads: int = 2
+    workers: int = 2
 
     def __post_init__(self) -> None:
-        bad = [f for f in self.formats if f not in FORMATS]
-        if bad or not self.formats:
-            raise ValueError(f"archive.formats: {self.formats} must be a non-empty subset of {sorted(FORMATS)}")
-        self.formats = [f for f in FORMATS if f in self.formats]  # one canonical order: h5, parquet
+        self.formats = canonical_formats(self.formats)
         if self.batch_size < 1:
             raise ValueError(f"archive.batch_size must be >= 1, got {self.batch_size}")
         if self.shard_mb <= 0 or self.row_group_mb <= 0:
             raise ValueError(f"archive.shard_mb and archive.row_group_mb must be > 0, got {self.shard_mb}, {self.row_group_mb}")
         if self.threads < 1:
             raise ValueError(f"archive.threads must be >= 1, got {self.threads}")
+        if self.workers < 1:
+            raise ValueError(f"archive.workers must be >= 1, got {self.workers}")
+
+    @property
+    def work_formats(self) -> list[str]:
+        """Formats of the working shards (HDF5 and/or Parquet) that the release formats are built from."""
+        return work_formats(self.formats)
 
     @classmethod
     def from_section(cls, sec: Mapping[str, Any]) -> "ArchiveConfig":
@@ -74,6 +85,7 @@ class ArchiveConfig:
             shard_mb=float(sec.get("shard_mb", 256.0)),
             row_group_mb=float(sec.get("row_group_mb", 16.0)),
             threads=int(sec.get("threads", 2)),
+            workers=int(sec.get("workers", 2)),
         )
 
 
@@ -95,27 +107,34 @@ def shard_attrs(shard: int, generator_sha256: str, batch_size: int, device: str,
 
 
 class _Writers:
-    """Receives rendered micro-batches and writes them to every configured format."""
+    """Receives encoded micro-batches in order and writes them to every working format."""
 
     def __init__(self, lat, h5w: H5ShardWriter | None, pqw: ParquetShardWriter | None):
         self.lat, self.h5w, self.pqw = lat, h5w, pqw
         self.seeds = lat.table["seed"].to_numpy(dtype=np.int64)
         self.ids = lat.sample_ids
-        self.busy_s = 0.0
+        self.wait_s = 0.0  # waiting for the encoders
+        self.write_s = 0.0  # storing encoded bytes
 
-    def __call__(self, start: int, imgs: np.ndarray) -> None:
+    def __call__(self, pending: PendingBatch) -> None:
         t0 = time.perf_counter()
-        stop = start + len(imgs)
+        eb: EncodedBatch = pending.result()
+        t1 = time.perf_counter()
+        start, stop = eb.start, eb.start + len(eb.images)
         lab, prob, ids = self.lat.targets[start:stop], self.lat.probs[start:stop], self.ids[start:stop]
         if self.h5w is not None:
-            self.h5w.write(start, imgs, lab, prob, ids)
+            self.h5w.write(start, eb.images, lab, prob, ids, chunks=eb.chunks)
         if self.pqw is not None:
-            self.pqw.write(start, [encode_png(im) for im in imgs], lab, prob, ids, self.seeds[start:stop])
-        self.busy_s += time.perf_counter() - t0
+            self.pqw.write(start, eb.pngs, lab, prob, ids, self.seeds[start:stop])
+        self.wait_s += t1 - t0
+        self.write_s += time.perf_counter() - t1
 
 
-def _run_pipelined(batches, sink, on_batch) -> None:
-    """Feed ``batches`` to ``sink`` on a writer thread, at most two micro-batches in flight."""
+def _run_pipelined(batches, encoder: BatchEncoder, sink, on_batch) -> None:
+    """Encode ``batches`` on ``encoder``'s threads and feed them, in order, to ``sink`` on a writer thread.
+
+    At most two submitted batches wait for the writer, so the renderer runs ahead by two batches at most.
+    """
     q: queue.Queue = queue.Queue(maxsize=2)
     errors: list[BaseException] = []
 
@@ -127,18 +146,18 @@ def _run_pipelined(batches, sink, on_batch) -> None:
             if errors:
                 continue  # keep draining so the producer never blocks on a dead consumer
             try:
-                sink(*item)
+                sink(item)
             except BaseException as exc:  # noqa: BLE001 - re-raised on the main thread
                 errors.append(exc)
 
     t = threading.Thread(target=worker, name="synthcxr-shard-writer", daemon=True)
     t.start()
     try:
-        for item in batches:
+        for start, imgs in batches:
             if errors:
                 break
-            q.put(item)
-            on_batch(len(item[1]))
+            q.put(encoder.submit(start, imgs))
+            on_batch(len(imgs))
     finally:
         q.put(None)
         t.join()
@@ -157,9 +176,9 @@ def sample_shard(
 
     Every output file appears only once complete (atomic rename); on any failure none is published.
     """
-    missing = [f for f in cfg.formats if f not in outputs]
-    if missing or set(outputs) - set(cfg.formats):
-        raise ValueError(f"outputs {sorted(outputs)} must match archive.formats {cfg.formats}")
+    want = cfg.work_formats
+    if sorted(outputs) != sorted(want):
+        raise ValueError(f"outputs {sorted(outputs)} must be the working formats {want} of archive.formats {cfg.formats}")
     lat = read_latents(latents_path, cfg.labels)
     res = generator_resolution(G)
     if lat.z.shape[0] and lat.z.shape[1] != getattr(G, "latent_dim", lat.z.shape[1]):
@@ -175,14 +194,19 @@ def sample_shard(
         if "parquet" in outputs:
             pqw = stack.enter_context(ParquetShardWriter(outputs["parquet"], n, cfg.labels, attrs))
         sink = _Writers(lat, h5w, pqw)
-        with progress(total=n, desc=f"shard {lat.shard:05d}", unit="img") as bar:
-            _run_pipelined(render_batches(G, lat.z, cfg.batch_size), sink, bar.update)
+        chunk = cfg.compression if h5w is not None and h5w.direct else None
+        with BatchEncoder(cfg.workers, png=pqw is not None, chunk=chunk) as enc, \
+                progress(total=n, desc=f"shard {lat.shard:05d}", unit="img") as bar:
+            _run_pipelined(render_batches(G, lat.z, cfg.batch_size), enc, sink, bar.update)
     wall = time.perf_counter() - t0
     log.info(
-        "shard %05d: %d images at %d px -> %s in %.2fs (%.1f img/s, writer busy %.2fs)",
-        lat.shard, n, res, ", ".join(str(outputs[f]) for f in cfg.formats), wall, n / max(wall, 1e-9), sink.busy_s,
+        "shard %05d: %d images at %d px -> %s in %.2fs (%.1f img/s; %d encoder threads; writer waited %.2fs for them, "
+        "wrote for %.2fs)",
+        lat.shard, n, res, ", ".join(str(outputs[f]) for f in want), wall, n / max(wall, 1e-9), cfg.workers,
+        sink.wait_s, sink.write_s,
     )
-    return {"shard": lat.shard, "count": n, "seconds": wall, "writer_seconds": sink.busy_s, "resolution": res}
+    return {"shard": lat.shard, "count": n, "seconds": wall, "writer_wait_seconds": sink.wait_s,
+            "writer_seconds": sink.write_s, "resolution": res, "workers": cfg.workers}
 
 
 def load_generator_file(path: str | os.PathLike, device: str = "auto") -> tuple[nn.Module, str]:

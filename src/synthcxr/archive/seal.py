@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from ..utils.atomic import stale_temporaries, write_text
-from ..utils.hashing import sha256_file
+from ..utils.hashing import sha256_files
 from .card import render_card
 from .layout import CARD, SUMS
 from .verify import expected_files, read_info, verify_release
@@ -21,9 +21,10 @@ from .verify import expected_files, read_info, verify_release
 log = logging.getLogger("synthcxr")
 
 
-def write_sums(root: Path, rel_paths: list[str]) -> str:
-    """Write ``SHA256SUMS`` (``sha256sum -c`` format, sorted relative paths); returns its text."""
-    text = "".join(f"{sha256_file(root / r)}  {r}\n" for r in sorted(set(rel_paths)))
+def write_sums(root: Path, rel_paths: list[str], jobs: int = 1) -> str:
+    """Write ``SHA256SUMS`` (``sha256sum -c`` format, sorted relative paths, hashed on ``jobs`` threads); returns its text."""
+    rels = sorted(set(rel_paths))
+    text = "".join(f"{digest}  {r}\n" for r, digest in zip(rels, sha256_files([root / r for r in rels], jobs)))
     write_text(root / SUMS, text)
     return text
 
@@ -53,6 +54,6 @@ def seal_release(
     opt = lambda q: Path(q) if q is not None and Path(q).exists() else None  # noqa: E731
     text = render_card(info, opt(fid), opt(tstr), opt(memorization), opt(lco_agreement), opt(reid))
     write_text(root / CARD, text)
-    write_sums(root, sorted(expected_files(info) - {SUMS}))
+    write_sums(root, sorted(expected_files(info) - {SUMS}), jobs)
     log.info("sealed release %s: %d samples in %d shard(s)", root, info["counts"]["n_released"], info["n_shards"])
     return text

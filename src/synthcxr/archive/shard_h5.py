@@ -3,12 +3,19 @@
 Pre-sizing keeps memory bounded by one micro-batch however large the shard; ``track_times=False``
 keeps the file bytes a function of the content only, so a rerun reproduces the same SHA-256.
 The file is built under a temporary name and renamed on success: a killed job leaves no shard.
+
+Each image is one chunk. h5py serialises every HDF5 call, so compressing chunks through the HDF5
+filter would keep one core busy however many the job has; instead gzip chunks are deflated by
+:func:`deflate_image` on any thread (the same zlib stream the filter writes: the file bytes are
+identical) and stored with ``write_direct_chunk``. Finalising copies stored chunks between files the
+same way, without decompressing and compressing them again.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,7 +25,56 @@ import numpy as np
 
 from ..utils.atomic import atomic_path
 
-_COMPRESSION = {"gzip": {"compression": "gzip", "compression_opts": 4}, "lzf": {"compression": "lzf"}, "none": {}}
+#: zlib level of gzip-compressed HDF5 shards.
+GZIP_LEVEL = 4
+_COMPRESSION = {"gzip": {"compression": "gzip", "compression_opts": GZIP_LEVEL}, "lzf": {"compression": "lzf"}, "none": {}}
+#: Compressions whose stored chunk this module can build (or read) itself, off the HDF5 lock.
+DIRECT = ("gzip", "none")
+
+
+def deflate_image(image: np.ndarray) -> bytes:
+    """The stored chunk of one uint8 image in a gzip shard: what HDF5's deflate filter writes for it."""
+    return zlib.compress(np.ascontiguousarray(image, dtype=np.uint8).tobytes(), GZIP_LEVEL)
+
+
+def encode_chunk(image: np.ndarray, compression: str) -> bytes:
+    """The stored chunk of one image for ``compression`` in :data:`DIRECT` (thread-safe, releases the GIL)."""
+    if compression == "gzip":
+        return deflate_image(image)
+    if compression == "none":
+        return np.ascontiguousarray(image, dtype=np.uint8).tobytes()
+    raise ValueError(f"chunks of compression {compression!r} are built by HDF5 itself; expected one of {DIRECT}")
+
+
+def dataset_compression(ds: h5py.Dataset) -> str:
+    """The ``archive.compression`` name of an images dataset's filter pipeline (``other`` for anything else)."""
+    if ds.compression is None and not ds.shuffle and not ds.fletcher32 and not ds.scaleoffset:
+        return "none"
+    if ds.compression == "gzip" and ds.compression_opts == GZIP_LEVEL and not ds.shuffle and not ds.fletcher32:
+        return "gzip"
+    if ds.compression == "lzf" and not ds.shuffle and not ds.fletcher32:
+        return "lzf"
+    return "other"
+
+
+def read_chunks(ds: h5py.Dataset, rows) -> list[bytes]:
+    """Stored (still compressed) chunks of one-image-per-chunk ``ds`` at ``rows``."""
+    tail = (0,) * (ds.ndim - 1)
+    out = []
+    for r in rows:
+        mask, data = ds.id.read_direct_chunk((int(r), *tail))
+        if mask:
+            raise ValueError(f"{ds.file.filename}: chunk {int(r)} of {ds.name} skipped a filter (mask {mask}); cannot copy it raw")
+        out.append(bytes(data))
+    return out
+
+
+def chunk_pixels(chunk: bytes, compression: str, shape: tuple[int, int]) -> np.ndarray:
+    """uint8 image of a stored chunk read by :func:`read_chunks` (gzip or none)."""
+    raw = zlib.decompress(chunk) if compression == "gzip" else chunk
+    if len(raw) != shape[0] * shape[1]:
+        raise ValueError(f"stored chunk holds {len(raw)} bytes, expected {shape[0]} x {shape[1]}")
+    return np.frombuffer(raw, dtype=np.uint8).reshape(shape)
 
 
 class H5ShardWriter:
@@ -64,15 +120,37 @@ class H5ShardWriter:
         self._stack, self._f = stack, f
         return self
 
-    def write(self, start: int, images: np.ndarray, labels: np.ndarray, probs: np.ndarray, sample_ids: Sequence[str]) -> None:
-        """Fill rows ``[start, start + len(images))``."""
-        stop = start + len(images)
+    @property
+    def direct(self) -> bool:
+        """Whether :meth:`write` takes pre-built chunks (:func:`encode_chunk`) for this shard's compression."""
+        return self.compression in DIRECT
+
+    def write(
+        self,
+        start: int,
+        images: np.ndarray | None,
+        labels: np.ndarray,
+        probs: np.ndarray,
+        sample_ids: Sequence[str],
+        chunks: Sequence[bytes] | None = None,
+    ) -> None:
+        """Fill rows ``[start, start + len(sample_ids))`` from ``images`` or from their stored ``chunks``."""
+        stop = start + len(sample_ids)
         if start < 0 or stop > self.n:
             raise IndexError(f"{self.path}: rows [{start}, {stop}) outside shard of {self.n}")
-        if images.shape[1:] != (self.res, self.res) or images.dtype != np.uint8:
-            raise ValueError(f"{self.path}: images must be uint8 [b, {self.res}, {self.res}], got {images.dtype} {images.shape}")
         f = self._f
-        f["images"][start:stop] = images
+        if chunks is not None:
+            if not self.direct:
+                raise ValueError(f"{self.path}: {self.compression} chunks are written by HDF5; pass images")
+            if len(chunks) != stop - start:
+                raise ValueError(f"{self.path}: {len(chunks)} chunks for {stop - start} rows")
+            for i, c in enumerate(chunks, start):
+                f["images"].id.write_direct_chunk((i, 0, 0), c)
+        else:
+            if images is None or images.shape != (stop - start, self.res, self.res) or images.dtype != np.uint8:
+                got = None if images is None else (images.dtype, images.shape)
+                raise ValueError(f"{self.path}: images must be uint8 [{stop - start}, {self.res}, {self.res}], got {got}")
+            f["images"][start:stop] = images
         f["labels"][start:stop] = labels
         f["probs"][start:stop] = probs
         f["sample_id"][start:stop] = list(sample_ids)
@@ -93,7 +171,12 @@ class H5ShardWriter:
 def read_h5_attrs(path: str | os.PathLike) -> dict[str, Any]:
     """Root attributes of an HDF5 shard as plain Python values."""
     with h5py.File(path, "r") as f:
-        return {k: _plain(v) for k, v in f.attrs.items()}
+        return h5_attrs(f)
+
+
+def h5_attrs(f: h5py.File) -> dict[str, Any]:
+    """Root attributes of an open HDF5 shard as plain Python values."""
+    return {k: _plain(v) for k, v in f.attrs.items()}
 
 
 def _plain(v: Any) -> Any:

@@ -169,7 +169,12 @@ class ParquetShardWriter:
 
 def read_parquet_attrs(path: str | os.PathLike) -> dict[str, Any]:
     """The synthcxr attributes stored in a Parquet shard's schema metadata."""
-    meta = pq.read_schema(path).metadata or {}
+    return read_parquet_attrs_from_schema(pq.read_schema(path), path)
+
+
+def read_parquet_attrs_from_schema(schema: pa.Schema, name: str | os.PathLike) -> dict[str, Any]:
+    """The synthcxr attributes in ``schema``'s metadata (of the shard called ``name`` in errors)."""
+    meta = schema.metadata or {}
     if PARQUET_META_KEY not in meta:
-        raise ValueError(f"{path}: no '{PARQUET_META_KEY.decode()}' schema metadata; not an archive shard")
+        raise ValueError(f"{name}: no '{PARQUET_META_KEY.decode()}' schema metadata; not an archive shard")
     return json.loads(meta[PARQUET_META_KEY])

@@ -33,7 +33,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from ..utils.atomic import is_temporary
-from ..utils.hashing import sha256_file
+from ..utils.hashing import sha256_files
 from .contract import attr_problems, id_problems, read_shard_attrs
 from .layout import (
     ARCHIVE_JSON,
@@ -45,6 +45,7 @@ from .layout import (
     SUMS,
 )
 from .shard_parquet import decode_png
+from .shard_wds import iter_tar_samples
 
 
 @dataclass
@@ -90,14 +91,16 @@ def _all_files(root: Path) -> list[str]:
     return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
 
 
-def check_files(root: Path, info: Mapping[str, Any] | None, sealed: bool = True) -> list[Check]:
-    """SHA256SUMS entries match; every file present belongs to the release; no temporary leftovers."""
+def check_files(root: Path, info: Mapping[str, Any] | None, sealed: bool = True, jobs: int = 1) -> list[Check]:
+    """SHA256SUMS entries match (files hashed on ``jobs`` threads); every file present belongs to the release;
+    no temporary leftovers."""
     out: list[Check] = []
     listed: set[str] = set()
     sums = root / SUMS
     if sealed and not sums.exists():
         out.append(Check(SUMS, False, "missing: the release was never sealed (run snakemake, which ends with the release rule)"))
     elif sealed:
+        to_hash: list[tuple[str, str]] = []
         for no, raw in enumerate(sums.read_text().splitlines(), 1):
             if not raw.strip():
                 continue
@@ -106,13 +109,14 @@ def check_files(root: Path, info: Mapping[str, Any] | None, sealed: bool = True)
                 out.append(Check(f"{SUMS}:{no}", False, f"malformed line {raw[:80]!r}"))
                 continue
             listed.add(rel)
-            p = root / rel
-            if not p.is_file():
+            if not (root / rel).is_file():
                 out.append(Check(rel, False, "listed in SHA256SUMS but missing"))
                 continue
-            actual = sha256_file(p)
-            ok = actual == digest
-            out.append(Check(rel, ok, "checksum OK" if ok else f"checksum mismatch (SHA256SUMS {digest[:12]}..., file {actual[:12]}...)"))
+            to_hash.append((rel, digest))
+        actual = sha256_files([root / rel for rel, _ in to_hash], jobs)
+        for (rel, digest), got in zip(to_hash, actual):
+            ok = got == digest
+            out.append(Check(rel, ok, "checksum OK" if ok else f"checksum mismatch (SHA256SUMS {digest[:12]}..., file {got[:12]}...)"))
     known = expected_files(info) if info is not None else set(RELEASE_FILES)
     for rel in _all_files(root):
         name = rel.rsplit("/", 1)[-1]
@@ -252,6 +256,45 @@ def _check_parquet(path: Path, rows: pd.DataFrame, info: Mapping[str, Any]) -> l
     return problems + ([d] if d else [])
 
 
+def _check_wds(path: Path, rows: pd.DataFrame, info: Mapping[str, Any], shard: int) -> list[str]:
+    names, res = list(info["label_names"]), int(info["resolution"])
+    ids = rows["sample_id"].tolist()
+    labels = rows[names].to_numpy(np.int64)
+    probs = rows[[f"prob_{x}" for x in names]].to_numpy(np.float32)
+    seeds = rows["seed"].to_numpy(np.int64)
+    got_ids: list[str] = []
+    hashes: list[str] = []
+    problems: list[str] = []
+    with open(path, "rb") as fh:
+        for r, (key, png, meta) in enumerate(iter_tar_samples(fh, str(path))):
+            got_ids.append(key)
+            if r >= len(ids):
+                continue
+            where = f"sample {r} ({key})"
+            if meta.get("sample_id") != key or meta.get("shard") != shard or meta.get("index") != r:
+                problems.append(f"{where}: json says sample_id {meta.get('sample_id')!r}, shard {meta.get('shard')}, index {meta.get('index')}")
+            lab = meta.get("labels") or {}
+            if [lab.get(n) for n in names] != labels[r].tolist():
+                bad = next(n for j, n in enumerate(names) if lab.get(n) != labels[r, j])
+                problems.append(f"{where} label {bad}: {lab.get(bad)}, manifest {labels[r, names.index(bad)]}")
+            pr = meta.get("probs") or {}
+            if not np.array_equal(np.asarray([pr.get(n, np.nan) for n in names], np.float32), probs[r]):
+                problems.append(f"{where}: probs differ from the manifest")
+            if meta.get("seed") != int(seeds[r]):
+                problems.append(f"{where}: seed {meta.get('seed')}, manifest {int(seeds[r])}")
+            img = decode_png(png)
+            if img.shape != (res, res):
+                return problems + [f"{where}: image {img.shape}, expected {(res, res)}"]
+            hashes += _hash_rows([img])
+            if len(problems) > 5:
+                break
+    problems = id_problems(got_ids, ids) + problems
+    if not problems:
+        d = _first_diff("image pixels (sha256)", np.array(hashes, dtype=object), rows["pixel_sha256"].to_numpy(object), ids)
+        problems += [d] if d else []
+    return problems
+
+
 def check_shard(root: str, info: Mapping[str, Any], entry: Mapping[str, Any], rows: pd.DataFrame) -> list[Check]:
     """Every format of one release shard against its manifest rows (sorted by index) and archive.json."""
     out = []
@@ -261,7 +304,12 @@ def check_shard(root: str, info: Mapping[str, Any], entry: Mapping[str, Any], ro
             if not p.is_file():
                 raise FileNotFoundError("missing")
             problems = attr_problems(read_shard_attrs(p, fmt), info, entry)
-            problems += _check_h5(p, rows, info) if fmt == "h5" else _check_parquet(p, rows, info)
+            if fmt == "h5":
+                problems += _check_h5(p, rows, info)
+            elif fmt == "parquet":
+                problems += _check_parquet(p, rows, info)
+            else:
+                problems += _check_wds(p, rows, info, int(entry["shard"]))
             out.append(Check(rel, not problems, "; ".join(problems) if problems else f"{len(rows)} samples match the manifest"))
         except Exception as exc:  # noqa: BLE001 - every failure is reported, not raised
             out.append(Check(rel, False, f"{type(exc).__name__}: {exc}"))
@@ -299,8 +347,8 @@ def verify_release(path: str | os.PathLike, jobs: int = 1, sealed: bool = True) 
     try:
         info = read_info(root)
     except (OSError, ValueError) as exc:
-        return [*check_files(root, None, sealed), Check(ARCHIVE_JSON, False, str(exc))]
-    checks = check_files(root, info, sealed)
+        return [*check_files(root, None, sealed, jobs), Check(ARCHIVE_JSON, False, str(exc))]
+    checks = check_files(root, info, sealed, jobs)
     try:
         man = read_manifest(root, info)
     except Exception as exc:  # noqa: BLE001
