@@ -60,7 +60,8 @@ def write_raw_latents(path: Path, df: pd.DataFrame, z: np.ndarray, z_type: pa.Da
 
 
 def build_archive(root: Path, formats=("h5", "parquet"), compression="gzip", gate=True, seal=True, seed: int = 42,
-                  resolution: int = RES, name: str | None = None, shard_mb: float = SHARD_MB, workers: int = 2) -> dict:
+                  resolution: int = RES, name: str | None = None, shard_mb: float = SHARD_MB, workers: int = 2,
+                  png_level: int = 6) -> dict:
     """Fake the lco stage, run sample for every shard, finalise and seal; returns handy facts for tests.
 
     ``root`` plays ``results/archive/{name}``: ``root/work`` is the working area, ``root/release`` the release.
@@ -72,7 +73,7 @@ def build_archive(root: Path, formats=("h5", "parquet"), compression="gzip", gat
     clf_path = root.parent / f"{root.name}-model.pt"
     clf_path.write_bytes(b"classifier weights stand-in")
     cfg = ArchiveConfig(labels=LABELS, formats=list(formats), compression=compression, batch_size=BATCH, name=name or root.name,
-                        shard_mb=shard_mb, workers=workers)
+                        shard_mb=shard_mb, workers=workers, png_level=png_level)
     work, release = root / "work", root / "release"
     frames, zs, lat_paths = [], {}, []
     for shard, n in enumerate(SHARD_SIZES):

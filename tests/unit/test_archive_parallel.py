@@ -57,12 +57,12 @@ def test_h5_writer_refuses_chunks_it_cannot_store_directly(tmp_path):
 @pytest.mark.parametrize("workers", [1, 3, 8])
 def test_batch_encoder_output_does_not_depend_on_workers(workers):
     imgs = _images(13)
-    with BatchEncoder(workers, png=True, chunk="gzip") as enc:
+    with BatchEncoder(workers, png=6, chunk="gzip") as enc:
         got = enc.submit(5, imgs).result()
     assert got.start == 5 and got.images is imgs
     assert got.pngs == [encode_png(im) for im in imgs]
     assert got.chunks == [deflate_image(im) for im in imgs]
-    with BatchEncoder(workers, png=False, chunk=None) as enc:
+    with BatchEncoder(workers, png=None, chunk=None) as enc:
         nothing = enc.submit(0, imgs).result()
     assert nothing.pngs is None and nothing.chunks is None
 
@@ -144,3 +144,19 @@ def test_parallel_hashing_matches_serial(tmp_path):
         p.write_bytes(np.random.default_rng(i).bytes(100_000 + i))
         paths.append(p)
     assert sha256_files(paths, jobs=3) == [sha256_file(p) for p in paths] == sha256_files(paths, jobs=1)
+
+
+def test_png_level_is_recorded_and_regenerate_reproduces_it(tmp_path):
+    from synthcxr.archive.regenerate import regenerate_sample
+
+    fast = build_archive(tmp_path / "fast", png_level=1, formats=("parquet", "webdataset"))
+    default = build_archive(tmp_path / "default", formats=("parquet",))
+    assert fast["info"]["png_compress_level"] == 1 and default["info"]["png_compress_level"] == 6
+    man = pd.read_parquet(fast["release"] / "manifest.parquet")
+    a = pq.read_table(fast["release"] / "parquet/shard-00000.parquet").column("image").combine_chunks().field("bytes").to_pylist()
+    b = pq.read_table(default["release"] / "parquet/shard-00000.parquet").column("image").combine_chunks().field("bytes").to_pylist()
+    assert a[0] != b[0] and a[0] == encode_png(decode_png(b[0]), 1)  # same pixels, level-1 bytes
+    assert json.loads(pq.read_schema(fast["release"] / "parquet/shard-00000.parquet").metadata[b"synthcxr"])["png_compress_level"] == 1
+    res = regenerate_sample(fast["release"], man["sample_id"].iloc[2], fast["G"])
+    assert res.identical and set(res.matches) == {"parquet", "webdataset"}
+    assert all(c.ok for c in verify_release(fast["release"]))

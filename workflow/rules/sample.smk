@@ -6,7 +6,7 @@ from synthcxr.archive.layout import work_formats  # noqa: E402
 # The sample rule renders working shards (HDF5 and/or Parquet); the release's formats are built from them.
 WORK_FORMATS = work_formats(config["archive"]["formats"])
 # Keys that change rendered bytes: only these rerun sampling (shard sizes, license or adding WebDataset do not).
-SAMPLE_CFG = {**stage("archive", ["batch_size", "compression", "threads"]), "formats": WORK_FORMATS}
+SAMPLE_CFG = {**stage("archive", ["batch_size", "compression", "png_level", "threads"]), "formats": WORK_FORMATS}
 SAMPLE_CFG = {k: SAMPLE_CFG[k] for k in sorted(SAMPLE_CFG)}
 # archive.workers sets the CPU workers of sample, finalize and release; their outputs never depend on it.
 RELEASE_CFG = stage("archive", [k for k in config["archive"] if k != "workers"])

@@ -49,21 +49,23 @@ class PendingBatch:
         return EncodedBatch(self.start, self.images, pngs, chunks)
 
 
-def _encode_slice(images: np.ndarray, png: bool, chunk: str | None) -> tuple[list[bytes] | None, list[bytes] | None]:
-    return ([encode_png(im) for im in images] if png else None, [encode_chunk(im, chunk) for im in images] if chunk else None)
+def _encode_slice(images: np.ndarray, png: int | None, chunk: str | None) -> tuple[list[bytes] | None, list[bytes] | None]:
+    pngs = None if png is None else [encode_png(im, png) for im in images]
+    return pngs, [encode_chunk(im, chunk) for im in images] if chunk else None
 
 
 class BatchEncoder:
-    """``with BatchEncoder(workers, png=True, chunk="gzip") as enc: enc.submit(start, images).result()``.
+    """``with BatchEncoder(workers, png=6, chunk="gzip") as enc: enc.submit(start, images).result()``.
 
-    ``png``: build PNG bytes (Parquet, WebDataset); ``chunk``: build stored HDF5 chunks for this
-    compression (``gzip``/``none``; ``None`` when HDF5 is not written or compresses itself, e.g. lzf).
+    ``png``: zlib level of the PNG bytes to build (Parquet, WebDataset), ``None`` for none; ``chunk``: build
+    stored HDF5 chunks for this compression (``gzip``/``none``; ``None`` when HDF5 is not written or
+    compresses itself, e.g. lzf).
     """
 
-    def __init__(self, workers: int, png: bool, chunk: str | None):
+    def __init__(self, workers: int, png: int | None, chunk: str | None):
         if workers < 1:
             raise ValueError(f"archive.workers must be >= 1, got {workers}")
-        self.workers, self.png, self.chunk = int(workers), bool(png), chunk
+        self.workers, self.png, self.chunk = int(workers), png, chunk
         self._pool: ThreadPoolExecutor | None = None
 
     def __enter__(self) -> "BatchEncoder":
@@ -79,7 +81,7 @@ class BatchEncoder:
         """Queue the encoding of ``images`` (rows ``start..``) and return at once."""
         assert self._pool is not None, "BatchEncoder used outside its with-block"
         n = len(images)
-        if not (self.png or self.chunk) or n == 0:
+        if (self.png is None and not self.chunk) or n == 0:
             return PendingBatch(start, images, [])
         step = max(1, math.ceil(n / (2 * self.workers)))
         parts = [self._pool.submit(_encode_slice, images[s : s + step], self.png, self.chunk) for s in range(0, n, step)]

@@ -244,18 +244,20 @@ def finalize_archive(
     lats = [read_latents(lp, names) for lp in sorted(latents_paths, key=lambda p: Path(p).name)]
     if not lats:
         raise ValueError("finalize_archive: no latents shards given")
-    res_seen, bs_seen, threads_seen, devices = set(), set(), set(), set()
+    res_seen, bs_seen, threads_seen, devices, png_seen = set(), set(), set(), set(), set()
     for lat in lats:
         a = check_work_shard(work, lat, wfmts, gen_sha)
         res_seen.add(int(a["resolution"]))
         bs_seen.add(int(a["batch_size"]))
         threads_seen.add(a.get("render_threads"))
+        png_seen.add(int(a.get("png_compress_level", PNG_COMPRESS_LEVEL)))
         devices.add(str(a.get("render_device", "cpu")))
-    if len(res_seen) > 1 or len(bs_seen) > 1 or len(threads_seen) > 1:
+    if len(res_seen) > 1 or len(bs_seen) > 1 or len(threads_seen) > 1 or len(png_seen) > 1:
         raise ValueError(
-            f"{work}: working shards disagree on resolution {sorted(res_seen)}, batch_size {sorted(bs_seen)} or "
-            f"render threads {sorted(map(str, threads_seen))}; rerun sample for all shards"
+            f"{work}: working shards disagree on resolution {sorted(res_seen)}, batch_size {sorted(bs_seen)}, "
+            f"render threads {sorted(map(str, threads_seen))} or PNG level {sorted(png_seen)}; rerun sample for all shards"
         )
+    png_level = png_seen.pop()
     full = pd.concat([rendered_frame(lat, names) for lat in lats], ignore_index=True)
     if full["sample_id"].duplicated().any():
         raise ValueError(f"{work}: sample_id {full.loc[full['sample_id'].duplicated(), 'sample_id'].iloc[0]!r} appears in two shards")
@@ -273,7 +275,7 @@ def finalize_archive(
         "generator_sha256": gen_sha,
         "resolution": res,
         "label_names": names,
-        "png_compress_level": PNG_COMPRESS_LEVEL,
+        "png_compress_level": png_level,
         "package_version": __version__,
         "archive": cfg.name,
     }
@@ -334,7 +336,7 @@ def finalize_archive(
         "formats": list(cfg.formats),
         "work_formats": wfmts,
         "compression": cfg.compression,
-        "png_compress_level": PNG_COMPRESS_LEVEL,
+        "png_compress_level": png_level,
         "shard_mb": cfg.shard_mb,
         "row_group_rows": row_group_rows,
         "n_shards": len(shards_info),

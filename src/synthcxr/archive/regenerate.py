@@ -15,6 +15,7 @@ import argparse
 import logging
 import os
 import sys
+import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,8 +82,8 @@ def render_batch_latents(root: Path, info: dict, render_shard: int, render_index
     return z, render_index - start
 
 
-def stored_copies(root: Path, info: dict, shard: int, index: int) -> dict[str, np.ndarray | bytes]:
-    """The released h5 pixels and/or Parquet PNG bytes of one sample."""
+def stored_copies(root: Path, info: dict, shard: int, index: int, sample_id: str) -> dict[str, np.ndarray | bytes]:
+    """The released h5 pixels and/or Parquet and WebDataset PNG bytes of one sample."""
     entry = next(sh for sh in info["shards"] if int(sh["shard"]) == shard)
     out: dict[str, np.ndarray | bytes] = {}
     if "h5" in entry["files"]:
@@ -91,6 +92,10 @@ def stored_copies(root: Path, info: dict, shard: int, index: int) -> dict[str, n
     if "parquet" in entry["files"]:
         t = pq.read_table(root / entry["files"]["parquet"], columns=["index", "image"], filters=[("index", "==", index)])
         out["parquet"] = t.column("image").combine_chunks().field("bytes")[0].as_py()
+    if "webdataset" in entry["files"]:
+        with tarfile.open(root / entry["files"]["webdataset"], "r") as tf:
+            fh = tf.extractfile(f"{sample_id}.png")
+            out["webdataset"] = fh.read() if fh is not None else b""
     return out
 
 
@@ -103,7 +108,7 @@ def regenerate_sample(release_dir: str | os.PathLike, sample_id: str, G: nn.Modu
     img = render_batch(G, z)[pos]
     png = encode_png(img, int(info.get("png_compress_level", 6)))
     res = Regenerated(sample_id, int(row["shard"]), int(row["index"]), img, png)
-    for fmt, stored in stored_copies(root, info, res.shard, res.index).items():
+    for fmt, stored in stored_copies(root, info, res.shard, res.index, sample_id).items():
         res.matches[fmt] = bool(np.array_equal(stored, img)) if fmt == "h5" else stored == png
     return res
 

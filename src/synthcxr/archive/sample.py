@@ -55,6 +55,7 @@ class ArchiveConfig:
     row_group_mb: float = 16.0
     threads: int = 2
     workers: int = 2
+    png_level: int = PNG_COMPRESS_LEVEL
 
     def __post_init__(self) -> None:
         self.formats = canonical_formats(self.formats)
@@ -66,6 +67,8 @@ class ArchiveConfig:
             raise ValueError(f"archive.threads must be >= 1, got {self.threads}")
         if self.workers < 1:
             raise ValueError(f"archive.workers must be >= 1, got {self.workers}")
+        if not 0 <= self.png_level <= 9:
+            raise ValueError(f"archive.png_level must be 0..9, got {self.png_level}")
 
     @property
     def work_formats(self) -> list[str]:
@@ -86,10 +89,12 @@ class ArchiveConfig:
             row_group_mb=float(sec.get("row_group_mb", 16.0)),
             threads=int(sec.get("threads", 2)),
             workers=int(sec.get("workers", 2)),
+            png_level=int(sec.get("png_level", PNG_COMPRESS_LEVEL)),
         )
 
 
-def shard_attrs(shard: int, generator_sha256: str, batch_size: int, device: str, resolution: int, threads: int | None = None) -> dict[str, Any]:
+def shard_attrs(shard: int, generator_sha256: str, batch_size: int, device: str, resolution: int, threads: int | None = None,
+                png_level: int = PNG_COMPRESS_LEVEL) -> dict[str, Any]:
     """Attributes every working shard file carries (HDF5 root attrs, Parquet schema metadata)."""
     attrs = {
         "format_version": FORMAT_VERSION,
@@ -100,7 +105,7 @@ def shard_attrs(shard: int, generator_sha256: str, batch_size: int, device: str,
         "batch_size": int(batch_size),
         "render_device": device,
         "resolution": int(resolution),
-        "png_compress_level": PNG_COMPRESS_LEVEL,
+        "png_compress_level": int(png_level),
         "package_version": __version__,
     }
     return {k: v for k, v in attrs.items() if v is not None}  # HDF5 attributes cannot hold None
@@ -184,7 +189,7 @@ def sample_shard(
     if lat.z.shape[0] and lat.z.shape[1] != getattr(G, "latent_dim", lat.z.shape[1]):
         raise ValueError(f"{latents_path}: latents have length {lat.z.shape[1]} but the generator expects {G.latent_dim}")
     dev = next((p.device.type for p in G.parameters()), "cpu")
-    attrs = shard_attrs(lat.shard, generator_sha256, cfg.batch_size, dev, res, torch.get_num_threads())
+    attrs = shard_attrs(lat.shard, generator_sha256, cfg.batch_size, dev, res, torch.get_num_threads(), cfg.png_level)
     n = len(lat)
     t0 = time.perf_counter()
     with contextlib.ExitStack() as stack:
@@ -195,7 +200,7 @@ def sample_shard(
             pqw = stack.enter_context(ParquetShardWriter(outputs["parquet"], n, cfg.labels, attrs))
         sink = _Writers(lat, h5w, pqw)
         chunk = cfg.compression if h5w is not None and h5w.direct else None
-        with BatchEncoder(cfg.workers, png=pqw is not None, chunk=chunk) as enc, \
+        with BatchEncoder(cfg.workers, png=cfg.png_level if pqw is not None else None, chunk=chunk) as enc, \
                 progress(total=n, desc=f"shard {lat.shard:05d}", unit="img") as bar:
             _run_pipelined(render_batches(G, lat.z, cfg.batch_size), enc, sink, bar.update)
     wall = time.perf_counter() - t0
