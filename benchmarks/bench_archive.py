@@ -20,7 +20,8 @@ Sections, each measured in this one run, A and B interleaved, best (min time) an
    release with ``synthcxr.archive.stream`` from Parquet, WebDataset and HDF5 shards (pixels checked
    against the manifest, as by default).
 5. **Memory flat in archive size**: peak RSS of a fresh process sampling, and of one streaming the
-   release, at ``--sizes`` samples (64 px), and the manifest row groups read per epoch (goal: one scan).
+   release (above a baseline taken after a warm-up), at ``--sizes`` samples (64 px), and the manifest row
+   groups read per epoch (goal: one scan).
 """
 
 from __future__ import annotations
@@ -277,6 +278,7 @@ def child(args) -> None:
         G = BankGenerator(phantom_bank(64, 16))
         cfg = ArchiveConfig(labels=LABELS, batch_size=64, workers=2)
         lat = sorted((folder / "latents").glob("shard-*.parquet"))
+        sample_s(G, lat[:1], folder / "warm-up", cfg)  # lazy imports and allocator pools before the baseline
         base, peak, secs = watch_peak(lambda: sample_s(G, lat, folder / "shards", cfg))
         n = sum(len(pd.read_parquet(p, columns=["index"])) for p in lat)
         print(json.dumps({"n": n, "rss_before_mib": base, "peak_rss_mib": peak, "seconds": secs}))
@@ -288,8 +290,11 @@ def child(args) -> None:
     rel = folder / "release"
     s = sa.stream(rel, format="parquet", shuffle=256)
 
+    items = s.partition(0, 1)
+    next(items)  # lazy imports (decoder, tensors) before the baseline
+
     def run() -> int:
-        return sum(1 for _ in s.partition(0, 1))
+        return 1 + sum(1 for _ in items)
 
     base, peak, n = watch_peak(run)
     groups = pq.ParquetFile(rel / "manifest.parquet").num_row_groups
@@ -330,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--loader-workers", type=int, default=2)
     ap.add_argument("--target-rate", type=float, default=100.0, help="img/s a GPU renders (stand-in)")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--sizes", type=int, nargs="*", default=[1000, 10000], help="archive sizes for the memory runs")
+    ap.add_argument("--sizes", type=int, nargs="*", default=[1000, 10000, 30000], help="archive sizes for the memory runs")
     ap.add_argument("--skip", nargs="*", default=[], choices=["generator", "writer", "consumer", "memory"])
     ap.add_argument("--quick", action="store_true", help="tiny counts, one repeat (smoke run)")
     ap.add_argument("--json", help="also write every number here")

@@ -6,8 +6,8 @@ The file is built under a temporary name and renamed on success: a killed job le
 
 Each image is one chunk. h5py serialises every HDF5 call, so compressing chunks through the HDF5
 filter would keep one core busy however many the job has; instead gzip chunks are deflated by
-:func:`deflate_image` on any thread (the same zlib stream the filter writes: the file bytes are
-identical) and stored with ``write_direct_chunk``. Finalising copies stored chunks between files the
+:func:`deflate_image` on any thread (the same zlib stream the filter stores for that image) and
+stored with ``write_direct_chunk``. Finalising copies stored chunks between files the
 same way, without decompressing and compressing them again.
 """
 
@@ -118,6 +118,7 @@ class H5ShardWriter:
         for k, v in {**self.attrs, "count": n, "resolution": R, "label_names": self.label_names}.items():
             f.attrs[k] = v
         self._stack, self._f = stack, f
+        self._ds = {k: f[k] for k in ("images", "labels", "probs", "sample_id")}  # looked up once, not per write
         return self
 
     @property
@@ -138,26 +139,28 @@ class H5ShardWriter:
         stop = start + len(sample_ids)
         if start < 0 or stop > self.n:
             raise IndexError(f"{self.path}: rows [{start}, {stop}) outside shard of {self.n}")
-        f = self._f
+        ds = self._ds
         if chunks is not None:
             if not self.direct:
                 raise ValueError(f"{self.path}: {self.compression} chunks are written by HDF5; pass images")
             if len(chunks) != stop - start:
                 raise ValueError(f"{self.path}: {len(chunks)} chunks for {stop - start} rows")
+            dsid = ds["images"].id
             for i, c in enumerate(chunks, start):
-                f["images"].id.write_direct_chunk((i, 0, 0), c)
+                dsid.write_direct_chunk((i, 0, 0), c)
         else:
             if images is None or images.shape != (stop - start, self.res, self.res) or images.dtype != np.uint8:
                 got = None if images is None else (images.dtype, images.shape)
                 raise ValueError(f"{self.path}: images must be uint8 [{stop - start}, {self.res}, {self.res}], got {got}")
-            f["images"][start:stop] = images
-        f["labels"][start:stop] = labels
-        f["probs"][start:stop] = probs
-        f["sample_id"][start:stop] = list(sample_ids)
+            ds["images"][start:stop] = images
+        ds["labels"][start:stop] = labels
+        ds["probs"][start:stop] = probs
+        ds["sample_id"][start:stop] = list(sample_ids)
         self._filled[start:stop] = True
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         assert self._stack is not None and self._f is not None
+        self._ds = {}
         self._f.close()
         if exc_type is None and not self._filled.all():
             missing = int((~self._filled).sum())

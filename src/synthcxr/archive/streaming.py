@@ -185,8 +185,8 @@ class ReleaseStream(IterableDataset):
         for g in range(meta.num_row_groups):
             st = meta.row_group(g).column(col).statistics
             lo, hi = (int(st.min), int(st.max)) if st is not None and st.has_min_max else (min(self.entries), max(self.entries))
-            for s in self.entries:
-                if lo <= s <= hi:
+            for s in range(lo, hi + 1):  # one shard per row group in releases written since the manifest was aligned
+                if s in self.entries:
                     out.setdefault(s, []).append(g)
         return out
 
@@ -198,6 +198,9 @@ class ReleaseStream(IterableDataset):
             for g in range(pf.num_row_groups):
                 t = pf.read_row_group(g, columns=["shard", "index", *self.require, *self.exclude]).to_pandas()
                 for s, rows in t.groupby("shard"):
+                    if int(s) not in self.entries:
+                        raise ValueError(f"{self._path(MANIFEST)}: rows of shard {int(s)}, which archive.json does not list; "
+                                         "run 'synthcxr verify' on the release")
                     keep = self._keep(rows).astype(np.int64)
                     cum = out.setdefault(int(s), np.zeros(int(self.entries[int(s)]["count"]) + 1, np.int64))
                     np.add.at(cum, rows["index"].to_numpy(np.int64) + 1, keep)
@@ -244,7 +247,11 @@ class ReleaseStream(IterableDataset):
         total = min(loads) if (self.equal_ranks and world > 1) else loads[rank]
         by_worker = deal(mine, num_workers)
         q = quotas([sum(mine[i].n for i in idx) for idx in by_worker], total)
-        return [mine[i] for i in by_worker[worker]], q[worker]
+        own = [mine[i] for i in by_worker[worker]]
+        first = {}  # pieces of one shard back to back (in dealt order), so its manifest rows are read once
+        for k, u in enumerate(own):
+            first.setdefault(u.shard, k)
+        return sorted(own, key=lambda u: first[u.shard]), q[worker]
 
     def __len__(self) -> int:
         rank, world = _rank_world(self.rank, self.world_size)
