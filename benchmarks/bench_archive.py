@@ -19,9 +19,9 @@ Sections, each measured in this one run, A and B interleaved, best (min time) an
 4. **Consumer throughput**: img/s through a ``torch.utils.data.DataLoader`` (2 workers) streaming the
    release with ``synthcxr.archive.stream`` from Parquet, WebDataset and HDF5 shards (pixels checked
    against the manifest, as by default).
-5. **Memory flat in archive size**: peak RSS of a fresh process sampling, and of one streaming the
-   release (above a baseline taken after a warm-up), at ``--sizes`` samples (64 px), and the manifest row
-   groups read per epoch (goal: one scan).
+5. **Memory flat in archive size**: peak RSS of a fresh process sampling one shard of ``--sizes`` samples,
+   and of one streaming a release of that many (above a baseline taken after a warm-up; 64 px), and the
+   manifest row groups read per epoch (goal: one scan).
 """
 
 from __future__ import annotations
@@ -278,7 +278,8 @@ def child(args) -> None:
         G = BankGenerator(phantom_bank(64, 16))
         cfg = ArchiveConfig(labels=LABELS, batch_size=64, workers=2)
         lat = sorted((folder / "latents").glob("shard-*.parquet"))
-        sample_s(G, lat[:1], folder / "warm-up", cfg)  # lazy imports and allocator pools before the baseline
+        warm = write_fake_latents(folder / "warm-up", 256, 256, 8, seed=4)
+        sample_s(G, warm, folder / "warm-up", cfg)  # lazy imports and allocator pools before the baseline
         base, peak, secs = watch_peak(lambda: sample_s(G, lat, folder / "shards", cfg))
         n = sum(len(pd.read_parquet(p, columns=["index"])) for p in lat)
         print(json.dumps({"n": n, "rss_before_mib": base, "peak_rss_mib": peak, "seconds": secs}))
@@ -306,11 +307,11 @@ def child(args) -> None:
 def section_memory(args, log: dict, tmp: Path) -> None:
     for size in args.sizes:
         d = tmp / f"m{size}"
-        write_fake_latents(d, size, 1000, 8, seed=3)
+        write_fake_latents(d, size, size, 8, seed=3)  # one sample job (one LCO shard) of `size` samples
         out = subprocess.run([sys.executable, __file__, "--child", str(d), "--child-mode", "sample"], capture_output=True,
                              text=True, check=True, timeout=3600)
         r = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"[5] sampling {r['n']:>7} samples (64 px): peak RSS {r['peak_rss_mib']:.0f} MiB (before {r['rss_before_mib']:.0f} MiB)")
+        print(f"[5] sampling one shard of {r['n']:>7} samples (64 px): peak RSS {r['peak_rss_mib']:.0f} MiB (before {r['rss_before_mib']:.0f} MiB)")
         log.setdefault("memory", {}).setdefault("sample", {})[size] = r
     for size in args.sizes:
         d = tmp / f"s{size}"

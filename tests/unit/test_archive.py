@@ -105,7 +105,7 @@ def test_parquet_shard_hf_image_convention(arch):
     assert feats["Effusion"] == {"dtype": "int8", "_type": "Value"}
     assert str(tbl.schema.field("image").type) == "struct<bytes: binary, path: string>"
     assert str(tbl.schema.field("Nodule").type) == "int8" and str(tbl.schema.field("prob_Nodule").type) == "float"
-    assert pq.ParquetFile(path).num_row_groups == 3  # ceil(9 / 4) micro-batches, one row group each
+    assert pq.ParquetFile(path).num_row_groups == 1  # row groups by PNG bytes (2 MiB), not one per micro-batch
     df = pd.read_parquet(path)
     assert list(df["sample_id"]) == [f"syn-00001-{i:04d}" for i in range(9)]
     assert list(df["image"].map(lambda d: d["path"])) == [f"{s}.png" for s in df["sample_id"]]

@@ -161,3 +161,26 @@ def test_png_level_is_recorded_and_regenerate_reproduces_it(tmp_path):
     res = regenerate_sample(fast["release"], man["sample_id"].iloc[2], fast["G"])
     assert res.identical and set(res.matches) == {"parquet", "webdataset"}
     assert all(c.ok for c in verify_release(fast["release"]))
+
+
+def test_working_parquet_row_groups_are_sized_by_png_bytes(tmp_path):
+    from synthcxr.archive.shard_parquet import ParquetShardWriter
+
+    imgs = _images(40, res=32, seed=3)
+    pngs = [encode_png(im) for im in imgs]
+    limit = sum(len(p) for p in pngs[:8])  # about 8 images a group, whole writes of 4
+    lab, prob = np.zeros((40, 2), np.int8), np.zeros((40, 2), np.float32)
+    with ParquetShardWriter(tmp_path / "s.parquet", 40, ["a", "b"], row_group_bytes=limit) as w:
+        for s in range(0, 40, 4):
+            w.write(s, pngs[s : s + 4], lab[s : s + 4], prob[s : s + 4], [f"x{i}" for i in range(s, s + 4)], range(s, s + 4))
+    pf = pq.ParquetFile(tmp_path / "s.parquet")
+    sizes = [pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)]
+    assert sum(sizes) == 40 and all(k % 4 == 0 for k in sizes) and 1 < len(sizes) < 10
+    start = 0
+    for k in sizes[:-1]:  # every group but the last reached the byte limit, and only with its last write
+        got = sum(len(p) for p in pngs[start : start + k])
+        assert got >= limit > got - sum(len(p) for p in pngs[start + k - 4 : start + k])
+        start += k
+    assert pq.read_table(tmp_path / "s.parquet").column("image").combine_chunks().field("bytes").to_pylist() == pngs
+    with pytest.raises(ValueError, match="not both"):
+        ParquetShardWriter(tmp_path / "t.parquet", 1, ["a"], row_group_rows=1, row_group_bytes=1)

@@ -25,6 +25,6 @@ def test_bench_archive_smoke(tmp_path, capsys, monkeypatch):
         assert re.search(rf"^\[4\]\s+32 px stream {fmt}\s*:\s+[\d.]+ img/s best", out, flags=re.M), out
     streams = re.findall(r"^\[5\] streaming\s+(\d+) samples .* manifest row groups read (\d+) of (\d+)", out, flags=re.M)
     assert [s[0] for s in streams] == ["40", "80"] and all(s[1] == s[2] for s in streams), out
-    assert len(re.findall(r"^\[5\] sampling\s+\d+ samples", out, flags=re.M)) == 2, out
+    assert len(re.findall(r"^\[5\] sampling one shard of\s+\d+ samples", out, flags=re.M)) == 2, out
     log = json.loads(out_json.read_text())
     assert set(log["32"]) == {"generator", "writer", "end_to_end", "consumer"} and set(log["memory"]) == {"sample", "stream"}

@@ -30,7 +30,7 @@ from ..utils.hashing import sha256_file
 from ..utils.runtime import fixed_threads, progress, resolve_device
 from .contract import ROLE_WORK
 from .encode import BatchEncoder, EncodedBatch, PendingBatch
-from .layout import FORMAT_VERSION, PNG_COMPRESS_LEVEL, canonical_formats, work_formats
+from .layout import FORMAT_VERSION, PNG_COMPRESS_LEVEL, WORK_ROW_GROUP_MB, canonical_formats, work_formats
 from .render import generator_resolution, render_batches
 from .shard_h5 import H5ShardWriter
 from .shard_parquet import ParquetShardWriter
@@ -197,7 +197,8 @@ def sample_shard(
         if "h5" in outputs:
             h5w = stack.enter_context(H5ShardWriter(outputs["h5"], n, res, cfg.labels, cfg.compression, attrs))
         if "parquet" in outputs:
-            pqw = stack.enter_context(ParquetShardWriter(outputs["parquet"], n, cfg.labels, attrs))
+            pqw = stack.enter_context(ParquetShardWriter(outputs["parquet"], n, cfg.labels, attrs,
+                                                         row_group_bytes=WORK_ROW_GROUP_MB << 20))
         sink = _Writers(lat, h5w, pqw)
         chunk = cfg.compression if h5w is not None and h5w.direct else None
         with BatchEncoder(cfg.workers, png=cfg.png_level if pqw is not None else None, chunk=chunk) as enc, \

@@ -23,7 +23,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ..utils.atomic import atomic_path
+from ..utils.atomic import atomic_path, finish_rows
 
 #: zlib level of gzip-compressed HDF5 shards.
 GZIP_LEVEL = 4
@@ -162,12 +162,7 @@ class H5ShardWriter:
         assert self._stack is not None and self._f is not None
         self._ds = {}
         self._f.close()
-        if exc_type is None and not self._filled.all():
-            missing = int((~self._filled).sum())
-            exc = RuntimeError(f"{self.path}: {missing} of {self.n} rows never written; shard not published")
-            self._stack.__exit__(type(exc), exc, None)
-            raise exc
-        self._stack.__exit__(exc_type, exc, tb)
+        finish_rows(self._stack, self.path, self.n, int(self._filled.sum()), (exc_type, exc, tb))
         return False
 
 

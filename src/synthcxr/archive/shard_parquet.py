@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from ..utils.atomic import atomic_path
+from ..utils.atomic import atomic_path, finish_rows
 from .layout import PARQUET_META_KEY, PNG_COMPRESS_LEVEL
 
 IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
@@ -81,15 +81,25 @@ class ParquetShardWriter:
         label_names: Sequence[str],
         attrs: dict[str, Any] | None = None,
         row_group_rows: int | None = None,
+        row_group_bytes: int | None = None,
     ):
-        """``row_group_rows``: buffer rows into row groups of this many (None: one group per write)."""
+        """Row groups of ``row_group_rows`` rows, or of whole writes until ``row_group_bytes`` of PNG bytes
+        (the writer does not know image sizes in advance), or one per write when neither is given.
+
+        Row groups bound the writer's memory and, as each adds to the footer kept until close, their size
+        keeps that bounded too: one group per 16-image write would cost ~1 MiB of footer per 1,000 rows.
+        """
+        if row_group_rows is not None and row_group_bytes is not None:
+            raise ValueError("give row_group_rows or row_group_bytes, not both")
         self.path = Path(path)
         self.n = int(n)
         self.label_names = list(label_names)
         self.schema = shard_schema(self.label_names, {**(attrs or {}), "count": self.n})
         self.row_group_rows = None if row_group_rows is None else max(1, int(row_group_rows))
+        self.row_group_bytes = None if row_group_bytes is None else max(1, int(row_group_bytes))
         self._buffer: list[pa.Table] = []
         self._buffered = 0
+        self._buffered_bytes = 0
         self._written = 0
         self._stack: contextlib.ExitStack | None = None
         self._writer: pq.ParquetWriter | None = None
@@ -130,19 +140,27 @@ class ParquetShardWriter:
         ]
         table = pa.Table.from_arrays(cols, schema=self.schema)
         self._written += b
-        if self.row_group_rows is None:
+        if self.row_group_rows is None and self.row_group_bytes is None:
             self._writer.write_table(table)
             return
         self._buffer.append(table)
         self._buffered += b
-        if self._buffered >= self.row_group_rows:
+        self._buffered_bytes += sum(len(p) for p in png)
+        if self.row_group_rows is not None and self._buffered >= self.row_group_rows:
             self._flush(final=False)
+        elif self.row_group_bytes is not None and self._buffered_bytes >= self.row_group_bytes:
+            self._flush(final=True)
 
     def _flush(self, final: bool) -> None:
         """Write buffered rows as full row groups (and, when ``final``, the remainder)."""
         if not self._buffer:
             return
         table = pa.concat_tables(self._buffer)
+        self._buffered_bytes = 0
+        if self.row_group_rows is None:  # sized by bytes: everything buffered is one group
+            self._writer.write_table(table, row_group_size=max(1, table.num_rows))
+            self._buffer, self._buffered = [], 0
+            return
         keep = 0 if final else table.num_rows % self.row_group_rows
         out, rest = table.slice(0, table.num_rows - keep), table.slice(table.num_rows - keep)
         if out.num_rows:
@@ -153,17 +171,12 @@ class ParquetShardWriter:
         assert self._stack is not None and self._writer is not None
         err: BaseException | None = None
         try:
-            if exc_type is None and self.row_group_rows is not None:
+            if exc_type is None:
                 self._flush(final=True)
         except BaseException as e:  # noqa: BLE001 - the temporary file must still be removed
             err = e
         self._writer.close()
-        if err is None and exc_type is None and self._written != self.n:
-            err = RuntimeError(f"{self.path}: {self.n - self._written} of {self.n} rows never written; shard not published")
-        if err is not None:
-            self._stack.__exit__(type(err), err, None)
-            raise err
-        self._stack.__exit__(exc_type, exc, tb)
+        finish_rows(self._stack, self.path, self.n, self._written, (exc_type, exc, tb), err)
         return False
 
 

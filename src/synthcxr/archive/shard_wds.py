@@ -19,7 +19,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from ..utils.atomic import atomic_path
+from ..utils.atomic import atomic_path, finish_rows
 
 #: Owner, group and mtime of every member: fixed so tar bytes never depend on who or when.
 _OWNER, _MTIME = "synthcxr", 0
@@ -83,12 +83,7 @@ class WdsShardWriter:
             self._tar.close()  # closes the tar stream (end blocks); the file handle closes with the stack
         except BaseException as e:  # noqa: BLE001 - the temporary file must still be removed
             err = e
-        if err is None and exc_type is None and self._written != self.n:
-            err = RuntimeError(f"{self.path}: {self.n - self._written} of {self.n} rows never written; shard not published")
-        if err is not None:
-            self._stack.__exit__(type(err), err, None)
-            raise err
-        self._stack.__exit__(exc_type, exc, tb)
+        finish_rows(self._stack, self.path, self.n, self._written, (exc_type, exc, tb), err)
         return False
 
 

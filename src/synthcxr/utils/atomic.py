@@ -67,6 +67,20 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             stale.unlink()
 
 
+def finish_rows(stack: contextlib.ExitStack, path: str | os.PathLike, n: int, written: int, exc_info: tuple,
+                err: BaseException | None = None) -> None:
+    """Leave a row writer's ``atomic_path`` block (held by ``stack``): publish the file when all ``n`` rows were
+    written and nothing failed; otherwise remove the temporary and raise (``err``, or the missing-rows error).
+    ``exc_info`` is the writer's ``__exit__`` arguments."""
+    exc_type = exc_info[0]
+    if err is None and exc_type is None and written != n:
+        err = RuntimeError(f"{path}: {n - written} of {n} rows never written; shard not published")
+    if err is not None:
+        stack.__exit__(type(err), err, None)
+        raise err
+    stack.__exit__(*exc_info)
+
+
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
