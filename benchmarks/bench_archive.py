@@ -58,11 +58,15 @@ SHA = "0" * 64
 
 # ----------------------------------------------------------------------------------------------- inputs
 def network_for(res: int) -> dict:
-    """Generator sizes: the demo config at <= 64 px, the NIH example above (its real 1024 px network)."""
+    """Generator sizes and archive.batch_size: the demo config at <= 64 px, the NIH example above (its real
+    1024 px network)."""
     src = "config.yaml" if res <= 64 else "examples/nih-cxr14.yaml"
-    p = read_config_file(REPO_ROOT / "config" / src)["pggan"]
-    base = read_config_file(REPO_ROOT / "config" / "config.yaml")["pggan"]
-    return {k: int(p.get(k, base[k])) for k in ("latent_dim", "fmap_base", "fmap_max")} | {"source": src}
+    conf = read_config_file(REPO_ROOT / "config" / src)
+    base = read_config_file(REPO_ROOT / "config" / "config.yaml")
+    p = conf["pggan"]
+    out = {k: int(p.get(k, base["pggan"][k])) for k in ("latent_dim", "fmap_base", "fmap_max")}
+    batch = int(conf.get("archive", {}).get("batch_size", base["archive"]["batch_size"]))
+    return out | {"source": src, "batch": batch}
 
 
 def make_generator(res: int) -> nn.Module:
@@ -152,7 +156,7 @@ def section_generator(args, res: int, log: dict, tmp: Path) -> float:
     G = make_generator(res)
     net = network_for(res)
     n = scaled(args.gen_n, res, 8)
-    batch = min(args.batch, n)
+    batch = min(args.batch or net["batch"], n)
     lat = write_fake_latents(tmp / f"e{res}", n, n, G.latent_dim, seed=1)
     z = _z(lat)
     bare_s(G, z[:batch], batch)  # warm-up
@@ -182,7 +186,8 @@ def section_writer(args, res: int, g_rate: float, log: dict, tmp: Path) -> None:
     secs: dict[int, list[float]] = {k: [] for k in cores}
     for r in range(args.repeats):  # interleaved: every worker count sees the same machine load
         for k in cores:
-            cfg = ArchiveConfig(labels=LABELS, batch_size=args.batch, workers=k, png_level=args.png_level)
+            cfg = ArchiveConfig(labels=LABELS, batch_size=args.batch or network_for(res)["batch"], workers=k,
+                                png_level=args.png_level)
             secs[k].append(sample_s(G, lat, tmp / f"w{res}" / f"out{r}-{k}", cfg))
     size = sum(p.stat().st_size for p in (tmp / f"w{res}" / f"out0-{cores[0]}").iterdir()) / n
     rate1 = stats(n, secs[1])[0]
@@ -196,7 +201,7 @@ def section_writer(args, res: int, g_rate: float, log: dict, tmp: Path) -> None:
               f"{args.target_rate:.0f} img/s")
     per_core = out[max(cores)]["best"] / max(cores)
     need = args.target_rate / per_core
-    print(f"[2] {res:>4} px: {n} images, PNG level {args.png_level}, {size / 1024:.0f} KiB/sample (h5 + parquet working "
+    print(f"[2] {res:>4} px: {n} images, batch {args.batch or network_for(res)['batch']}, PNG level {args.png_level}, {size / 1024:.0f} KiB/sample (h5 + parquet working "
           f"shards); at {per_core:.1f} img/s per core, {args.target_rate:.0f} img/s needs about {need:.1f} cores of archive.workers")
     log[res]["writer"] = {"per_worker_count": out, "bytes_per_sample": size, "cores_for_target": need,
                           "target_rate": args.target_rate, "png_level": args.png_level, "n": n}
@@ -327,7 +332,7 @@ def section_memory(args, log: dict, tmp: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--res", type=int, nargs="+", default=[64, 256, 1024])
-    ap.add_argument("--batch", type=int, default=16, help="archive.batch_size")
+    ap.add_argument("--batch", type=int, help="archive.batch_size (default: the config the resolution's network is from)")
     # counts at 64 px; larger resolutions use the same number of pixels (with a floor)
     ap.add_argument("--gen-n", type=int, default=128, help="images per generator / sample-job timing (floor 8)")
     ap.add_argument("--writer-n", type=int, default=2048, help="images per writer timing (floor 32)")
