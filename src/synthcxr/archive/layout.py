@@ -22,8 +22,8 @@ PNG_COMPRESS_LEVEL = 6
 FORMATS = {"h5": "h5", "parquet": "parquet", "webdataset": "tar"}
 #: Formats of the working shards the sample rule renders; WebDataset tars are built from the Parquet PNGs.
 WORK_FORMATS = ("h5", "parquet")
-#: PNG MiB per row group of a working Parquet shard: bounds the sample job's memory (and the footer it keeps
-#: until close) whatever the shard size; the release's row groups are ``archive.row_group_mb`` instead.
+#: PNG MiB per row group of a working Parquet shard (whole micro-batches; the release's row groups are
+#: ``archive.row_group_mb`` instead): few row groups at small resolutions, a bounded buffer at any.
 WORK_ROW_GROUP_MB = 2
 #: Schema-metadata key under which Parquet shards carry the same attributes as HDF5 shards.
 PARQUET_META_KEY = b"synthcxr"

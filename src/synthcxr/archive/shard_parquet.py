@@ -86,8 +86,8 @@ class ParquetShardWriter:
         """Row groups of ``row_group_rows`` rows, or of whole writes until ``row_group_bytes`` of PNG bytes
         (the writer does not know image sizes in advance), or one per write when neither is given.
 
-        Row groups bound the writer's memory and, as each adds to the footer kept until close, their size
-        keeps that bounded too: one group per 16-image write would cost ~1 MiB of footer per 1,000 rows.
+        Buffered rows bound the writer's memory; larger groups mean fewer footer entries (about 1.6 KiB
+        each) and fewer reads for whoever scans the shard.
         """
         if row_group_rows is not None and row_group_bytes is not None:
             raise ValueError("give row_group_rows or row_group_bytes, not both")
