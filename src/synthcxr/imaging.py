@@ -15,7 +15,8 @@ def uint8_to_float(x: np.ndarray | torch.Tensor) -> torch.Tensor:
 
 def float_to_uint8(x: torch.Tensor) -> torch.Tensor:
     """float in [-1, 1] -> uint8 with round-half-to-even, clamped. Deterministic on every device."""
-    return ((x.detach().float() + 1.0) * 127.5).round().clamp_(0, 255).to(torch.uint8)
+    y = x.detach().float() + 1.0  # a new tensor: the in-place steps below never touch ``x``
+    return y.mul_(127.5).round_().clamp_(0, 255).to(torch.uint8)
 
 
 def resize_batch(x: torch.Tensor, res: int) -> torch.Tensor:
