@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from .layout import FORMATS, stream_format
 from .shard_parquet import hf_features
 
 
@@ -168,26 +169,20 @@ def _hf_dtype(feature: Mapping[str, Any]) -> str:
     return "image" if feature.get("_type") == "Image" else str(feature["dtype"])
 
 
-def fm_format(info: Mapping[str, Any]) -> str:
-    """The format the card's ``train`` split points at: Parquet, else WebDataset, else HDF5."""
-    return next(f for f in ("parquet", "webdataset", "h5") if f in info["formats"])
-
-
 def front_matter(info: Mapping[str, Any]) -> dict[str, Any]:
     """Hugging Face dataset-card metadata for a release: one ``train`` split over Parquet shards (else the
     WebDataset tars, else HDF5)."""
     n = int(info["counts"]["n_released"])
     cfg = info.get("config") or {}
     license_id = str((cfg.get("archive") or {}).get("license", "other")) if isinstance(cfg, Mapping) else "other"
-    fmt = fm_format(info)
-    ext = {"parquet": "parquet", "webdataset": "tar", "h5": "h5"}[fmt]
+    fmt = stream_format(info["formats"])
     meta: dict[str, Any] = {
         "pretty_name": f"synthcxr synthetic chest X-rays: {info['name']}",
         "license": license_id,
         "task_categories": ["image-classification"],
         "tags": ["synthetic", "medical", "chest-x-ray", "multi-label"],
         "size_categories": [_size_category(n)],
-        "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": f"{fmt}/*.{ext}"}]}],
+        "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": f"{fmt}/*.{FORMATS[fmt]}"}]}],
     }
     if fmt == "parquet":
         feats = hf_features(info["label_names"])
@@ -236,7 +231,7 @@ def render_card(
         "## How to read it",
         "",
         "```python",
-        f"import datasets; ds = datasets.load_dataset(\"path/to/release\", split=\"train\")   # {fm_format(info)} shards",
+        f"import datasets; ds = datasets.load_dataset(\"path/to/release\", split=\"train\")   # {stream_format(info['formats'])} shards",
         "import pandas as pd; df = pd.read_parquet(\"path/to/release/manifest.parquet\")    # one row per sample",
         "import synthcxr.archive; arc = synthcxr.archive.open(\"path/to/release\")          # checked reader",
         "```",

@@ -38,14 +38,9 @@ class PendingBatch:
         return len(self.images)
 
     def result(self) -> EncodedBatch:
-        pngs: list[bytes] | None = None
-        chunks: list[bytes] | None = None
-        for fut in self._parts:
-            p, c = fut.result()
-            if p is not None:
-                pngs = (pngs or []) + p
-            if c is not None:
-                chunks = (chunks or []) + c
+        parts = [fut.result() for fut in self._parts]
+        pngs = [b for p, _ in parts for b in p] if parts and parts[0][0] is not None else None
+        chunks = [b for _, c in parts for b in c] if parts and parts[0][1] is not None else None
         return EncodedBatch(self.start, self.images, pngs, chunks)
 
 

@@ -55,6 +55,12 @@ def canonical_formats(formats) -> list[str]:
     return [f for f in FORMATS if f in formats]
 
 
+def stream_format(formats) -> str:
+    """The format a reader of whole files prefers among ``formats``: Parquet, else WebDataset, else HDF5
+    (the card's ``train`` split and ``stream``'s default)."""
+    return next(f for f in ("parquet", "webdataset", "h5") if f in formats)
+
+
 def work_formats(formats) -> list[str]:
     """Working shard formats the release ``formats`` need: HDF5 for h5, Parquet (PNG bytes) for parquet and webdataset."""
     formats = canonical_formats(formats)

@@ -11,7 +11,6 @@ the manifest's ``pixel_sha256``.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ import h5py
 import numpy as np
 import pyarrow.parquet as pq
 
+from ..utils.hashing import pixel_sha256
 from .layout import release_shard_relpath, work_shard_relpath
 from .shard_h5 import DIRECT, H5ShardWriter, chunk_pixels, dataset_compression, read_chunks
 from .shard_parquet import ParquetShardWriter, decode_png
@@ -28,11 +28,6 @@ from .shard_wds import WdsShardWriter
 
 #: Rows read, copied and written at a time: bounds a job's memory (256 x 1 MiB at 1024 px).
 BLOCK = 256
-
-
-def pixel_sha256(image: np.ndarray) -> str:
-    """SHA-256 of an image's raw uint8 pixels (row-major): the manifest's proof of every pixel."""
-    return hashlib.sha256(np.ascontiguousarray(image, dtype=np.uint8).tobytes()).hexdigest()
 
 
 @dataclass
@@ -111,8 +106,7 @@ def _blocks(job: ShardJob) -> Iterator[_Block]:
                 chunks = pngs = None
                 if raw:
                     chunks = read_chunks(ds, rows)
-                    comp = dataset_compression(ds)
-                    pixels = [chunk_pixels(c, comp, (job.resolution, job.resolution)) for c in chunks]
+                    pixels = [chunk_pixels(c, job.compression, (job.resolution, job.resolution)) for c in chunks]
                 elif ds is not None:
                     pixels = list(ds[rows])  # increasing rows: one h5py fancy read
                 if want_png or ds is None:

@@ -27,7 +27,6 @@ the workers keep the epoch they started with).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -40,13 +39,12 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from ..utils.hashing import pixel_sha256
 from .contract import attr_problems
-from .layout import ARCHIVE_JSON, FORMAT_VERSION, MANIFEST, SUMS
+from .layout import ARCHIVE_JSON, FORMAT_VERSION, MANIFEST, SUMS, stream_format
 from .shard_parquet import decode_png, read_parquet_attrs_from_schema
 from .shard_wds import iter_tar_samples
 
-#: Preferred format to stream when none is asked for: whole-file sequential reads first.
-STREAM_ORDER = ("parquet", "webdataset", "h5")
 #: With fewer shards than this many per rank, shards are split into row ranges so every rank gets work.
 UNITS_PER_RANK = 8
 #: Rows of an HDF5 shard read at a time.
@@ -138,7 +136,7 @@ class ReleaseStream(IterableDataset):
         self.label_names: list[str] = list(self.info["label_names"])
         self.resolution = int(self.info["resolution"])
         avail = list(self.info["formats"])
-        self.format = format or next(f for f in STREAM_ORDER if f in avail)
+        self.format = format or stream_format(avail)
         if self.format not in avail:
             raise ValueError(f"{self.url}: format {self.format!r} not in this release; it has {avail}")
         if decode not in ("float", "uint8"):
@@ -349,7 +347,7 @@ class ReleaseStream(IterableDataset):
         img = decode_png(enc) if isinstance(enc, (bytes, bytearray)) else np.asarray(enc, dtype=np.uint8)
         if img.shape != (self.resolution, self.resolution):
             raise ValueError(f"{where}: image {img.shape}, archive.json says {self.resolution} px")
-        if digest is not None and hashlib.sha256(np.ascontiguousarray(img).tobytes()).hexdigest() != digest:
+        if digest is not None and pixel_sha256(img) != digest:
             raise ValueError(f"{where}: pixels of sample {sid!r} do not hash to the manifest's pixel_sha256; "
                              "the shard was altered: run 'synthcxr verify' on the release")
         if self.decode == "uint8":

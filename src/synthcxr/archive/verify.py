@@ -17,7 +17,6 @@ about to write) before it seals a release.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
@@ -33,7 +32,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from ..utils.atomic import is_temporary
-from ..utils.hashing import sha256_files
+from ..utils.hashing import pixel_sha256, sha256_files
 from .contract import attr_problems, id_problems, read_shard_attrs
 from .layout import (
     ARCHIVE_JSON,
@@ -190,10 +189,6 @@ def _first_diff(name: str, got: np.ndarray, want: np.ndarray, ids: Sequence[str]
     return f"{where} ({int(diff.any(axis=tuple(range(1, diff.ndim))).sum()) if diff.ndim > 1 else int(diff.sum())} row(s) differ)"
 
 
-def _hash_rows(images) -> list[str]:
-    return [hashlib.sha256(np.ascontiguousarray(im, dtype=np.uint8).tobytes()).hexdigest() for im in images]
-
-
 def _check_h5(path: Path, rows: pd.DataFrame, info: Mapping[str, Any]) -> list[str]:
     names, res = list(info["label_names"]), int(info["resolution"])
     ids = rows["sample_id"].tolist()
@@ -215,7 +210,7 @@ def _check_h5(path: Path, rows: pd.DataFrame, info: Mapping[str, Any]) -> list[s
                 problems.append(d)
         hashes: list[str] = []
         for s in range(0, n, 256):  # decompress every chunk; bounded memory
-            hashes += _hash_rows(f["images"][s : s + 256])
+            hashes += [pixel_sha256(im) for im in f["images"][s : s + 256]]
     d = _first_diff("/images pixels (sha256)", np.array(hashes, dtype=object), rows["pixel_sha256"].to_numpy(object), ids)
     return problems + ([d] if d else [])
 
@@ -251,7 +246,7 @@ def _check_parquet(path: Path, rows: pd.DataFrame, info: Mapping[str, Any]) -> l
             img = decode_png(b)
             if img.shape != (res, res):
                 return problems + [f"row {r}: image {img.shape}, expected {(res, res)}"]
-            hashes += _hash_rows([img])
+            hashes.append(pixel_sha256(img))
     d = _first_diff("image pixels (sha256)", np.array(hashes, dtype=object), rows["pixel_sha256"].to_numpy(object), ids)
     return problems + ([d] if d else [])
 
@@ -285,7 +280,7 @@ def _check_wds(path: Path, rows: pd.DataFrame, info: Mapping[str, Any], shard: i
             img = decode_png(png)
             if img.shape != (res, res):
                 return problems + [f"{where}: image {img.shape}, expected {(res, res)}"]
-            hashes += _hash_rows([img])
+            hashes.append(pixel_sha256(img))
             if len(problems) > 5:
                 break
     problems = id_problems(got_ids, ids) + problems
