@@ -3,11 +3,12 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from sklearn.metrics import roc_auc_score
 
 from synthcxr.labels import PHANTOM_LABELS
 from synthcxr.validate.diversity import cooccurrence, prevalence, run_diversity, sample_rows
-from synthcxr.validate.tstr import paired_difference, summarise_arms
+from synthcxr.validate.tstr import paired_difference, run_tstr, summarise_arms
 
 
 def test_prevalence_and_cooccurrence_by_hand():
@@ -80,3 +81,44 @@ def test_paired_difference_matches_sklearn_and_summary():
     assert d_syn == pytest.approx(roc_auc_score(y[:, 0], ens_syn[:, 0]) - roc_auc_score(y[:, 0], ens_real[:, 0]))
     assert set(s["difference_from_real"]) == {"synthetic", "real+synthetic"}
     assert s["meets_target"] == (s["arms"]["synthetic"]["mean_auroc_findings"] >= 0.8)
+
+
+class _Const(torch.nn.Module):
+    """Stand-in classifier: the same logits for every image."""
+
+    input_res = 16
+
+    def __init__(self, n_labels: int):
+        super().__init__()
+        self.logits = torch.linspace(-1, 1, n_labels)
+
+    def forward(self, x):
+        return self.logits.expand(len(x), -1)
+
+
+@pytest.mark.parametrize("epochs", [None, 3])
+def test_run_tstr_gives_every_arm_the_same_recipe_and_tstr_epochs(tmp_path, tiny_prepared, epochs):
+    labels = list(PHANTOM_LABELS)
+    seen = []
+
+    def trainer(sec, source, prepared, run_dir, log_file):
+        seen.append((sec["name"], sec["epochs"], sec["patience"], sec["samples_per_epoch"], sec["seed_offset"]))
+        return {"n_train": 1, "steps": 10 * sec["epochs"], "epochs_run": sec["epochs"], "best_epoch": sec["epochs"]}
+
+    clf = {"labels": labels, "epochs": 7, "patience": 2, "batch_size": 8, "bootstrap": 20, "seed": 0, "checker": {"name": "x"}}
+    out = run_tstr(clf, tmp_path / "arch", tiny_prepared, tmp_path / "runs", tmp_path / "t.json", tmp_path / "t.png",
+                   seeds=2, epochs=epochs, trainer=trainer, loader=lambda path, device: _Const(len(labels)))
+    want = 7 if epochs is None else epochs
+    assert [s[0] for s in seen] == [f"tstr-{a}-seed{k}" for a in ("real", "synthetic", "real+synthetic") for k in (0, 1)]
+    # every run: the epochs asked for, patience past them (no early stop), one epoch = the real train split
+    n_real = {s[3] for s in seen}
+    assert {s[1] for s in seen} == {want} and {s[2] for s in seen} == {want + 1} and len(n_real) == 1
+    assert [s[4] for s in seen] == [100, 101] * 3
+    js = json.loads((tmp_path / "t.json").read_text())
+    assert js["epochs"] == want and js["seeds"] == 2 and js["steps_per_run"] == [10 * want]
+    assert out["arms"]["synthetic"]["mean_auroc_findings"] == pytest.approx(0.5)  # constant scores
+
+
+def test_run_tstr_refuses_zero_epochs(tmp_path, tiny_prepared):
+    with pytest.raises(ValueError, match="validate.tstr_epochs"):
+        run_tstr({"labels": ["No_Finding"]}, tmp_path, tiny_prepared, tmp_path, tmp_path / "t.json", tmp_path / "t.png", epochs=0)

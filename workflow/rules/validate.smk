@@ -132,6 +132,7 @@ rule validate_tstr:
     params:
         cfg=stage("classifier"),
         seeds=config["validate"]["tstr_seeds"],
+        epochs=config["validate"]["tstr_epochs"],
     log:
         f"{ALOGS}/validate_tstr.log",
     threads: 2

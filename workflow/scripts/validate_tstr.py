@@ -13,5 +13,6 @@ run_tstr(
     out_json=sm.output.tstr,
     out_png=sm.output.bars,
     seeds=int(sm.params.seeds),
+    epochs=sm.params.epochs,
     log_file=sm.log[0],
 )

@@ -158,22 +158,28 @@ def run_tstr(
     out_png: str | os.PathLike,
     seeds: int = 3,
     log_file: str | os.PathLike | None = None,
+    epochs: int | None = None,
     trainer: Callable[..., dict] | None = None,
     loader: Callable[..., torch.nn.Module] | None = None,
 ) -> dict:
     """Stage entry point: trains every arm x seed under ``out_dir`` and writes tstr.json + AUROC bars.
 
-    ``trainer``/``loader`` default to :func:`synthcxr.classifier.train_classifier` / ``load_classifier``.
+    ``epochs`` (``validate.tstr_epochs``) overrides the recipe's epoch count for every arm alike; ``None``
+    keeps the classifier's own. ``trainer``/``loader`` default to :func:`synthcxr.classifier.train_classifier` / ``load_classifier``.
     """
     setup_logging(log_file)
     if seeds < 1:
         raise ValueError(f"validate.tstr_seeds: must be at least 1, got {seeds}")
+    if epochs is not None and epochs < 1:
+        raise ValueError(f"validate.tstr_epochs: must be at least 1 (or null for the classifier's own), got {epochs}")
     if trainer is None or loader is None:
         from ..classifier import load_classifier, train_classifier
 
         trainer = trainer or train_classifier
         loader = loader or load_classifier
     base = {k: v for k, v in dict(clf_section).items() if k != "checker"}
+    if epochs is not None:
+        base["epochs"] = int(epochs)
     labels = list(base["labels"])
     prep = PreparedDataset(prepared_dir)
     n_real = int((prep.table["split"] == "train").sum())
@@ -204,6 +210,7 @@ def run_tstr(
     groups = test_rows["patient_key"].to_numpy() if "patient_key" in test_rows.columns else None
     result = summarise_arms(y_ref, probs, labels, groups, int(base.get("bootstrap", 1000)), int(base.get("seed", 0)) + 5)
     result["seeds"] = seeds
+    result["epochs"] = int(base.get("epochs", 25))
     result["runs"] = runs
     result["steps_per_run"] = sorted({r["steps"] for rs in runs.values() for r in rs if r["steps"] is not None})
     write_json(out_json, result)
