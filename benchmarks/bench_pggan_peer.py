@@ -8,12 +8,17 @@ the peer's ``optimizeParameters``, which does the same and averages its own G co
 ``--steps`` iterations alternate between the two ``--repeats`` times; the script prints img/s best and
 median for each and the ratio synthcxr / peer, per network.
 
+``--profile`` then runs two more iterations of each under ``torch.profiler`` and prints the share of
+time spent in convolutions (forward and backward kernels, self time) and how many were called (forward
+and backward calls; a call may hold several minibatches). ``peer total / synthcxr convolution time``
+bounds the ratio any change outside the convolution kernels can reach (Amdahl).
+
 Only compatibility is patched in the peer: its optimizers pass ``betas`` as a list, which current torch
 rejects, so the benchmark builds the same Adam with a tuple.
 
     git clone https://github.com/facebookresearch/pytorch_GAN_zoo /tmp/pytorch_GAN_zoo
     python benchmarks/bench_pggan_peer.py --peer /tmp/pytorch_GAN_zoo [--config config/config.yaml]
-        [--nets demo karras32] [--steps 4] [--repeats 5] [--threads 2] [--amp]
+        [--nets demo karras32] [--steps 4] [--repeats 5] [--threads 2] [--amp] [--profile]
 """
 
 from __future__ import annotations
@@ -73,7 +78,22 @@ def timed(fn, steps: int) -> float:
     return time.perf_counter() - t
 
 
-def compare(name: str, cfg: PGGANConfig, peer_root: str, steps: int, repeats: int, amp: bool = False) -> float:
+def conv_profile(fn, iterations: int = 2) -> tuple[float, float, int]:
+    """(total self seconds, convolution self seconds, convolution calls) over ``iterations`` calls of ``fn``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(iterations):
+            fn()
+    events = prof.key_averages()
+    conv = [e for e in events if "convolution" in e.key]  # the wrappers' self time is ~0, the kernels' is all
+    calls = sum(e.count for e in events if e.key in ("aten::convolution", "aten::convolution_backward"))
+    total = sum(e.self_cpu_time_total for e in events) / 1e6
+    return total, sum(e.self_cpu_time_total for e in conv) / 1e6, calls
+
+
+def compare(name: str, cfg: PGGANConfig, peer_root: str, steps: int, repeats: int, amp: bool = False,
+            profile: bool = False) -> float:
     res = cfg.resolution
     batch = int(cfg.minibatch[str(res)])
     torch.manual_seed(0)
@@ -107,6 +127,12 @@ def compare(name: str, cfg: PGGANConfig, peer_root: str, steps: int, repeats: in
     print(f"  peer     img/s best {peer_best:8.2f} median {peer_med:8.2f}")
     print(f"  ratio synthcxr/peer: median {ratio:.2f}x, best {ours_best / peer_best:.2f}x "
           f"({repeats} x {steps} iterations each, interleaved)")
+    if profile:
+        (ot, oc, on), (pt, pc, pn) = conv_profile(ours_step), conv_profile(peer_step)
+        print(f"  convolutions (profiler, 2 iterations): synthcxr {oc / ot:.1%} of {ot:.2f} s ({on} calls), "
+              f"peer {pc / pt:.1%} of {pt:.2f} s ({pn} calls)")
+        print(f"  bound on the ratio from everything but the convolution kernels: {pt / oc:.2f}x "
+              f"(peer total / synthcxr convolution time)")
     return ratio
 
 
@@ -119,13 +145,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--amp", action="store_true", help="train synthcxr with pggan.amp (bf16 autocast on CPU)")
+    ap.add_argument("--profile", action="store_true", help="also print each one's convolution share (torch.profiler)")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     base = section(load_config(a.config or REPO_ROOT / "config" / "config.yaml"), "pggan")
     for name in a.nets:
         over = NETS[name] or {}
         cfg = PGGANConfig.from_dict({**base, **over, "device": "cpu"})
-        compare(name, cfg, a.peer, a.steps, a.repeats, a.amp)
+        compare(name, cfg, a.peer, a.steps, a.repeats, a.amp, a.profile)
     return 0
 
 
