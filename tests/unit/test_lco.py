@@ -627,3 +627,28 @@ def test_patience_gives_up_attempts_whose_loss_stopped_falling(models):
     ok_full = optimise_latents(G, C, THR, np.tile(RARE, (16, 1)), np.arange(16), _cfg(retries=1, patience=None))
     ok_pat = optimise_latents(G, C, THR, np.tile(RARE, (16, 1)), np.arange(16), _cfg(retries=1, patience=20))
     assert ok_pat["success"].mean() >= ok_full["success"].mean() - 1 / 16
+
+
+def test_give_up_after_skips_retries_of_a_combination_that_never_succeeds(models):
+    G, C = models
+    impossible = {**THR, "Cardiomegaly": 1.0}  # no latent can clear a threshold of 1
+    never, reachable = [1, 0, 0, 0], [0, 1, 1, 0]
+    tgt = np.array([never] * 6 + [reachable] * 10, dtype=np.float32)
+    seeds = np.arange(16) + 300
+    kw = dict(steps=3, lr=0.05, retries=3, patience=None, batch_size=16)  # few steps: some reachable ones need retries
+    full = optimise_latents(G, C, impossible, tgt, seeds, _cfg(**kw))
+    cut = optimise_latents(G, C, impossible, tgt, seeds, _cfg(**kw, give_up_after=2))
+    hopeless = np.arange(16) < 6
+    # without it every attempt of the hopeless combination runs to the step limit; with it, its six first
+    # attempts fail together and no retry follows
+    assert (full["attempts"][hopeless] == 4).all() and (cut["attempts"][hopeless] == 1).all()
+    assert (cut["g_evals"][hopeless] == 4).all() and (full["g_evals"][hopeless] == 4 * 4).all()
+    assert all(r.endswith("failed every attempt in the shard") for r in cut["reason"][hopeless])
+    assert not any("skipped" in r for r in full["reason"])
+    # a combination that succeeds keeps its retries: the same outcome sample by sample
+    assert full["success"][~hopeless].any() and (full["attempts"][~hopeless] > 1).any()
+    for col in ("success", "attempts", "steps", "g_evals"):
+        assert full[col][~hopeless].tolist() == cut[col][~hopeless].tolist(), col
+    np.testing.assert_allclose(np.stack(cut["z"][~hopeless]), np.stack(full["z"][~hopeless]), atol=1e-5)
+    with pytest.raises(ValueError, match="give_up_after"):
+        optimise_latents(G, C, THR, tgt, seeds, _cfg(give_up_after=0))

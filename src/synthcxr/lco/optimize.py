@@ -27,7 +27,10 @@ Why the details are the way they are:
   :func:`success_rule` on the thresholds themselves.
 * Samples that fail after ``steps`` updates are retried from a fresh seed derived from the sample seed and
   the attempt number, up to ``retries`` times; a sample that never succeeds is kept with
-  ``success=False`` and a reason, and the archive stage decides what to do with it.
+  ``success=False`` and a reason, and the archive stage decides what to do with it. With
+  ``give_up_after`` k, a retry is skipped once the sample's label combination has failed k attempts in
+  the shard without a single success: a combination the generator and classifier cannot meet together
+  would otherwise spend every retry of every one of its samples to the step limit.
 * ``mode: pool`` (the default) amortises the start: the job draws one pool of prior latents for its
   whole shard, in blocks of ``pool_block`` from the shard's seed, and scores each latent once. Targets
   are matched to pool members rarest first (the combination with the fewest members clearing it per
@@ -91,6 +94,7 @@ class LCOConfig:
     memory_mb: float | None = None
     amp: str = "none"
     patience: int | None = 20
+    give_up_after: int | None = None
     device: str = "auto"
 
     @classmethod
@@ -114,6 +118,7 @@ class LCOConfig:
             memory_mb=None if cfg.get("memory_mb") is None else float(cfg["memory_mb"]),
             amp=str(cfg.get("amp", cls.amp)),
             patience=None if cfg.get("patience", cls.patience) is None else int(cfg.get("patience", cls.patience)),
+            give_up_after=None if cfg.get("give_up_after") is None else int(cfg["give_up_after"]),
             device=str(cfg.get("device", cls.device)),
         )
         if out.steps < 0 or out.batch_size < 1 or out.retries < 0 or out.lr <= 0 or out.prior_weight < 0 or out.margin < 0 or out.init_candidates < 1:
@@ -124,6 +129,8 @@ class LCOConfig:
             raise ValueError(f"lco config: need pool_factor >= 1, pool_block >= 1 and memory_mb > 0 (or null); got {out}")
         if out.patience is not None and out.patience < 1:
             raise ValueError(f"lco.patience: need a positive step count or null, got {out.patience}")
+        if out.give_up_after is not None and out.give_up_after < 1:
+            raise ValueError(f"lco.give_up_after: need a positive attempt count or null, got {out.give_up_after}")
         if out.amp not in AMP_MODES:
             raise ValueError(f"lco.amp: {out.amp!r} is not one of {', '.join(AMP_MODES)}")
         return out
@@ -338,6 +345,7 @@ class _Results:
     attempts: np.ndarray  # [n] int64
     seed: np.ndarray  # [n] int64: seed of the last attempt
     success: np.ndarray  # [n] bool
+    gave_up: np.ndarray  # [n] bool: retries skipped, its combination having failed give_up_after attempts
 
 
 def _optimise_stream(
@@ -371,6 +379,10 @@ def _optimise_stream(
     tgt_all = torch.as_tensor(targets[:, used], dtype=torch.float32, device=device)
     k = cfg.init_candidates
     queue = deque(work)
+    # per label combination: attempts failed and samples met in this shard (pool accepts included)
+    combo = np.unique(targets[:, used] >= 0.5, axis=0, return_inverse=True)[1].reshape(-1)
+    fails = np.zeros(combo.max(initial=-1) + 1, dtype=np.int64)
+    wins = np.bincount(combo[out.success], minlength=len(fails))
     rows = np.empty(0, dtype=np.int64)
     att = np.empty(0, dtype=np.int64)
     t = np.empty(0, dtype=np.int64)
@@ -384,7 +396,14 @@ def _optimise_stream(
         nonlocal rows, att, t, best, stale, z, m, v
         new = []
         while queue and len(rows) + len(new) < step_batch:
-            new.append(queue.popleft())
+            w = queue.popleft()
+            c = combo[w[0]]
+            if w[1] > 0 and cfg.give_up_after is not None and wins[c] == 0 and fails[c] >= cfg.give_up_after:
+                out.gave_up[w[0]] = True  # its last attempt's z and probs stand
+                if bar is not None:
+                    bar.update(1)
+                continue
+            new.append(w)
         if not new:
             return
         r = np.array([w[0] for w in new], dtype=np.int64)
@@ -448,6 +467,8 @@ def _optimise_stream(
             step = (mi / (1 - _BETA1**tt)) / ((vi / (1 - _BETA2**tt)).sqrt() + _EPS)
             zc = z[keep_t] - cfg.lr * step
         done = ~cont
+        np.add.at(fails, combo[rows[failed]], 1)
+        np.add.at(wins, combo[rows[ok]], 1)
         if done.any():
             out.z[rows[done]] = z[torch.as_tensor(done, device=device)].detach().float().cpu().numpy()
             for i, a in zip(rows[failed], att[failed]):
@@ -467,7 +488,9 @@ def _optimise_stream(
             z, m, v = z[:0].detach(), m[:0], v[:0]
 
 
-def _reason(probs: np.ndarray, target: np.ndarray, space: LabelSpace, attempts: int, steps: int, margin: float) -> str:
+def _reason(
+    probs: np.ndarray, target: np.ndarray, space: LabelSpace, attempts: int, steps: int, margin: float, gave_up: bool = False
+) -> str:
     lo, hi = margin_thresholds(space.thresholds, margin)
     unmet = []
     for j, name in enumerate(space.labels):
@@ -478,7 +501,8 @@ def _reason(probs: np.ndarray, target: np.ndarray, space: LabelSpace, attempts: 
         elif target[j] < 0.5 and not probs[j] <= np.float32(lo[j]):
             unmet.append(f"{name} p={probs[j]:.4f}>{lo[j]:.4f}")
     past = f" by {margin:g} logits" if margin else ""
-    return f"target not met{past} after {attempts} attempt(s) of up to {steps} steps; unmet: {', '.join(unmet)}"
+    skipped = "; further retries skipped: its label combination failed every attempt in the shard" if gave_up else ""
+    return f"target not met{past} after {attempts} attempt(s) of up to {steps} steps; unmet: {', '.join(unmet)}{skipped}"
 
 
 @dataclass
@@ -602,6 +626,7 @@ def optimise_latents(
         attempts=np.zeros(n, dtype=np.int64),
         seed=seeds.copy(),
         success=np.zeros(n, dtype=bool),
+        gave_up=np.zeros(n, dtype=bool),
     )
     bar = progress(total=n, desc="lco", unit="sample")
     stats = None
@@ -640,7 +665,8 @@ def optimise_latents(
     z_out, probs_out, steps_out, evals_out, grads_out = res.z, res.probs, res.steps, res.g_evals, res.grad_steps
     attempts_out, seed_out, success_out = res.attempts, res.seed, res.success
     reasons = [
-        "" if success_out[i] else _reason(probs_out[i], targets[i], space, int(attempts_out[i]), lc.steps, lc.margin) for i in range(n)
+        "" if success_out[i] else _reason(probs_out[i], targets[i], space, int(attempts_out[i]), lc.steps, lc.margin, bool(res.gave_up[i]))
+        for i in range(n)
     ]
     out = pd.DataFrame({"seed": seed_out, "attempts": attempts_out, "z": list(z_out)})
     for j, name in enumerate(labels):
