@@ -600,7 +600,7 @@ def test_run_shard_with_project_generator_and_classifier(tmp_path):
     arch = default_arch("small_cnn", len(LABELS), 16, 8)
     C = clf.Classifier(arch, LABELS, 16)
     torch_save({"arch": arch, "state_dict": C.state_dict(), "meta": {"label_names": LABELS, "input_res": 16}}, tmp_path / "model.pt")
-    section = {**_cfg(steps=3, retries=1, batch_size=3), "plan": {"mode": "balanced", "n_samples": 4}, "shard_size": 4, "seed": 1}
+    section = {**_cfg(steps=3, retries=1, batch_size=3, give_up_after=None), "plan": {"mode": "balanced", "n_samples": 4}, "shard_size": 4, "seed": 1}
     write_plan(make_plan(section, LABELS, None, seed=1), tmp_path / "plan.parquet")
     # thresholds no random latent can meet: every sample runs all steps of every attempt
     (tmp_path / "thresholds.json").write_text(json.dumps({n: 1.0 for n in LABELS}))
@@ -636,7 +636,7 @@ def test_give_up_after_skips_retries_of_a_combination_that_never_succeeds(models
     tgt = np.array([never] * 6 + [reachable] * 10, dtype=np.float32)
     seeds = np.arange(16) + 300
     kw = dict(steps=3, lr=0.05, retries=3, patience=None, batch_size=16)  # few steps: some reachable ones need retries
-    full = optimise_latents(G, C, impossible, tgt, seeds, _cfg(**kw))
+    full = optimise_latents(G, C, impossible, tgt, seeds, _cfg(**kw, give_up_after=None))
     cut = optimise_latents(G, C, impossible, tgt, seeds, _cfg(**kw, give_up_after=2))
     hopeless = np.arange(16) < 6
     # without it every attempt of the hopeless combination runs to the step limit; with it, its six first

@@ -94,7 +94,7 @@ class LCOConfig:
     memory_mb: float | None = None
     amp: str = "none"
     patience: int | None = 20
-    give_up_after: int | None = None
+    give_up_after: int | None = 1
     device: str = "auto"
 
     @classmethod
@@ -118,7 +118,7 @@ class LCOConfig:
             memory_mb=None if cfg.get("memory_mb") is None else float(cfg["memory_mb"]),
             amp=str(cfg.get("amp", cls.amp)),
             patience=None if cfg.get("patience", cls.patience) is None else int(cfg.get("patience", cls.patience)),
-            give_up_after=None if cfg.get("give_up_after") is None else int(cfg["give_up_after"]),
+            give_up_after=None if cfg.get("give_up_after", cls.give_up_after) is None else int(cfg.get("give_up_after", cls.give_up_after)),
             device=str(cfg.get("device", cls.device)),
         )
         if out.steps < 0 or out.batch_size < 1 or out.retries < 0 or out.lr <= 0 or out.prior_weight < 0 or out.margin < 0 or out.init_candidates < 1:
