@@ -131,17 +131,3 @@ def test_discriminator_fade_in_blends_downsampled_previous_path():
     assert d1.shape == (4, 1)
     with pytest.raises(ValueError, match="expected"):
         D(x, res=16)
-
-
-@pytest.mark.parametrize("res,alpha", [(4, 1.0), (16, 1.0), (16, 0.3)])
-def test_critic_scores_stacked_minibatches_as_separate_calls(res, alpha):
-    torch.manual_seed(0)
-    D = Discriminator(16, 256, 32).double()
-    a, b = torch.randn(8, 1, res, res, dtype=torch.float64), torch.randn(8, 1, res, res, dtype=torch.float64) * 3
-    both = D(torch.cat([a, b]), res=res, alpha=alpha, segments=2)
-    apart = torch.cat([D(a, res=res, alpha=alpha), D(b, res=res, alpha=alpha)])
-    torch.testing.assert_close(both, apart, rtol=1e-12, atol=1e-12)
-    # one stacked call without segments mixes the two minibatches' statistics: a different score
-    assert not torch.allclose(D(torch.cat([a, b]), res=res, alpha=alpha), apart, atol=1e-6)
-    with pytest.raises(ValueError, match="equal minibatches"):
-        minibatch_stddev(torch.randn(5, 2, 4, 4), segments=2)

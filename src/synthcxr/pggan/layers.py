@@ -67,12 +67,8 @@ class PixelNorm(nn.Module):
         return pixel_norm(x, self.eps)
 
 
-def minibatch_stddev(x: torch.Tensor, group_size: int = 4, eps: float = 1e-8, segments: int = 1) -> torch.Tensor:
+def minibatch_stddev(x: torch.Tensor, group_size: int = 4, eps: float = 1e-8) -> torch.Tensor:
     """Append one feature map holding the mean per-group standard deviation across the minibatch.
-
-    ``segments`` > 1 treats ``x`` as that many minibatches stacked along dim 0 (equal sizes), each
-    grouped on its own: the result equals concatenating the calls on each, so a critic can score the
-    real and the fake minibatch in one pass with the statistics of two.
 
     Samples are grouped with stride, as in the reference implementation: with ``M = ceil(N / G)``
     groups (``G = min(group_size, N)``), sample ``i`` belongs to group ``i % M``. When ``N`` is a
@@ -80,10 +76,6 @@ def minibatch_stddev(x: torch.Tensor, group_size: int = 4, eps: float = 1e-8, se
     rather than the batch being rejected or samples dropped. The statistic is the population
     standard deviation over a group's members, averaged over channels and pixels.
     """
-    if segments > 1:
-        if x.shape[0] % segments:
-            raise ValueError(f"minibatch_stddev: {x.shape[0]} samples do not split into {segments} equal minibatches")
-        return torch.cat([minibatch_stddev(part, group_size, eps) for part in x.chunk(segments)])
     n, _, h, w = x.shape
     g = max(1, min(group_size, n))
     m = -(-n // g)
@@ -110,8 +102,8 @@ class MinibatchStdDev(nn.Module):
         super().__init__()
         self.group_size = group_size
 
-    def forward(self, x: torch.Tensor, segments: int = 1) -> torch.Tensor:
-        return minibatch_stddev(x, self.group_size, segments=segments)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return minibatch_stddev(x, self.group_size)
 
 
 def upsample2x(x: torch.Tensor) -> torch.Tensor:

@@ -158,8 +158,8 @@ class _DLast(nn.Module):
         self.dense1 = EqualizedLinear(c_dense, 1, gain=1.0)
         self.act = nn.LeakyReLU(0.2)
 
-    def forward(self, x: torch.Tensor, segments: int = 1) -> torch.Tensor:
-        x = self.mbstd(x, segments)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.mbstd(x)
         x = self.act(self.conv(x))
         x = self.act(self.dense0(x.flatten(1)))
         return self.dense1(x)
@@ -195,11 +195,9 @@ class Discriminator(nn.Module):
     def arch(self) -> dict:
         return {"resolution": self.resolution, "fmap_base": self.fmap_base, "fmap_max": self.fmap_max}
 
-    def forward(self, img: torch.Tensor, res: int | None = None, alpha: float = 1.0, segments: int = 1) -> torch.Tensor:
+    def forward(self, img: torch.Tensor, res: int | None = None, alpha: float = 1.0) -> torch.Tensor:
         """Score at ``res`` (default: the image's size). During fade-in the new block's output is
-        blended with the previous resolution's ``from_rgb`` applied to the average-pooled image.
-        ``segments`` minibatches stacked in ``img`` get minibatch-stddev groups of their own, so one
-        pass scores them as separate calls would (the training step scores real and fake together)."""
+        blended with the previous resolution's ``from_rgb`` applied to the average-pooled image."""
         res = img.shape[-1] if res is None else int(res)
         if img.shape[-1] != res or img.shape[-2] != res:
             raise ValueError(f"critic expected [N, 1, {res}, {res}] images, got {list(img.shape)}")
@@ -207,12 +205,10 @@ class Discriminator(nn.Module):
             raise ValueError(f"res {res} not in this critic's resolutions {self.res_list}")
         k = self.res_list.index(res)
         x = self.act(self.from_rgb[k](img))
-        if k == 0:
-            return self.blocks[0](x, segments)
         x = self.blocks[k](x)
-        if alpha < 1.0:
+        if k > 0 and alpha < 1.0:
             skip = self.act(self.from_rgb[k - 1](downsample2x(img)))
             x = lerp(skip, x, alpha)
-        for i in range(k - 1, 0, -1):
+        for i in range(k - 1, -1, -1):
             x = self.blocks[i](x)
-        return self.blocks[0](x, segments)
+        return x

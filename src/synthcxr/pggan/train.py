@@ -298,8 +298,9 @@ class _Trainer:
         D_raw.requires_grad_(True)
         with torch.no_grad(), self._autocast():
             fake = G_raw(z_d, res=res, alpha=alpha)
-        with self._autocast():  # one pass over real and fake, each with its own minibatch-stddev groups
-            d_real, d_fake = D_net(torch.cat([real, fake.to(real.dtype)]), res=res, alpha=alpha, segments=2).chunk(2)
+        with self._autocast():
+            d_real = D_net(real, res=res, alpha=alpha)
+            d_fake = D_net(fake, res=res, alpha=alpha)
         gp = gradient_penalty(lambda x: D_net(x, res=res, alpha=alpha), real, fake, mix)
         dl = critic_loss(d_real, d_fake, gp, self.cfg.gp_weight, self.cfg.drift)
         self.opt_D.zero_grad(set_to_none=True)
