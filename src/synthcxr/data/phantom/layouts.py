@@ -25,7 +25,7 @@ from PIL import Image
 from ...labels import PHANTOM_LABELS
 from ...utils.atomic import atomic_path, write_bytes, write_text
 from ...utils.runtime import progress
-from .cohort import FINDINGS, PhantomConfig, sample_cohort, seed_of
+from .cohort import FINDINGS, PhantomConfig, sample_cohort
 from .render import _check_res, render
 
 log = logging.getLogger("synthcxr")
