@@ -28,9 +28,11 @@ Why the details are the way they are:
 * Samples that fail after ``steps`` updates are retried from a fresh seed derived from the sample seed and
   the attempt number, up to ``retries`` times; a sample that never succeeds is kept with
   ``success=False`` and a reason, and the archive stage decides what to do with it. With
-  ``give_up_after`` k, a retry is skipped once the sample's label combination has failed k attempts in
+  ``give_up_after`` k, a retry is skipped once k retries of the sample's label combination have failed in
   the shard without a single success: a combination the generator and classifier cannot meet together
-  would otherwise spend every retry of every one of its samples to the step limit.
+  would otherwise spend every retry of every one of its samples to the step limit. First attempts do not
+  count: in pool mode they start from the shard's pool, and a rare combination's pool starts can all
+  miss where the fresh best-of-``init_candidates`` starts of its retries succeed.
 * ``mode: pool`` (the default) amortises the start: the job draws one pool of prior latents for its
   whole shard, in blocks of ``pool_block`` from the shard's seed, and scores each latent once. Targets
   are matched to pool members rarest first (the combination with the fewest members clearing it per
@@ -379,7 +381,7 @@ def _optimise_stream(
     tgt_all = torch.as_tensor(targets[:, used], dtype=torch.float32, device=device)
     k = cfg.init_candidates
     queue = deque(work)
-    # per label combination: attempts failed and samples met in this shard (pool accepts included)
+    # per label combination: retries failed and samples met in this shard (pool accepts included)
     combo = np.unique(targets[:, used] >= 0.5, axis=0, return_inverse=True)[1].reshape(-1)
     fails = np.zeros(combo.max(initial=-1) + 1, dtype=np.int64)
     wins = np.bincount(combo[out.success], minlength=len(fails))
@@ -467,7 +469,7 @@ def _optimise_stream(
             step = (mi / (1 - _BETA1**tt)) / ((vi / (1 - _BETA2**tt)).sqrt() + _EPS)
             zc = z[keep_t] - cfg.lr * step
         done = ~cont
-        np.add.at(fails, combo[rows[failed]], 1)
+        np.add.at(fails, combo[rows[failed & (att > 0)]], 1)  # failed retries: a first start may just be a poor match
         np.add.at(wins, combo[rows[ok]], 1)
         if done.any():
             out.z[rows[done]] = z[torch.as_tensor(done, device=device)].detach().float().cpu().numpy()
@@ -501,7 +503,7 @@ def _reason(
         elif target[j] < 0.5 and not probs[j] <= np.float32(lo[j]):
             unmet.append(f"{name} p={probs[j]:.4f}>{lo[j]:.4f}")
     past = f" by {margin:g} logits" if margin else ""
-    skipped = "; further retries skipped: its label combination failed every attempt in the shard" if gave_up else ""
+    skipped = "; further retries skipped: its label combination failed every retry in the shard" if gave_up else ""
     return f"target not met{past} after {attempts} attempt(s) of up to {steps} steps; unmet: {', '.join(unmet)}{skipped}"
 
 
