@@ -132,7 +132,7 @@ class LCOConfig:
         if out.patience is not None and out.patience < 1:
             raise ValueError(f"lco.patience: need a positive step count or null, got {out.patience}")
         if out.give_up_after is not None and out.give_up_after < 1:
-            raise ValueError(f"lco.give_up_after: need a positive attempt count or null, got {out.give_up_after}")
+            raise ValueError(f"lco.give_up_after: need a positive retry count or null, got {out.give_up_after}")
         if out.amp not in AMP_MODES:
             raise ValueError(f"lco.amp: {out.amp!r} is not one of {', '.join(AMP_MODES)}")
         return out
@@ -347,7 +347,7 @@ class _Results:
     attempts: np.ndarray  # [n] int64
     seed: np.ndarray  # [n] int64: seed of the last attempt
     success: np.ndarray  # [n] bool
-    gave_up: np.ndarray  # [n] bool: retries skipped, its combination having failed give_up_after attempts
+    gave_up: np.ndarray  # [n] bool: retries skipped, give_up_after retries of its combination having failed
 
 
 def _optimise_stream(
@@ -360,6 +360,7 @@ def _optimise_stream(
     device: torch.device,
     work: list[tuple[int, int, torch.Tensor | None]],
     out: _Results,
+    combo: np.ndarray,
     step_batch: int,
     score_chunk: int,
     bar=None,
@@ -381,8 +382,8 @@ def _optimise_stream(
     tgt_all = torch.as_tensor(targets[:, used], dtype=torch.float32, device=device)
     k = cfg.init_candidates
     queue = deque(work)
-    # per label combination: retries failed and samples met in this shard (pool accepts included)
-    combo = np.unique(targets[:, used] >= 0.5, axis=0, return_inverse=True)[1].reshape(-1)
+    # per label combination (``combo``: each row's index): retries failed and samples met in this shard
+    # (pool accepts included)
     fails = np.zeros(combo.max(initial=-1) + 1, dtype=np.int64)
     wins = np.bincount(combo[out.success], minlength=len(fails))
     rows = np.empty(0, dtype=np.int64)
@@ -632,10 +633,10 @@ def optimise_latents(
     )
     bar = progress(total=n, desc="lco", unit="sample")
     stats = None
+    combos, inverse = np.unique(targets[:, used] >= 0.5, axis=0, return_inverse=True)  # each row's label combination
+    inverse = np.asarray(inverse).reshape(-1)
     if lc.mode == "pool" and n:
         pseed = int(pool_seed) if pool_seed is not None else derive_seed(int(seeds[0]), _TAG_POOL)
-        combos, inverse = np.unique(targets[:, used] >= 0.5, axis=0, return_inverse=True)
-        inverse = np.asarray(inverse).reshape(-1)
         demand = np.bincount(inverse, minlength=len(combos))
         pool, stats = draw_pool(G, C, space, combos.astype(np.float32), demand, pseed, lc, chunks.score_chunk)
         pool_z, pool_p, acc, st = pool.z, pool.probs, pool.accepted, pool.starts
@@ -661,7 +662,7 @@ def optimise_latents(
                  stats.size, stats.blocks, stats.accepted, n, stats.started)
     else:
         work = [(i, 0, None) for i in range(n)]
-    _optimise_stream(G, C, space, targets, seeds, lc, device, work, res, chunks.step_batch, chunks.score_chunk, bar)
+    _optimise_stream(G, C, space, targets, seeds, lc, device, work, res, inverse, chunks.step_batch, chunks.score_chunk, bar)
     bar.close()
     log.info("lco: %d targets, success %.3f", n, res.success.mean() if n else float("nan"))
     z_out, probs_out, steps_out, evals_out, grads_out = res.z, res.probs, res.steps, res.g_evals, res.grad_steps

@@ -178,8 +178,7 @@ def run_tstr(
         trainer = trainer or train_classifier
         loader = loader or load_classifier
     base = {k: v for k, v in dict(clf_section).items() if k != "checker"}
-    if epochs is not None:
-        base["epochs"] = int(epochs)
+    base["epochs"] = int(epochs if epochs is not None else base.get("epochs", 25))
     labels = list(base["labels"])
     prep = PreparedDataset(prepared_dir)
     n_real = int((prep.table["split"] == "train").sum())
@@ -192,7 +191,7 @@ def run_tstr(
     for arm in ARMS:
         for k in range(seeds):
             sec = {**base, "name": f"tstr-{arm}-seed{k}", "seed_offset": 100 + k, "samples_per_epoch": n_real,
-                   "patience": int(base.get("epochs", 25)) + 1, "bootstrap": 0}
+                   "patience": base["epochs"] + 1, "bootstrap": 0}
             run_dir = Path(out_dir) / arm.replace("+", "_") / f"seed{k}"
             log.info("TSTR: arm %s, seed %d/%d: %d images per epoch", arm, k + 1, seeds, n_real)
             m = trainer(sec, sources[arm], prepared_dir, run_dir, log_file)
@@ -210,7 +209,7 @@ def run_tstr(
     groups = test_rows["patient_key"].to_numpy() if "patient_key" in test_rows.columns else None
     result = summarise_arms(y_ref, probs, labels, groups, int(base.get("bootstrap", 1000)), int(base.get("seed", 0)) + 5)
     result["seeds"] = seeds
-    result["epochs"] = int(base.get("epochs", 25))
+    result["epochs"] = base["epochs"]
     result["runs"] = runs
     result["steps_per_run"] = sorted({r["steps"] for rs in runs.values() for r in rs if r["steps"] is not None})
     write_json(out_json, result)
