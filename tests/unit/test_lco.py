@@ -371,17 +371,34 @@ def test_match_pool_gives_rare_combinations_first_pick():
     probs = np.array([[0.99, 0.99], [0.99, 0.01], [0.99, 0.01], [0.2, 0.2], [0.6, 0.4]], dtype=np.float32)
     logits = np.log(probs / (1 - probs))
     combos = np.array([[1, 0], [1, 1]], dtype=np.float32)
-    acc, st = match_pool(probs, logits, combos, np.array([3, 1]), thr, margin=0.0)
+    acc, st, _ = match_pool(probs, logits, combos, np.array([3, 1]), thr, margin=0.0)
     assert acc[1].tolist() == [0]  # the only member clearing A+B
     assert sorted(acc[0].tolist()) == [1, 2, 4]  # A alone takes the rest of its clearing members
     assert [len(x) for x in st] == [0, 0]
     # with a margin of 2 logits member 4 (p=0.6) no longer clears A: it is A's optimisation start
-    acc, st = match_pool(probs, logits, combos, np.array([3, 1]), thr, margin=2.0)
+    acc, st, _ = match_pool(probs, logits, combos, np.array([3, 1]), thr, margin=2.0)
     assert acc[1].tolist() == [0] and sorted(acc[0].tolist()) == [1, 2] and st[0].tolist() == [4]
     # more demand than pool: starts are lowest-loss unused members, each used once
-    acc, st = match_pool(probs, logits, combos, np.array([5, 2]), thr, margin=0.0)
+    acc, st, _ = match_pool(probs, logits, combos, np.array([5, 2]), thr, margin=0.0)
     used = np.concatenate([*acc, *st])
     assert len(used) == len(set(used.tolist())) == 5
+
+
+def test_match_pool_marks_starts_no_better_than_a_fresh_best_of_k_start():
+    """A start is strong when its loss is within the pool's 1/(k+1) quantile for its combination."""
+    thr = np.array([0.5])
+    probs = np.linspace(0.05, 0.45, 9).astype(np.float32)[:, None]  # none clears [1]; member 8 is the closest
+    logits = np.log(probs / (1 - probs))
+    combos = np.array([[1.0]], dtype=np.float32)
+    loss = -np.log(probs[:, 0].astype(np.float64))  # BCE against 1, one label
+    for k, demand in ((1, 6), (3, 6), (8, 3)):
+        acc, st, strong = match_pool(probs, logits, combos, np.array([demand]), thr, margin=0.0, fresh_k=k)
+        assert len(acc[0]) == 0 and st[0].tolist() == list(range(8, 8 - demand, -1))  # best first
+        q = np.quantile(loss, 1 / (k + 1))  # numpy's own quantile, by hand: the start must be no worse
+        assert strong[0].tolist() == [bool(loss[m] <= q) for m in st[0]]
+    # k = 1: half the pool beats a single fresh draw; k = 3: the best quarter (members 8, 7, 6)
+    assert match_pool(probs, logits, combos, np.array([6]), thr, 0.0, fresh_k=1)[2][0].tolist() == [True] * 5 + [False]
+    assert match_pool(probs, logits, combos, np.array([6]), thr, 0.0, fresh_k=3)[2][0].tolist() == [True] * 3 + [False] * 3
 
 
 def test_accept_rule_margin_matches_logit_hand_computation():
@@ -640,10 +657,10 @@ def test_give_up_after_skips_retries_of_a_combination_that_never_succeeds(models
     cut = optimise_latents(G, C, impossible, tgt, seeds, _cfg(**kw, give_up_after=2))
     hopeless = np.arange(16) < 6
     # without it every attempt of the hopeless combination runs to the step limit; with it, its six first
-    # attempts fail (not counted), its six first retries fail together, and no further retry follows
-    assert (full["attempts"][hopeless] == 4).all() and (cut["attempts"][hopeless] == 2).all()
-    assert (cut["g_evals"][hopeless] == 2 * 4).all() and (full["g_evals"][hopeless] == 4 * 4).all()
-    assert all(r.endswith("failed every retry in the shard") for r in cut["reason"][hopeless])
+    # attempts (per_sample mode: every start is a fresh one) fail together, and no retry follows
+    assert (full["attempts"][hopeless] == 4).all() and (cut["attempts"][hopeless] == 1).all()
+    assert (cut["g_evals"][hopeless] == 4).all() and (full["g_evals"][hopeless] == 4 * 4).all()
+    assert all(r.endswith("failed every strong attempt in the shard") for r in cut["reason"][hopeless])
     assert not any("skipped" in r for r in full["reason"])
     # a combination that succeeds keeps its retries: the same outcome sample by sample
     assert full["success"][~hopeless].any() and (full["attempts"][~hopeless] > 1).any()
@@ -652,3 +669,24 @@ def test_give_up_after_skips_retries_of_a_combination_that_never_succeeds(models
     np.testing.assert_allclose(np.stack(cut["z"][~hopeless]), np.stack(full["z"][~hopeless]), atol=1e-5)
     with pytest.raises(ValueError, match="give_up_after"):
         optimise_latents(G, C, THR, tgt, seeds, _cfg(give_up_after=0))
+
+
+def test_give_up_after_counts_a_weak_pool_start_only_after_its_fresh_retry(models):
+    """Pool mode: a target whose pool start was worse than a fresh best-of-k start is retried once."""
+    G, C = models
+    impossible = {**THR, "Cardiomegaly": 1.0}
+    tgt = np.tile([1, 0, 0, 0], (20, 1)).astype(np.float32)
+    cfg = _cfg(mode="pool", pool_factor=1, pool_block=8, steps=2, patience=None, retries=3, init_candidates=4, give_up_after=1)
+    res = optimise_latents(G, C, impossible, tgt, np.arange(20) + 40, cfg, pool_seed=9)
+    pool = res.attrs["pool"]
+    assert pool.size == 20 and pool.started == 20 and 0 < pool.strong < 20  # pool_factor 1 caps it at 20
+    # the 20 first attempts fail together; the strong ones count, so every further retry is skipped,
+    # except the one fresh retry each weak start is owed
+    att = res["attempts"].to_numpy()
+    assert (att == 1).sum() == pool.strong and (att == 2).sum() == 20 - pool.strong
+    share = pool.size / 20
+    np.testing.assert_allclose(res["g_evals"], share + np.where(att == 1, 3, 3 + 4 + 3))  # 3 step forwards, 4 fresh draws
+    assert res["reason"].str.endswith("failed every strong attempt in the shard").all()
+    # counting weak starts' failures as well would have skipped every retry
+    off = optimise_latents(G, C, impossible, tgt, np.arange(20) + 40, {**cfg, "give_up_after": None}, pool_seed=9)
+    assert (off["attempts"] == 4).all()

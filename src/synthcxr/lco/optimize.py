@@ -28,11 +28,13 @@ Why the details are the way they are:
 * Samples that fail after ``steps`` updates are retried from a fresh seed derived from the sample seed and
   the attempt number, up to ``retries`` times; a sample that never succeeds is kept with
   ``success=False`` and a reason, and the archive stage decides what to do with it. With
-  ``give_up_after`` k, a retry is skipped once k retries of the sample's label combination have failed in
-  the shard without a single success: a combination the generator and classifier cannot meet together
-  would otherwise spend every retry of every one of its samples to the step limit. First attempts do not
-  count: in pool mode they start from the shard's pool, and a rare combination's pool starts can all
-  miss where the fresh best-of-``init_candidates`` starts of its retries succeed.
+  ``give_up_after`` k, a retry is skipped once k *strong* attempts of the sample's label combination
+  have failed in the shard without a single success: a combination the generator and classifier cannot
+  meet together would otherwise spend every retry of every one of its samples to the step limit. An
+  attempt is strong when its start is as good as the best of ``init_candidates`` fresh draws: every
+  retry and every per_sample attempt, and a pool start within the pool's 1/(k+1) loss quantile for its
+  combination (:func:`match_pool`). A combination wanted many times starts most of its targets from the
+  pool's middling members; their failures do not count, and each such target is owed one fresh retry.
 * ``mode: pool`` (the default) amortises the start: the job draws one pool of prior latents for its
   whole shard, in blocks of ``pool_block`` from the shard's seed, and scores each latent once. Targets
   are matched to pool members rarest first (the combination with the fewest members clearing it per
@@ -132,7 +134,7 @@ class LCOConfig:
         if out.patience is not None and out.patience < 1:
             raise ValueError(f"lco.patience: need a positive step count or null, got {out.patience}")
         if out.give_up_after is not None and out.give_up_after < 1:
-            raise ValueError(f"lco.give_up_after: need a positive retry count or null, got {out.give_up_after}")
+            raise ValueError(f"lco.give_up_after: need a positive attempt count or null, got {out.give_up_after}")
         if out.amp not in AMP_MODES:
             raise ValueError(f"lco.amp: {out.amp!r} is not one of {', '.join(AMP_MODES)}")
         return out
@@ -302,8 +304,14 @@ def _pool_losses(logits: np.ndarray, combos: np.ndarray) -> np.ndarray:
 
 
 def match_pool(
-    probs: np.ndarray, logits: np.ndarray, combos: np.ndarray, demand: np.ndarray, thresholds: np.ndarray, margin: float
-) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    probs: np.ndarray,
+    logits: np.ndarray,
+    combos: np.ndarray,
+    demand: np.ndarray,
+    thresholds: np.ndarray,
+    margin: float,
+    fresh_k: int = 1,
+) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
     """Assign pool members to targets, rarest combination first; each member is used at most once.
 
     ``probs``/``logits`` are the pool's ``[P, Lu]``, ``combos`` the distinct targets ``[U, Lu]`` wanted
@@ -311,6 +319,11 @@ def match_pool(
     as they are) and the lowest-loss members that will start an optimisation for the rest. Rarity is
     clearing members per requested sample (ties: the combination listed first), so a rare combination is
     not left with no clearing member because a common one took it.
+
+    The third list marks, per start, whether it is *strong*: its loss is no worse than the pool's
+    1/(k+1) quantile for that combination (k = ``fresh_k``), about what the best of k fresh prior draws
+    reaches. A combination wanted many times starts most of its targets from the pool's middling
+    members, and their failures say little about whether it can be met at all.
     """
     P, U = len(probs), len(combos)
     clear = np.stack([accept_rule(probs, np.broadcast_to(c, probs.shape), thresholds, margin) for c in combos]) if U else np.zeros((0, P), bool)
@@ -318,6 +331,7 @@ def match_pool(
     used = np.zeros(P, dtype=bool)
     accepted: list[np.ndarray] = [np.empty(0, np.int64)] * U
     starts: list[np.ndarray] = [np.empty(0, np.int64)] * U
+    strong: list[np.ndarray] = [np.empty(0, bool)] * U
     order = np.lexsort((np.arange(U), clear.sum(1) / np.maximum(demand, 1)))
     for u in order:
         cand = np.flatnonzero(clear[u] & ~used)
@@ -332,7 +346,8 @@ def match_pool(
         take = cand[np.argsort(loss[u, cand], kind="stable")][:need]
         used[take] = True
         starts[u] = take
-    return accepted, starts
+        strong[u] = loss[u, take] <= np.quantile(loss[u], 1.0 / (fresh_k + 1))
+    return accepted, starts, strong
 
 
 @dataclass
@@ -347,7 +362,7 @@ class _Results:
     attempts: np.ndarray  # [n] int64
     seed: np.ndarray  # [n] int64: seed of the last attempt
     success: np.ndarray  # [n] bool
-    gave_up: np.ndarray  # [n] bool: retries skipped, give_up_after retries of its combination having failed
+    gave_up: np.ndarray  # [n] bool: retries skipped, give_up_after strong attempts of its combination having failed
 
 
 def _optimise_stream(
@@ -361,6 +376,7 @@ def _optimise_stream(
     work: list[tuple[int, int, torch.Tensor | None]],
     out: _Results,
     combo: np.ndarray,
+    weak: np.ndarray,
     step_batch: int,
     score_chunk: int,
     bar=None,
@@ -401,7 +417,9 @@ def _optimise_stream(
         while queue and len(rows) + len(new) < step_batch:
             w = queue.popleft()
             c = combo[w[0]]
-            if w[1] > 0 and cfg.give_up_after is not None and wins[c] == 0 and fails[c] >= cfg.give_up_after:
+            # a target whose only attempt so far started weak always gets one strong (fresh) attempt
+            had_strong = w[1] > 1 or not weak[w[0]]
+            if w[1] > 0 and had_strong and cfg.give_up_after is not None and wins[c] == 0 and fails[c] >= cfg.give_up_after:
                 out.gave_up[w[0]] = True  # its last attempt's z and probs stand
                 if bar is not None:
                     bar.update(1)
@@ -470,7 +488,8 @@ def _optimise_stream(
             step = (mi / (1 - _BETA1**tt)) / ((vi / (1 - _BETA2**tt)).sqrt() + _EPS)
             zc = z[keep_t] - cfg.lr * step
         done = ~cont
-        np.add.at(fails, combo[rows[failed & (att > 0)]], 1)  # failed retries: a first start may just be a poor match
+        # a first attempt from a weak pool start failing says little about its combination
+        np.add.at(fails, combo[rows[failed & ((att > 0) | ~weak[rows])]], 1)
         np.add.at(wins, combo[rows[ok]], 1)
         if done.any():
             out.z[rows[done]] = z[torch.as_tensor(done, device=device)].detach().float().cpu().numpy()
@@ -504,7 +523,7 @@ def _reason(
         elif target[j] < 0.5 and not probs[j] <= np.float32(lo[j]):
             unmet.append(f"{name} p={probs[j]:.4f}>{lo[j]:.4f}")
     past = f" by {margin:g} logits" if margin else ""
-    skipped = "; further retries skipped: its label combination failed every retry in the shard" if gave_up else ""
+    skipped = "; further retries skipped: its label combination failed every strong attempt in the shard" if gave_up else ""
     return f"target not met{past} after {attempts} attempt(s) of up to {steps} steps; unmet: {', '.join(unmet)}{skipped}"
 
 
@@ -516,15 +535,18 @@ class PoolDraw:
     probs: np.ndarray  # [P, Lu] float32
     accepted: list[np.ndarray]
     starts: list[np.ndarray]
+    strong: list[np.ndarray]  # per start: as good as a best-of-init_candidates start
 
 
 @dataclass
 class PoolStats:
-    """What a shard's prior pool cost and gave: members scored, accepted as drawn, optimisation starts."""
+    """What a shard's prior pool cost and gave: members scored, accepted as drawn, optimisation starts
+    (``strong``: those as good as a best-of-``init_candidates`` start, see :func:`match_pool`)."""
 
     size: int = 0
     accepted: int = 0
     started: int = 0
+    strong: int = 0
     blocks: int = 0
 
 
@@ -564,13 +586,13 @@ def draw_pool(
         stats.blocks += 1
         logits = np.concatenate(logit_blocks)
         probs = expit(logits.astype(np.float64)).astype(np.float32)
-        acc, st = match_pool(probs, logits, combos, demand, thr, cfg.margin)
+        acc, st, sg = match_pool(probs, logits, combos, demand, thr, cfg.margin, fresh_k=cfg.init_candidates)
         now = sum(len(a) for a in acc)
         # at least one latent per target, so every target has a start of its own
         if stats.size >= n and (now == n or now == matched):
             break
         matched = now
-    return PoolDraw(torch.cat(zs), probs, acc, st), stats
+    return PoolDraw(torch.cat(zs), probs, acc, st, sg), stats
 
 
 def optimise_latents(
@@ -633,6 +655,7 @@ def optimise_latents(
     )
     bar = progress(total=n, desc="lco", unit="sample")
     stats = None
+    weak = np.zeros(n, dtype=bool)  # first attempt starts from a pool member worse than a fresh best-of-k start
     combos, inverse = np.unique(targets[:, used] >= 0.5, axis=0, return_inverse=True)  # each row's label combination
     inverse = np.asarray(inverse).reshape(-1)
     if lc.mode == "pool" and n:
@@ -653,16 +676,18 @@ def optimise_latents(
                     res.attempts[i] = 1
                 else:
                     work.append((int(i), 0, pool_z[mbr]))
+                    weak[i] = not pool.strong[u][j - len(acc[u])]
         work.sort(key=lambda w: w[0])
         stats.accepted = int(res.success.sum())
         stats.started = len(work)
+        stats.strong = stats.started - int(weak.sum())
         assert stats.accepted + stats.started == n, "the pool holds at least one latent per target"
         bar.update(stats.accepted)
-        log.info("lco pool: %d latents in %d block(s) scored; %d of %d targets accepted as drawn, %d start from their best match",
-                 stats.size, stats.blocks, stats.accepted, n, stats.started)
+        log.info("lco pool: %d latents in %d block(s) scored; %d of %d targets accepted as drawn, %d start from their best match "
+                 "(%d of them as good as a best-of-%d start)", stats.size, stats.blocks, stats.accepted, n, stats.started, stats.strong, lc.init_candidates)
     else:
         work = [(i, 0, None) for i in range(n)]
-    _optimise_stream(G, C, space, targets, seeds, lc, device, work, res, inverse, chunks.step_batch, chunks.score_chunk, bar)
+    _optimise_stream(G, C, space, targets, seeds, lc, device, work, res, inverse, weak, chunks.step_batch, chunks.score_chunk, bar)
     bar.close()
     log.info("lco: %d targets, success %.3f", n, res.success.mean() if n else float("nan"))
     z_out, probs_out, steps_out, evals_out, grads_out = res.z, res.probs, res.steps, res.g_evals, res.grad_steps

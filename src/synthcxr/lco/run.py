@@ -98,7 +98,7 @@ def optimise_shard(
         "margin": lc.margin,
         "mode": lc.mode,
         "amp": lc.amp,
-        "pool": None if pool is None else {"size": pool.size, "blocks": pool.blocks, "accepted": pool.accepted, "started": pool.started, "seed": pool_seed},
+        "pool": None if pool is None else {"size": pool.size, "blocks": pool.blocks, "accepted": pool.accepted, "started": pool.started, "strong": pool.strong, "seed": pool_seed},
         "chunks": None if chunks is None else {"score_chunk": chunks.score_chunk, "step_batch": chunks.step_batch},
         "device": str(device),
         "cpu_threads": int(torch.get_num_threads()),
