@@ -29,6 +29,7 @@ or with no accept at all the 95 % lower bound ``max_draws / 3`` (rule of three, 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -38,6 +39,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from scipy.stats import binomtest
 
 from synthcxr.classifier.evaluate import read_thresholds
 from synthcxr.config import deep_merge, load_config, read_config_file, section
@@ -130,9 +132,31 @@ def fe_cost(res: pd.DataFrame, r: float) -> float:
 
 
 def agreement(G, checker, ck_space, z: np.ndarray, targets: np.ndarray) -> float:
+    k, n = agree_count(G, checker, ck_space, z, targets)
+    return k / n if n else float("nan")
+
+
+def agree_count(G, checker, ck_space, z: np.ndarray, targets: np.ndarray) -> tuple[int, int]:
+    """(samples the checker agrees show their target, samples); (0, 0) without a checker or samples."""
     if checker is None or len(z) == 0:
-        return float("nan")
-    return float(checker_agrees(G, checker, ck_space, z, targets, batch_size=256).mean())
+        return 0, 0
+    return int(checker_agrees(G, checker, ck_space, z, targets, batch_size=256).sum()), len(z)
+
+
+def real_exact_match(metrics_path: Path) -> dict[str, tuple[int, int]]:
+    """Per combination key, (test scans the checker reads exactly right, test scans), from its metrics.json."""
+    if not metrics_path.exists():
+        return {}
+    per = json.loads(metrics_path.read_text()).get("test", {}).get("exact_match", {}).get("per_combination", {})
+    return {k: (round(v["rate"] * v["n"]), int(v["n"])) for k, v in per.items() if v.get("n")}
+
+
+def rate_ci(k: int, n: int) -> str:
+    """``k/n (rate, Wilson 95 % interval)``; ``-`` for no samples."""
+    if not n:
+        return "-"
+    ci = binomtest(k, n).proportion_ci(method="wilson")
+    return f"{k}/{n} ({k / n:.1%}, {ci.low:.1%}-{ci.high:.1%})"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -200,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"per combination: {args.n} targets each; FE and s per accepted sample; ratio = rejection / LCO")
     print(header)
     print("-" * len(header))
+    counts = []
     for i, key in enumerate(combos):
         vec = vector(key, labels)
         key = combo_key(vec, labels)
@@ -219,14 +244,23 @@ def main(argv: list[str] | None = None) -> int:
         rej_s = rej_fe * t_rej / max(rej.computed, 1)  # its measured seconds per draw x its exact draws per accept
         lco_s = t_lco / max(ok.sum(), 1)
         z_ok = np.stack(res["z"][ok].to_list()) if ok.any() else np.zeros((0, G.latent_dim), np.float32)
-        chk_l = agreement(G, checker, ck_space, z_ok, tgt[ok])
-        chk_r = agreement(G, checker, ck_space, rej.z.numpy(), np.tile(vec, (rej.n_accepted, 1)))
+        cl = agree_count(G, checker, ck_space, z_ok, tgt[ok])
+        cr = agree_count(G, checker, ck_space, rej.z.numpy(), np.tile(vec, (rej.n_accepted, 1)))
+        counts.append((key, cl, cr))
+        chk_l, chk_r = (k / n if n else float("nan") for k, n in (cl, cr))
         mark = "" if done else ("~" if rej.n_accepted else ">")
         print(f"{key:<36}{prev.get(key, 0.0):>8.2%}{ok.mean():>8.3f}{lco_fe:>9.1f}{mark + format(rej_fe, '.1f'):>10}"
               f"{mark + format(rej_fe / lco_fe, '.1f'):>9}{lco_s * 1e3:>8.1f}m{mark + format(rej_s * 1e3, '.1f'):>8}m"
               f"{mark + format(rej_s / lco_s, '.1f'):>8}{chk_l:>8.3f}{chk_r:>8.3f}", flush=True)
     print("FE = forward-equivalents (forwards + (r - 1) x backward passes); s in ms per accepted sample "
           "(rejection: its exact draws x its measured seconds per draw); chk = checker agreement")
+    if counts and checker is not None:
+        real = real_exact_match(Path(args.checker).with_name("metrics.json"))
+        print("\nchecker agreement, counts and Wilson 95 % intervals; 'real scans': the checker's exact match on real test "
+              "scans of the combination (its metrics.json), how often it reads the combination right at all")
+        print(f"{'combination':<36}{'LCO':>28}{'rejection':>28}{'real scans':>28}")
+        for key, cl, cr in counts:
+            print(f"{key:<36}{rate_ci(*cl):>28}{rate_ci(*cr):>28}{rate_ci(*real.get(key, (0, 0))):>28}")
 
     if args.plan and not args.no_plan_run:
         plan = read_plan(args.plan, labels)

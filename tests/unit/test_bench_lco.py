@@ -49,6 +49,9 @@ def test_bench_lco_smoke(tmp_path, capsys, monkeypatch):
     # every draw is accepted: rejection costs exactly 1 forward per sample; LCO's pool the same
     assert float(nf.group(4)) == 1.0 and float(nf.group(3)) == 1.0, out
     assert re.search(r"^Effusion\s", out, flags=re.M), out  # the plan's other combination, never drawn
+    # agreement counts with Wilson intervals (scipy's binomtest, by hand for 4 of 4: [0.510, 1])
+    agree = re.search(r"^No_Finding\s+4/4 \(100.0%, 51.0%-100.0%\)\s+4/4 \(100.0%, 51.0%-100.0%\)\s+-$", out, flags=re.M)
+    assert agree, out
     rows = dict(re.findall(r"^(per_sample|pool)\s+([\d.]+)", out, flags=re.M))
     assert set(rows) == {"per_sample", "pool"}, out
     assert "pool vs per_sample:" in out
