@@ -258,9 +258,9 @@ def main(argv: list[str] | None = None) -> int:
         real = real_exact_match(Path(args.checker).with_name("metrics.json"))
         print("\nchecker agreement, counts and Wilson 95 % intervals; 'real scans': the checker's exact match on real test "
               "scans of the combination (its metrics.json), how often it reads the combination right at all")
-        print(f"{'combination':<36}{'LCO':>28}{'rejection':>28}{'real scans':>28}")
+        print(f"{'combination':<36}{'LCO':>32}{'rejection':>32}{'real scans':>32}")
         for key, cl, cr in counts:
-            print(f"{key:<36}{rate_ci(*cl):>28}{rate_ci(*cr):>28}{rate_ci(*real.get(key, (0, 0))):>28}")
+            print(f"{key:<36}{rate_ci(*cl):>32}{rate_ci(*cr):>32}{rate_ci(*real.get(key, (0, 0))):>32}")
 
     if args.plan and not args.no_plan_run:
         plan = read_plan(args.plan, labels)
