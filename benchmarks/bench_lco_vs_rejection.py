@@ -249,11 +249,16 @@ def main(argv: list[str] | None = None) -> int:
         counts.append((key, cl, cr))
         chk_l, chk_r = (k / n if n else float("nan") for k, n in (cl, cr))
         mark = "" if done else ("~" if rej.n_accepted else ">")
-        print(f"{key:<36}{prev.get(key, 0.0):>8.2%}{ok.mean():>8.3f}{lco_fe:>9.1f}{mark + format(rej_fe, '.1f'):>10}"
-              f"{mark + format(rej_fe / lco_fe, '.1f'):>9}{lco_s * 1e3:>8.1f}m{mark + format(rej_s * 1e3, '.1f'):>8}m"
-              f"{mark + format(rej_s / lco_s, '.1f'):>8}{chk_l:>8.3f}{chk_r:>8.3f}", flush=True)
+        if ok.any():
+            lco_col, fe_ratio, s_ratio = format(lco_fe, ".1f"), mark + format(rej_fe / lco_fe, ".1f"), mark + format(rej_s / lco_s, ".1f")
+        else:  # no accepted sample: the FE it spent, and no ratio
+            lco_col, fe_ratio, s_ratio = f"({fe_cost(res, r):.0f})", "-", "-"
+        print(f"{key:<36}{prev.get(key, 0.0):>8.2%}{ok.mean():>8.3f}{lco_col:>9}{mark + format(rej_fe, '.1f'):>10}"
+              f"{fe_ratio:>9}{lco_s * 1e3:>8.1f}m{mark + format(rej_s * 1e3, '.1f'):>8}m"
+              f"{s_ratio:>8}{chk_l:>8.3f}{chk_r:>8.3f}", flush=True)
     print("FE = forward-equivalents (forwards + (r - 1) x backward passes); s in ms per accepted sample "
-          "(rejection: its exact draws x its measured seconds per draw); chk = checker agreement")
+          "(rejection: its exact draws x its measured seconds per draw); chk = checker agreement; "
+          "LCO FE in parentheses: none reached, the FE it spent")
     if counts and checker is not None:
         real = real_exact_match(Path(args.checker).with_name("metrics.json"))
         print("\nchecker agreement, counts and Wilson 95 % intervals; 'real scans': the checker's exact match on real test "

@@ -48,7 +48,11 @@ def test_bench_lco_smoke(tmp_path, capsys, monkeypatch):
     assert nf and float(nf.group(1)) == 100.0 and float(nf.group(2)) == 1.0, out
     # every draw is accepted: rejection costs exactly 1 forward per sample; LCO's pool the same
     assert float(nf.group(4)) == 1.0 and float(nf.group(3)) == 1.0, out
-    assert re.search(r"^Effusion\s", out, flags=re.M), out  # the plan's other combination, never drawn
+    # the plan's other combination: a threshold of 1 cannot be met, so LCO reaches none; its spend in
+    # parentheses and no ratio
+    eff = re.search(r"^Effusion\s+\S+\s+([\d.]+)\s+(\S+)\s+(\S+)\s+(\S+)", out, flags=re.M)
+    assert eff and float(eff.group(1)) == 0.0, out
+    assert re.fullmatch(r"\(\d+\)", eff.group(2)) and eff.group(4) == "-", out
     # agreement counts with Wilson intervals (scipy's binomtest, by hand for 4 of 4: [0.510, 1])
     agree = re.search(r"^No_Finding\s+4/4 \(100.0%, 51.0%-100.0%\)\s+4/4 \(100.0%, 51.0%-100.0%\)\s+-$", out, flags=re.M)
     assert agree, out
