@@ -528,6 +528,7 @@ def test_run_shard_schema_and_reproducible_bytes(tmp_path, fake_loaders, mode):
     assert meta["mode"] == mode and (meta["pool"] is None) == (mode == "per_sample")
     if mode == "pool":  # the shard's pool seed comes from the config seed and the shard number
         assert meta["pool"]["seed"] == pool_seed(3, 1) and meta["pool"]["size"] % 8 == 0
+        assert 0 <= meta["pool"]["strong"] <= meta["pool"]["started"] == len(table) - meta["pool"]["accepted"]
     assert not list(out.parent.glob(".tmp-*"))
 
 
