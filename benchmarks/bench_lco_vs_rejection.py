@@ -29,7 +29,6 @@ or with no accept at all the 95 % lower bound ``max_draws / 3`` (rule of three, 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -44,7 +43,7 @@ from scipy.stats import binomtest
 from synthcxr.classifier.evaluate import read_thresholds
 from synthcxr.config import deep_merge, load_config, read_config_file, section
 from synthcxr.labels import NO_FINDING, combo_key
-from synthcxr.lco.evaluate import checker_agrees
+from synthcxr.lco.evaluate import checker_agrees, real_exact_match
 from synthcxr.lco.optimize import LCOConfig, LabelSpace, accept_rule, optimise_latents, resolve_label_space, score_latents
 from synthcxr.lco.plan import pool_seed, read_plan, sample_seeds
 from synthcxr.lco.rejection import rejection_sample
@@ -131,9 +130,12 @@ def fe_cost(res: pd.DataFrame, r: float) -> float:
     return float(res["g_evals"].sum() + (r - 1.0) * res["grad_steps"].sum())
 
 
-def agreement(G, checker, ck_space, z: np.ndarray, targets: np.ndarray) -> float:
-    k, n = agree_count(G, checker, ck_space, z, targets)
+def share(k: int, n: int) -> float:
     return k / n if n else float("nan")
+
+
+def agreement(G, checker, ck_space, z: np.ndarray, targets: np.ndarray) -> float:
+    return share(*agree_count(G, checker, ck_space, z, targets))
 
 
 def agree_count(G, checker, ck_space, z: np.ndarray, targets: np.ndarray) -> tuple[int, int]:
@@ -143,11 +145,15 @@ def agree_count(G, checker, ck_space, z: np.ndarray, targets: np.ndarray) -> tup
     return int(checker_agrees(G, checker, ck_space, z, targets, batch_size=256).sum()), len(z)
 
 
-def real_exact_match(metrics_path: Path) -> dict[str, tuple[int, int]]:
-    """Per combination key, (test scans the checker reads exactly right, test scans), from its metrics.json."""
+def real_counts(metrics_path: Path) -> dict[str, tuple[int, int]]:
+    """Per combination key, (test scans the checker reads exactly right, test scans), from its metrics.json
+    (empty when it is missing or predates the per-combination record)."""
     if not metrics_path.exists():
         return {}
-    per = json.loads(metrics_path.read_text()).get("test", {}).get("exact_match", {}).get("per_combination", {})
+    try:
+        per = real_exact_match(metrics_path).get("per_combination", {})
+    except ValueError:
+        return {}
     return {k: (round(v["rate"] * v["n"]), int(v["n"])) for k, v in per.items() if v.get("n")}
 
 
@@ -247,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         cl = agree_count(G, checker, ck_space, z_ok, tgt[ok])
         cr = agree_count(G, checker, ck_space, rej.z.numpy(), np.tile(vec, (rej.n_accepted, 1)))
         counts.append((key, cl, cr))
-        chk_l, chk_r = (k / n if n else float("nan") for k, n in (cl, cr))
+        chk_l, chk_r = share(*cl), share(*cr)
         mark = "" if done else ("~" if rej.n_accepted else ">")
         if ok.any():
             lco_col, fe_ratio, s_ratio = format(lco_fe, ".1f"), mark + format(rej_fe / lco_fe, ".1f"), mark + format(rej_s / lco_s, ".1f")
@@ -260,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
           "(rejection: its exact draws x its measured seconds per draw); chk = checker agreement; "
           "LCO FE in parentheses: none reached, the FE it spent")
     if counts and checker is not None:
-        real = real_exact_match(Path(args.checker).with_name("metrics.json"))
+        real = real_counts(Path(args.checker).with_name("metrics.json"))
         print("\nchecker agreement, counts and Wilson 95 % intervals; 'real scans': the checker's exact match on real test "
               "scans of the combination (its metrics.json), how often it reads the combination right at all")
         print(f"{'combination':<36}{'LCO':>32}{'rejection':>32}{'real scans':>32}")

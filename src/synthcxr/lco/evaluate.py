@@ -149,7 +149,7 @@ def agreement(
         if prior is not None:
             row["prior_rate"] = _rate(prior[:, col])
         per_label[labels[j]] = row
-    real = _real_exact_match(checker_metrics)
+    real = real_exact_match(checker_metrics)
     if real is not None:
         for k, row in per.items():
             ref = real["per_combination"].get(k, {})
@@ -175,7 +175,7 @@ def agreement(
     }
 
 
-def _real_exact_match(path: str | os.PathLike | None) -> dict[str, Any] | None:
+def real_exact_match(path: str | os.PathLike | None) -> dict[str, Any] | None:
     """``test.exact_match`` of a classifier's ``metrics.json`` (written by train_classifier)."""
     if path is None:
         return None
