@@ -8,6 +8,7 @@ code under test.
 
 from __future__ import annotations
 
+import copy
 import io
 import os
 from pathlib import Path
@@ -331,6 +332,20 @@ def save_dicom(ds, path: Path) -> None:
     ds.save_as(path, enforce_file_format=True)
 
 
+def save_bare_dicom(ds, path: Path, implicit: bool = True, drop_groups: tuple[int, ...] = (0x0008,)) -> None:
+    """Write ``ds`` as some exports do: no 128-byte preamble, no DICM marker, no file meta group, and
+    (by default) no group 0x0008, so the data set starts at the patient module (group 0x0010)."""
+    import pydicom
+
+    ds = copy.deepcopy(ds)
+    del ds.file_meta
+    ds.preamble = None
+    for tag in [e.tag for e in ds if e.tag.group in drop_groups]:
+        del ds[tag]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pydicom.dcmwrite(path, ds, implicit_vr=implicit, little_endian=True)
+
+
 def write_dicom_folder(root: str | os.PathLike, seed: int = 3, bad: bool = True) -> dict:
     """A folder of DICOM files covering the display-pipeline cases, plus labels.csv.
 
@@ -376,6 +391,9 @@ def write_dicom_folder(root: str | os.PathLike, seed: int = 3, bad: bool = True)
     add("other_patient/a.dcm", make_dicom(base8, patient_id="MRN-000111", sex="M", age="045Y"), s8,
         labels="0,0,0", patient="")
     add("other_patient/b.dcm", make_dicom(base8, patient_id=""), s8, labels="0,0,0", patient="csv-patient-7")
+    save_bare_dicom(make_dicom(base8, bits_stored=8), root / "bare/no_preamble.dcm")  # read with force=True
+    files["bare/no_preamble.dcm"] = {"kind": "ok", "expected": s8}
+    rows.append("bare/no_preamble.dcm,,0,1,0,x")
     bads: dict[str, str] = {}
     if bad:
         add("bad/nopixels.dcm", make_dicom(base8, with_pixels=False), None, kind="no_pixel_data")
@@ -384,6 +402,9 @@ def write_dicom_folder(root: str | os.PathLike, seed: int = 3, bad: bool = True)
         (root / "bad/notdicom.dcm").write_bytes(b"plain text, not DICOM" * 20)
         rows.append("bad/notdicom.dcm,,0,0,0,x")
         bads["bad/notdicom.dcm"] = "not_an_image"
+        save_bare_dicom(make_dicom(base8, with_pixels=False), root / "bad/bare_nopixels.dcm")  # parses, no image
+        rows.append("bad/bare_nopixels.dcm,,0,0,0,x")
+        bads["bad/bare_nopixels.dcm"] = "not_an_image"
         save_dicom(make_dicom(base8), root / "bad/truncated.dcm")
         truncate(root / "bad/truncated.dcm", 0.7)
         rows.append("bad/truncated.dcm,,0,0,0,x")

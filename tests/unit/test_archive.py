@@ -147,6 +147,7 @@ def test_render_one_matches_its_micro_batch_and_rejects_bad_index(arch):
         render_one(G, z, 11, BATCH)
 
 
+@pytest.mark.kernels
 def test_a_sample_does_not_depend_on_its_batch_mates(arch):
     """What lets regenerate fill unreleased batch-mates with zeros: same position and batch shape, same bytes."""
     G, z = arch["G"], arch["zs"][0][:BATCH]
@@ -287,6 +288,7 @@ def test_verify_clean_release(arch, capsys):
 
 
 # ----------------------------------------------------------------------------------------- regenerate
+@pytest.mark.kernels
 def test_regenerate_every_released_sample_is_byte_identical(arch):
     man = pd.read_parquet(arch["release"] / "manifest.parquet")
     for sid in man["sample_id"]:  # batch-mates that were withheld are absent from the release
@@ -299,6 +301,7 @@ def test_regenerate_every_released_sample_is_byte_identical(arch):
     assert not regenerate_sample(arch["release"], man["sample_id"].iloc[0], make_generator(seed=3)).identical
 
 
+@pytest.mark.kernels
 def test_regenerate_cli(arch, tmp_path, capsys):
     man = pd.read_parquet(arch["release"] / "manifest.parquet")
     row = man.iloc[2]

@@ -68,6 +68,7 @@ def test_batch_encoder_output_does_not_depend_on_workers(workers):
     assert nothing.pngs is None and nothing.chunks is None
 
 
+@pytest.mark.kernels
 @pytest.mark.parametrize("compression", ["gzip", "lzf", "none"])
 def test_sample_shard_bytes_do_not_depend_on_encoder_workers(tmp_path, compression):
     arch = build_archive(tmp_path / "a", seal=False)
@@ -103,6 +104,7 @@ def _release_digests(release) -> dict[str, str]:
             if p.is_file() and p.name not in ("archive.json", "README.md", "SHA256SUMS")}
 
 
+@pytest.mark.kernels
 def test_finalize_in_parallel_writes_the_same_release_as_one_worker(tmp_path):
     one = build_archive(tmp_path / "one", formats=("h5", "parquet", "webdataset"), workers=1, seal=False, name="demo")
     many = build_archive(tmp_path / "many", formats=("h5", "parquet", "webdataset"), workers=3, seal=False, name="demo")
@@ -147,6 +149,7 @@ def test_parallel_hashing_matches_serial(tmp_path):
     assert sha256_files(paths, jobs=3) == [sha256_file(p) for p in paths] == sha256_files(paths, jobs=1)
 
 
+@pytest.mark.kernels
 def test_png_level_is_recorded_and_regenerate_reproduces_it(tmp_path):
     from synthcxr.archive.regenerate import regenerate_sample
 

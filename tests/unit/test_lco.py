@@ -31,6 +31,8 @@ from synthcxr.lco.rejection import rejection_sample
 from synthcxr.lco.latents import read_latents
 from synthcxr.lco.run import run_shard
 
+pytestmark = pytest.mark.kernels  # compares floats across batch compositions and processes
+
 LABELS = ["Cardiomegaly", "Effusion", "Nodule", "No_Finding"]
 THR = {n: 0.5 for n in LABELS}
 RARE = [1, 1, 1, 0]  # all three findings: ~2.6 % of random latents
@@ -286,10 +288,15 @@ def test_retries_new_seeds_and_cost_accounting(models):
     att = res["attempts"].to_numpy()
     ok = res["success"].to_numpy()
     assert (att > 1).any() and ok.sum() > once["success"].sum()
-    # first-attempt successes are unchanged by allowing retries
+    # first-attempt successes are unchanged by allowing retries. Not bit for bit: with retries the
+    # continuous batching steps these latents in batches of another composition, and CPU kernels
+    # (AVX-512 more than AVX2) may then reduce in another order, a last-bit difference per step
+    # (measured: 2 of 80 values one ulp apart, 6e-8). LCO promises the same bytes for the same config
+    # and platform, not across batch compositions (docs/method.md); 1e-5 is 100x that drift after 3
+    # steps and far below what another seed or step count moves a latent (order 1e-2 and more).
     first = once["success"].to_numpy()
     assert (att[first] == 1).all()
-    np.testing.assert_array_equal(np.stack(res["z"][first]), np.stack(once["z"][first]))
+    np.testing.assert_allclose(np.stack(res["z"][first]), np.stack(once["z"][first]), rtol=0, atol=1e-5)
     # the stored seed is the one of the last attempt, derived from the sample seed and attempt number
     assert res["seed"].tolist() == [attempt_seed(int(s), int(a) - 1) for s, a in zip(seeds, att)]
     assert len({attempt_seed(7, a) for a in range(4)}) == 4

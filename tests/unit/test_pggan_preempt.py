@@ -88,6 +88,7 @@ T.main(["--config-json", sys.argv[1], "--data", sys.argv[2], "--out", sys.argv[3
 """
 
 
+@pytest.mark.kernels
 @pytest.mark.parametrize("sig", ["USR1", "TERM"])
 def test_signal_checkpoints_exits_75_and_the_rerun_continues_exactly(sig, straight, tiny_prepared, tmp_path):
     out = tmp_path / "run"
@@ -105,6 +106,7 @@ def test_signal_checkpoints_exits_75_and_the_rerun_continues_exactly(sig, straig
     assert _log(out) == _log(straight)  # one continuous schedule: same kimg marks, same running means
 
 
+@pytest.mark.kernels
 def test_time_budget_splits_training_into_allocations_with_the_same_result(straight, tiny_prepared, tmp_path):
     out = tmp_path / "run"
     cfg = dict(CFG, job_minutes=0.0005)  # ~30 ms of training per "job": a few steps each

@@ -99,6 +99,7 @@ def test_rerun_after_completion_only_rewrites_generator(tiny_run, tiny_prepared)
     _assert_same(before, torch.load(path, weights_only=True)["state_dict"])
 
 
+@pytest.mark.kernels
 def test_resume_after_kill_is_bit_exact(tiny_prepared, tmp_path, monkeypatch):
     cfg = dict(TINY, resolution=8, fade_kimg=0.1, stable_kimg=0.1, checkpoint_kimg=0.064, snapshot_kimg=0.5,
                log_kimg=0.032)  # log intervals align with checkpoints, so the log lines match too

@@ -19,6 +19,8 @@ import pytest
 from archive_fixtures import LABELS, build_archive, released_rows
 
 from synthcxr.archive import open as open_archive
+from synthcxr.archive import stream
+from synthcxr.archive.layout import shard_path_problem
 from synthcxr.archive.seal import seal_release, write_sums
 from synthcxr.archive.verify import verify_release
 from synthcxr.cli import main as cli_main
@@ -148,6 +150,48 @@ def test_checksum_mismatch_and_truncation_are_reported_per_file(copy, capsys):
     _resign(copy)
     bad = _failures(copy)
     assert "parquet/shard-00002.parquet" in bad  # structure: the truncated file does not even open
+
+
+# ----------------------------------------------------------------------------------------- path columns
+@pytest.mark.parametrize("fmt, evil", [
+    ("h5", "../../../../etc/passwd"),          # leaves the release
+    ("h5", "/etc/passwd"),                     # absolute
+    ("parquet", "parquet/shard-00000.parquet"),  # inside, but another shard's file for most rows
+])
+def test_a_path_column_that_is_not_the_canonical_shard_path_is_refused(copy, fmt, evil):
+    man = pd.read_parquet(copy / "manifest.parquet")
+    man[f"{fmt}_path"] = evil
+    man.to_parquet(copy / "manifest.parquet", index=False)
+    _resign(copy)
+    bad = _failures(copy)
+    assert f"column {fmt}_path row" in bad["manifest.parquet"] and repr(evil) in bad["manifest.parquet"]
+    assert cli_main(["verify", "-q", str(copy)]) == 1
+    with pytest.raises(ValueError, match=f"column {fmt}_path row .*Refusing to follow"):
+        open_archive(copy)
+    with pytest.raises(ValueError, match=f"column {fmt}_path row .*Refusing to stream"):
+        list(stream(copy, format=fmt))
+
+
+def test_a_shard_file_in_archive_json_outside_the_release_is_refused(copy):
+    info = json.loads((copy / "archive.json").read_text())
+    info["shards"][1]["files"]["h5"] = "../../../../etc/passwd"
+    (copy / "archive.json").write_text(json.dumps(info))
+    _resign(copy)
+    bad = _failures(copy)
+    assert "shards[1].files.h5: '../../../../etc/passwd' leaves the release through '..'" in bad["archive.json"]
+    for reader in (open_archive, lambda p: stream(p, format="h5")):
+        with pytest.raises(ValueError, match=r"shards\[1\]\.files\.h5.*Refusing"):
+            reader(copy)
+
+
+def test_shard_path_problem_names_each_way_a_path_goes_wrong():
+    assert shard_path_problem("h5/shard-00003.h5", 3, "h5") is None
+    assert "absolute" in shard_path_problem("/work/h5/shard-00003.h5", 3, "h5")
+    assert "absolute" in shard_path_problem("C:\\x\\shard-00003.h5", 3, "h5")
+    assert "'..'" in shard_path_problem("h5/../h5/shard-00003.h5", 3, "h5")
+    assert "'..'" in shard_path_problem("h5\\..\\..\\x", 3, "h5")
+    assert "canonical" in shard_path_problem("h5/shard-00004.h5", 3, "h5")
+    assert "'webdataset/shard-00003.tar'" in shard_path_problem("webdataset/x.tar", 3, "webdataset")
 
 
 # ----------------------------------------------------------------------------------------- swapped and foreign shards

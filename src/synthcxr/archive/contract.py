@@ -1,4 +1,5 @@
-"""What a release shard promises: the attributes and sample ids that archive.json and the manifest expect.
+"""What a release shard promises: the attributes and sample ids that archive.json and the manifest expect,
+and the only paths at which its files may be named.
 
 The reader checks these whenever it opens a shard and ``verify`` checks them (with every label, probability
 and pixel) for every shard, so a swapped, foreign or stale shard is refused instead of streamed.
@@ -12,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import h5py
+import pandas as pd
 import pyarrow.parquet as pq
 
-from .layout import FORMAT_VERSION
+from .layout import FORMAT_VERSION, shard_path_problem
 from .shard_h5 import read_h5_attrs
 from .shard_parquet import read_parquet_attrs
 from .shard_wds import read_tar_ids
@@ -92,3 +94,30 @@ def check_identity(path: Path, fmt: str, info: Mapping[str, Any], entry: Mapping
             f"{path}: not the shard this release's manifest describes: " + "; ".join(problems)
             + ". Refusing to read it; run 'synthcxr verify' on the release."
         )
+
+
+def shard_file_problems(info: Mapping[str, Any]) -> list[str]:
+    """Shard file entries of archive.json that are not the canonical release paths (each names shard and format)."""
+    out = []
+    for sh in info["shards"]:
+        for fmt, rel in dict(sh.get("files", {})).items():
+            why = shard_path_problem(rel, int(sh["shard"]), fmt) if fmt in info["formats"] else f"format {fmt!r} is not in formats"
+            if why:
+                out.append(f"shards[{sh['shard']}].files.{fmt}: {why}")
+    return out
+
+
+def path_column_problems(man: pd.DataFrame, formats: Sequence[str]) -> list[str]:
+    """Rows whose ``{fmt}_path`` column is not their shard's canonical release path (first per column)."""
+    out = []
+    for fmt in formats:
+        col = f"{fmt}_path"
+        if col not in man.columns:
+            continue
+        whys = [shard_path_problem(rel, int(shard), fmt) for rel, shard in zip(man[col], man["shard"])]
+        bad = [r for r, why in enumerate(whys) if why]
+        if bad:
+            r = bad[0]
+            more = f" (and {len(bad) - 1} more rows)" if len(bad) > 1 else ""
+            out.append(f"column {col} row {r} (sample {man['sample_id'].iloc[r]}): {whys[r]}{more}")
+    return out

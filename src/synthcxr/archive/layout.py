@@ -42,6 +42,8 @@ RELEASE_FILES = (MANIFEST, ARCHIVE_JSON, RELEASE_LATENTS, CARD, SUMS)
 # -- the working area (results/archive/{name}/work/) -----------------------------------------------
 WORK = "work"
 RELEASE = "release"
+#: Planned against released (archive/delivery.py), kept in the working area even when no release is made.
+DELIVERY_JSON = "delivery.json"
 
 _SHARD_RE = re.compile(r"shard-(\d+)\.(parquet|h5|tar)$")
 
@@ -77,6 +79,25 @@ def shard_name(shard: int, fmt: str) -> str:
 def release_shard_relpath(shard: int, fmt: str) -> str:
     """Path of a release shard relative to the release folder: one folder per format."""
     return f"{fmt}/{shard_name(shard, fmt)}"
+
+
+def shard_path_problem(rel: object, shard: int, fmt: str) -> str | None:
+    """Why ``rel`` may not be followed as release shard ``shard`` in ``fmt``, or None when it is the canonical path.
+
+    A consumer opens the file a path column names, so a path is accepted only when it is exactly the one
+    the layout gives: never absolute, never through ``..``, never another shard's file.
+    """
+    want = release_shard_relpath(shard, fmt)
+    text = str(rel)
+    if text == want:
+        return None
+    if os.path.isabs(text) or text.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", text):
+        why = "is absolute"
+    elif ".." in re.split(r"[/\\]", text):
+        why = "leaves the release through '..'"
+    else:
+        why = "is not the shard's canonical path"
+    return f"{text!r} {why}; shard {shard} in {fmt} is {want!r}"
 
 
 def work_shard_relpath(shard: int, fmt: str) -> str:

@@ -40,7 +40,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ..utils.hashing import pixel_sha256
-from .contract import attr_problems
+from .contract import attr_problems, path_column_problems, shard_file_problems
 from .layout import ARCHIVE_JSON, FORMAT_VERSION, MANIFEST, SUMS, stream_format
 from .shard_parquet import decode_png, read_parquet_attrs_from_schema
 from .shard_wds import iter_tar_samples
@@ -168,6 +168,9 @@ class ReleaseStream(IterableDataset):
             raise ValueError(f"{self.url}: format_version {info.get('format_version')!r}; this synthcxr streams format {FORMAT_VERSION}")
         if sealed and not self.fs.exists(self._path(SUMS)):
             raise FileNotFoundError(f"{self.url}: {SUMS} missing: the release is not sealed; run snakemake to completion, then 'synthcxr verify'")
+        bad = shard_file_problems(info)
+        if bad:
+            raise ValueError(f"{p}: {bad[0]}. Refusing to stream files it names; run 'synthcxr verify' on the release")
         return info
 
     def _manifest(self):
@@ -178,6 +181,7 @@ class ReleaseStream(IterableDataset):
         with self._manifest() as fh:
             pf = pq.ParquetFile(fh)
             meta = pf.metadata
+        self._columns = set(meta.schema.to_arrow_schema().names)
         col = meta.schema.to_arrow_schema().get_field_index("shard")
         out: dict[int, list[int]] = {}
         for g in range(meta.num_row_groups):
@@ -258,7 +262,8 @@ class ReleaseStream(IterableDataset):
     # ---------------------------------------------------------------------------------------- reading
     def _manifest_rows(self, shard: int):
         """``(ids, labels float32 [n, L], pixel hashes or None, keep mask)`` of one shard, in index order."""
-        cols = ["sample_id", "shard", "index", *self.label_names] + (["pixel_sha256"] if self.verify_pixels else [])
+        path_col = [f"{self.format}_path"] if f"{self.format}_path" in self._columns else []
+        cols = ["sample_id", "shard", "index", *self.label_names, *path_col] + (["pixel_sha256"] if self.verify_pixels else [])
         groups = self._groups.get(shard, [])
         self.manifest_reads += len(groups)
         t = None
@@ -270,6 +275,9 @@ class ReleaseStream(IterableDataset):
         count = int(self.entries[shard]["count"])
         if t is None or not np.array_equal(t["index"].to_numpy(np.int64), np.arange(count)):
             raise ValueError(f"{self._path(MANIFEST)}: rows of shard {shard} are not indices 0..{count - 1}; run 'synthcxr verify' on the release")
+        bad = path_column_problems(t, [self.format])
+        if bad:
+            raise ValueError(f"{self._path(MANIFEST)}: {bad[0]}. Refusing to stream it; run 'synthcxr verify' on the release")
         ids = t["sample_id"].astype(str).tolist()
         labels = t[self.label_names].to_numpy(np.float32)
         hashes = t["pixel_sha256"].tolist() if self.verify_pixels else None

@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 
 from ..utils.atomic import is_temporary
 from ..utils.hashing import pixel_sha256, sha256_files
-from .contract import attr_problems, id_problems, read_shard_attrs
+from .contract import attr_problems, id_problems, path_column_problems, read_shard_attrs, shard_file_problems
 from .layout import (
     ARCHIVE_JSON,
     FORMAT_VERSION,
@@ -75,6 +75,10 @@ def read_info(root: Path) -> dict[str, Any]:
     missing = [k for k in ("label_names", "resolution", "formats", "shards", "counts", "generator") if k not in info]
     if missing:
         raise ValueError(f"{p}: missing key(s) {missing}; the file is not a synthcxr archive.json")
+    bad = shard_file_problems(info)
+    if bad:
+        raise ValueError(f"{p}: {bad[0]}{f' (and {len(bad) - 1} more)' if len(bad) > 1 else ''}. Refusing to open files it "
+                         "names; the release was altered: restore it from its source")
     return info
 
 
@@ -141,6 +145,10 @@ def read_manifest(root: Path, info: Mapping[str, Any]) -> pd.DataFrame:
     missing = [c for c in need if c not in man.columns]
     if missing:
         raise ValueError(f"{p}: missing column(s) {missing}")
+    bad = path_column_problems(man, info["formats"])
+    if bad:
+        raise ValueError(f"{p}: {'; '.join(bad)}. Refusing to follow path columns that leave the release or name "
+                         "another file; the manifest was altered: restore the release from its source")
     return man
 
 

@@ -12,9 +12,10 @@
    left out of every statistic and written as 0 (black), whatever the photometric interpretation.
 
 Files without the 128-byte preamble and file meta group (older modalities, some PACS exports) are read
-too: when pydicom rejects a file, it is re-read with ``force=True`` if it starts like a DICOM data set
-(a group 0x0002/0x0008 tag) and has pixel geometry; its transfer syntax is taken from the encoding
-pydicom detected (implicit or explicit VR little endian), the only ones a meta-less file can carry.
+too: when pydicom rejects a file, it is re-read with ``force=True`` and kept if it parses as a data set
+that holds an image (Rows, Columns and a pixel data element), whatever element it starts with; its
+transfer syntax is taken from the encoding pydicom detected. Anything else stays quarantined as not a
+DICOM file.
 
 Only view, sex and age ever leave this module with the pixels; the raw PatientID is handed back solely
 so the caller can hash it (see :func:`synthcxr.data.splits.patient_key`).
@@ -37,15 +38,27 @@ from .quarantine import QuarantineError
 _LATERAL = {"LL", "RL", "LAT", "LATERAL", "LLD", "RLD"}
 
 
-#: First tags a meta-less data set may start with, as 4 little-endian bytes: groups 0x0002 and 0x0008.
-_DATASET_STARTS = (b"\x02\x00", b"\x08\x00")
+#: Pixel data elements: a forced read counts as an image only when one of them is present.
+_PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 
 
-def _looks_like_dataset(path: str | os.PathLike) -> bool:
-    """True when a file that lacks the DICM preamble starts with a plausible little-endian tag."""
-    with open(path, "rb") as fh:
-        head = fh.read(8)
-    return len(head) == 8 and head[:2] in _DATASET_STARTS
+def _forced_read(path: str | os.PathLike, stop_before_pixels: bool) -> pydicom.Dataset:
+    """A file without the preamble and DICM marker, read as a bare data set when it parses and holds an image.
+
+    pydicom's forced read guesses the encoding from the first element. Anything that does not come out
+    as a data set with positive Rows and Columns and a pixel data element (read deferred, so a header
+    read does not load the pixels) is not a DICOM image and raises ``InvalidDicomError``.
+    """
+    try:
+        ds = pydicom.dcmread(path, force=True, defer_size=256 if stop_before_pixels else None)
+        rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+        has_pixels = any(t in ds for t in _PIXEL_TAGS)
+    except Exception as exc:  # noqa: BLE001 - a forced parse of arbitrary bytes fails in many ways
+        raise InvalidDicomError(f"not a data set ({type(exc).__name__})") from None
+    if rows <= 0 or cols <= 0 or not has_pixels:
+        raise InvalidDicomError("no image in the data set")
+    _set_transfer_syntax(ds)
+    return ds
 
 
 def _read(path: str | os.PathLike, stop_before_pixels: bool) -> pydicom.Dataset:
@@ -57,19 +70,13 @@ def _read(path: str | os.PathLike, stop_before_pixels: bool) -> pydicom.Dataset:
         try:
             return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
         except InvalidDicomError:
-            if not _looks_like_dataset(path):
-                raise
-            ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, force=True)
-            if "Rows" not in ds or "Columns" not in ds:
-                raise InvalidDicomError("no pixel geometry") from None
-            _set_transfer_syntax(ds)
-            return ds
+            return _forced_read(path, stop_before_pixels)
     except PermissionError as exc:
         raise QuarantineError("unreadable", f"cannot open {path}: {exc.strerror or exc}") from None
     except IsADirectoryError:
         raise QuarantineError("unreadable", f"{path} is a directory") from None
-    except InvalidDicomError:
-        raise QuarantineError("not_an_image", f"{path} is not a DICOM file") from None
+    except InvalidDicomError as exc:
+        raise QuarantineError("not_an_image", f"{path} is not a DICOM file ({exc})") from None
     except (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise QuarantineError("corrupt_image", f"{path}: unreadable DICOM {what} ({exc})") from None
 

@@ -39,7 +39,7 @@ class ResolutionRow:
 
 
 def measured_rates(log_path: str | Path) -> dict[int, float]:
-    """Median ``img/s`` per resolution over the rows of a training ``log.jsonl``."""
+    """Median ``img/s`` per resolution over the rows of a training ``log.jsonl`` (the first step's row aside)."""
     per_res: dict[int, list[float]] = {}
     for n, line in enumerate(Path(log_path).read_text().splitlines(), 1):
         if not line.strip():
@@ -49,7 +49,7 @@ def measured_rates(log_path: str | Path) -> dict[int, float]:
             rate, res = float(row["img/s"]), int(row["res"])
         except (ValueError, KeyError, TypeError) as exc:
             raise ValueError(f"{log_path}:{n}: not a training log row with 'res' and 'img/s' ({exc})") from None
-        if rate > 0:
+        if rate > 0 and not row.get("first_step"):  # the first step's rate includes warm-up
             per_res.setdefault(res, []).append(rate)
     return {res: statistics.median(v) for res, v in sorted(per_res.items())}
 

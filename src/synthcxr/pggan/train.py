@@ -421,12 +421,18 @@ class _Trainer:
                 img_int += pos.batch
                 pbar.update(pos.batch / 1000)
                 done = self.nimg >= self.sched.total_nimg
-                if _crossed(prev, self.nimg, cfg.log_kimg) or done:
+                # The first step is logged on its own: its losses are those of the initial networks, the one
+                # point where N ranks and one process must agree to float rounding (later points drift apart
+                # by reassociation amplified through training). Its img/s includes warm-up.
+                first = self.step == 1
+                if _crossed(prev, self.nimg, cfg.log_kimg) or done or first:
                     vals = mean_across_ranks(torch.stack([acc[k].double() / acc_n for k in sorted(acc)]), info).cpu()
                     now = time.perf_counter()
                     rec = {k: float(v) for k, v in zip(sorted(acc), vals.tolist())}
                     rec.update(kimg=self.nimg / 1000, phase=pos.phase.name, res=pos.res, alpha=round(pos.alpha, 6),
                                **{"img/s": img_int / max(now - t_int, 1e-9)}, seconds=round(self.seconds, 3))
+                    if first:
+                        rec["first_step"] = True
                     if info.is_main:
                         self.write_log(rec)
                         pbar.set_postfix(res=pos.res, a=f"{pos.alpha:.2f}", d=f"{rec['loss_d']:.2f}",
