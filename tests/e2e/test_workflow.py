@@ -122,6 +122,15 @@ def test_release_is_consistent_and_verifiable(tiny_run: Path):
     assert "### Label reliability (independent checker classifier)" in card
     assert "### Patient re-identification audit" in card
     assert f"| withheld: matched to a training patient by re-identification audit (gate on) | {info['counts']['n_reid_matched']} |" in card
+    # delivery: planned against released, per finding, from the plan and the manifest; in the card, the figure and the log
+    d = info["delivery"]
+    for name in info["label_names"]:
+        assert d["per_finding"][name]["planned"] == int(plan[name].sum()), name
+        assert d["per_finding"][name]["released"] == int(man[name].sum()), name
+    assert "## Delivery: planned against released" in card
+    assert (tiny_run / "results" / "validate" / "tiny" / "delivery.png").stat().st_size > 1000
+    last = (tiny_run / "results" / "logs" / "archive-tiny" / "release.log").read_text().strip().splitlines()[-1]
+    assert f"delivered {d['released']} of {d['planned']} planned samples" in last, last
 
 
 def test_lco_shard_rerun_with_other_cores_is_byte_identical(tiny_run: Path, tmp_path: Path):
@@ -229,3 +238,65 @@ def test_config_edit_reruns_stage_and_downstream_only(tiny_run: Path):
     assert not steps_edit & {"validate_memorization", "train_classifier", "lco"}
     gan_edit = _planned_rules(tiny_run, {"pggan": {"lr": 0.002}})
     assert "train_pggan" in gan_edit and not gan_edit & {"prepare", "train_classifier"}
+
+
+CROSS_KERNEL = """
+import json, sys
+import numpy as np, pandas as pd, torch
+from synthcxr.archive import open as open_archive
+from synthcxr.archive.regenerate import regenerate_sample
+from synthcxr.classifier import load_classifier
+from synthcxr.classifier.evaluate import read_thresholds
+from synthcxr.lco.optimize import accept_rule, score_latents
+from synthcxr.pggan import load_generator
+
+rel, run, margin = sys.argv[1], sys.argv[2], float(sys.argv[3])
+G = load_generator(f"{run}/results/pggan/tiny/generator.pt")
+C = load_classifier(f"{run}/results/classifier/real/model.pt")
+thr = read_thresholds(f"{run}/results/classifier/real/thresholds.json")
+arc = open_archive(rel)
+man, names = arc.manifest, list(arc.label_names)
+diffs, identical = [], 0
+for sid in man["sample_id"]:
+    r = regenerate_sample(rel, sid, G)
+    identical += r.identical
+    diffs.append(int(np.abs(r.image.astype(int) - arc.read(sid).astype(int)).max()))
+z = torch.from_numpy(np.stack(pd.read_parquet(f"{rel}/latents.parquet").set_index("sample_id").loc[man["sample_id"], "z"]))
+idx = torch.tensor([list(C.label_names).index(n) for n in names])
+p = torch.sigmoid(score_latents(G, C, z.float(), idx, 64)).numpy()
+target = man[names].to_numpy()
+ok = accept_rule(p, target, [thr[n] for n in names], margin)
+print(json.dumps({"capability": torch.backends.cpu.get_cpu_capability(), "n": len(man), "identical": identical,
+                  "max_grey_diff": max(diffs), "labels_kept": int(ok.sum()),
+                  "max_prob_diff": float(np.abs(p - man[[f"prob_{n}" for n in names]].to_numpy()).max())}))
+"""
+
+
+def test_release_regenerates_on_the_other_cpu_kernel_path(tiny_run: Path, tmp_path: Path):
+    """Same config + same platform = same bytes. On the other ATen kernel path (AVX2 where the release was
+    rendered on the default, the default where it was rendered on AVX2) every pixel stays within one grey
+    level and every label still holds (docs/archive-format.md)."""
+    import os
+    import sys
+
+    script = tmp_path / "cross.py"
+    script.write_text(CROSS_KERNEL)
+    rel = tiny_run / "results" / "archive" / "tiny" / "release"
+    margin = float(yaml.safe_load(TINY.read_text())["lco"]["margin"])
+    own_cap = os.environ.get("ATEN_CPU_CAPABILITY")  # the path this session rendered the release on
+    out = {}
+    for which, cap in (("own", own_cap), ("other", None if own_cap == "avx2" else "avx2")):
+        env = {k: v for k, v in os.environ.items() if k != "ATEN_CPU_CAPABILITY"}
+        if cap:
+            env["ATEN_CPU_CAPABILITY"] = cap
+        proc = run_group([sys.executable, str(script), str(rel), str(tiny_run), str(margin)], env=env, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        out[which] = json.loads(proc.stdout.strip().splitlines()[-1])
+    own, other = out["own"], out["other"]
+    assert own["identical"] == own["n"] and own["max_grey_diff"] == 0, own
+    # the manifest's probabilities come from LCO's step batches; scored here in other batches: last bits only
+    assert own["labels_kept"] == own["n"] and own["max_prob_diff"] < 1e-5, own
+    assert other["max_grey_diff"] <= 1, other
+    assert other["labels_kept"] == other["n"], other  # every released sample still meets its target
+    assert other["max_prob_diff"] < 1e-3, other
+    print(out)

@@ -57,6 +57,7 @@ rule finalize_archive:
         manifest=f"{REL}/manifest.parquet",
         latents=f"{REL}/latents.parquet",
         info=f"{REL}/archive.json",
+        delivery=report(f"{VAL}/delivery.png", caption="../report/delivery.rst", category="Delivery"),
     params:
         cfg=RELEASE_CFG,
         shard_size=config["lco"]["shard_size"],

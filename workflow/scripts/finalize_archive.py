@@ -5,10 +5,11 @@ from pathlib import Path
 from synthcxr.archive.finalize import finalize_archive
 from synthcxr.archive.sample import ArchiveConfig
 from synthcxr.utils.runtime import setup_logging
+from synthcxr.validate.figures import delivery_bars
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 setup_logging(sm.log[0])
-finalize_archive(
+info = finalize_archive(
     Path(sm.input.latents[0]).parent.parent,
     Path(sm.output.manifest).parent,
     ArchiveConfig.from_section({**sm.params.cfg, "workers": sm.threads}),
@@ -20,3 +21,4 @@ finalize_archive(
     full_config=sm.config,
     shard_size=sm.params.shard_size,
 )
+delivery_bars(info["delivery"], sm.output.delivery)

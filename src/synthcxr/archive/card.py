@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from .delivery import card_section
 from .layout import FORMATS, stream_format
 from .shard_parquet import hf_features
 
@@ -278,6 +279,7 @@ def render_card(
         "|---|---|",
         *(f"| {k} | {v} |" for k, v in sorted(c["per_combination"].items(), key=lambda kv: (-kv[1], kv[0]))),
         "",
+        *(card_section(info["delivery"]) if info.get("delivery") else []),
         "## Intended use",
         "",
         "- Augmenting or pre-training chest X-ray classifiers, especially for rare label combinations.",

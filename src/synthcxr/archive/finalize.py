@@ -36,9 +36,11 @@ from ..utils.atomic import atomic_path, is_temporary, write_json
 from ..utils.hashing import sha256_file
 from ..utils.runtime import progress
 from .contract import ROLE_RELEASE, ROLE_WORK, read_shard_attrs, read_shard_ids
+from .delivery import delivery_table, enforce_delivery, summary_line
 from .layout import (
     ARCHIVE_JSON,
     CARD,
+    DELIVERY_JSON,
     FORMAT_VERSION,
     FORMATS,
     MANIFEST,
@@ -262,6 +264,9 @@ def finalize_archive(
     if full["sample_id"].duplicated().any():
         raise ValueError(f"{work}: sample_id {full.loc[full['sample_id'].duplicated(), 'sample_id'].iloc[0]!r} appears in two shards")
     released, failed, flagged, matched = release_mask(full, memorization_path, reid_path)
+    delivery = delivery_table(full, names, released, failed)
+    write_json(work / DELIVERY_JSON, delivery)  # kept for the operator even when the floor stops the release
+    short = enforce_delivery(delivery, cfg.min_delivery, str(release))
     manifest = full[released].drop(columns=["success"]).reset_index(drop=True)
     res = res_seen.pop()
 
@@ -359,6 +364,7 @@ def finalize_archive(
             "per_finding": {n: int(manifest[n].sum()) for n in names},
             "per_combination": {k: int(v) for k, v in sorted(manifest["combination"].value_counts().items())},
         },
+        "delivery": {**delivery, "min_delivery": cfg.min_delivery, "short": short},
         "release_policy": (
             "the release holds only samples whose label optimisation succeeded and that neither the memorisation "
             "audit flagged nor the re-identification audit matched to a training patient (each when gated); failed "
@@ -380,6 +386,7 @@ def finalize_archive(
         release, len(full), info["counts"]["n_released"], len(shards_info), info["counts"]["n_failed"],
         info["counts"]["n_flagged"], info["counts"]["n_reid_matched"], work,
     )
+    log.info("release %s: %s", release, summary_line(delivery))
     return info
 
 

@@ -56,6 +56,7 @@ class ArchiveConfig:
     threads: int = 2
     workers: int = 2
     png_level: int = PNG_COMPRESS_LEVEL
+    min_delivery: float = 0.0
 
     def __post_init__(self) -> None:
         self.formats = canonical_formats(self.formats)
@@ -69,6 +70,8 @@ class ArchiveConfig:
             raise ValueError(f"archive.workers must be >= 1, got {self.workers}")
         if not 0 <= self.png_level <= 9:
             raise ValueError(f"archive.png_level must be 0..9, got {self.png_level}")
+        if not 0 <= self.min_delivery <= 1:
+            raise ValueError(f"archive.min_delivery must be in [0, 1], got {self.min_delivery}")
 
     @property
     def work_formats(self) -> list[str]:
@@ -90,6 +93,7 @@ class ArchiveConfig:
             threads=int(sec.get("threads", 2)),
             workers=int(sec.get("workers", 2)),
             png_level=int(sec.get("png_level", PNG_COMPRESS_LEVEL)),
+            min_delivery=float(sec.get("min_delivery", 0.0)),
         )
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from ..utils.atomic import stale_temporaries, write_text
 from ..utils.hashing import sha256_files
 from .card import render_card
+from .delivery import summary_line
 from .layout import CARD, SUMS
 from .verify import expected_files, read_info, verify_release
 
@@ -56,4 +57,8 @@ def seal_release(
     write_text(root / CARD, text)
     write_sums(root, sorted(expected_files(info) - {SUMS}), jobs)
     log.info("sealed release %s: %d samples in %d shard(s)", root, info["counts"]["n_released"], info["n_shards"])
+    if info.get("delivery"):
+        for line in info["delivery"].get("short", []):
+            log.warning("DELIVERY SHORT: %s", line)
+        log.info("%s: %s", root, summary_line(info["delivery"]))
     return text

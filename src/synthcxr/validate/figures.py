@@ -204,3 +204,28 @@ def match_gallery(
             (other, "same patient, other study" if other is not None else "no other study", "black"),
         ])
     _image_rows(cells, path, f"{title} (match threshold {threshold:.3f})")
+
+
+def delivery_bars(delivery: Mapping[str, object], path: str | os.PathLike) -> None:
+    """Per finding: planned, released, failed (LCO) and withheld (audits) samples, from the delivery table."""
+    per = {n: r for n, r in dict(delivery["per_finding"]).items() if r["planned"]}  # type: ignore[index]
+    names = list(per)
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(names) + 2), 4))
+    planned = np.array([per[n]["planned"] for n in names], float)
+    released = np.array([per[n]["released"] for n in names], float)
+    failed = np.array([per[n]["failed"] for n in names], float)
+    withheld = np.array([per[n]["withheld"] for n in names], float)
+    ax.bar(x, released, 0.6, label="released", color="tab:green")
+    ax.bar(x, failed, 0.6, bottom=released, label="failed (LCO)", color="tab:red")
+    ax.bar(x, withheld, 0.6, bottom=released + failed, label="withheld (audits)", color="tab:orange")
+    for i, n in enumerate(names):
+        share = per[n]["share"]
+        ax.text(i, planned[i], f"{100 * share:.0f} %", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(x, names, rotation=30, ha="right")
+    ax.set_yscale("symlog", linthresh=10)
+    ax.set_ylabel("samples (a sample counts for each finding in it)")
+    ax.set_title(f"Delivery: {delivery['released']} of {delivery['planned']} planned samples released")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
+    _save(fig, path)
