@@ -44,7 +44,10 @@ from synthcxr.classifier.evaluate import read_thresholds
 from synthcxr.config import deep_merge, load_config, read_config_file, section
 from synthcxr.labels import NO_FINDING, combo_key
 from synthcxr.lco.evaluate import checker_agrees, real_exact_match
-from synthcxr.lco.optimize import LCOConfig, LabelSpace, accept_rule, optimise_latents, resolve_label_space, score_latents
+from synthcxr.lco.accept import LabelSpace, accept_rule, resolve_label_space
+from synthcxr.lco.config import LCOConfig
+from synthcxr.lco.optimize import optimise_latents
+from synthcxr.lco.starts import score_latents
 from synthcxr.lco.plan import pool_seed, read_plan, sample_seeds
 from synthcxr.lco.rejection import rejection_sample
 from synthcxr.utils.runtime import resolve_device, setup_logging

@@ -247,7 +247,8 @@ from synthcxr.archive import open as open_archive
 from synthcxr.archive.regenerate import regenerate_sample
 from synthcxr.classifier import load_classifier
 from synthcxr.classifier.evaluate import read_thresholds
-from synthcxr.lco.optimize import accept_rule, score_latents
+from synthcxr.lco.accept import accept_rule
+from synthcxr.lco.starts import score_latents
 from synthcxr.pggan import load_generator
 
 rel, run, margin = sys.argv[1], sys.argv[2], float(sys.argv[3])

@@ -22,10 +22,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from synthcxr.lco.evaluate import agreement
-from synthcxr.lco.optimize import (
-    accept_rule, best_of_candidates, initial_latents, margin_thresholds, match_pool, optimise_latents, pool_block_latents,
-    resolve_label_space, success_rule,
-)
+from synthcxr.lco.accept import accept_rule, margin_thresholds, resolve_label_space, success_rule
+from synthcxr.lco.optimize import optimise_latents
+from synthcxr.lco.pool import match_pool
+from synthcxr.lco.starts import best_of_candidates, initial_latents, pool_block_latents
 from synthcxr.lco.plan import attempt_seed, make_plan, pool_seed, write_plan
 from synthcxr.lco.rejection import rejection_sample
 from synthcxr.lco.latents import read_latents

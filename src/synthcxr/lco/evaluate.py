@@ -19,8 +19,9 @@ import torch
 
 from ..classifier.evaluate import read_thresholds
 from ..labels import combo_key
+from .accept import LabelSpace, resolve_label_space, success_rule
 from .latents import latents_labels, read_latents, target_labels
-from .optimize import LabelSpace, initial_latents, module_device, resolve_label_space, success_rule
+from .starts import initial_latents, module_device
 
 
 def _rate(mask: np.ndarray) -> float | None:

@@ -1,6 +1,6 @@
 """Rejection sampling: the baseline LCO is measured against.
 
-Draw z ~ N(0, I), render, classify, keep the latent if :func:`~synthcxr.lco.optimize.accept_rule` holds
+Draw z ~ N(0, I), render, classify, keep the latent if :func:`~synthcxr.lco.accept.accept_rule` holds
 with the same ``margin`` LCO succeeds on. Its cost per accepted sample is about 1 / P(target | z ~ prior),
 which explodes for rare label combinations; that is the case LCO exists for. Costs are counted in
 generator forward evaluations so the two methods compare on the same unit, and counted exactly: the
@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from ..labels import parse_combo
-from .optimize import LabelSpace, accept_rule, module_device, resolve_label_space
+from .accept import LabelSpace, accept_rule, resolve_label_space
+from .starts import module_device
 
 log = logging.getLogger("synthcxr")
 

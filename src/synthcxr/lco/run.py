@@ -18,9 +18,12 @@ import torch
 
 from ..classifier.evaluate import read_thresholds  # thresholds.json belongs to the classifier stage
 from ..utils.runtime import fixed_threads, resolve_device, seed_everything, setup_logging
+from .accept import LabelSpace, resolve_label_space
+from .config import LCOConfig
 from .latents import write_latents
-from .optimize import LabelSpace, LCOConfig, module_device, optimise_latents, resolve_label_space
+from .optimize import optimise_latents
 from .plan import pool_seed, read_plan
+from .starts import module_device
 
 log = logging.getLogger("synthcxr")
 

@@ -1,0 +1,178 @@
+"""The batched optimiser: Adam on every queued attempt's latent with continuous batching and retries."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .accept import LabelSpace, accept_rule
+from .config import LCOConfig
+from .memory import autocast
+from .plan import attempt_seed
+from .starts import best_of_candidates, initial_latents
+
+_BETA1, _BETA2, _EPS = 0.9, 0.999, 1e-8
+
+
+@dataclass
+class Results:
+    """Per-row outputs of the optimisation, filled as rows finish."""
+
+    z: np.ndarray  # [n, d] float32
+    probs: np.ndarray  # [n, L] float32, NaN for unused labels
+    steps: np.ndarray  # [n] int64: updates in the last attempt
+    g_evals: np.ndarray  # [n] float64: forward evaluations over all attempts (+ pool share)
+    grad_steps: np.ndarray  # [n] int64: backward passes over all attempts
+    attempts: np.ndarray  # [n] int64
+    seed: np.ndarray  # [n] int64: seed of the last attempt
+    success: np.ndarray  # [n] bool
+    gave_up: np.ndarray  # [n] bool: retries skipped, give_up_after strong attempts of its combination having failed
+
+
+def optimise_stream(
+    G: torch.nn.Module,
+    C: torch.nn.Module,
+    space: LabelSpace,
+    targets: np.ndarray,
+    seeds: np.ndarray,
+    cfg: LCOConfig,
+    device: torch.device,
+    work: list[tuple[int, int, torch.Tensor | None]],
+    out: Results,
+    combo: np.ndarray,
+    weak: np.ndarray,
+    step_batch: int,
+    score_chunk: int,
+    bar=None,
+) -> None:
+    """Adam on z for every queued (row, attempt, start) with continuous batching.
+
+    Up to ``step_batch`` attempts run side by side, each with its own Adam moments and step count, so a
+    sample's trajectory does not depend on its neighbours (up to floating-point reduction order). When
+    a sample clears the accept rule it leaves the batch; when it fails after ``cfg.steps`` updates its
+    next attempt (a fresh seed, started from the best of ``cfg.init_candidates`` draws) joins the end of
+    the queue while attempts remain. Freed slots are refilled from the queue at once, which keeps the
+    batch full instead of letting a few slow samples run a nearly empty batch to the step limit.
+    """
+    d = int(G.latent_dim)
+    used = space.used
+    cols = np.flatnonzero(used)
+    idx = torch.as_tensor(np.asarray(space.clf_index)[used], dtype=torch.long, device=device)
+    thr = space.thresholds[used]
+    tgt_all = torch.as_tensor(targets[:, used], dtype=torch.float32, device=device)
+    k = cfg.init_candidates
+    queue = deque(work)
+    # per label combination (``combo``: each row's index): retries failed and samples met in this shard
+    # (pool accepts included)
+    fails = np.zeros(combo.max(initial=-1) + 1, dtype=np.int64)
+    wins = np.bincount(combo[out.success], minlength=len(fails))
+    rows = np.empty(0, dtype=np.int64)
+    att = np.empty(0, dtype=np.int64)
+    t = np.empty(0, dtype=np.int64)
+    best = np.empty(0, dtype=np.float64)  # lowest target loss of the attempt so far
+    stale = np.empty(0, dtype=np.int64)  # steps since it last fell by 1 %
+    z = torch.empty(0, d, device=device)
+    m = torch.empty(0, d, device=device)
+    v = torch.empty(0, d, device=device)
+
+    def fill():
+        nonlocal rows, att, t, best, stale, z, m, v
+        new = []
+        while queue and len(rows) + len(new) < step_batch:
+            w = queue.popleft()
+            c = combo[w[0]]
+            # a target whose only attempt so far started weak always gets one strong (fresh) attempt
+            had_strong = w[1] > 1 or not weak[w[0]]
+            if w[1] > 0 and had_strong and cfg.give_up_after is not None and wins[c] == 0 and fails[c] >= cfg.give_up_after:
+                out.gave_up[w[0]] = True  # its last attempt's z and probs stand
+                if bar is not None:
+                    bar.update(1)
+                continue
+            new.append(w)
+        if not new:
+            return
+        r = np.array([w[0] for w in new], dtype=np.int64)
+        a = np.array([w[1] for w in new], dtype=np.int64)
+        zs = torch.empty(len(new), d, device=device)
+        fresh = [j for j, w in enumerate(new) if w[2] is None]
+        for j, w in enumerate(new):
+            if w[2] is not None:
+                zs[j] = w[2].to(device=device, dtype=torch.float32)
+        if fresh:
+            fr = r[fresh]
+            sd = [attempt_seed(int(seeds[i]), int(a[j])) for i, j in zip(fr, fresh)]
+            out.seed[fr] = sd
+            if k == 1:
+                zs[fresh] = initial_latents(sd, d).to(device)
+            else:
+                zs[fresh] = best_of_candidates(G, C, initial_latents(sd, d, k).to(device), tgt_all[fr], idx, score_chunk, cfg.amp)
+                out.g_evals[fr] += k  # choosing the start costs k generator evaluations
+        out.attempts[r] = a + 1
+        rows, att, t = np.concatenate([rows, r]), np.concatenate([att, a]), np.concatenate([t, np.zeros(len(r), np.int64)])
+        best, stale = np.concatenate([best, np.full(len(r), np.inf)]), np.concatenate([stale, np.zeros(len(r), np.int64)])
+        z = torch.cat([z, zs])
+        m = torch.cat([m, torch.zeros_like(zs)])
+        v = torch.cat([v, torch.zeros_like(zs)])
+
+    while True:
+        fill()
+        if len(rows) == 0:
+            break
+        zi = z.detach().requires_grad_(True)
+        with autocast(device, cfg.amp):
+            logits = C(G(zi)).float().index_select(1, idx)
+        p = torch.sigmoid(logits)
+        tgt = tgt_all[torch.as_tensor(rows, device=device)]
+        ok = accept_rule(p.detach(), tgt, thr, cfg.margin).cpu().numpy()
+        out.g_evals[rows] += 1
+        out.probs[np.ix_(rows, cols)] = p.detach().cpu().numpy()
+        out.steps[rows] = t
+        out.success[rows] = ok
+        bce = F.binary_cross_entropy_with_logits(logits, tgt, reduction="none").mean(1)
+        loss_now = bce.detach().cpu().numpy().astype(np.float64)
+        better = loss_now < best * 0.99
+        stale = np.where(better, 0, stale + 1)
+        best = np.minimum(best, loss_now)
+        failed = ~ok & (t >= cfg.steps)
+        if cfg.patience is not None:  # an attempt whose loss stopped falling gives up early
+            failed |= ~ok & (stale >= cfg.patience)
+        cont = ~ok & ~failed
+        if cont.any():
+            per_sample = bce
+            if cfg.prior_weight > 0:
+                per_sample = per_sample + cfg.prior_weight * (zi.pow(2).sum(1) / d - 1.0).pow(2)
+            keep_t = torch.as_tensor(cont, device=device)
+            (grad,) = torch.autograd.grad(per_sample[keep_t].sum(), zi)
+            out.grad_steps[rows] += 1  # the backward runs over the whole batch
+            # Adam with per-sample moments and per-sample step counts
+            g = grad[keep_t]
+            mi = m[keep_t].mul_(_BETA1).add_(g, alpha=1 - _BETA1)
+            vi = v[keep_t].mul_(_BETA2).addcmul_(g, g, value=1 - _BETA2)
+            tt = torch.as_tensor(t[cont] + 1, dtype=torch.float32, device=device)[:, None]
+            step = (mi / (1 - _BETA1**tt)) / ((vi / (1 - _BETA2**tt)).sqrt() + _EPS)
+            zc = z[keep_t] - cfg.lr * step
+        done = ~cont
+        # a first attempt from a weak pool start failing says little about its combination
+        np.add.at(fails, combo[rows[failed & ((att > 0) | ~weak[rows])]], 1)
+        np.add.at(wins, combo[rows[ok]], 1)
+        if done.any():
+            out.z[rows[done]] = z[torch.as_tensor(done, device=device)].detach().float().cpu().numpy()
+            for i, a in zip(rows[failed], att[failed]):
+                if a < cfg.retries:
+                    queue.append((int(i), int(a) + 1, None))
+                elif bar is not None:
+                    bar.update(1)
+            if bar is not None and ok.any():
+                bar.update(int(ok.sum()))
+        if cont.any():
+            rows, att, t = rows[cont], att[cont], t[cont] + 1
+            best, stale = best[cont], stale[cont]
+            z, m, v = zc.detach(), mi, vi
+        else:
+            rows, att, t = rows[:0], att[:0], t[:0]
+            best, stale = best[:0], stale[:0]
+            z, m, v = z[:0].detach(), m[:0], v[:0]
