@@ -564,6 +564,7 @@ def test_agreement_with_same_and_stricter_checker(tmp_path, fake_loaders):
     assert same["per_combination"]["Effusion"]["n"] == 6
     # independent reference: re-render and score by hand
     tables = [read_latents(p, LABELS) for p in paths]
+    lco_ok = np.concatenate([t.table["success"].to_numpy(bool) for t in tables])
     z = np.concatenate([t.z for t in tables])
     targets = np.concatenate([t.table[[f"target_{n}" for n in LABELS]].to_numpy() for t in tables])
     strict = {n: 0.5 for n in LABELS} | {"Cardiomegaly": 0.9}
@@ -576,6 +577,7 @@ def test_agreement_with_same_and_stricter_checker(tmp_path, fake_loaders):
         sel = targets[:, j] == 1
         row = got["per_label"][name]
         assert row["n_target"] == int(sel.sum()) and row["plan_rate"] == pytest.approx(sel.mean())
+        assert row["lco_success"] == pytest.approx(lco_ok[sel].mean()) if sel.any() else row["lco_success"] is None
         assert "prior_rate" not in row
         if sel.any():
             assert row["agreement_successful"] == pytest.approx(hand[sel].mean())
@@ -600,8 +602,11 @@ def test_agreement_with_same_and_stricter_checker(tmp_path, fake_loaders):
     (tmp_path / "metrics.json").write_text(json.dumps({"test": {"exact_match": em}}))
     ref = agreement(paths, G, C, strict, checker_metrics=tmp_path / "metrics.json")
     assert (ref["real_test_exact_match"], ref["real_test_n"]) == (0.8, 40)
-    assert ref["per_label"]["Effusion"] == got["per_label"]["Effusion"] | {"real_test_n_pos": 5, "real_test_tpr": 0.8}
+    eff = got["per_label"]["Effusion"]
+    assert ref["per_label"]["Effusion"] == eff | {"real_test_n_pos": 5, "real_test_tpr": 0.8,
+                                                   "agreement_over_real_tpr": pytest.approx(eff["agreement_successful"] / 0.8)}
     assert ref["per_label"]["Nodule"]["real_test_tpr"] is None and ref["per_label"]["Nodule"]["real_test_n_pos"] is None
+    assert ref["per_label"]["Nodule"]["agreement_over_real_tpr"] is None
     assert ref["per_combination"]["Effusion"] == got["per_combination"]["Effusion"] | {"real_test_n": 5, "real_test_exact_match": 0.6}
     assert ref["per_combination"]["Cardiomegaly+Effusion+Nodule"]["real_test_n"] == 0
     assert ref["per_combination"]["Cardiomegaly+Effusion+Nodule"]["real_test_exact_match"] is None

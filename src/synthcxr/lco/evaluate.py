@@ -82,8 +82,9 @@ def agreement(
     ``real_test_n_pos``: how often the checker calls the finding on real test scans that carry it (null
     when the metrics predate this field or the test split has no such scan).
 
-    ``per_label`` gives, for each label, the samples whose target includes it and the checker's agreement
-    on them; with ``prior_samples > 0`` also ``prior_rate``, the share of that many seeded random latents
+    ``per_label`` gives, for each label, the samples whose target includes it, the share of them LCO
+    met (``lco_success``) and the checker's agreement on those (with ``checker_metrics`` also its ratio to
+    the checker's sensitivity on real scans, ``agreement_over_real_tpr``); with ``prior_samples > 0`` also ``prior_rate``, the share of that many seeded random latents
     (un-optimised draws from N(0, I)) on which the checker sees the label, next to ``plan_rate``, its share
     of the targets. A finding the generator almost never draws can only be reached by perturbing latents
     until the steering classifier is fooled, and the checker's agreement on it is low.
@@ -145,6 +146,7 @@ def agreement(
         row = {
             "n_target": int(sel.sum()),
             "plan_rate": _rate(sel),
+            "lco_success": _rate(lco_ok[sel]),
             "agreement_successful": _rate(agree[sel & lco_ok]),
         }
         if prior is not None:
@@ -161,6 +163,9 @@ def agreement(
             ref = real_labels.get(name, {})
             row["real_test_n_pos"] = ref.get("n_pos")
             row["real_test_tpr"] = ref.get("tpr")
+            # the trust goal: agreement on released samples relative to what this checker sees on real ones
+            tpr, agr = row["real_test_tpr"], row["agreement_successful"]
+            row["agreement_over_real_tpr"] = None if not tpr or agr is None else round(agr / tpr, 6)
     return {
         "labels": labels,
         "n": int(len(agree)),
