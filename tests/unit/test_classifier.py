@@ -466,3 +466,64 @@ def test_real_plus_synthetic_source_and_equal_steps(tiny_prepared, tmp_path, tra
     assert small["steps"] == both["steps"]  # same optimisation steps whatever the training set's size
     with pytest.raises(ValueError, match="eval_source"):
         train_classifier(_cfg(epochs=1), [tiny_prepared, arc], None, tmp_path / "noeval")
+
+
+# ---------------------------------------------------------------- TSTR mechanics: fractions, pretrain, mixing
+
+
+def test_patient_subsets_are_nested_whole_patients():
+    from synthcxr.classifier.sources import patient_subset
+
+    groups = np.repeat([f"p{i:03d}" for i in range(200)], 3)[np.random.default_rng(0).permutation(600)]
+    masks = {f: patient_subset(groups, f, seed=4) for f in (0.01, 0.1, 0.5, 1.0)}
+    counts = {f: len(set(groups[m])) for f, m in masks.items()}
+    assert counts == {0.01: 2, 0.1: 20, 0.5: 100, 1.0: 200}
+    assert all((masks[a] <= masks[b]).all() for a, b in [(0.01, 0.1), (0.1, 0.5), (0.5, 1.0)])  # nested
+    for m in masks.values():  # every image of a kept patient, none of the others
+        assert set(groups[m]).isdisjoint(groups[~m])
+    assert len(set(groups[patient_subset(groups, 1e-6, 4)])) == 1  # at least one patient
+    assert not np.array_equal(masks[0.1], patient_subset(groups, 0.1, seed=5))
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        patient_subset(groups, 0.0, 4)
+
+
+def test_mix_weights_give_the_synthetic_share_by_hand_and_by_sampling():
+    from synthcxr.classifier.sources import mix_weights
+
+    w = mix_weights([("prepared", 6), ("archive", 2)], 0.25)
+    np.testing.assert_allclose(w, [0.125] * 6 + [0.125] * 2)
+    w = mix_weights([("prepared", 90), ("archive", 10)], 0.5)
+    np.testing.assert_allclose(w[:90].sum(), 0.5) and np.testing.assert_allclose(w[90:], 0.05)
+    draws = torch.multinomial(torch.as_tensor(w), 20000, replacement=True, generator=torch.Generator().manual_seed(0))
+    assert abs(float((draws >= 90).float().mean()) - 0.5) < 0.02
+    with pytest.raises(ValueError, match="real and synthetic"):
+        mix_weights([("prepared", 5)], 0.5)
+
+
+def test_real_fraction_trains_on_a_patient_subset(tiny_prepared, tmp_path):
+    m = train_classifier(_cfg(epochs=1, bootstrap=0, real_fraction=0.25), tiny_prepared, None, tmp_path / "q")
+    train = PreparedDataset(tiny_prepared).split("train")
+    from synthcxr.classifier.sources import patient_subset
+
+    want = int(patient_subset(train["patient_key"].to_numpy(), 0.25, seed=1).sum())
+    assert m["n_train"] == want < len(train) and m["real_fraction"] == 0.25
+    with pytest.raises(ValueError, match="real_fraction"):
+        ClassifierConfig.from_dict(_cfg(real_fraction=0.0))
+
+
+def test_finetune_restores_the_pretrained_checkpoint_and_continues(trained, tiny_prepared, tmp_path):
+    out, _ = trained
+    start = dict(load_classifier(out / "model.pt").named_parameters())
+    # a vanishing learning rate: the weights must end where they started, i.e. on the pretrained ones
+    # (parameters only: BatchNorm's running statistics follow the new data whatever the learning rate)
+    m = train_classifier(_cfg(epochs=1, bootstrap=0, lr=1e-12, init_from=str(out / "model.pt")), tiny_prepared, None, tmp_path / "ft")
+    ft = dict(load_classifier(tmp_path / "ft" / "model.pt").named_parameters())
+    for k, v in start.items():
+        torch.testing.assert_close(ft[k], v, atol=1e-6, rtol=0, msg=k)
+    assert m["init_from"] == str(out / "model.pt")
+    # from scratch the same run ends elsewhere: the start really came from the checkpoint
+    train_classifier(_cfg(epochs=1, bootstrap=0, lr=1e-12), tiny_prepared, None, tmp_path / "s")
+    scratch = dict(load_classifier(tmp_path / "s" / "model.pt").named_parameters())
+    assert max(float((scratch[k] - v).abs().max()) for k, v in start.items()) > 1e-3
+    with pytest.raises(ValueError, match="architecture or labels differ"):
+        train_classifier(_cfg(epochs=1, bootstrap=0, width=8, init_from=str(out / "model.pt")), tiny_prepared, None, tmp_path / "bad")

@@ -103,22 +103,93 @@ def test_run_tstr_gives_every_arm_the_same_recipe_and_tstr_epochs(tmp_path, tiny
 
     def trainer(sec, source, prepared, run_dir, log_file):
         seen.append((sec["name"], sec["epochs"], sec["patience"], sec["samples_per_epoch"], sec["seed_offset"]))
-        return {"n_train": 1, "steps": 10 * sec["epochs"], "epochs_run": sec["epochs"], "best_epoch": sec["epochs"]}
+        return {"n_train": 1, "steps": 10 * sec["epochs"], "epochs_run": sec["epochs"], "best_epoch": sec["epochs"],
+                "init_from": sec.get("init_from")}
 
     clf = {"labels": labels, "epochs": 7, "patience": 2, "batch_size": 8, "bootstrap": 20, "seed": 0, "checker": {"name": "x"}}
     out = run_tstr(clf, tmp_path / "arch", tiny_prepared, tmp_path / "runs", tmp_path / "t.json", tmp_path / "t.png",
                    seeds=2, epochs=epochs, trainer=trainer, loader=lambda path, device: _Const(len(labels)))
     want = 7 if epochs is None else epochs
-    assert [s[0] for s in seen] == [f"tstr-{a}-seed{k}" for a in ("real", "synthetic", "real+synthetic") for k in (0, 1)]
-    # every run: the epochs asked for, patience past them (no early stop), one epoch = the real train split
+    pre = (want + 1) // 2
+    per_seed = ["synthetic-1", "pretrain-1", "real-1", "real+synthetic-1", "pretrain_finetune-1"]
+    assert [s[0] for s in seen] == [f"tstr-{a}-seed{k}" for k in (0, 1) for a in per_seed]
+    # every run: patience past its epochs (no early stop), one epoch = the real train split; the pretrain
+    # and finetune halves add up to the epochs every other arm takes
     n_real = {s[3] for s in seen}
-    assert {s[1] for s in seen} == {want} and {s[2] for s in seen} == {want + 1} and len(n_real) == 1
-    assert [s[4] for s in seen] == [100, 101] * 3
+    assert {s[2] for s in seen} == {want + 1} and len(n_real) == 1
+    assert [s[1] for s in seen] == [want, pre, want, want, want - pre] * 2
+    assert [s[4] for s in seen] == [100] * 5 + [101] * 5
     js = json.loads((tmp_path / "t.json").read_text())
     assert js["epochs"] == want and js["seeds"] == 2 and js["steps_per_run"] == [10 * want]
     assert out["arms"]["synthetic"]["mean_auroc_findings"] == pytest.approx(0.5)  # constant scores
+    assert set(out["difference_from_real"]) == {"synthetic", "real+synthetic", "pretrain_finetune"}
 
 
 def test_run_tstr_refuses_zero_epochs(tmp_path, tiny_prepared):
     with pytest.raises(ValueError, match="validate.tstr_epochs"):
         run_tstr({"labels": ["No_Finding"]}, tmp_path, tiny_prepared, tmp_path, tmp_path / "t.json", tmp_path / "t.png", epochs=0)
+
+
+def test_run_tstr_trains_every_arm_at_each_nested_fraction_with_equal_steps(tmp_path, tiny_prepared):
+    labels = list(PHANTOM_LABELS)
+    calls = []
+
+    def trainer(sec, source, prepared, run_dir, log_file):
+        calls.append({**sec, "source": source, "run_dir": run_dir})
+        return {"n_train": 1, "steps": 10 * sec["epochs"], "epochs_run": sec["epochs"], "best_epoch": 1,
+                "init_from": sec.get("init_from")}
+
+    clf = {"labels": labels, "epochs": 4, "batch_size": 8, "bootstrap": 0, "seed": 3}
+    out = run_tstr(clf, tmp_path / "arch", tiny_prepared, tmp_path / "runs", tmp_path / "t.json", tmp_path / "t.png",
+                   seeds=1, trainer=trainer, loader=lambda path, device: _Const(len(labels)), real_fractions=[1.0, 0.1, 0.5],
+                   synthetic_share=0.3, out_fractions_png=tmp_path / "f.png")
+    by = {(c["name"]): c for c in calls}
+    assert sorted(by) == sorted(["tstr-synthetic-1-seed0", "tstr-pretrain-1-seed0"]
+                                + [f"tstr-{a}-{f}-seed0" for f in ("0.1", "0.5", "1") for a in ("real", "real+synthetic", "pretrain_finetune")])
+    for f in ("0.1", "0.5", "1"):
+        assert by[f"tstr-real-{f}-seed0"]["real_fraction"] == float(f)
+        assert by[f"tstr-real+synthetic-{f}-seed0"]["synthetic_share"] == 0.3
+        ft = by[f"tstr-pretrain_finetune-{f}-seed0"]
+        assert ft["init_from"] == str(by["tstr-pretrain-1-seed0"]["run_dir"] / "model.pt") and ft["epochs"] == 2
+    js = json.loads((tmp_path / "t.json").read_text())
+    assert js["real_fractions"] == [0.1, 0.5, 1.0] and set(js["fractions"]) == {"0.1", "0.5", "1"}
+    # equal optimisation steps in every arm and fraction, the pretrain half included
+    assert js["steps_per_run"] == [40]
+    assert all(r["steps"] == 40 for fr in js["fractions"].values() for rs in fr["runs"].values() for r in rs)
+    # nested subsets by patient: the counts grow with the fraction, and the top level is the largest fraction's
+    n_pat = [js["fractions"][f]["n_real_patients"] for f in ("0.1", "0.5", "1")]
+    assert n_pat[0] < n_pat[1] < n_pat[2] and js["real_fraction"] == 1.0
+    assert js["arms"] == js["fractions"]["1"]["arms"] and (tmp_path / "f.png").stat().st_size > 1000
+    assert set(out["fractions"]["0.1"]["difference_from_real"]) == {"synthetic", "real+synthetic", "pretrain_finetune"}
+    # the dataset card gets one row per fraction, not the whole table again for each
+    from synthcxr.archive.card import _metric_table
+
+    card = _metric_table(tmp_path / "t.json", "TSTR", skip=("fractions", "runs"))
+    assert f"| 10 % ({n_pat[0]}) | 0.500 |" in card and "fractions." not in card
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"real_fractions": [0.0, 1.0]}, "tstr_real_fractions"),
+    ({"real_fractions": [1.5]}, "tstr_real_fractions"),
+    ({"arms": ["real", "bogus"]}, "tstr_arms"),
+    ({"arms": ["synthetic"]}, "tstr_arms"),
+])
+def test_run_tstr_refuses_bad_fractions_and_arms(tmp_path, tiny_prepared, kw, match):
+    with pytest.raises(ValueError, match=match):
+        run_tstr({"labels": ["No_Finding"]}, tmp_path, tiny_prepared, tmp_path, tmp_path / "t.json", tmp_path / "t.png", **kw)
+
+
+@pytest.mark.parametrize("key, value", [
+    ("tstr_real_fractions", [0.0, 1.0]),
+    ("tstr_real_fractions", [1.2]),
+    ("tstr_arms", ["real", "bogus"]),
+    ("tstr_arms", ["synthetic"]),
+    ("tstr_synthetic_share", 1.0),
+])
+def test_bad_tstr_keys_are_schema_errors_naming_the_key(key, value):
+    from synthcxr.config import ConfigError, load_config
+
+    from dag import REPO
+
+    with pytest.raises(ConfigError, match=key):
+        load_config(REPO / "config" / "config.yaml", {"validate": {key: value}})

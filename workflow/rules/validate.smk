@@ -118,8 +118,9 @@ rule validate_fid:
 
 
 rule validate_tstr:
-    """Real, synthetic and real + synthetic arms, validate.tstr_seeds seeds each, trained fresh with the
-    classifier recipe and equal optimisation steps, scored on the real test split."""
+    """Real, synthetic, real + synthetic and synthetic-pretrain -> real-finetune arms at each real fraction,
+    validate.tstr_seeds seeds each, trained fresh with the classifier recipe and equal optimisation steps,
+    scored on the real test split."""
     input:
         manifest=f"{REL}/manifest.parquet",
         info=f"{REL}/archive.json",
@@ -128,11 +129,15 @@ rule validate_tstr:
     output:
         tstr=f"{VAL}/tstr.json",
         bars=report(f"{VAL}/auroc_bars.png", caption="../report/tstr.rst", category="Utility (TSTR)"),
+        fractions=report(f"{VAL}/auroc_fractions.png", caption="../report/tstr.rst", category="Utility (TSTR)"),
         runs=directory(f"{VAL}/tstr_runs"),
     params:
         cfg=stage("classifier"),
         seeds=config["validate"]["tstr_seeds"],
         epochs=config["validate"]["tstr_epochs"],
+        fractions=config["validate"]["tstr_real_fractions"],
+        arms=config["validate"]["tstr_arms"],
+        synthetic_share=config["validate"]["tstr_synthetic_share"],
     log:
         f"{ALOGS}/validate_tstr.log",
     threads: 2

@@ -1,4 +1,4 @@
-"""Rule validate_tstr: real / synthetic / real+synthetic arms x seeds, scored on the real test split -> tstr.json, bars."""
+"""Rule validate_tstr: TSTR arms x real fractions x seeds, scored on the real test split -> tstr.json, figures."""
 
 from pathlib import Path
 
@@ -15,4 +15,8 @@ run_tstr(
     seeds=int(sm.params.seeds),
     epochs=sm.params.epochs,
     log_file=sm.log[0],
+    real_fractions=sm.params.fractions,
+    arms=sm.params.arms,
+    synthetic_share=sm.params.synthetic_share,
+    out_fractions_png=sm.output.fractions,
 )

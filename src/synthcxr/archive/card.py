@@ -35,18 +35,33 @@ def _flatten(obj: Any, prefix: str = "") -> list[tuple[str, float | str]]:
     return out
 
 
-def _metric_table(path: Path, title: str) -> str:
+def _metric_table(path: Path, title: str, skip: tuple[str, ...] = ()) -> str:
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         return f"### {title}\n\n{path.name} could not be read ({exc}).\n"
-    rows = _flatten(data)
+    head = _tstr_fractions(data) if "fractions" in data else ""
+    rows = _flatten({k: v for k, v in data.items() if k not in skip})
     if not rows:
         return f"### {title}\n\n{path.name} holds no numeric values.\n"
-    lines = [f"### {title}", "", f"From `{path.name}`.", "", "| metric | value |", "|---|---|"]
+    lines = [f"### {title}", "", f"From `{path.name}`.", "", *([head, ""] if head else []), "| metric | value |", "|---|---|"]
     for k, v in rows:
         lines.append(f"| {k} | {v if isinstance(v, str) else f'{v:.4g}'} |")
     return "\n".join(lines) + "\n"
+
+
+def _tstr_fractions(data: Mapping[str, Any]) -> str:
+    """Mean AUROC over findings per TSTR arm at each share of the real training patients."""
+    fr = data["fractions"]
+    keys = sorted(fr, key=float)
+    arms = list(dict.fromkeys(a for k in keys for a in fr[k]["arms"]))
+    fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    lines = ["| real patients | " + " | ".join(arms) + " |", "|---" * (len(arms) + 1) + "|"]
+    for k in keys:
+        means = fr[k].get("mean_auroc_findings", {})
+        lines.append(f"| {100 * float(k):g} % ({fr[k].get('n_real_patients')}) | " + " | ".join(fmt(means.get(a)) for a in arms) + " |")
+    return ("Mean test AUROC over findings, per arm, at each share of the real training patients (the rest of "
+            f"this table is at {100 * float(keys[-1]):g} %):\n\n" + "\n".join(lines))
 
 
 def _memorization_section(path: Path) -> str:
@@ -304,7 +319,7 @@ def render_card(
     val = [
         _agreement_section(lco_agreement) if lco_agreement else None,
         _metric_table(fid, "Fidelity and diversity (FID and related)") if fid else None,
-        _metric_table(tstr, "Train on synthetic, test on real") if tstr else None,
+        _metric_table(tstr, "Train on synthetic, test on real", skip=("fractions", "runs")) if tstr else None,
         _memorization_section(memorization) if memorization else None,
         _reid_section(reid, bool(info.get("reid_gate"))) if reid else None,
     ]

@@ -14,6 +14,7 @@ vector over the requested labels, NaN = unknown)`` plus its label matrix (for pr
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -99,6 +100,8 @@ class Sources:
     train_kind: str
     label_names: list[str]
     res: int
+    #: (kind, images) of each training source, in the order the training set concatenates them
+    train_parts: list[tuple[str, int]] | None = None
 
 
 def pick_res(available: Sequence[int], res: int, where: str) -> int:
@@ -110,13 +113,35 @@ def pick_res(available: Sequence[int], res: int, where: str) -> int:
     return best
 
 
-def prepared_split(ds: PreparedDataset, split: str, labels: Sequence[str], res: int) -> SplitData:
-    """A split of a prepared dataset; small splits are read into memory once for fast epochs."""
+def patient_subset(groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask of the images of the first ``ceil(fraction * P)`` of P patients in a seeded order.
+
+    The order depends only on the set of patient keys and ``seed``, so for one seed the subsets are
+    nested: every patient in the 1 % subset is in the 10 % one. Whole patients only, at least one.
+    """
+    if not 0 < fraction <= 1:
+        raise ValueError(f"real fraction must be in (0, 1], got {fraction}")
+    keys = np.asarray(groups).astype(str)
+    patients = np.unique(keys)
+    order = patients[np.random.default_rng(seed).permutation(len(patients))]
+    keep = order[: max(1, math.ceil(fraction * len(patients) - 1e-9))]
+    return np.isin(keys, keep)
+
+
+def prepared_split(ds: PreparedDataset, split: str, labels: Sequence[str], res: int, fraction: float = 1.0,
+                   fraction_seed: int = 0) -> SplitData:
+    """A split of a prepared dataset (``fraction`` < 1: a nested subset of its patients, see
+    :func:`patient_subset`); small splits are read into memory once for fast epochs."""
     rows = ds.split(split)
     if len(rows) == 0:
         raise ValueError(f"{ds.labels_path}: split '{split}' is empty; check dataset.split fractions")
-    lab = ds.label_matrix(rows, labels)
     origin = f"{ds.folder} [{split}]"
+    if fraction < 1:
+        if "patient_key" not in rows.columns:
+            raise ValueError(f"{ds.labels_path}: no patient_key column; a real fraction is drawn by patient")
+        rows = rows[patient_subset(rows["patient_key"].to_numpy(), fraction, fraction_seed)]
+        origin = f"{ds.folder} [{split}, {fraction:g} of patients]"
+    lab = ds.label_matrix(rows, labels)
     groups = rows["patient_key"].to_numpy() if "patient_key" in rows.columns else None
     if len(rows) * res * res <= IN_MEMORY_BYTES:
         imgs = ds.read_images(res, rows["row"].to_numpy())
@@ -155,11 +180,15 @@ def resolve_sources(
     eval_source: str | os.PathLike | None,
     labels: Sequence[str],
     res: int,
+    real_fraction: float = 1.0,
+    fraction_seed: int = 0,
 ) -> Sources:
     """Train/val/test splits for a training run (see the module docstring for the rules).
 
     ``train_source`` may list several folders (e.g. a prepared dataset and an archive: real + synthetic
     training); their training images are concatenated and ``eval_source`` is then required.
+    ``real_fraction`` < 1 keeps that share of each prepared source's training patients (nested across
+    fractions for one ``fraction_seed``); archives and the val/test splits are never subset.
     """
     labels = list(labels)
     many = isinstance(train_source, (list, tuple))
@@ -179,7 +208,8 @@ def resolve_sources(
     for path, kind in zip(sources, kinds):
         if kind == PREPARED:
             tr_ds = ev if Path(path).resolve() == Path(eval_source).resolve() else PreparedDataset(path)
-            parts.append(prepared_split(tr_ds, "train", labels, pick_res(tr_ds.resolutions, res, str(tr_ds.h5_path))))
+            parts.append(prepared_split(tr_ds, "train", labels, pick_res(tr_ds.resolutions, res, str(tr_ds.h5_path)),
+                                        real_fraction, fraction_seed))
         else:
             parts.append(archive_split(path, labels, res))
     if len(parts) == 1:
@@ -194,4 +224,16 @@ def resolve_sources(
     val = prepared_split(ev, "val", labels, res_eval)
     test = prepared_split(ev, "test", labels, res_eval)
     log.info("train: %d images from %s; val: %d; test: %d (from %s)", len(train), train.origin, len(val), len(test), eval_source)
-    return Sources(train, val, test, train_kind, labels, res_eval)
+    return Sources(train, val, test, train_kind, labels, res_eval, [(k, len(p)) for k, p in zip(kinds, parts)])
+
+
+def mix_weights(parts: Sequence[tuple[str, int]], synthetic_share: float) -> np.ndarray:
+    """Per-image sampling weights over concatenated sources so that archives (synthetic images) make up
+    ``synthetic_share`` of the draws and prepared (real) sources the rest, uniformly within each kind."""
+    if not 0 < synthetic_share < 1:
+        raise ValueError(f"synthetic share must be in (0, 1), got {synthetic_share}")
+    n_kind = {PREPARED: sum(n for k, n in parts if k == PREPARED), ARCHIVE: sum(n for k, n in parts if k == ARCHIVE)}
+    if not n_kind[PREPARED] or not n_kind[ARCHIVE]:
+        raise ValueError(f"a synthetic share needs real and synthetic training sources, got {list(parts)}")
+    share = {PREPARED: 1.0 - synthetic_share, ARCHIVE: synthetic_share}
+    return np.concatenate([np.full(n, share[k] / n_kind[k]) for k, n in parts])

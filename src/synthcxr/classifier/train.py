@@ -46,7 +46,7 @@ from .evaluate import (
     thresholds_mapping,
 )
 from .models import ARCHS, Classifier, default_arch
-from .sources import resolve_sources
+from .sources import mix_weights, resolve_sources
 
 log = logging.getLogger("synthcxr")
 
@@ -83,6 +83,12 @@ class ClassifierConfig:
     #: images drawn per epoch (with replacement unless it equals the training set's size); None = one pass.
     #: TSTR sets it to the real train split's size so that every arm takes the same optimisation steps.
     samples_per_epoch: int | None = None
+    #: share of the real training patients used (nested subsets, drawn with ``seed``; TSTR's fractions)
+    real_fraction: float = 1.0
+    #: a model.pt to start from instead of random weights (TSTR's synthetic-pretrain -> real-finetune arm)
+    init_from: str | None = None
+    #: real + synthetic sources: share of each epoch's draws taken from the synthetic ones (None: as concatenated)
+    synthetic_share: float | None = None
 
     #: section keys that configure the workflow, not a training run
     IGNORED = ("checker",)
@@ -106,6 +112,8 @@ class ClassifierConfig:
             raise ValueError(f"classifier.select_on: {cfg.select_on!r} is not one of {', '.join(SELECTION)}")
         if cfg.threshold_method not in THRESHOLD_METHODS:
             raise ValueError(f"classifier.threshold_method: {cfg.threshold_method!r} is not one of {', '.join(THRESHOLD_METHODS)}")
+        if not 0 < cfg.real_fraction <= 1:
+            raise ValueError(f"classifier real_fraction: must be in (0, 1], got {cfg.real_fraction}")
         return cfg
 
     def to_dict(self) -> dict:
@@ -206,13 +214,21 @@ def train_classifier(
     seed_everything(seed)
     device = resolve_device(cfg.device)
     t0 = time.time()
-    src = resolve_sources(train_source, eval_source, cfg.labels, cfg.input_res)
+    # subsets depend on the run seed, not its offset: every arm and seed of TSTR sees the same patients
+    src = resolve_sources(train_source, eval_source, cfg.labels, cfg.input_res, cfg.real_fraction, int(cfg.seed))
     names = src.label_names
     if len(src.train) == 0:
         raise ValueError(f"{train_source}: no training images")
 
     arch = default_arch(cfg.arch, len(names), cfg.input_res, cfg.width)
     model = Classifier(arch, names, cfg.input_res).to(device)
+    if cfg.init_from:
+        start = load_classifier(cfg.init_from, device)
+        if start.arch != arch or list(start.label_names) != names:
+            raise ValueError(f"{cfg.init_from}: its architecture or labels differ from this run's ({cfg.arch}, {names}); "
+                             "pretrain with the same classifier section")
+        model.load_state_dict(start.state_dict())
+        log.info("classifier %s starts from %s", cfg.name, cfg.init_from)
     pw_np = pos_weights(src.train.labels)
     pw = torch.tensor(pw_np, dtype=torch.float32, device=device) if cfg.class_weighted else None
     log.info(
@@ -225,7 +241,11 @@ def train_classifier(
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
     per_epoch = int(cfg.samples_per_epoch) if cfg.samples_per_epoch else len(src.train)
     sampler = None
-    if per_epoch != len(src.train):
+    if cfg.synthetic_share is not None:
+        weights = torch.as_tensor(mix_weights(src.train_parts or [], cfg.synthetic_share), dtype=torch.double)
+        sampler = torch.utils.data.WeightedRandomSampler(weights, per_epoch, replacement=True,
+                                                         generator=torch.Generator().manual_seed(seed))
+    elif per_epoch != len(src.train):
         sampler = torch.utils.data.RandomSampler(
             src.train.dataset, replacement=True, num_samples=per_epoch, generator=torch.Generator().manual_seed(seed)
         )
@@ -297,6 +317,9 @@ def train_classifier(
         "train_kind": src.train_kind,
         "eval_source": str(eval_source) if eval_source is not None else str(train_source),
         "n_train": len(src.train),
+        "real_fraction": cfg.real_fraction,
+        "init_from": cfg.init_from,
+        "synthetic_share": cfg.synthetic_share,
         "samples_per_epoch": per_epoch,
         "steps": steps,
         "best_epoch": best_epoch,

@@ -229,3 +229,37 @@ def delivery_bars(delivery: Mapping[str, object], path: str | os.PathLike) -> No
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, axis="y")
     _save(fig, path)
+
+
+def auroc_vs_fraction(
+    findings: Sequence[str], per_fraction: Mapping[float, Mapping[str, Mapping]], path: str | os.PathLike
+) -> None:
+    """One panel per finding: ensemble AUROC (with its CI) against the real fraction, one line per TSTR arm.
+
+    ``per_fraction[fraction][arm]`` is an arm entry of tstr.json (``per_label[finding]`` with
+    ``ensemble_auroc``, ``ci_low``, ``ci_high``).
+    """
+    fracs = sorted(per_fraction)
+    arms = list(dict.fromkeys(a for f in fracs for a in per_fraction[f]))
+    cols = min(4, max(1, len(findings)))
+    rows = int(np.ceil(len(findings) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.8 * rows), squeeze=False, sharey=True)
+    for ax, name in zip(axes.flat, findings):
+        for arm in arms:
+            pts = [(f, per_fraction[f][arm]["per_label"][name]) for f in fracs if arm in per_fraction[f]]
+            x = np.array([f for f, _ in pts], float)
+            y = np.array([np.nan if r["ensemble_auroc"] is None else r["ensemble_auroc"] for _, r in pts], float)
+            lo = np.array([np.nan if r["ci_low"] is None else r["ci_low"] for _, r in pts], float)
+            hi = np.array([np.nan if r["ci_high"] is None else r["ci_high"] for _, r in pts], float)
+            ax.plot(x, y, "o-", label=arm, ms=3)
+            ax.fill_between(x, lo, hi, alpha=0.15)
+        ax.set_xscale("log")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("share of real training patients", fontsize=8)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(findings):]:
+        ax.axis("off")
+    axes[0][0].set_ylabel("test AUROC (95% CI)")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle("Per-finding AUROC on the real test split against the real fraction, per TSTR arm")
+    _save(fig, path)

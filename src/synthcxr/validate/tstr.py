@@ -1,4 +1,10 @@
-"""Train on synthetic, test on real (TSTR), beside real-trained and real + synthetic (augmentation) arms.
+"""Train on synthetic, test on real (TSTR), beside real-trained, real + synthetic (augmentation) and
+synthetic-pretrain -> real-finetune arms, each at several shares of the real training patients.
+
+The question a user asks is whether the archive helps a classifier that has few real positives, so every
+arm but the synthetic one is trained at each of ``validate.tstr_real_fractions``: nested subsets of the
+real training patients (:func:`synthcxr.classifier.sources.patient_subset`), the same for every arm and
+seed, so differences from the real arm at one fraction are paired.
 
 If the archive carries the label information of the real data, a classifier trained only on it should
 score real images nearly as well as one trained on real images; how users will mostly use the archive
@@ -17,12 +23,13 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..classifier.sources import patient_subset
 from ..data.store import PreparedDataset
 from ..labels import NO_FINDING
 from ..metrics.auroc import auroc, mean_auroc
@@ -78,7 +85,7 @@ def paired_difference(
     return {n: {"delta": _num(point[j]), "ci_low": _num(lo[j]), "ci_high": _num(hi[j])} for j, n in enumerate(labels)}
 
 
-ARMS = ("real", "synthetic", "real+synthetic")
+ARMS = ("real", "synthetic", "real+synthetic", "pretrain_finetune")
 
 
 def _mean_sd(values: list[float]) -> tuple[float | None, float | None]:
@@ -149,6 +156,10 @@ def summarise_arms(
     }
 
 
+def _frac_key(f: float) -> str:
+    return f"{float(f):g}"
+
+
 def run_tstr(
     clf_section: dict,
     archive_dir: str | os.PathLike,
@@ -161,17 +172,36 @@ def run_tstr(
     epochs: int | None = None,
     trainer: Callable[..., dict] | None = None,
     loader: Callable[..., torch.nn.Module] | None = None,
+    real_fractions: Sequence[float] = (1.0,),
+    arms: Sequence[str] = ARMS,
+    synthetic_share: float | None = None,
+    out_fractions_png: str | os.PathLike | None = None,
 ) -> dict:
-    """Stage entry point: trains every arm x seed under ``out_dir`` and writes tstr.json + AUROC bars.
+    """Stage entry point: trains every arm x real fraction x seed under ``out_dir``; writes tstr.json + figures.
 
     ``epochs`` (``validate.tstr_epochs``) overrides the recipe's epoch count for every arm alike; ``None``
-    keeps the classifier's own. ``trainer``/``loader`` default to :func:`synthcxr.classifier.train_classifier` / ``load_classifier``.
+    keeps the classifier's own. ``real_fractions`` are nested shares of the real training patients
+    (``validate.tstr_real_fractions``); the synthetic arm does not depend on them and is trained once
+    per seed. ``synthetic_share`` (``validate.tstr_synthetic_share``) fixes the share of synthetic images
+    in each real + synthetic epoch (None: as many as the two sets hold). The synthetic-pretrain ->
+    real-finetune arm trains ceil(epochs / 2) epochs on the archive (once per seed) and the rest on the
+    real fraction from those weights, so it takes the same steps as every other arm. The top-level
+    ``arms`` / ``difference_from_real`` of tstr.json are those of the largest fraction; ``fractions``
+    holds every fraction's. ``trainer``/``loader`` default to
+    :func:`synthcxr.classifier.train_classifier` / ``load_classifier``.
     """
     setup_logging(log_file)
     if seeds < 1:
         raise ValueError(f"validate.tstr_seeds: must be at least 1, got {seeds}")
     if epochs is not None and epochs < 1:
         raise ValueError(f"validate.tstr_epochs: must be at least 1 (or null for the classifier's own), got {epochs}")
+    fractions = sorted({float(f) for f in real_fractions})
+    if not fractions or any(not 0 < f <= 1 for f in fractions):
+        raise ValueError(f"validate.tstr_real_fractions: each must be in (0, 1], got {list(real_fractions)}")
+    unknown = [a for a in arms if a not in ARMS]
+    if unknown or "real" not in arms:
+        raise ValueError(f"validate.tstr_arms: {list(arms)} must include 'real' and hold only {list(ARMS)}")
+    arms = [a for a in ARMS if a in arms]
     if trainer is None or loader is None:
         from ..classifier import load_classifier, train_classifier
 
@@ -179,39 +209,80 @@ def run_tstr(
         loader = loader or load_classifier
     base = {k: v for k, v in dict(clf_section).items() if k != "checker"}
     base["epochs"] = int(epochs if epochs is not None else base.get("epochs", 25))
+    if "pretrain_finetune" in arms and base["epochs"] < 2:
+        raise ValueError("validate.tstr_arms: pretrain_finetune needs at least 2 epochs (validate.tstr_epochs)")
     labels = list(base["labels"])
     prep = PreparedDataset(prepared_dir)
-    n_real = int((prep.table["split"] == "train").sum())
-    sources = {"real": str(prepared_dir), "synthetic": str(archive_dir), "real+synthetic": [str(prepared_dir), str(archive_dir)]}
+    n_real = int((prep.table["split"] == "train").sum())  # images per epoch in every run: equal steps
+    real, syn = str(prepared_dir), str(archive_dir)
     device = resolve_device(str(base.get("device", "auto")))
     bs = int(base.get("batch_size", 64)) * 2
-    probs: dict[str, list[np.ndarray]] = {arm: [] for arm in ARMS}
-    runs: dict[str, list[dict]] = {arm: [] for arm in ARMS}
+    probs: dict[str, dict[str, list[np.ndarray]]] = {_frac_key(f): {a: [] for a in arms} for f in fractions}
+    runs: dict[str, dict[str, list[dict]]] = {_frac_key(f): {a: [] for a in arms} for f in fractions}
     y_ref = None
-    for arm in ARMS:
-        for k in range(seeds):
-            sec = {**base, "name": f"tstr-{arm}-seed{k}", "seed_offset": 100 + k, "samples_per_epoch": n_real,
-                   "patience": base["epochs"] + 1, "bootstrap": 0}
-            run_dir = Path(out_dir) / arm.replace("+", "_") / f"seed{k}"
-            log.info("TSTR: arm %s, seed %d/%d: %d images per epoch", arm, k + 1, seeds, n_real)
-            m = trainer(sec, sources[arm], prepared_dir, run_dir, log_file)
-            setup_logging(log_file)  # the trainer may have reconfigured logging
-            model = loader(run_dir / "model.pt", device)
-            y, p = predict_split(model, prep, "test", labels, bs, device)
-            if y_ref is None:
-                y_ref = y
-            elif not np.array_equal(np.nan_to_num(y, nan=-1), np.nan_to_num(y_ref, nan=-1)):
-                raise RuntimeError("test labels differ between runs; the prepared dataset changed mid-run")
-            probs[arm].append(p)
-            runs[arm].append({"seed_offset": 100 + k, "n_train": m.get("n_train"), "steps": m.get("steps"),
-                              "epochs_run": m.get("epochs_run"), "best_epoch": m.get("best_epoch")})
+
+    def train(arm: str, frac: float, k: int, source, run_dir: Path, **extra) -> tuple[dict, np.ndarray]:
+        nonlocal y_ref
+        sec = {**base, "name": f"tstr-{arm}-{_frac_key(frac)}-seed{k}", "seed_offset": 100 + k, "samples_per_epoch": n_real,
+               "patience": base["epochs"] + 1, "bootstrap": 0, "real_fraction": frac, **extra}
+        log.info("TSTR: arm %s, real fraction %g, seed %d/%d: %d images per epoch, %d epochs",
+                 arm, frac, k + 1, seeds, n_real, sec["epochs"])
+        m = trainer(sec, source, prepared_dir, run_dir, log_file)
+        setup_logging(log_file)  # the trainer may have reconfigured logging
+        y, p = predict_split(loader(run_dir / "model.pt", device), prep, "test", labels, bs, device)
+        if y_ref is None:
+            y_ref = y
+        elif not np.array_equal(np.nan_to_num(y, nan=-1), np.nan_to_num(y_ref, nan=-1)):
+            raise RuntimeError("test labels differ between runs; the prepared dataset changed mid-run")
+        return {"seed_offset": 100 + k, "real_fraction": frac, "n_train": m.get("n_train"), "steps": m.get("steps"),
+                "epochs_run": m.get("epochs_run"), "best_epoch": m.get("best_epoch"), "init_from": m.get("init_from")}, p
+
+    out = Path(out_dir)
+    e_pre = (base["epochs"] + 1) // 2
+    for k in range(seeds):
+        shared: dict[str, tuple[dict, np.ndarray]] = {}
+        if "synthetic" in arms:
+            shared["synthetic"] = train("synthetic", 1.0, k, syn, out / "synthetic" / f"seed{k}")
+        pre_dir = out / "pretrain" / f"seed{k}"
+        if "pretrain_finetune" in arms:
+            info, _ = train("pretrain", 1.0, k, syn, pre_dir, epochs=e_pre)
+        for f in fractions:
+            key = _frac_key(f)
+            tag = f"frac{key}"
+            for arm in arms:
+                if arm == "synthetic":
+                    r, p = shared["synthetic"]
+                elif arm == "real":
+                    r, p = train(arm, f, k, real, out / tag / "real" / f"seed{k}")
+                elif arm == "real+synthetic":
+                    r, p = train(arm, f, k, [real, syn], out / tag / "real_synthetic" / f"seed{k}", synthetic_share=synthetic_share)
+                else:
+                    r, p = train(arm, f, k, real, out / tag / "pretrain_finetune" / f"seed{k}",
+                                 epochs=base["epochs"] - e_pre, init_from=str(pre_dir / "model.pt"))
+                    r = {**r, "steps": (r["steps"] or 0) + (info["steps"] or 0), "pretrain_steps": info["steps"]}
+                probs[key][arm].append(p)
+                runs[key][arm].append(r)
     test_rows = prep.split("test")
     groups = test_rows["patient_key"].to_numpy() if "patient_key" in test_rows.columns else None
-    result = summarise_arms(y_ref, probs, labels, groups, int(base.get("bootstrap", 1000)), int(base.get("seed", 0)) + 5)
+    n_boot, bseed = int(base.get("bootstrap", 1000)), int(base.get("seed", 0)) + 5
+    per_fraction = {key: summarise_arms(y_ref, probs[key], labels, groups, n_boot, bseed) for key in probs}
+    keys = prep.split("train")["patient_key"].to_numpy()
+    top = _frac_key(fractions[-1])
+    result = dict(per_fraction[top])
+    result["real_fraction"] = fractions[-1]
+    result["fractions"] = {
+        key: {**per_fraction[key], "runs": runs[key],
+              "n_real_patients": len(np.unique(keys[patient_subset(keys, float(key), int(base.get("seed", 0)))]))}
+        for key in per_fraction
+    }
+    result["real_fractions"] = fractions
+    result["arms_run"] = arms
+    result["synthetic_share"] = synthetic_share
+    result["pretrain_epochs"] = e_pre if "pretrain_finetune" in arms else None
     result["seeds"] = seeds
     result["epochs"] = base["epochs"]
-    result["runs"] = runs
-    result["steps_per_run"] = sorted({r["steps"] for rs in runs.values() for r in rs if r["steps"] is not None})
+    result["runs"] = runs[top]
+    result["steps_per_run"] = sorted({r["steps"] for rf in runs.values() for rs in rf.values() for r in rs if r["steps"] is not None})
     write_json(out_json, result)
     findings = result["findings"]
     bars = {
@@ -220,11 +291,14 @@ def run_tstr(
         for arm, a in result["arms"].items()
     }
     figures.auroc_bars(findings, bars, out_png, title=f"Per-finding AUROC on the real test split ({seeds}-seed ensembles)")
+    if out_fractions_png is not None:
+        figures.auroc_vs_fraction(findings, {float(k): v["arms"] for k, v in per_fraction.items()}, out_fractions_png)
     fmt = lambda v: "nan" if v is None else f"{v:.3f}"  # noqa: E731
-    parts = [f"{arm} {fmt(a['mean_auroc_findings'])} +- {fmt(a['mean_auroc_findings_sd'])}" for arm, a in result["arms"].items()]
-    msg = (f"TSTR: mean AUROC over findings on real test ({seeds} seeds, {result['steps_per_run']} steps each): "
-           + "; ".join(parts) + f" (synthetic target >= {result['target_mean_auroc']:.2f}: "
-           + ("met" if result["meets_target"] else "NOT met") + ")")
-    log.info(msg)
-    print(msg)
+    for key in per_fraction:
+        parts = [f"{arm} {fmt(a['mean_auroc_findings'])} +- {fmt(a['mean_auroc_findings_sd'])}" for arm, a in per_fraction[key]["arms"].items()]
+        msg = (f"TSTR at {key} of the real patients: mean AUROC over findings on real test ({seeds} seeds, "
+               f"{result['steps_per_run']} steps each): " + "; ".join(parts))
+        log.info(msg)
+        print(msg)
+    log.info("TSTR: synthetic target >= %.2f: %s", result["target_mean_auroc"], "met" if result["meets_target"] else "NOT met")
     return result
