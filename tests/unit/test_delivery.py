@@ -105,3 +105,11 @@ def test_delivery_figure_is_a_png_of_every_planned_finding(arch, tmp_path):
     delivery_bars(arch["info"]["delivery"], tmp_path / "delivery.png")
     with Image.open(tmp_path / "delivery.png") as im:
         assert im.format == "PNG" and im.width > 300 and im.height > 200
+
+
+def test_the_card_names_the_plan_mode_that_made_the_archive(arch):
+    from synthcxr.archive.delivery import card_section
+
+    lines = card_section(arch["info"]["delivery"], {"mode": "augment", "n_samples": 27, "min_positives": 5})
+    assert "Label plan: `augment` (every finding raised to at least 5 samples (real combinations only)" in "\n".join(lines)
+    assert not any(x.startswith("Label plan") for x in card_section(arch["info"]["delivery"], None))

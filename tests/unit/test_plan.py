@@ -195,3 +195,38 @@ def test_schema_accepts_keep_rare_and_rejects_unknown_plan_key():
     assert cfg["lco"]["plan"]["keep_rare"] is False
     with pytest.raises(ConfigError, match="lco.plan"):
         load_config("config/config.yaml", {"lco": {"plan": {"keep_rarely": True}}})
+
+
+def test_augment_raises_every_finding_to_min_positives_from_real_combinations_only():
+    table = _real_table()
+    real_keys = set(_reference_freq(table).index)
+    cfg = {"plan": {"mode": "augment", "n_samples": 200, "min_positives": 40}, "shard_size": 64}
+    plan = make_plan(cfg, LABELS, table, seed=1)
+    counts = _plan_counts(plan)
+    assert len(plan) == 200 and set(counts.index) <= real_keys  # never a combination the real data lacks
+    positives = plan[["Cardiomegaly", "Effusion", "Nodule"]].sum()
+    assert (positives >= 40).all(), positives.to_dict()
+    # Nodule (~5 % of real scans) would get ~10 of 200 in match_real; here it gets its 40, spread over the
+    # real combinations that hold it in proportion to their real frequency (hand check: Nodule-only is the
+    # commonest of them)
+    real = make_plan({**cfg, "plan": {"mode": "match_real", "n_samples": 200}}, LABELS, table, seed=1)
+    assert real["Nodule"].sum() < 20 <= 40 <= positives["Nodule"] < 60
+    nod = counts[[k for k in counts.index if "Nodule" in k]]
+    assert nod.idxmax() == "Nodule"
+    # deterministic, and a plan too small for the minimum is an error that says what to change
+    pd.testing.assert_frame_equal(plan, make_plan(cfg, LABELS, table, seed=1))
+    with pytest.raises(ValueError, match="raise n_samples or lower min_positives"):
+        make_plan({**cfg, "plan": {"mode": "augment", "n_samples": 60, "min_positives": 40}}, LABELS, table, seed=1)
+    with pytest.raises(ValueError, match="min_positives"):
+        make_plan({**cfg, "plan": {"mode": "augment", "n_samples": 60}}, LABELS, table, seed=1)
+
+
+def test_augment_counts_by_hand():
+    from synthcxr.lco.plan import augment_counts
+
+    freq = pd.Series({"No_Finding": 70, "Effusion": 20, "Cardiomegaly+Effusion": 6, "Nodule": 4})
+    got = augment_counts(freq, LABELS, 40, min_positives=10)
+    # Nodule first (4 real): 10 Nodule; Cardiomegaly (6): 10 of Cardiomegaly+Effusion, which also gives
+    # Effusion its 10; the remaining 20 follow the real mix 70/20/6/4 -> 14, 4, 1.2, 0.8 -> 14, 4, 1, 1
+    assert got == {"Nodule": 11, "Cardiomegaly+Effusion": 11, "No_Finding": 14, "Effusion": 4}
+    assert sum(got.values()) == 40

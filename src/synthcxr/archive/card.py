@@ -294,7 +294,7 @@ def render_card(
         "|---|---|",
         *(f"| {k} | {v} |" for k, v in sorted(c["per_combination"].items(), key=lambda kv: (-kv[1], kv[0]))),
         "",
-        *(card_section(info["delivery"]) if info.get("delivery") else []),
+        *(card_section(info["delivery"], ((info.get("config") or {}).get("lco") or {}).get("plan")) if info.get("delivery") else []),
         "## Intended use",
         "",
         "- Augmenting or pre-training chest X-ray classifiers, especially for rare label combinations.",

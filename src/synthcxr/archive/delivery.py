@@ -127,15 +127,27 @@ def summary_line(delivery: Mapping[str, Any]) -> str:
             f"per finding: {per}")
 
 
-def card_section(delivery: Mapping[str, Any]) -> list[str]:
-    """Markdown lines for the dataset card: planned against released, per finding and per combination."""
+PLAN_MODES = {
+    "match_real": "the real training split's mix of label combinations",
+    "balanced": "an equal number of samples per label",
+    "quotas": "explicit counts per label combination",
+    "augment": "every finding raised to at least {min_positives} samples (real combinations only), the rest as the real mix",
+}
+
+
+def card_section(delivery: Mapping[str, Any], plan: Mapping[str, Any] | None = None) -> list[str]:
+    """Markdown lines for the dataset card: the plan's mode, then planned against released, per finding and
+    per combination."""
     def pct(row):
         return "-" if row["share"] is None else f"{100 * row['share']:.0f} %"
 
-    lines = ["## Delivery: planned against released", "",
-             f"{delivery['released']} of {delivery['planned']} planned samples were released. A sample counts for every "
-             "finding in its label combination. *Failed*: label optimisation did not reach the target at the "
-             "acceptance rule; *withheld*: an audit held it back.", ""]
+    lines = ["## Delivery: planned against released", ""]
+    if plan and plan.get("mode") in PLAN_MODES:
+        what = PLAN_MODES[plan["mode"]].format(min_positives=plan.get("min_positives"))
+        lines += [f"Label plan: `{plan['mode']}` ({what}; `lco.plan` in `archive.json`'s config).", ""]
+    lines += [f"{delivery['released']} of {delivery['planned']} planned samples were released. A sample counts for "
+              "every finding in its label combination. *Failed*: label optimisation did not reach the target at the "
+              "acceptance rule; *withheld*: an audit held it back.", ""]
     tv = delivery.get("finding_mix_tv")
     if tv is not None:
         lines += [f"Total variation between the planned and the released finding mix: {tv:.3f}.", ""]

@@ -44,7 +44,7 @@ from ..utils.atomic import atomic_path
 
 log = logging.getLogger("synthcxr")
 
-MODES = ("match_real", "balanced", "quotas")
+MODES = ("match_real", "balanced", "quotas", "augment")
 
 # Stream tags so the seeds of different uses of the master seed never coincide.
 _TAG_SAMPLE = 0x53414D50  # "SAMP"
@@ -98,6 +98,7 @@ class PlanConfig:
     shard_size: int
     quotas: dict[str, int] = field(default_factory=dict)
     keep_rare: bool = True
+    min_positives: int = 0
 
     @classmethod
     def from_section(cls, cfg: Mapping[str, Any] | "PlanConfig") -> "PlanConfig":
@@ -112,6 +113,7 @@ class PlanConfig:
                 shard_size=int(cfg.get("shard_size", 1000)),
                 quotas=dict(plan.get("quotas") or {}),
                 keep_rare=bool(plan.get("keep_rare", True)),
+                min_positives=int(plan.get("min_positives", 0)),
             )
         except KeyError as exc:
             raise ValueError(f"lco config: missing key {exc.args[0]!r} (expected lco.plan.mode, lco.plan.n_samples)") from None
@@ -119,6 +121,8 @@ class PlanConfig:
             raise ValueError(f"'lco.plan.mode': {out.mode!r} is not one of {', '.join(MODES)}")
         if out.n_samples < 1 or out.shard_size < 1:
             raise ValueError("'lco.plan.n_samples' and 'lco.shard_size' must be positive")
+        if out.mode == "augment" and out.min_positives < 1:
+            raise ValueError("'lco.plan.min_positives': augment mode needs a positive count of samples per finding")
         return out
 
 
@@ -186,6 +190,42 @@ def _vector(key: str, labels: Sequence[str]) -> list[int]:
     return parse_combo(key, labels)
 
 
+def augment_counts(freq: pd.Series, labels: Sequence[str], n: int, min_positives: int) -> dict[str, int]:
+    """Counts per combination that give every finding at least ``min_positives`` positive samples, the rest
+    of the ``n`` samples in the real mix.
+
+    Findings are served rarest first (real train frequency; ties in label order). A finding short of
+    ``min_positives`` gets its deficit spread over the real combinations that contain it, in proportion to
+    their real frequency, so every planned combination is one the real data holds (never an impossible
+    one); samples planned for one finding count for every finding in their combination. What is left of
+    ``n`` follows the real mix (:func:`largest_remainder`). Deterministic: keys are sorted first.
+    """
+    keys = sorted(freq.index)
+    f = freq.loc[keys].to_numpy(np.float64)
+    vec = {k: set(k.split("+")) - {NO_FINDING} for k in keys}
+    counts = dict.fromkeys(keys, 0)
+    findings = findings_of(labels)
+    real_pos = {x: sum(c for k, c in zip(keys, f) if x in vec[k]) for x in findings}
+    for x in sorted((x for x in findings if real_pos[x] > 0), key=lambda x: (real_pos[x], findings.index(x))):
+        have = sum(c for k, c in counts.items() if x in vec[k])
+        need = min_positives - have
+        if need <= 0:
+            continue
+        with_x = [k for k in keys if x in vec[k]]
+        for k, c in zip(with_x, largest_remainder(freq.loc[with_x].to_numpy(np.float64), need)):
+            counts[k] += int(c)
+    absent = [x for x in findings if real_pos[x] == 0]
+    if absent:
+        log.warning("augment: no real train scan shows %s; the plan cannot raise it without inventing a combination", absent)
+    used = sum(counts.values())
+    if used > n:
+        raise ValueError(f"'lco.plan.n_samples' is {n} but raising every finding to 'lco.plan.min_positives' "
+                         f"{min_positives} takes {used} samples; raise n_samples or lower min_positives")
+    for k, c in zip(keys, largest_remainder(f, n - used) if n > used else np.zeros(len(keys), np.int64)):
+        counts[k] += int(c)
+    return {k: c for k, c in counts.items() if c > 0}
+
+
 def plan_counts(cfg: PlanConfig, labels: Sequence[str], real_table: pd.DataFrame | None) -> dict[str, int]:
     """Number of samples per combination key (``Cardiomegaly+Effusion``, ``No_Finding``) for the plan."""
     labels = check_labels(labels, where="labels")
@@ -196,6 +236,10 @@ def plan_counts(cfg: PlanConfig, labels: Sequence[str], real_table: pd.DataFrame
         keys = sorted(freq.index)  # sorted so equal remainders break ties the same way everywhere
         counts = largest_remainder(freq.loc[keys].to_numpy(), cfg.n_samples, keep_all=cfg.keep_rare)
         return {k: int(c) for k, c in zip(keys, counts) if c > 0}
+    if cfg.mode == "augment":
+        if real_table is None:
+            raise ValueError("augment needs the real labels table (prepare stage's labels.parquet)")
+        return augment_counts(_combos_from_real(real_table, labels).value_counts(), labels, cfg.n_samples, cfg.min_positives)
     if cfg.mode == "balanced":
         base, extra = divmod(cfg.n_samples, len(labels))
         return {name: base + (1 if j < extra else 0) for j, name in enumerate(labels) if base + (j < extra) > 0}
