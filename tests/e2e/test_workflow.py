@@ -151,7 +151,15 @@ def test_validation_outputs(tiny_run: Path):
     assert fid["generated_vs_train"]["fid"] > 0 and np.isfinite(fid["heldout_vs_train"]["fid"])
     assert fid["extractor"]["name"] == "checker" and len(fid["extractor"]["sha256"]) == 64
     tstr = json.loads((val / "tstr.json").read_text())
-    assert tstr
+    # tiny.yaml: every arm at half and all of the real patients, nested, with equal steps everywhere
+    assert tstr["real_fractions"] == [0.5, 1.0] and set(tstr["fractions"]) == {"0.5", "1"}
+    assert set(tstr["arms_run"]) == {"real", "synthetic", "real+synthetic", "pretrain_finetune"}
+    assert len(tstr["steps_per_run"]) == 1 and tstr["pretrain_epochs"] == 2
+    half, full = tstr["fractions"]["0.5"], tstr["fractions"]["1"]
+    assert 0 < half["n_real_patients"] < full["n_real_patients"]
+    assert half["runs"]["real"][0]["n_train"] < full["runs"]["real"][0]["n_train"]
+    assert all(r["init_from"].endswith("model.pt") for r in half["runs"]["pretrain_finetune"])
+    assert (val / "auroc_fractions.png").stat().st_size > 1000
     mem = pd.read_parquet(val / "memorization.parquet")
     assert len(mem) == 24 and {"sample_id", "flagged"} <= set(mem.columns)
     agree = json.loads((val / "lco_agreement.json").read_text())
@@ -162,6 +170,7 @@ def test_validation_outputs(tiny_run: Path):
     assert agree["prior_samples"] == 64 and set(agree["per_label"]) == set(agree["labels"])
     assert all(0.0 <= row["prior_rate"] <= 1.0 for row in agree["per_label"].values())
     assert sum(row["n_target"] for row in agree["per_label"].values()) >= agree["n"]  # every target holds a label
+    assert all(row["lco_success"] is None or 0.0 <= row["lco_success"] <= 1.0 for row in agree["per_label"].values())
     for name, row in agree["per_label"].items():  # the checker's own sensitivity on real test scans, per label
         ref = chk["test"]["exact_match"]["per_label"][name]
         assert (row["real_test_n_pos"], row["real_test_tpr"]) == (ref["n_pos"], ref["tpr"])
