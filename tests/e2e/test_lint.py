@@ -58,3 +58,20 @@ def test_slurm_profile_resolves_as_users_type_it(tmp_path):
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
     assert "no profile.yaml" not in out and re.search(r"^train_pggan\s+1$", out, flags=re.M), out[-3000:]
+
+
+def test_the_plan_waits_for_the_checker_only_when_it_leaves_out_what_the_checker_cannot_see(tmp_path):
+    """``lco.plan.min_checker_sensitivity`` > 0 makes the plan read the checker's metrics.json; 0 keeps the
+    plan independent of the classifiers (an edit of the checker then never replans)."""
+    def plan_inputs(extra: str) -> str:
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(extra)
+        # the target first: --configfile takes every word after it
+        proc = _run("-n", "--cores", "1", "results/archive/demo/plan.parquet", "--configfile", str(cfg), cwd=tmp_path)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return proc.stdout
+
+    on = plan_inputs("lco:\n  plan: {mode: match_real, n_samples: 1024, min_checker_sensitivity: 0.8}\n")
+    off = plan_inputs("lco:\n  plan: {mode: match_real, n_samples: 1024}\n")
+    assert re.search(r"^\s*rule train_classifier:\s*\n(.*\n)*?\s*output: results/classifier/check/", on, flags=re.M)
+    assert "results/classifier/check" not in off

@@ -113,3 +113,14 @@ def test_the_card_names_the_plan_mode_that_made_the_archive(arch):
     lines = card_section(arch["info"]["delivery"], {"mode": "augment", "n_samples": 27, "min_positives": 5})
     assert "Label plan: `augment` (every finding raised to at least 5 samples (real combinations only)" in "\n".join(lines)
     assert not any(x.startswith("Label plan") for x in card_section(arch["info"]["delivery"], None))
+
+
+def test_the_card_says_which_findings_the_plan_left_out_and_why():
+    from synthcxr.archive.delivery import card_section
+
+    t = pd.DataFrame({"Effusion": [1, 0], "Mass": [0, 0], "No_Finding": [0, 1], "combination": ["Effusion", "No_Finding"]})
+    d = delivery_table(t, ["Effusion", "Mass", "No_Finding"], np.array([True, True]), np.array([False, False]))
+    text = "\n".join(card_section(d, {"mode": "match_real", "min_checker_sensitivity": 0.8}))
+    assert "**Not planned:** Mass. The plan leaves out every finding the independent checker calls on fewer than 80 %" in text
+    assert "| Mass | 0 | 0 | - | 0 | 0 |" in text
+    assert "(the label plan asked for none)" in "\n".join(card_section(d, {"mode": "quotas"}))

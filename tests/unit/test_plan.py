@@ -230,3 +230,48 @@ def test_augment_counts_by_hand():
     # Effusion its 10; the remaining 20 follow the real mix 70/20/6/4 -> 14, 4, 1.2, 0.8 -> 14, 4, 1, 1
     assert got == {"Nodule": 11, "Cardiomegaly+Effusion": 11, "No_Finding": 14, "Effusion": 4}
     assert sum(got.values()) == 40
+
+
+def _checker_metrics(tmp_path, tpr: dict) -> str:
+    import json
+
+    per = {n: {"tpr": v, "n_pos": None if v is None else 10} for n, v in tpr.items()}
+    path = tmp_path / "metrics.json"
+    path.write_text(json.dumps({"test": {"exact_match": {"per_label": per}}}))
+    return str(path)
+
+
+def test_findings_the_checker_cannot_verify_are_left_out_of_the_plan(tmp_path, caplog):
+    import logging
+
+    from synthcxr.lco.plan import unverifiable_findings
+
+    metrics = _checker_metrics(tmp_path, {"Cardiomegaly": 0.95, "Effusion": 0.5, "Nodule": None, "No_Finding": 1.0})
+    assert unverifiable_findings(metrics, LABELS, 0.8) == {"Effusion": 0.5, "Nodule": None}
+    assert unverifiable_findings(metrics, LABELS, 0.4) == {"Nodule": None}
+    table = _real_table()
+    plan = make_plan(_cfg(n=300), LABELS, table, seed=2, drop=["Effusion", "Nodule"])
+    assert plan["Effusion"].sum() == plan["Nodule"].sum() == 0 and len(plan) == 300
+    # what is left keeps its real proportions: Cardiomegaly-only vs No_Finding as in the real train split
+    ref = _reference_freq(table)
+    counts = _plan_counts(plan)
+    assert set(counts.index) == {"Cardiomegaly", "No_Finding"}
+    assert counts["Cardiomegaly"] / 300 == pytest.approx(ref["Cardiomegaly"] / (ref["Cardiomegaly"] + ref["No_Finding"]), abs=0.01)
+    bal = make_plan(_cfg("balanced", n=10), LABELS, None, seed=3, drop=["Nodule"])
+    assert bal["Nodule"].sum() == 0 and bal[["Cardiomegaly", "Effusion", "No_Finding"]].sum().tolist() == [4, 3, 3]
+    with pytest.raises(ValueError, match=r"quotas.Nodule': asks for \['Nodule'\]"):
+        make_plan(_cfg("quotas", n=5, quotas={"Nodule": 2, "No_Finding": 3}), LABELS, None, seed=3, drop=["Nodule"])
+    # through the workflow entry point: the floor from the config, a warning naming each finding and its rate
+    prep = tmp_path / "prep"
+    prep.mkdir()
+    from conftest import write_prepared
+
+    write_prepared(prep, n=240, names=LABELS)
+    cfg = {"plan": {"mode": "match_real", "n_samples": 40, "min_checker_sensitivity": 0.8}, "shard_size": 20}
+    with caplog.at_level(logging.WARNING, logger="synthcxr"):
+        out = build_plan(prep / "labels.parquet", cfg, LABELS, 1, tmp_path / "plan.parquet", checker_metrics=metrics)
+    assert out["Effusion"].sum() == out["Nodule"].sum() == 0
+    msgs = " ".join(r.getMessage() for r in caplog.records)
+    assert "Effusion left out: the checker calls it on 50 % of the real test scans" in msgs and "Nodule left out: no real test scan" in msgs
+    with pytest.raises(ValueError, match="needs the checker's metrics.json"):
+        build_plan(prep / "labels.parquet", cfg, LABELS, 1, tmp_path / "p2.parquet")

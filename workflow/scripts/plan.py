@@ -6,4 +6,5 @@ from synthcxr.utils.runtime import setup_logging
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 setup_logging(sm.log[0])
 cfg = sm.params.cfg
-build_plan(sm.input.labels, cfg, cfg["labels"], int(cfg["seed"]), sm.output.plan)
+build_plan(sm.input.labels, cfg, cfg["labels"], int(cfg["seed"]), sm.output.plan,
+           checker_metrics=sm.input.checker[0] if sm.input.checker else None)

@@ -151,6 +151,15 @@ def card_section(delivery: Mapping[str, Any], plan: Mapping[str, Any] | None = N
     tv = delivery.get("finding_mix_tv")
     if tv is not None:
         lines += [f"Total variation between the planned and the released finding mix: {tv:.3f}.", ""]
+    unplanned = [n for n, r in delivery["per_finding"].items() if not r["planned"]]
+    floor = float((plan or {}).get("min_checker_sensitivity") or 0)
+    if unplanned and floor > 0:
+        lines += [f"**Not planned:** {', '.join(unplanned)}. The plan leaves out every finding the independent checker "
+                  f"calls on fewer than {100 * floor:g} % of the real test scans that show it "
+                  "(`lco.plan.min_checker_sensitivity`; the plan log gives each rate): no second judge could confirm "
+                  "such labels. This release holds no sample of them.", ""]
+    elif unplanned:
+        lines += [f"**Not planned:** {', '.join(unplanned)} (the label plan asked for none).", ""]
     short = [n for n, r in delivery["per_finding"].items() if r["planned"] and r["released"] < r["planned"]]
     if short:
         lines += [f"**Short of plan:** {', '.join(short)}. A model trained on this release sees fewer of these "

@@ -34,6 +34,7 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -226,23 +227,56 @@ def augment_counts(freq: pd.Series, labels: Sequence[str], n: int, min_positives
     return {k: c for k, c in counts.items() if c > 0}
 
 
-def plan_counts(cfg: PlanConfig, labels: Sequence[str], real_table: pd.DataFrame | None) -> dict[str, int]:
-    """Number of samples per combination key (``Cardiomegaly+Effusion``, ``No_Finding``) for the plan."""
+def _without(freq: pd.Series, drop: Sequence[str]) -> pd.Series:
+    """Real combination frequencies with every combination holding a dropped finding left out."""
+    keep = [not (set(k.split("+")) & set(drop)) for k in freq.index]
+    if not any(keep):
+        raise ValueError(f"every real combination holds one of {list(drop)}: nothing is left to plan")
+    return freq[keep]
+
+
+def unverifiable_findings(checker_metrics: str | os.PathLike, labels: Sequence[str], min_sensitivity: float) -> dict[str, float | None]:
+    """Findings the checker calls on fewer than ``min_sensitivity`` of the real test scans that show them
+    (``test.exact_match.per_label`` of its metrics.json), with that sensitivity (None: no such scan)."""
+    import json
+
+    try:
+        per = json.loads(Path(checker_metrics).read_text())["test"]["exact_match"]["per_label"]
+    except (OSError, KeyError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{checker_metrics}: no test.exact_match.per_label ({exc!r}); retrain the checker "
+                         "(snakemake --forcerun train_classifier)") from None
+    out = {}
+    for name in findings_of(labels):
+        tpr = (per.get(name) or {}).get("tpr")
+        if tpr is None or tpr < min_sensitivity:
+            out[name] = tpr
+    return out
+
+
+def plan_counts(cfg: PlanConfig, labels: Sequence[str], real_table: pd.DataFrame | None, drop: Sequence[str] = ()) -> dict[str, int]:
+    """Number of samples per combination key (``Cardiomegaly+Effusion``, ``No_Finding``) for the plan.
+
+    ``drop``: findings no sample may hold (those the checker cannot verify); the rest of the plan takes
+    their share.
+    """
     labels = check_labels(labels, where="labels")
     if cfg.mode == "match_real":
         if real_table is None:
             raise ValueError("match_real needs the real labels table (prepare stage's labels.parquet)")
-        freq = _combos_from_real(real_table, labels).value_counts()
+        freq = _without(_combos_from_real(real_table, labels).value_counts(), drop)
         keys = sorted(freq.index)  # sorted so equal remainders break ties the same way everywhere
         counts = largest_remainder(freq.loc[keys].to_numpy(), cfg.n_samples, keep_all=cfg.keep_rare)
         return {k: int(c) for k, c in zip(keys, counts) if c > 0}
     if cfg.mode == "augment":
         if real_table is None:
             raise ValueError("augment needs the real labels table (prepare stage's labels.parquet)")
-        return augment_counts(_combos_from_real(real_table, labels).value_counts(), labels, cfg.n_samples, cfg.min_positives)
+        kept = [n for n in labels if n not in drop]
+        return augment_counts(_without(_combos_from_real(real_table, labels).value_counts(), drop), kept, cfg.n_samples,
+                              cfg.min_positives)
     if cfg.mode == "balanced":
-        base, extra = divmod(cfg.n_samples, len(labels))
-        return {name: base + (1 if j < extra else 0) for j, name in enumerate(labels) if base + (j < extra) > 0}
+        kept = [n for n in labels if n not in drop]
+        base, extra = divmod(cfg.n_samples, len(kept))
+        return {name: base + (1 if j < extra else 0) for j, name in enumerate(kept) if base + (j < extra) > 0}
     if not cfg.quotas:
         raise ValueError("'lco.plan.quotas' is empty; quotas mode needs counts like {'Effusion+Cardiomegaly': 500}")
     out: dict[str, int] = {}
@@ -255,6 +289,10 @@ def plan_counts(cfg: PlanConfig, labels: Sequence[str], real_table: pd.DataFrame
         if not isinstance(count, (int, np.integer)) or isinstance(count, bool) or count < 1:
             raise ValueError(f"'lco.plan.quotas.{key}': count must be a positive integer, got {count!r}")
         canon = combo_key(vec, labels)
+        bad = [n for n, v in zip(labels, vec) if v and n in drop]
+        if bad:
+            raise ValueError(f"'lco.plan.quotas.{key}': asks for {bad}, which the checker cannot verify "
+                             "(lco.plan.min_checker_sensitivity); drop the quota or lower that key")
         if canon in out:
             raise ValueError(f"'lco.plan.quotas.{key}': same combination as 'lco.plan.quotas.{origin[canon]}'; merge them")
         out[canon], origin[canon] = int(count), str(key)
@@ -267,15 +305,17 @@ def plan_counts(cfg: PlanConfig, labels: Sequence[str], real_table: pd.DataFrame
     return out
 
 
-def make_plan(cfg: Mapping[str, Any] | PlanConfig, labels: Sequence[str], real_table: pd.DataFrame | None, seed: int) -> pd.DataFrame:
+def make_plan(cfg: Mapping[str, Any] | PlanConfig, labels: Sequence[str], real_table: pd.DataFrame | None, seed: int,
+              drop: Sequence[str] = ()) -> pd.DataFrame:
     """Build the plan table: sample_id, shard, index, seed and one int8 column per label.
 
     ``cfg`` is the ``lco`` config section (or a :class:`PlanConfig`); ``real_table`` is the prepared
-    dataset's label table (only its train split is used, and only in ``match_real`` mode).
+    dataset's label table (only its train split is used, in ``match_real`` and ``augment`` modes);
+    ``drop`` the findings no sample may hold.
     """
     pc = PlanConfig.from_section(cfg)
     labels = check_labels(labels, where="labels")
-    counts = plan_counts(pc, labels, real_table)
+    counts = plan_counts(pc, labels, real_table, drop)
     keys = sorted(counts)
     vectors = np.array([_vector(k, labels) for k in keys], dtype=np.int8).reshape(len(keys), len(labels))
     which = np.repeat(np.arange(len(keys)), [counts[k] for k in keys])
@@ -315,11 +355,26 @@ def read_plan(path: str | os.PathLike, labels: Sequence[str]) -> pd.DataFrame:
     return plan
 
 
-def build_plan(labels_path: str | os.PathLike, cfg: Mapping[str, Any], labels: Sequence[str], seed: int, out_path: str | os.PathLike) -> pd.DataFrame:
-    """Workflow entry point: read the prepared dataset's labels, make the plan, write it atomically."""
+def build_plan(labels_path: str | os.PathLike, cfg: Mapping[str, Any], labels: Sequence[str], seed: int, out_path: str | os.PathLike,
+               checker_metrics: str | os.PathLike | None = None) -> pd.DataFrame:
+    """Workflow entry point: read the prepared dataset's labels, make the plan, write it atomically.
+
+    With ``lco.plan.min_checker_sensitivity`` > 0 and the checker's ``metrics.json``, findings the checker
+    sees on fewer real test scans than that are left out of the plan, with a warning (the card repeats it):
+    planning what nobody can verify only makes samples whose labels no second judge can confirm.
+    """
     from ..data.store import PreparedDataset
 
     real = PreparedDataset(os.path.dirname(os.fspath(labels_path)) or ".").table
-    plan = make_plan(cfg, labels, real, seed)
+    floor = float((cfg.get("plan") or {}).get("min_checker_sensitivity", 0.0))
+    drop: dict[str, float | None] = {}
+    if floor > 0:
+        if checker_metrics is None:
+            raise ValueError("lco.plan.min_checker_sensitivity needs the checker's metrics.json")
+        drop = unverifiable_findings(checker_metrics, labels, floor)
+        for name, tpr in drop.items():
+            seen = "no real test scan shows it" if tpr is None else f"the checker calls it on {100 * tpr:.0f} % of the real test scans that show it"
+            log.warning("plan: %s left out: %s, below lco.plan.min_checker_sensitivity %g", name, seen, floor)
+    plan = make_plan(cfg, labels, real, seed, drop=list(drop))
     write_plan(plan, out_path)
     return plan
