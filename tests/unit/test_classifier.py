@@ -524,6 +524,6 @@ def test_finetune_restores_the_pretrained_checkpoint_and_continues(trained, tiny
     # from scratch the same run ends elsewhere: the start really came from the checkpoint
     train_classifier(_cfg(epochs=1, bootstrap=0, lr=1e-12), tiny_prepared, None, tmp_path / "s")
     scratch = dict(load_classifier(tmp_path / "s" / "model.pt").named_parameters())
-    assert max(float((scratch[k] - v).abs().max()) for k, v in start.items()) > 1e-3
+    assert max(float((scratch[k] - v).detach().abs().max()) for k, v in start.items()) > 1e-3
     with pytest.raises(ValueError, match="architecture or labels differ"):
         train_classifier(_cfg(epochs=1, bootstrap=0, width=8, init_from=str(out / "model.pt")), tiny_prepared, None, tmp_path / "bad")
