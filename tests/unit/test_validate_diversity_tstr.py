@@ -56,6 +56,12 @@ def test_paired_difference_matches_sklearn_and_summary():
         assert d[n]["delta"] == pytest.approx(want, abs=1e-12)
         assert d[n]["ci_low"] <= d[n]["delta"] <= d[n]["ci_high"]
         assert d[n]["ci_high"] < 0  # the weaker synthetic-trained scores are significantly worse here
+    assert "mean_findings" not in d
+    dm = paired_difference(y, p_real, p_syn, names, n_boot=200, seed=0, mean_over=[0, 1])
+    hand = np.mean([roc_auc_score(y[:, j], p_syn[:, j]) - roc_auc_score(y[:, j], p_real[:, j]) for j in (0, 1)])
+    assert dm["mean_findings"]["delta"] == pytest.approx(hand, abs=1e-12)
+    assert dm["mean_findings"]["ci_low"] <= hand <= dm["mean_findings"]["ci_high"] < 0
+    assert {n: dm[n] for n in names} == d  # the same resamples give the same per-label intervals
 
     # three arms x two seeds: per-seed AUROCs, their mean and sd, and the ensemble, all against sklearn
     groups = np.repeat(np.arange(50), 3)

@@ -70,19 +70,28 @@ def paired_difference(
     n_boot: int,
     seed: int,
     groups: np.ndarray | None = None,
+    mean_over: list[int] | None = None,
 ) -> dict[str, dict]:
     """Per-label AUROC(synthetic) - AUROC(real) with a paired percentile bootstrap CI over test patients
-    (``groups``: patient key per image; None resamples images)."""
+    (``groups``: patient key per image; None resamples images). With ``mean_over`` (label columns, e.g. the
+    findings) the result also holds ``mean_findings``: the difference of the mean AUROC over those columns,
+    its interval from the same resamples."""
 
     def stat(yy, a, b):
-        return np.array([auroc(yy[:, j], b[:, j]) - auroc(yy[:, j], a[:, j]) for j in range(yy.shape[1])])
+        per = np.array([auroc(yy[:, j], b[:, j]) - auroc(yy[:, j], a[:, j]) for j in range(yy.shape[1])])
+        return per if mean_over is None else np.r_[per, np.nanmean(per[mean_over]) if len(mean_over) else np.nan]
 
     point = stat(y, p_real, p_syn)
     if n_boot > 0:
         lo, hi = bootstrap_ci(stat, y, p_real, p_syn, n=n_boot, seed=seed, clusters=groups)
     else:
         lo = hi = np.full_like(point, np.nan)
-    return {n: {"delta": _num(point[j]), "ci_low": _num(lo[j]), "ci_high": _num(hi[j])} for j, n in enumerate(labels)}
+    names = list(labels) + ([MEAN_FINDINGS] if mean_over is not None else [])
+    return {n: {"delta": _num(point[j]), "ci_low": _num(lo[j]), "ci_high": _num(hi[j])} for j, n in enumerate(names)}
+
+
+#: Key of the mean-over-findings entry in each arm's ``difference_from_real``.
+MEAN_FINDINGS = "mean_findings"
 
 
 ARMS = ("real", "synthetic", "real+synthetic", "pretrain_finetune")
@@ -139,7 +148,7 @@ def summarise_arms(
             "ensemble_mean_auroc_findings_ci": [_num(lo[-1]), _num(hi[-1])],
         }
     diffs = {
-        arm: paired_difference(y, ensembles["real"], ensembles[arm], labels, n_boot, seed + 1, groups)
+        arm: paired_difference(y, ensembles["real"], ensembles[arm], labels, n_boot, seed + 1, groups, mean_over=fcols)
         for arm in probs if arm != "real" and "real" in probs
     }
     syn = arms.get("synthetic", {}).get("mean_auroc_findings")
