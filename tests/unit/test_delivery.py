@@ -58,6 +58,11 @@ def test_archive_json_card_and_log_state_planned_against_released(arch, caplog):
     assert {n: (r["planned"], r["released"]) for n, r in d["per_finding"].items()} == want
     combos = arch["rows"].apply(lambda r: combo_key([r[f"target_{n}"] for n in LABELS], LABELS), axis=1)
     assert {c: v["planned"] for c, v in d["per_combination"].items()} == combos.value_counts().to_dict()
+    # the released counts of archive.json agree with the manifest the release holds
+    man = pd.read_parquet(arch["release"] / "manifest.parquet")
+    counts = arch["info"]["counts"]
+    assert counts["per_finding"] == {n: int(man[n].sum()) for n in LABELS}
+    assert counts["per_combination"] == man.apply(lambda r: combo_key([r[n] for n in LABELS], LABELS), axis=1).value_counts().to_dict()
     assert d["min_delivery"] == 0.0 and d["short"], "the fixture's faked failures leave findings short"
     assert json.loads((arch["work"] / "delivery.json").read_text())["per_finding"] == d["per_finding"]
     card = (arch["release"] / "README.md").read_text()

@@ -38,9 +38,6 @@ class DeliveryError(RuntimeError):
     """The release would deliver less of some finding than ``archive.min_delivery`` allows."""
 
 
-def _row(planned: int, released: int, failed: int, withheld: int) -> dict[str, Any]:
-    return {"planned": planned, "released": released, "failed": failed, "withheld": withheld,
-            "share": round(released / planned, 6) if planned else None}
 
 
 def finding_mix_tv(planned: Mapping[str, int], released: Mapping[str, int]) -> float | None:
@@ -66,15 +63,15 @@ def delivery_table(
     """
     released, failed = np.asarray(released, bool), np.asarray(failed, bool)
     withheld = ~released & ~failed
-    per_finding = {}
-    for n in names:
-        has = targets[n].to_numpy() == 1
-        per_finding[n] = _row(int(has.sum()), int((has & released).sum()), int((has & failed).sum()), int((has & withheld).sum()))
-    per_combination = {}
+
+    def row(m: np.ndarray) -> dict[str, Any]:
+        planned, got = int(m.sum()), int((m & released).sum())
+        return {"planned": planned, "released": got, "failed": int((m & failed).sum()), "withheld": int((m & withheld).sum()),
+                "share": round(got / planned, 6) if planned else None}
+
+    per_finding = {n: row(targets[n].to_numpy() == 1) for n in names}
     combos = targets["combination"].astype(str).to_numpy()
-    for c in sorted(set(combos)):
-        m = combos == c
-        per_combination[c] = _row(int(m.sum()), int((m & released).sum()), int((m & failed).sum()), int((m & withheld).sum()))
+    per_combination = {c: row(combos == c) for c in sorted(set(combos))}
     return {
         "planned": int(len(targets)),
         "released": int(released.sum()),

@@ -361,8 +361,9 @@ def finalize_archive(
             "n_flagged": int(flagged.sum()),
             "n_reid_matched": int(matched.sum()),
             "n_withheld": int((flagged | matched).sum()),
-            "per_finding": {n: int(manifest[n].sum()) for n in names},
-            "per_combination": {k: int(v) for k, v in sorted(manifest["combination"].value_counts().items())},
+            # released counts, as the delivery table has them (combinations with none released left out)
+            "per_finding": {n: r["released"] for n, r in delivery["per_finding"].items()},
+            "per_combination": {k: r["released"] for k, r in delivery["per_combination"].items() if r["released"]},
         },
         "delivery": {**delivery, "min_delivery": cfg.min_delivery, "short": short},
         "release_policy": (

@@ -62,6 +62,10 @@ def predict_split(
     return np.concatenate(ys).astype(np.float64), np.concatenate(ps).astype(np.float64)
 
 
+#: Key of the mean-over-findings entry in each arm's ``difference_from_real``.
+MEAN_FINDINGS = "mean_findings"
+
+
 def paired_difference(
     y: np.ndarray,
     p_real: np.ndarray,
@@ -79,7 +83,7 @@ def paired_difference(
 
     def stat(yy, a, b):
         per = np.array([auroc(yy[:, j], b[:, j]) - auroc(yy[:, j], a[:, j]) for j in range(yy.shape[1])])
-        return per if mean_over is None else np.r_[per, np.nanmean(per[mean_over]) if len(mean_over) else np.nan]
+        return per if mean_over is None else np.r_[per, mean_auroc(per[mean_over])]
 
     point = stat(y, p_real, p_syn)
     if n_boot > 0:
@@ -88,10 +92,6 @@ def paired_difference(
         lo = hi = np.full_like(point, np.nan)
     names = list(labels) + ([MEAN_FINDINGS] if mean_over is not None else [])
     return {n: {"delta": _num(point[j]), "ci_low": _num(lo[j]), "ci_high": _num(hi[j])} for j, n in enumerate(names)}
-
-
-#: Key of the mean-over-findings entry in each arm's ``difference_from_real``.
-MEAN_FINDINGS = "mean_findings"
 
 
 ARMS = ("real", "synthetic", "real+synthetic", "pretrain_finetune")
