@@ -2,11 +2,13 @@
 
 from ...labels import PHANTOM_LABELS
 from .anatomy import StudyGeometry, measure_ctr, study_geometry
-from .cohort import FINDINGS, PhantomConfig, sample_cohort
+from .cohort import sample_cohort, true_labels
+from .config import CHESTXRAY14_PREVALENCE, FINDINGS, PhantomConfig
 from .layouts import LAYOUTS, cli, write_layout
 from .render import geometry_density, iter_images, render
 
 __all__ = [
+    "CHESTXRAY14_PREVALENCE",
     "FINDINGS",
     "LAYOUTS",
     "PHANTOM_LABELS",
@@ -19,5 +21,6 @@ __all__ = [
     "render",
     "sample_cohort",
     "study_geometry",
+    "true_labels",
     "write_layout",
 ]

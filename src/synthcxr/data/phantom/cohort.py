@@ -3,48 +3,29 @@
 The cohort is what makes the phantom useful for testing real-world pitfalls: several studies per patient
 (so a split that ignores patients leaks), rare labels (Pneumothorax ~1.5 %, Mass ~2-3 %), chronic
 findings that persist across follow-ups, and co-occurring findings (Effusion with Cardiomegaly,
-Atelectasis with Effusion). Pixels are not made here; :mod:`.render` turns a row into an image.
+Atelectasis with Effusion). The knobs of :class:`PhantomConfig` add report-style label noise (the drawn
+finding is kept in ``true_<finding>`` columns, the reported one in the label column), support devices
+that correlate with findings (``support_device``), and ChestX-ray14's prevalence. Pixels are not made
+here; :mod:`.render` turns a row into an image.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
 
 import numpy as np
 import pandas as pd
 
 from ...labels import NO_FINDING, PHANTOM_LABELS
+from .config import FINDINGS, PhantomConfig
 
-#: Findings the renderer draws (every phantom label except No_Finding), in PHANTOM_LABELS order.
-FINDINGS: tuple[str, ...] = tuple(n for n in PHANTOM_LABELS if n != NO_FINDING)
 #: Findings fixed per patient: once present they stay in every later follow-up at the same place.
 CHRONIC: tuple[str, ...] = ("Cardiomegaly", "Nodule", "Mass")
-
-
-@dataclass
-class PhantomConfig:
-    """Size and seed of a phantom cohort (config section ``dataset.phantom``)."""
-
-    n_patients: int = 700
-    max_studies: int = 4
-    seed: int = 11
-
-    def __post_init__(self) -> None:
-        for key in ("n_patients", "max_studies"):
-            v = getattr(self, key)
-            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"dataset.phantom.{key}: must be a positive integer, got {v!r}")
-        if not isinstance(self.seed, (int, np.integer)) or isinstance(self.seed, bool) or self.seed < 0:
-            raise ValueError(f"dataset.phantom.seed: must be a non-negative integer, got {self.seed!r}")
-
-    @classmethod
-    def from_dict(cls, d: dict | None) -> "PhantomConfig":
-        """Build from a config mapping, naming any unknown key."""
-        d = dict(d or {})
-        unknown = sorted(set(d) - {"n_patients", "max_studies", "seed"})
-        if unknown:
-            raise ValueError(f"dataset.phantom: unknown key(s) {unknown}; allowed: n_patients, max_studies, seed")
-        return cls(**d)
+#: Relative risks of the prevalence-target model: P(Effusion | Cardiomegaly) / P(Effusion | none), etc.
+#: Chosen so that about 4 in 10 Cardiomegaly images show Effusion and 1 in 4 Effusion images Atelectasis.
+RELATIVE_RISK = {"Effusion": ("Cardiomegaly", 3.5), "Atelectasis": ("Effusion", 3.0), "Consolidation": ("Atelectasis", 3.0)}
+#: Per-study share of a chronic finding relative to its per-patient probability (some appear at a follow-up).
+_ONSET_SHARE = 0.93
 
 
 def seed_of(*parts: int) -> int:
@@ -54,7 +35,7 @@ def seed_of(*parts: int) -> int:
 
 
 def _p_cardiomegaly(age: float) -> float:
-    # Rises with age: ~4 % in young adults, ~17 % at 85.
+    # Rises with age: ~4 % in young adults, ~17 % at 85 (mean 10 % over the cohort's ages).
     return 0.04 + 0.13 * float(np.clip((age - 30.0) / 55.0, 0.0, 1.0))
 
 
@@ -67,17 +48,77 @@ def _chronic_onset(rng: np.random.Generator, p: float, n_studies: int) -> int | 
     return 0
 
 
+class _Rates:
+    """Finding probabilities of one study: the built-in model, or prevalence targets with RELATIVE_RISK."""
+
+    def __init__(self, cfg: PhantomConfig):
+        self.t = cfg.targets()
+        self.independent = cfg.independent_findings
+        self.base: dict[str, float] = {}
+        if self.t is None or self.independent:
+            return
+        for name, (parent, rr) in RELATIVE_RISK.items():
+            q = self.t[parent]
+            self.base[name] = self.t[name] / (1.0 - q + rr * q)
+
+    def chronic(self, name: str, age: float) -> float:
+        if self.t is None:
+            return {"Nodule": 0.05, "Mass": 0.022}.get(name) or _p_cardiomegaly(age)
+        scale = self.t[name] / _ONSET_SHARE
+        return min(0.95, scale * _p_cardiomegaly(age) / 0.0998) if name == "Cardiomegaly" and not self.independent else min(0.95, scale)
+
+    def acute(self, name: str, lab: dict[str, int]) -> float:
+        if self.t is None:
+            return {
+                "Effusion": 0.35 if lab["Cardiomegaly"] else 0.07,
+                "Atelectasis": 0.30 if lab["Effusion"] else 0.055,
+                "Consolidation": 0.10 if lab["Atelectasis"] else 0.045,
+                "Pneumothorax": 0.015,
+            }[name]
+        if self.independent or name not in self.base:
+            return self.t[name]
+        parent, rr = RELATIVE_RISK[name]
+        return min(0.95, self.base[name] * (rr if lab[parent] else 1.0))
+
+
+def _reported(cfg: PhantomConfig, lab: dict[str, int], p: int, s: int) -> dict[str, int]:
+    """Report-style labels: each finding missed or falsely reported at its configured rate."""
+    rng = np.random.default_rng([cfg.seed, p, 3, s])
+    u = rng.random(len(FINDINGS))
+    out = {}
+    for k, name in enumerate(FINDINGS):
+        noise = cfg.label_noise.get(name, {})
+        if lab[name]:
+            out[name] = int(u[k] >= noise.get("missed", 0.0))
+        else:
+            out[name] = int(u[k] < noise.get("false_positive", 0.0))
+    return out
+
+
+def _device(cfg: PhantomConfig, lab: dict[str, int], p: int, s: int) -> int:
+    """Whether a support device (chest drain, line) is drawn: the highest rate among the present findings."""
+    dev = cfg.support_devices
+    rate = max([dev.get("rate", 0.0)] + [v for n, v in dev.get("given", {}).items() if lab[n]])
+    return int(np.random.default_rng([cfg.seed, p, 4, s]).random() < rate)
+
+
 def sample_cohort(cfg: PhantomConfig) -> pd.DataFrame:
     """One row per study: ids, demographics, seeds and one 0/1 column per PHANTOM_LABELS entry.
 
     Columns: image_id ("ph00012_003"), patient_id ("ph00012"), study (0-based follow-up #, as NIH),
     view (PA/AP), sex (M/F), age, patient_seed (anatomy and chronic findings), render_seed (pose,
-    exposure, acute findings, noise), then the labels. Deterministic in ``cfg``.
+    exposure, acute findings, noise), then the labels (as reported). With label noise configured,
+    ``true_<finding>`` columns hold what was drawn (and rendered); with support devices,
+    ``support_device``; with subtlety or variation knobs, ``knobs`` (their JSON, read by the renderer).
+    Deterministic in ``cfg``; the default knobs reproduce the built-in cohort exactly.
     """
     if not isinstance(cfg, PhantomConfig):
         raise TypeError(f"sample_cohort expects a PhantomConfig, got {type(cfg).__name__}")
     n_w = np.array([0.6**k for k in range(cfg.max_studies)])
     n_w /= n_w.sum()
+    rates = _Rates(cfg)
+    knobs = cfg.render_knobs()
+    knobs_json = json.dumps(knobs, sort_keys=True) if knobs else None
     rows: list[dict] = []
     for p in range(cfg.n_patients):
         rng = np.random.default_rng([cfg.seed, p, 0])
@@ -85,11 +126,7 @@ def sample_cohort(cfg: PhantomConfig) -> pd.DataFrame:
         n_studies = int(rng.choice(cfg.max_studies, p=n_w)) + 1
         sex = "M" if rng.random() < 0.5 else "F"
         age0 = int(np.clip(round(rng.normal(55.0, 17.0)), 18, 90))
-        onset = {
-            "Cardiomegaly": _chronic_onset(rng, _p_cardiomegaly(age0), n_studies),
-            "Nodule": _chronic_onset(rng, 0.05, n_studies),
-            "Mass": _chronic_onset(rng, 0.022, n_studies),
-        }
+        onset = {name: _chronic_onset(rng, rates.chronic(name, age0), n_studies) for name in CHRONIC}
         age = float(age0)
         for s in range(n_studies):
             if s:
@@ -97,12 +134,11 @@ def sample_cohort(cfg: PhantomConfig) -> pd.DataFrame:
             lab = {n: 0 for n in FINDINGS}
             for name, first in onset.items():
                 lab[name] = int(first is not None and s >= first)
-            lab["Effusion"] = int(rng.random() < (0.35 if lab["Cardiomegaly"] else 0.07))
-            lab["Atelectasis"] = int(rng.random() < (0.30 if lab["Effusion"] else 0.055))
-            lab["Consolidation"] = int(rng.random() < (0.10 if lab["Atelectasis"] else 0.045))
-            lab["Pneumothorax"] = int(rng.random() < 0.015)
+            for name in ("Effusion", "Atelectasis", "Consolidation", "Pneumothorax"):
+                lab[name] = int(rng.random() < rates.acute(name, lab))
             sick = lab["Effusion"] or lab["Pneumothorax"] or lab["Consolidation"]
             view = "AP" if rng.random() < (0.55 if sick else 0.2) else "PA"
+            rep = _reported(cfg, lab, p, s) if cfg.noisy else lab
             row = {
                 "image_id": f"ph{p:05d}_{s:03d}",
                 "patient_id": f"ph{p:05d}",
@@ -114,8 +150,25 @@ def sample_cohort(cfg: PhantomConfig) -> pd.DataFrame:
                 "render_seed": seed_of(cfg.seed, p, 2, s),
             }
             for name in PHANTOM_LABELS:
-                row[name] = lab[name] if name != NO_FINDING else int(not any(lab.values()))
+                row[name] = rep[name] if name != NO_FINDING else int(not any(rep.values()))
+            if cfg.noisy:
+                row.update({f"true_{n}": lab[n] for n in FINDINGS})
+            if cfg.devices:
+                row["support_device"] = _device(cfg, lab, p, s)
+            if knobs_json:
+                row["knobs"] = knobs_json
             rows.append(row)
     df = pd.DataFrame(rows)
     int_cols = ["study", "age", "patient_seed", "render_seed", *PHANTOM_LABELS]
+    int_cols += [c for c in df.columns if c.startswith("true_") or c == "support_device"]
     return df.astype({c: "int64" for c in int_cols}).reset_index(drop=True)
+
+
+def true_labels(cohort: pd.DataFrame) -> pd.DataFrame:
+    """The drawn findings of each study (``true_<finding>`` where label noise made them differ), by image_id."""
+    out = pd.DataFrame(index=cohort["image_id"].astype(str).values)
+    for n in FINDINGS:
+        col = f"true_{n}" if f"true_{n}" in cohort.columns else n
+        out[n] = cohort[col].astype(int).values
+    out[NO_FINDING] = (out[list(FINDINGS)].sum(axis=1) == 0).astype(int)
+    return out

@@ -178,6 +178,8 @@ def _render_density(g: StudyGeometry, res: int) -> tuple[np.ndarray, _Scene]:
             lat = np.clip((sx - 0.1) / (a.tw - 0.1), 0.0, 1.0)
             top = s.g.domes[side] + a.cp_drop - eff["height"] - eff["meniscus"] * lat * lat
             fluid = _ramp(s.py - top, 0.03) * _ramp(outer, w)
+            if eff["density"] != 1.0:  # subtler fluid: less air displaced, less added density
+                fluid = fluid * _F(eff["density"])
             lung_air *= 1.0 - fluid
             extra += 0.08 * fluid * (1.0 - card)
         ptx = f.get("Pneumothorax")
@@ -189,11 +191,13 @@ def _render_density(g: StudyGeometry, res: int) -> tuple[np.ndarray, _Scene]:
             cy2 = a.apex_y + ay * 0.55 * k + ay2 + 0.02
             rho2 = np.sqrt(((sx - cx) / ax2) ** 2 + (np.minimum(s.py - cy2, 0.0) / ay2) ** 2)
             gap = _ramp((rho2 - 1.0) * ax2, w) * hemi
+            if ptx["contrast"] != 1.0:  # subtler: lung markings partly kept, fainter pleural line
+                gap = gap * _F(ptx["contrast"])
             lung_tissue *= 1.0 - gap
             extra -= 0.10 * gap
             lw = s.lw
             line = np.exp(-(((rho2 - 1.0) * ax2) / lw) ** 2) * (_LINE / lw)
-            extra += 0.30 * line * hemi
+            extra += 0.30 * ptx["contrast"] * line * hemi
         air += lung_air
         tissue += lung_tissue
     dens = dens - 0.70 * air
@@ -214,6 +218,9 @@ def _render_density(g: StudyGeometry, res: int) -> tuple[np.ndarray, _Scene]:
             dens += a.breast * _ramp((1.0 - rb) * 0.25, 0.06)
     dens += _bones(s)
     dens += _findings_density(s, tissue + air)
+    if g.device is not None:
+        dev = np.array([[*seg, g.device["amp"]] for seg in g.device["drain"] + g.device["line"]])
+        dens += _segments(s.px, s.py, dev, max(0.012, s.lw), 0.012) * body
     return dens, s
 
 
