@@ -5,16 +5,20 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 SNAKE  := $(VENV)/bin/snakemake
 CORES  ?= 2
-# make demo: the full phantom demo (~2 h on 2 cores); make demo DEMO=quick: the same DAG, smaller (~12 min)
+# make demo: the full phantom demo (~2 h on 2 cores); DEMO=quick: the same DAG, smaller (~12 min);
+# DEMO=realistic: the same DAG on a phantom as hard as real data, with a ground-truth oracle (~45 min)
 DEMO   ?= full
 ifeq ($(DEMO),quick)
 DEMO_ARGS := --configfile config/demo-quick.yaml
 ARCHIVE   := quick
+else ifeq ($(DEMO),realistic)
+DEMO_ARGS := --configfile config/demo-realistic.yaml
+ARCHIVE   := realistic
 else ifeq ($(DEMO),full)
 DEMO_ARGS :=
 ARCHIVE   := demo
 else
-$(error DEMO must be full or quick, not '$(DEMO)')
+$(error DEMO must be full, quick or realistic, not '$(DEMO)')
 endif
 # Optional index for the CPU torch build on machines without a local wheel,
 # e.g. make install TORCH_INDEX=https://download.pytorch.org/whl/cpu

@@ -184,8 +184,23 @@ def test_validation_outputs(tiny_run: Path):
     key = pd.read_csv(val / "answer_key" / "key.csv")
     assert len(key) == 8
     assert (val / "reader_kit" / "index.html").exists()
+    # the phantom's oracle judged every released sample; its own clean test record is quoted
+    orc = json.loads((val / "oracle.json").read_text())
+    released = pd.read_parquet(tiny_run / "results" / "archive" / "tiny" / "release" / "manifest.parquet")
+    assert orc["released"]["n"] == len(released) and orc["synthetic_labels"]["n_samples"] == len(released)
+    for name, row in orc["released"]["per_finding"].items():
+        assert row["n_requested"] == int(released[name].sum())
+        for who in ("oracle", "checker"):
+            assert row[who]["n"] == row["n_requested"] and 0 <= row[who]["k"] <= row["n_requested"]
+        assert row["checker_fooled"] == (row["n_requested"] > 0 and row["checker"]["rate"] - row["oracle"]["rate"] > 0.1)
+    oracle_metrics = json.loads((tiny_run / "results" / "oracle" / "tiny" / "metrics.json").read_text())
+    assert orc["oracle"]["clean_test_auroc"]["Effusion"] == oracle_metrics["test"]["per_label"]["Effusion"]["auroc"]
+    test_rows = pd.read_parquet(tiny_run / "results" / "prepared" / "tiny" / "labels.parquet").query("split == 'test'")
+    assert orc["oracle"]["real_test"]["n"] == len(test_rows)
+    card = (tiny_run / "results" / "archive" / "tiny" / "release" / "README.md").read_text()
+    assert "### Ground-truth oracle" in card
     for fig in ("fid_curve.png", "auroc_bars.png", "prevalence.png", "cooccurrence.png", "memorization_gallery.png",
-                "reid_gallery.png"):
+                "reid_gallery.png", "oracle.png"):
         assert (val / fig).stat().st_size > 1000, fig
 
 
@@ -193,11 +208,11 @@ def test_every_rule_logs_under_its_dataset_run_or_archive(tiny_run: Path):
     logs = tiny_run / "results" / "logs"
     # the tiny config names its dataset, GAN run and archive "tiny": a second one of each gets its own logs
     top = {"prepare-tiny.log", "train_pggan-tiny.log", "train_classifier_real.log", "train_classifier_check.log",
-           "train_reid_verifier-tiny.log"}
+           "train_reid_verifier-tiny.log", "prepare-tiny-oracle.log", "train_oracle-tiny.log"}
     assert {p.name for p in logs.glob("*.log")} == top
     arch = logs / "archive-tiny"
     per_archive = {"plan", "finalize_archive", "release", "reader_study"} | {
-        f"validate_{v}" for v in ("memorization", "fid", "tstr", "diversity", "lco", "reid")
+        f"validate_{v}" for v in ("memorization", "fid", "tstr", "diversity", "lco", "reid", "oracle")
     }
     assert {p.stem for p in arch.glob("*.log")} == per_archive
     for stage in ("lco", "sample"):

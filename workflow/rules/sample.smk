@@ -83,6 +83,7 @@ rule release:
         memorization=f"{VAL}/memorization.parquet",
         lco_agreement=f"{VAL}/lco_agreement.json",
         reid=[f"{VAL}/reid.json"] if config["validate"]["reid"].get("enabled", True) else [],
+        oracle=[f"{VAL}/oracle.json"] if ORACLE_ON else [],
     output:
         card=f"{REL}/README.md",
         sums=f"{REL}/SHA256SUMS",

@@ -202,4 +202,5 @@ rule validate:
         rules.validate_diversity.output,
         rules.validate_lco.output,
         rules.validate_reid.output if REID_ON else [],
+        rules.validate_oracle.output if ORACLE_ON else [],
 

@@ -15,4 +15,5 @@ seal_release(
     lco_agreement=sm.input.lco_agreement,
     jobs=sm.threads,
     reid=sm.input.reid[0] if sm.input.reid else None,
+    oracle=sm.input.oracle[0] if sm.input.oracle else None,
 )

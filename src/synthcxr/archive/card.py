@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from ..validate.oracle import card_section as oracle_card_section
 from .delivery import card_section
 from .layout import FORMATS, stream_format
 from .shard_parquet import hf_features
@@ -120,6 +121,15 @@ def _reid_section(path: Path, gate: bool) -> str:
 LOW_AGREEMENT = 0.8  # below this share the card warns that a label's images often do not show it
 
 
+def _oracle_section(path: Path | None, info: Mapping[str, Any]) -> str | None:
+    """The ground-truth oracle's table (phantom), or the statement that the source has none."""
+    fmt = ((info.get("config") or {}).get("dataset") or {}).get("format")
+    if fmt is None:
+        return None
+    lines = oracle_card_section(json.loads(path.read_text()) if path is not None else None, str(fmt))
+    return "\n".join(lines) if lines else None
+
+
 def _pct(v: Any) -> str:
     return "n/a" if v is None else f"{100 * float(v):.1f}%"
 
@@ -216,6 +226,7 @@ def render_card(
     memorization: Path | None = None,
     lco_agreement: Path | None = None,
     reid: Path | None = None,
+    oracle: Path | None = None,
 ) -> str:
     """The card's Markdown text for archive.json contents ``info`` and optional validation files."""
     c = info["counts"]
@@ -322,6 +333,7 @@ def render_card(
         _metric_table(tstr, "Train on synthetic, test on real", skip=("fractions", "runs")) if tstr else None,
         _memorization_section(memorization) if memorization else None,
         _reid_section(reid, bool(info.get("reid_gate"))) if reid else None,
+        _oracle_section(oracle, info),
     ]
     val = [v for v in val if v]
     parts += val if val else ["No validation results were available when this card was written.", ""]

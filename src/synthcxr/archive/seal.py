@@ -38,6 +38,7 @@ def seal_release(
     lco_agreement: str | os.PathLike | None = None,
     jobs: int = 1,
     reid: str | os.PathLike | None = None,
+    oracle: str | os.PathLike | None = None,
 ) -> str:
     """Verify the unsealed release, write README.md and SHA256SUMS; returns the card text.
 
@@ -53,7 +54,7 @@ def seal_release(
         raise ValueError(f"{root}: refusing to seal a release that fails its checks:\n" + "\n".join(c.line() for c in bad))
     info = read_info(root)
     opt = lambda q: Path(q) if q is not None and Path(q).exists() else None  # noqa: E731
-    text = render_card(info, opt(fid), opt(tstr), opt(memorization), opt(lco_agreement), opt(reid))
+    text = render_card(info, opt(fid), opt(tstr), opt(memorization), opt(lco_agreement), opt(reid), opt(oracle))
     write_text(root / CARD, text)
     write_sums(root, sorted(expected_files(info) - {SUMS}), jobs)
     log.info("sealed release %s: %d samples in %d shard(s)", root, info["counts"]["n_released"], info["n_shards"])

@@ -263,3 +263,30 @@ def auroc_vs_fraction(
     axes[0][0].legend(fontsize=7)
     fig.suptitle("Per-finding AUROC on the real test split against the real fraction, per TSTR arm")
     _save(fig, path)
+
+
+def oracle_bars(result: Mapping[str, object], path: str | os.PathLike) -> None:
+    """Per finding: share of released samples labelled with it that the oracle and the checker confirm
+    (Wilson 95 % intervals), "checker fooled" marked; from oracle.json."""
+    per = dict(result["released"]["per_finding"])  # type: ignore[index]
+    names = [n for n, r in per.items() if r["n_requested"]]
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(names) + 2), 4))
+    for k, (who, colour) in enumerate((("oracle", "tab:purple"), ("checker", "tab:gray"))):
+        rate = np.array([per[n][who]["rate"] for n in names], float)
+        ci = np.array([per[n][who]["ci95"] for n in names], float).reshape(-1, 2)
+        err = np.vstack([rate - ci[:, 0], ci[:, 1] - rate]) if len(names) else None
+        ax.bar(x + (k - 0.5) * 0.38, rate, 0.38, yerr=err, capsize=3, color=colour, label=f"{who} confirms")
+    for i, n in enumerate(names):
+        note = f"n={per[n]['n_requested']}" + ("\nchecker fooled" if per[n]["checker_fooled"] else "")
+        ax.text(i, 1.02, note, ha="center", va="bottom", fontsize=7, color="tab:red" if per[n]["checker_fooled"] else "black")
+    ax.set_xticks(x, names, rotation=30, ha="right")
+    ax.set_ylim(0, 1.25)
+    ax.set_ylabel("share of released samples labelled with the finding")
+    truth = result.get("synthetic_labels", {}).get("share_true")  # type: ignore[union-attr]
+    ax.set_title("Oracle vs checker on the release" + (f" (labels true: {100 * truth:.1f} %)" if truth is not None else ""))
+    if not names:
+        ax.text(0.5, 0.5, "no released samples with a finding", transform=ax.transAxes, ha="center", va="center")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(alpha=0.3, axis="y")
+    _save(fig, path)

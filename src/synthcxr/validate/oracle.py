@@ -1,0 +1,347 @@
+"""Ground-truth oracle of the phantom: what the released images really show, judged by a classifier of true findings.
+
+No real collection knows which findings an image truly holds; the phantom does. The oracle is a classifier
+trained on a separate phantom cohort rendered with the same look as the dataset but with clean labels,
+findings drawn independently of each other and support devices independent of findings, so that it
+cannot lean on label noise, co-occurrence or the device shortcut. It scores every released sample (does
+the image show what its label says?) beside the checker, and the real test scans against their drawn
+findings (how far the oracle itself can be trusted). A finding whose checker agreement exceeds the
+oracle's by more than :data:`FOOLED_GAP` is flagged "checker fooled": both classifiers accept images that
+do not show the finding.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..data.phantom import FINDINGS, PhantomConfig, sample_cohort, true_labels
+from ..data.splits import pseudonym
+from ..data.store import PreparedDataset
+from ..labels import NO_FINDING
+from ..metrics.auroc import auroc
+
+log = logging.getLogger("synthcxr")
+
+#: checker agreement minus oracle agreement above which a finding is flagged "checker fooled"
+FOOLED_GAP = 0.10
+#: defaults of config section validate.oracle
+ORACLE_DEFAULTS: dict[str, Any] = {"n_patients": 3000, "prevalence": 0.2, "epochs": None, "width": 32, "seed_offset": 1000}
+
+
+def oracle_settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    """validate.oracle with its defaults filled in."""
+    return {**ORACLE_DEFAULTS, **dict((config.get("validate") or {}).get("oracle") or {})}
+
+
+def has_oracle(config: Mapping[str, Any]) -> bool:
+    """Only the phantom knows what it drew: every other format has no oracle."""
+    return (config.get("dataset") or {}).get("format") == "phantom"
+
+
+def oracle_cohort(phantom: Mapping[str, Any] | None, settings: Mapping[str, Any]) -> PhantomConfig:
+    """The oracle's training cohort: the dataset's look, clean labels, independent findings and devices.
+
+    Devices keep the dataset's overall rate (so the oracle has seen them) but are drawn whatever the findings.
+    """
+    main = PhantomConfig.from_dict(phantom)
+    rate = float(sample_cohort(main)["support_device"].mean()) if main.devices else 0.0
+    return main.oracle(int(settings["n_patients"]), float(settings["prevalence"]), rate, int(settings["seed_offset"]))
+
+
+def oracle_dataset_section(config: Mapping[str, Any], res: int) -> dict[str, Any]:
+    """The prepare stage's settings for the oracle cohort (rendered at the archive's resolution ``res``)."""
+    ds = dict(config["dataset"])
+    settings = oracle_settings(config)
+    cohort = oracle_cohort(ds.get("phantom"), settings)
+    split = dict(ds.get("split") or {})
+    return {
+        **ds,
+        "name": f"{ds['name']}-oracle",
+        "max_res": int(res),
+        "views": ["PA", "AP"],
+        "split": {"train": 0.8, "val": 0.1, "test": 0.1, "seed": int(split.get("seed", 0))},
+        "phantom": cohort.as_dict(),
+        "seed": config["seed"],
+        "device": config["device"],
+        "labels": list(config["labels"]),
+    }
+
+
+def oracle_run_settings(classifier: Mapping[str, Any], config: Mapping[str, Any], res: int) -> dict[str, Any]:
+    """The classifier recipe for the oracle: the dataset's recipe at ``res``, its own width, epochs and seed."""
+    settings = oracle_settings(config)
+    run = {k: v for k, v in classifier.items() if k != "checker"}
+    run.update(
+        name="oracle",
+        input_res=int(res),
+        width=int(settings["width"]),
+        epochs=int(settings["epochs"] or run["epochs"]),
+        patience=int(settings["epochs"] or run["epochs"]),
+        threshold_method="fixed",
+        select_on="bce",
+        seed_offset=7,
+    )
+    return run
+
+
+def drawn_findings(phantom: Mapping[str, Any] | None, salt: str) -> pd.DataFrame:
+    """The drawn findings of every study of the phantom cohort, indexed by the prepared ``image_id``
+    (the salted pseudonym prepare gives each source id, ``dataset.patient_salt``)."""
+    truth = true_labels(sample_cohort(PhantomConfig.from_dict(phantom)))
+    truth.index = [pseudonym(i, salt) for i in truth.index]
+    return truth
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float] | None:
+    """Wilson score 95 % interval of the proportion ``k / n`` (None when ``n`` is 0)."""
+    if n <= 0:
+        return None
+    p = k / n
+    den = 1.0 + z * z / n
+    mid = (p + z * z / (2 * n)) / den
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return max(0.0, mid - half), min(1.0, mid + half)
+
+
+def _rate(k: int, n: int) -> dict[str, Any]:
+    ci = wilson(k, n)
+    return {"k": int(k), "n": int(n), "rate": (k / n) if n else None, "ci95": list(ci) if ci else None}
+
+
+def released_agreement(
+    labels: np.ndarray, oracle_calls: np.ndarray, checker_calls: np.ndarray, names: Sequence[str], gap: float = FOOLED_GAP
+) -> dict[str, Any]:
+    """Per finding, over the released samples labelled with it: how many the oracle and the checker confirm.
+
+    ``labels``/``*_calls``: ``[n, F]`` 0/1 over the findings ``names``.
+    """
+    out: dict[str, Any] = {}
+    for j, name in enumerate(names):
+        pos = labels[:, j] >= 0.5
+        n = int(pos.sum())
+        o, c = _rate(int(oracle_calls[pos, j].sum()), n), _rate(int(checker_calls[pos, j].sum()), n)
+        diff = (c["rate"] - o["rate"]) if n else None
+        out[name] = {"n_requested": n, "oracle": o, "checker": c, "checker_minus_oracle": diff,
+                     "checker_fooled": bool(diff is not None and diff > gap)}
+    return out
+
+
+def label_truth(labels: np.ndarray, oracle_calls: np.ndarray, names: Sequence[str]) -> dict[str, Any]:
+    """Share of the released (TSTR's synthetic) labels the oracle finds true: per finding, overall, whole samples."""
+    agree = (labels >= 0.5) == (oracle_calls >= 0.5)
+    n = len(labels)
+    return {
+        "n_samples": int(n),
+        "share_true": float(agree.mean()) if n else None,
+        "samples_all_true": _rate(int(agree.all(axis=1).sum()), n),
+        "per_label": {name: _rate(int(agree[:, j].sum()), n) for j, name in enumerate(names)},
+    }
+
+
+def real_test_scores(truth: np.ndarray, probs: np.ndarray, thresholds: np.ndarray, names: Sequence[str]) -> dict[str, Any]:
+    """AUROC, sensitivity and specificity of ``probs`` against the drawn findings ``truth`` (``[n, F]``)."""
+    out = {}
+    for j, name in enumerate(names):
+        y, p = truth[:, j].astype(int), probs[:, j]
+        call = p >= thresholds[j]
+        n_pos, n_neg = int(y.sum()), int((1 - y).sum())
+        out[name] = {
+            "n_positive": n_pos,
+            "auroc": auroc(y, p) if 0 < n_pos < len(y) else None,
+            "sensitivity": _rate(int((call & (y == 1)).sum()), n_pos),
+            "specificity": _rate(int((~call & (y == 0)).sum()), n_neg),
+        }
+    return out
+
+
+def _model_probs(model_path: str | os.PathLike, images: np.ndarray, names: Sequence[str], device, batch_size: int) -> np.ndarray:
+    """Probabilities ``[n, F]`` of a saved classifier over ``names``, for uint8 images at any resolution."""
+    from ..classifier import load_classifier
+    from ..classifier.evaluate import predict
+    from ..classifier.sources import MemoryImageDataset
+
+    model = load_classifier(model_path, device)
+    have = list(model.label_names)
+    missing = [n for n in names if n not in have]
+    if missing:
+        raise KeyError(f"{model_path}: classifier lacks label(s) {missing}; it has {have}")
+    dummy = np.zeros((len(images), len(have)), dtype=np.float32)
+    probs, _ = predict(model, MemoryImageDataset(images, dummy), batch_size=batch_size, device=device)
+    return probs[:, [have.index(n) for n in names]]
+
+
+def _thresholds(path: str | os.PathLike, names: Sequence[str]) -> np.ndarray:
+    from ..classifier.evaluate import read_thresholds
+
+    thr = read_thresholds(path)
+    missing = [n for n in names if n not in thr]
+    if missing:
+        raise KeyError(f"{path}: no threshold for label(s) {missing}")
+    return np.array([thr[n] for n in names], dtype=np.float64)
+
+
+def _release_images(release: str | os.PathLike, names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """All released images (uint8 ``[n, R, R]``) and their labels over ``names``, in the same order."""
+    from .. import archive
+
+    arc = archive.open(release, sealed=False)  # validation runs before the release is sealed
+    missing = [n for n in names if n not in arc.label_names]
+    if missing:
+        raise KeyError(f"{Path(release) / 'manifest.parquet'}: archive lacks label(s) {missing}")
+    by_id = arc.manifest.set_index(arc.manifest["sample_id"].astype(str))
+    ids, images = [], []
+    for batch_ids, batch in arc.iter_batches():
+        ids += batch_ids
+        images.append(batch)
+    if not ids:
+        return np.zeros((0, arc.resolution, arc.resolution), np.uint8), np.zeros((0, len(names)), np.float32)
+    return np.concatenate(images), by_id.loc[ids, list(names)].to_numpy(dtype=np.float32)
+
+
+def oracle_report(
+    release: str | os.PathLike,
+    prepared: str | os.PathLike,
+    phantom: Mapping[str, Any] | None,
+    oracle_model: str | os.PathLike,
+    checker_model: str | os.PathLike,
+    checker_thresholds: str | os.PathLike,
+    steering_model: str | os.PathLike,
+    labels: Sequence[str],
+    salt: str,
+    device: str = "cpu",
+    batch_size: int = 128,
+    oracle_metrics: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """``oracle.json``: released samples judged by the oracle and the checker, the oracle's own test record,
+    the share of synthetic labels that are true, and the steering classifier against reported and drawn labels."""
+    import json
+
+    from ..utils.runtime import resolve_device
+
+    dev = resolve_device(device)
+    names = [n for n in labels if n in FINDINGS]
+    oracle_dir = Path(oracle_model).parent
+    oracle_thr = _thresholds(oracle_dir / "thresholds.json", names)
+    checker_thr = _thresholds(checker_thresholds, names)
+
+    images, lab = _release_images(release, names)
+    res = int(images.shape[-1])
+    o_probs = _model_probs(oracle_model, images, names, dev, batch_size) if len(images) else np.zeros((0, len(names)))
+    c_probs = _model_probs(checker_model, images, names, dev, batch_size) if len(images) else np.zeros((0, len(names)))
+    o_calls, c_calls = (o_probs >= oracle_thr).astype(int), (c_probs >= checker_thr).astype(int)
+    released = released_agreement(lab, o_calls, c_calls, names)
+
+    ds = PreparedDataset(prepared)
+    rows = ds.split("test")
+    truth_all = drawn_findings(phantom, salt)
+    ids = rows["image_id"].astype(str).to_numpy()
+    unknown = [i for i in ids if i not in truth_all.index]
+    if unknown:
+        raise KeyError(
+            f"{ds.labels_path}: {len(unknown)} test image(s) (e.g. {unknown[0]!r}) are not in the phantom cohort of "
+            "dataset.phantom; rerun prepare after changing the cohort"
+        )
+    truth = truth_all.loc[ids, names].to_numpy()
+    reported = ds.label_matrix(rows, names)
+    real = ds.read_images(res, rows["row"].to_numpy()) if res in ds.resolutions else ds.read_images(max(ds.resolutions), rows["row"].to_numpy())
+    o_real = _model_probs(oracle_model, real, names, dev, batch_size)
+    s_real = _model_probs(steering_model, real, names, dev, batch_size)
+    steering = {}
+    for j, name in enumerate(names):
+        y_rep, y_true = reported[:, j], truth[:, j]
+        ok = ~np.isnan(y_rep)
+        steering[name] = {
+            "auroc_reported_labels": auroc(y_rep[ok].astype(int), s_real[ok, j]) if 0 < np.nansum(y_rep) < ok.sum() else None,
+            "auroc_drawn_findings": auroc(y_true.astype(int), s_real[:, j]) if 0 < y_true.sum() < len(y_true) else None,
+            "reported_labels_true": float((y_rep[ok] == y_true[ok]).mean()) if ok.any() else None,
+        }
+    clean = None
+    if oracle_metrics and Path(oracle_metrics).exists():
+        m = json.loads(Path(oracle_metrics).read_text())
+        clean = {n: ((m.get("test") or {}).get("per_label") or {}).get(n, {}).get("auroc") for n in names}
+    fooled = [n for n, r in released.items() if r["checker_fooled"]]
+    return {
+        "what": "released samples judged by a classifier of the phantom's drawn findings (the oracle) beside the checker",
+        "fooled_rule": f"checker agreement - oracle agreement > {FOOLED_GAP:g}",
+        "findings": names,
+        "resolution": int(res),
+        "released": {"n": int(len(images)), "per_finding": released},
+        "checker_fooled": fooled,
+        "synthetic_labels": label_truth(lab, o_calls, names),
+        "oracle": {
+            "model": str(oracle_model),
+            "clean_test_auroc": clean,
+            "real_test": {"n": int(len(rows)), "per_finding": real_test_scores(truth, o_real, oracle_thr, names)},
+        },
+        "steering_real_test": steering,
+    }
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{100 * v:.1f} %"
+
+
+def summary_lines(result: Mapping[str, Any]) -> list[str]:
+    """One log line per finding and one for the synthetic labels, from an ``oracle_report`` result."""
+    lines = []
+    real = result["oracle"]["real_test"]["per_finding"]
+    for name, r in result["released"]["per_finding"].items():
+        o, c = r["oracle"], r["checker"]
+        lines.append(
+            f"{name}: {r['n_requested']} released; oracle confirms {_pct(o['rate'])}, checker {_pct(c['rate'])}"
+            + (" -> CHECKER FOOLED" if r["checker_fooled"] else "")
+            + f"; oracle on real test: AUROC {real[name]['auroc'] if real[name]['auroc'] is None else round(real[name]['auroc'], 3)}, "
+            f"sensitivity {_pct(real[name]['sensitivity']['rate'])}, specificity {_pct(real[name]['specificity']['rate'])}"
+        )
+    lab = result["synthetic_labels"]
+    lines.append(
+        f"synthetic labels true (oracle): {_pct(lab['share_true'])} of label entries, "
+        f"{_pct(lab['samples_all_true']['rate'])} of samples entirely"
+    )
+    return lines
+
+
+def card_section(result: Mapping[str, Any] | None, fmt: str) -> list[str]:
+    """The dataset card's oracle section: the table, or why there is none (every format but the phantom)."""
+    if fmt != "phantom":
+        return [
+            "### Ground-truth oracle", "",
+            f"No oracle exists for this archive: its source (format `{fmt}`) records what readers reported, not what "
+            "each image truly shows, so no classifier of true findings can judge the samples. Only the built-in "
+            "phantom, which knows what it drew, has one.", "",
+        ]
+    if result is None:
+        return []
+    real = result["oracle"]["real_test"]["per_finding"]
+    lab = result["synthetic_labels"]
+    rows = [
+        "### Ground-truth oracle", "",
+        "A classifier of the phantom's drawn findings (trained on a separate cohort with clean labels and with "
+        "findings and devices drawn independently) judged every released sample. Shares of the samples labelled "
+        f"with each finding that it and the checker confirm (Wilson 95 % intervals); {result['fooled_rule']} flags "
+        "the checker as fooled.", "",
+        "| finding | released | oracle confirms | checker confirms | flag | oracle AUROC on real test (drawn findings) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, r in result["released"]["per_finding"].items():
+        o, c = r["oracle"], r["checker"]
+        ci = lambda d: "" if d["ci95"] is None else f" [{100 * d['ci95'][0]:.0f}, {100 * d['ci95'][1]:.0f}]"  # noqa: E731
+        auc = real[name]["auroc"]
+        rows.append(
+            f"| {name} | {r['n_requested']} | {_pct(o['rate'])}{ci(o)} | {_pct(c['rate'])}{ci(c)} | "
+            f"{'checker fooled' if r['checker_fooled'] else ''} | {'n/a' if auc is None else f'{auc:.3f}'} |"
+        )
+    rows += [
+        "",
+        f"The oracle finds {_pct(lab['share_true'])} of the released label entries true, and every label of "
+        f"{_pct(lab['samples_all_true']['rate'])} of the samples.", "",
+    ]
+    return rows
