@@ -25,7 +25,6 @@ import pandas as pd
 from ..data.phantom import FINDINGS, PhantomConfig, sample_cohort, true_labels
 from ..data.splits import pseudonym
 from ..data.store import PreparedDataset
-from ..labels import NO_FINDING
 from ..metrics.auroc import auroc
 
 log = logging.getLogger("synthcxr")
