@@ -43,6 +43,10 @@ def test_released_agreement_flags_a_fooled_checker():
     assert (nod["n_requested"], nod["oracle"]["k"], nod["checker"]["k"]) == (20, 10, 18)
     assert nod["checker_minus_oracle"] == pytest.approx(0.4) and nod["checker_fooled"]
     assert eff["checker_minus_oracle"] == pytest.approx(0.05) and not eff["checker_fooled"]
+    # nodule-labelled rows never show effusion to either; effusion-labelled rows show no nodule
+    assert (eff["unrequested"]["oracle"]["k"], eff["unrequested"]["oracle"]["n"], eff["unrequested"]["checker"]["k"]) == (0, 20, 0)
+    extra = orc.released_agreement(lab, np.ones_like(oracle), checker, names)
+    assert extra["Nodule"]["unrequested"]["oracle"]["rate"] == 1.0 and extra["Nodule"]["oracle"]["rate"] == 1.0
     truth = orc.label_truth(lab, oracle, names)
     # label entries: nodule column right on 30 of 40, effusion on 39 of 40
     assert truth["share_true"] == pytest.approx(69 / 80)
@@ -94,7 +98,8 @@ def _result(fooled: bool) -> dict:
         "fooled_rule": "checker agreement - oracle agreement > 0.1",
         "released": {"n": 30, "per_finding": {"Nodule": {
             "n_requested": 30, "oracle": rate(12 if fooled else 28, 30), "checker": rate(29, 30),
-            "checker_minus_oracle": 0.0, "checker_fooled": fooled}}},
+            "checker_minus_oracle": 0.0, "checker_fooled": fooled,
+            "unrequested": {"oracle": rate(3, 60), "checker": rate(0, 60)}}}},
         "synthetic_labels": {"share_true": 0.9, "samples_all_true": rate(27, 30), "per_label": {}},
         "oracle": {"real_test": {"per_finding": {"Nodule": {"auroc": 0.991, "sensitivity": rate(9, 10), "specificity": rate(90, 91)}}}},
     }
@@ -108,7 +113,7 @@ def test_card_oracle_section(tmp_path):
     path.write_text(json.dumps(_result(fooled=True)))
     info = {**arch["info"], "config": {"dataset": {"format": "phantom"}}}
     text = render_card(info, oracle=path)
-    assert "### Ground-truth oracle" in text and "| Nodule | 30 | 40.0 % [25, 58] | 96.7 % [83, 99] | checker fooled | 0.991 |" in text
+    assert "### Ground-truth oracle" in text and "| Nodule | 30 | 40.0 % [25, 58] | 96.7 % [83, 99] | checker fooled | 5.0 % / 0.0 % | 0.991 |" in text
     assert "No oracle exists" not in text
     nih = render_card({**arch["info"], "config": {"dataset": {"format": "nih"}}})
     assert "No oracle exists for this archive" in nih and "`nih`" in nih
@@ -149,22 +154,35 @@ def test_only_the_phantom_plans_an_oracle(tmp_path):
 
 def test_oracle_reaches_098_on_clean_test_renders(tmp_path):
     """The oracle recipe (clean labels, independent findings, the classifier recipe at the archive's
-    resolution) on a small built-in-look cohort: every finding's clean test AUROC >= 0.98."""
+    resolution) on a small cohort of the built-in look at the full demo's 64 px: every finding's clean test
+    AUROC >= 0.98 (measured 0.981-1.000 here; at 32 px this needs the realistic preset's 6,000 patients)."""
     from synthcxr.classifier import train_classifier
     from synthcxr.config import load_config, section
     from synthcxr.data.prepare import prepare
 
     cfg = load_config(REPO / "config" / "config.yaml")
-    cfg["dataset"]["phantom"] = {"n_patients": 900, "max_studies": 2, "seed": 5}
-    cfg["dataset"]["workers"] = 0
-    cfg["validate"]["oracle"] = {"n_patients": 900, "prevalence": 0.3, "epochs": 25, "width": 16, "seed_offset": 1000}
-    ds = orc.oracle_dataset_section(cfg, 32)
-    prepare(ds, ds["labels"], tmp_path / "prep")
     cfg["device"] = "cpu"
-    cfg["classifier"]["bootstrap"] = 0
-    run = orc.oracle_run_settings(section(cfg, "classifier"), cfg, 32)
-    train_classifier(run, tmp_path / "prep", tmp_path / "prep", tmp_path / "model", threads=2)
+    cfg["dataset"]["phantom"] = {"n_patients": 1500, "max_studies": 1, "seed": 5}
+    cfg["validate"]["oracle"] = {"n_patients": 1500, "prevalence": 0.3, "epochs": 10, "width": 16, "seed_offset": 1000}
+    cfg["classifier"].update(bootstrap=0, batch_size=32, lr=0.003)
+    ds = orc.oracle_dataset_section(cfg, 64)
+    prepare(ds, ds["labels"], tmp_path / "prep")
+    train_classifier(orc.oracle_run_settings(section(cfg, "classifier"), cfg, 64), tmp_path / "prep", tmp_path / "prep",
+                     tmp_path / "model", threads=2)
     per = json.loads((tmp_path / "model" / "metrics.json").read_text())["test"]["per_label"]
-    print({n: round(per[n]["auroc"], 4) for n in ph.FINDINGS})
     low = {n: round(per[n]["auroc"], 4) for n in ph.FINDINGS if per[n]["auroc"] < 0.98}
     assert not low, low
+
+
+def test_calibration_against_chexnet():
+    steering = {
+        n: {"auroc_reported_labels": ph.CHEXNET_AUROC[n] + d, "chexnet_auroc": ph.CHEXNET_AUROC[n], "minus_chexnet": d}
+        for n, d in zip(ph.FINDINGS, [0.01, -0.02, 0.04, -0.049, 0.0, 0.02, -0.01])
+    }
+    cal = orc.calibration(steering)
+    assert cal["n_findings"] == 7 and cal["within_goal"] and cal["outside_tolerance"] == []
+    assert cal["mean_chexnet"] == pytest.approx(np.mean(list(ph.CHEXNET_AUROC.values())))
+    assert cal["mean_minus_chexnet"] == pytest.approx(np.mean([0.01, -0.02, 0.04, -0.049, 0.0, 0.02, -0.01]))
+    steering["Nodule"] = {**steering["Nodule"], "auroc_reported_labels": 0.70, "minus_chexnet": 0.70 - 0.7802}
+    cal = orc.calibration(steering)
+    assert cal["outside_tolerance"] == ["Nodule"] and not cal["within_goal"]

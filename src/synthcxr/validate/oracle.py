@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..data.phantom import FINDINGS, PhantomConfig, sample_cohort, true_labels
+from ..data.phantom import CHEXNET_AUROC, FINDINGS, PhantomConfig, sample_cohort, true_labels
 from ..data.splits import pseudonym
 from ..data.store import PreparedDataset
 from ..metrics.auroc import auroc
@@ -118,18 +118,29 @@ def _rate(k: int, n: int) -> dict[str, Any]:
 def released_agreement(
     labels: np.ndarray, oracle_calls: np.ndarray, checker_calls: np.ndarray, names: Sequence[str], gap: float = FOOLED_GAP
 ) -> dict[str, Any]:
-    """Per finding, over the released samples labelled with it: how many the oracle and the checker confirm.
+    """Per finding, over the released samples labelled with it: how many the oracle and the checker confirm;
+    over those labelled without it (``unrequested``): how many the oracle and the checker still call it on.
 
     ``labels``/``*_calls``: ``[n, F]`` 0/1 over the findings ``names``.
     """
     out: dict[str, Any] = {}
     for j, name in enumerate(names):
         pos = labels[:, j] >= 0.5
+        neg = ~pos
         n = int(pos.sum())
         o, c = _rate(int(oracle_calls[pos, j].sum()), n), _rate(int(checker_calls[pos, j].sum()), n)
         diff = (c["rate"] - o["rate"]) if n else None
-        out[name] = {"n_requested": n, "oracle": o, "checker": c, "checker_minus_oracle": diff,
-                     "checker_fooled": bool(diff is not None and diff > gap)}
+        out[name] = {
+            "n_requested": n,
+            "oracle": o,
+            "checker": c,
+            "checker_minus_oracle": diff,
+            "checker_fooled": bool(diff is not None and diff > gap),
+            "unrequested": {
+                "oracle": _rate(int(oracle_calls[neg, j].sum()), int(neg.sum())),
+                "checker": _rate(int(checker_calls[neg, j].sum()), int(neg.sum())),
+            },
+        }
     return out
 
 
@@ -257,10 +268,13 @@ def oracle_report(
     for j, name in enumerate(names):
         y_rep, y_true = reported[:, j], truth[:, j]
         ok = ~np.isnan(y_rep)
+        rep_auc = auroc(y_rep[ok].astype(int), s_real[ok, j]) if 0 < np.nansum(y_rep) < ok.sum() else None
         steering[name] = {
-            "auroc_reported_labels": auroc(y_rep[ok].astype(int), s_real[ok, j]) if 0 < np.nansum(y_rep) < ok.sum() else None,
+            "auroc_reported_labels": rep_auc,
             "auroc_drawn_findings": auroc(y_true.astype(int), s_real[:, j]) if 0 < y_true.sum() < len(y_true) else None,
             "reported_labels_true": float((y_rep[ok] == y_true[ok]).mean()) if ok.any() else None,
+            "chexnet_auroc": CHEXNET_AUROC.get(name),
+            "minus_chexnet": None if rep_auc is None or name not in CHEXNET_AUROC else rep_auc - CHEXNET_AUROC[name],
         }
     clean = None
     if oracle_metrics and Path(oracle_metrics).exists():
@@ -281,6 +295,26 @@ def oracle_report(
             "real_test": {"n": int(len(rows)), "per_finding": real_test_scores(truth, o_real, oracle_thr, names)},
         },
         "steering_real_test": steering,
+        "steering_vs_chexnet": calibration(steering),
+    }
+
+
+def calibration(steering: Mapping[str, Mapping[str, Any]], tolerance: float = 0.05, mean_tolerance: float = 0.03) -> dict[str, Any]:
+    """The steering classifier's test AUROC (reported labels) against CheXNet's, per finding and on average:
+    the realistic preset's calibration goal (each within ``tolerance``, the mean within ``mean_tolerance``)."""
+    rows = {n: r for n, r in steering.items() if r.get("minus_chexnet") is not None}
+    if not rows:
+        return {"n_findings": 0}
+    mean_diff = float(np.mean([r["auroc_reported_labels"] for r in rows.values()]) - np.mean([r["chexnet_auroc"] for r in rows.values()]))
+    return {
+        "n_findings": len(rows),
+        "mean_steering": float(np.mean([r["auroc_reported_labels"] for r in rows.values()])),
+        "mean_chexnet": float(np.mean([r["chexnet_auroc"] for r in rows.values()])),
+        "mean_minus_chexnet": mean_diff,
+        "outside_tolerance": [n for n, r in rows.items() if abs(r["minus_chexnet"]) > tolerance],
+        "within_goal": bool(all(abs(r["minus_chexnet"]) <= tolerance for r in rows.values()) and abs(mean_diff) <= mean_tolerance),
+        "tolerance": tolerance,
+        "mean_tolerance": mean_tolerance,
     }
 
 
@@ -297,8 +331,16 @@ def summary_lines(result: Mapping[str, Any]) -> list[str]:
         lines.append(
             f"{name}: {r['n_requested']} released; oracle confirms {_pct(o['rate'])}, checker {_pct(c['rate'])}"
             + (" -> CHECKER FOOLED" if r["checker_fooled"] else "")
+            + f"; called on {_pct(r['unrequested']['oracle']['rate'])} (oracle) / {_pct(r['unrequested']['checker']['rate'])} (checker) "
+            "of the samples labelled without it"
             + f"; oracle on real test: AUROC {real[name]['auroc'] if real[name]['auroc'] is None else round(real[name]['auroc'], 3)}, "
             f"sensitivity {_pct(real[name]['sensitivity']['rate'])}, specificity {_pct(real[name]['specificity']['rate'])}"
+        )
+    cal = result.get("steering_vs_chexnet") or {}
+    if cal.get("n_findings"):
+        lines.append(
+            f"steering classifier vs CheXNet: mean test AUROC {cal['mean_steering']:.3f} vs {cal['mean_chexnet']:.3f}; "
+            f"outside +-{cal['tolerance']:g}: {cal['outside_tolerance'] or 'none'}"
         )
     lab = result["synthetic_labels"]
     lines.append(
@@ -327,8 +369,8 @@ def card_section(result: Mapping[str, Any] | None, fmt: str) -> list[str]:
         "findings and devices drawn independently) judged every released sample. Shares of the samples labelled "
         f"with each finding that it and the checker confirm (Wilson 95 % intervals); {result['fooled_rule']} flags "
         "the checker as fooled.", "",
-        "| finding | released | oracle confirms | checker confirms | flag | oracle AUROC on real test (drawn findings) |",
-        "|---|---|---|---|---|---|",
+        "| finding | released | oracle confirms | checker confirms | flag | seen where not labelled (oracle / checker) | oracle AUROC on real test (drawn findings) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, r in result["released"]["per_finding"].items():
         o, c = r["oracle"], r["checker"]
@@ -336,11 +378,15 @@ def card_section(result: Mapping[str, Any] | None, fmt: str) -> list[str]:
         auc = real[name]["auroc"]
         rows.append(
             f"| {name} | {r['n_requested']} | {_pct(o['rate'])}{ci(o)} | {_pct(c['rate'])}{ci(c)} | "
-            f"{'checker fooled' if r['checker_fooled'] else ''} | {'n/a' if auc is None else f'{auc:.3f}'} |"
+            f"{'checker fooled' if r['checker_fooled'] else ''} | "
+            f"{_pct(r['unrequested']['oracle']['rate'])} / {_pct(r['unrequested']['checker']['rate'])} | "
+            f"{'n/a' if auc is None else f'{auc:.3f}'} |"
         )
     rows += [
         "",
         f"The oracle finds {_pct(lab['share_true'])} of the released label entries true, and every label of "
-        f"{_pct(lab['samples_all_true']['rate'])} of the samples.", "",
+        f"{_pct(lab['samples_all_true']['rate'])} of the samples. The oracle's sensitivity and specificity are "
+        "measured on real scans; on generated images it may read artefacts as findings, so a finding it sees where "
+        "neither label nor checker does is a question for readers, not a verdict.", "",
     ]
     return rows

@@ -3,12 +3,13 @@
 from ...labels import PHANTOM_LABELS
 from .anatomy import StudyGeometry, measure_ctr, study_geometry
 from .cohort import sample_cohort, true_labels
-from .config import CHESTXRAY14_PREVALENCE, FINDINGS, PhantomConfig
+from .config import CHESTXRAY14_PREVALENCE, CHEXNET_AUROC, FINDINGS, PhantomConfig
 from .layouts import LAYOUTS, cli, write_layout
 from .render import geometry_density, iter_images, render
 
 __all__ = [
     "CHESTXRAY14_PREVALENCE",
+    "CHEXNET_AUROC",
     "FINDINGS",
     "LAYOUTS",
     "PHANTOM_LABELS",

@@ -32,6 +32,18 @@ CHESTXRAY14_PREVALENCE: dict[str, float] = {
     "Consolidation": 4667 / 112120,
 }
 
+#: CheXNet's per-pathology test AUROC on ChestX-ray14 (Rajpurkar et al. 2017, arXiv 1711.05225, Table 1):
+#: the realistic preset's calibration target for the steering classifier.
+CHEXNET_AUROC: dict[str, float] = {
+    "Atelectasis": 0.8094,
+    "Cardiomegaly": 0.9248,
+    "Effusion": 0.8638,
+    "Nodule": 0.7802,
+    "Mass": 0.8676,
+    "Pneumothorax": 0.8887,
+    "Consolidation": 0.7901,
+}
+
 _SUBTLETY_KEYS = ("contrast", "size", "position_spread")
 _VARIATION_KEYS = ("anatomy", "pose", "exposure")
 _NOISE_KEYS = ("missed", "false_positive")
