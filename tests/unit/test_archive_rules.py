@@ -62,6 +62,15 @@ def _fake_upstream(root: Path) -> list[str]:
         "overall_successful": 0.9, "n_successful": 10,
         "per_label": {"Effusion": {"n_target": 4, "plan_rate": 0.33, "agreement_successful": 0.75, "prior_rate": 0.1}},
     }))
+    rate = lambda k, n: {"k": k, "n": n, "rate": k / n, "ci95": [0.0, 1.0]}  # noqa: E731
+    (val / "oracle.json").write_text(json.dumps({  # the phantom's ground-truth oracle (validate_oracle)
+        "fooled_rule": "checker agreement - oracle agreement > 0.1",
+        "released": {"n": 7, "per_finding": {"Effusion": {
+            "n_requested": 2, "oracle": rate(1, 2), "checker": rate(2, 2), "checker_minus_oracle": 0.5, "checker_fooled": True,
+            "unrequested": {"oracle": rate(0, 5), "checker": rate(0, 5)}}}},
+        "synthetic_labels": {"share_true": 0.9, "samples_all_true": rate(6, 7), "per_label": {}},
+        "oracle": {"real_test": {"per_finding": {"Effusion": {"auroc": 0.99, "sensitivity": rate(9, 10), "specificity": rate(9, 10)}}}},
+    }))
     return ids
 
 
@@ -98,6 +107,7 @@ def test_rules_build_verify_and_rerun_only_missing_shard(tmp_path):
     assert "matched to a training patient by re-identification audit (gate on) | 1 |" in card
     assert "ROC AUC 0.9910" in card and "| synthetic samples (gate on) | 12 | 1 (8.3%) |" in card
     assert "ROC AUC 0.9910" in card and "| Effusion | 2 | 1 (50.0%) |" in card
+    assert "### Ground-truth oracle" in card and "| Effusion | 2 | 50.0 % [0, 100] | 100.0 % [0, 100] | checker fooled |" in card
     assert (root / "results/logs/archive-demo/sample/shard-00001.log").exists()
     assert (root / "results/logs/archive-demo/release.log").exists()
     # as after a killed sampling and finalising run: a working shard missing and the release cleared (finalize

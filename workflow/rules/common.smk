@@ -39,6 +39,8 @@ LOGS = "results/logs"
 ALOGS = f"{LOGS}/archive-{ARCHIVE}"
 N_SHARDS = math.ceil(config["lco"]["plan"]["n_samples"] / config["lco"]["shard_size"])
 SHARDS = [f"{i:05d}" for i in range(N_SHARDS)]
+# Only the phantom knows what it drew: the ground-truth oracle rules (oracle.smk) exist for it alone.
+ORACLE_ON = (config["dataset"]["format"] == "phantom")
 # Relative to the rule files in workflow/rules/.
 CONDA_ENV = "../../envs/synthcxr.yaml"
 

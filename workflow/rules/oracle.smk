@@ -1,9 +1,9 @@
 # Ground-truth oracle (format phantom only): a classifier of the phantom's drawn findings, trained on a
 # separate clean cohort rendered at the archive's resolution, judges the released samples beside the
 # checker (results/validate/{archive}/oracle.json). Other formats have no oracle: the card says so.
-from synthcxr.validate.oracle import has_oracle, oracle_dataset_section, oracle_run_settings
+from synthcxr.validate.oracle import oracle_dataset_section, oracle_run_settings
 
-ORACLE_ON = has_oracle(config)
+# ORACLE_ON (common.smk): only format phantom has one
 ORACLE_PREP = f"results/prepared/{DATASET}-oracle"
 ORACLE_MODEL = f"results/oracle/{DATASET}"
 ORACLE_RES = config["pggan"]["resolution"]
