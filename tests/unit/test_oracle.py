@@ -79,8 +79,8 @@ def test_oracle_cohort_is_clean_independent_and_separate():
     assert abs(c.loc[c["Cardiomegaly"] == 1, "Effusion"].mean() - c["Effusion"].mean()) < 0.05
     main = ph.sample_cohort(ph.PhantomConfig.from_dict(phantom))
     assert abs(c["support_device"].mean() - main["support_device"].mean()) < 0.02
-    section = orc.oracle_dataset_section({**cfg, "seed": 1, "device": "cpu", "labels": list(ph.PHANTOM_LABELS),
-                                          "dataset": {**cfg["dataset"], "format": "phantom", "phantom": phantom}}, 32)
+    section = orc.oracle_dataset_section({**cfg["dataset"], "format": "phantom", "phantom": phantom, "seed": 1, "device": "cpu",
+                                          "labels": list(ph.PHANTOM_LABELS)}, settings, 32)
     assert section["name"] == "phantom-realistic-oracle" and section["max_res"] == 32
 
 
@@ -165,7 +165,7 @@ def test_oracle_reaches_098_on_clean_test_renders(tmp_path):
     cfg["dataset"]["phantom"] = {"n_patients": 1500, "max_studies": 1, "seed": 5}
     cfg["validate"]["oracle"] = {"n_patients": 1500, "prevalence": 0.3, "epochs": 10, "width": 16, "seed_offset": 1000}
     cfg["classifier"].update(bootstrap=0, batch_size=32, lr=0.003)
-    ds = orc.oracle_dataset_section(cfg, 64)
+    ds = orc.oracle_dataset_section(section(cfg, "dataset"), orc.oracle_settings(cfg), 64)
     prepare(ds, ds["labels"], tmp_path / "prep")
     train_classifier(orc.oracle_run_settings(section(cfg, "classifier"), cfg, 64), tmp_path / "prep", tmp_path / "prep",
                      tmp_path / "model", threads=2)

@@ -7,6 +7,7 @@ SRC = str(Path(workflow.basedir) / "src")
 sys.path.insert(0, SRC)
 from synthcxr.config import ConfigError, section, validate_config  # noqa: E402
 from synthcxr.utils.runtime import prepend_pythonpath  # noqa: E402
+from synthcxr.validate.oracle import has_oracle  # noqa: E402
 
 # Scripts run in their own processes (conda envs, cluster nodes): make the package importable there.
 prepend_pythonpath(SRC)
@@ -40,7 +41,7 @@ ALOGS = f"{LOGS}/archive-{ARCHIVE}"
 N_SHARDS = math.ceil(config["lco"]["plan"]["n_samples"] / config["lco"]["shard_size"])
 SHARDS = [f"{i:05d}" for i in range(N_SHARDS)]
 # Only the phantom knows what it drew: the ground-truth oracle rules (oracle.smk) exist for it alone.
-ORACLE_ON = (config["dataset"]["format"] == "phantom")
+ORACLE_ON = has_oracle(config)
 # Relative to the rule files in workflow/rules/.
 CONDA_ENV = "../../envs/synthcxr.yaml"
 

@@ -1,7 +1,7 @@
 # Ground-truth oracle (format phantom only): a classifier of the phantom's drawn findings, trained on a
 # separate clean cohort rendered at the archive's resolution, judges the released samples beside the
 # checker (results/validate/{archive}/oracle.json). Other formats have no oracle: the card says so.
-from synthcxr.validate.oracle import oracle_dataset_section, oracle_run_settings
+from synthcxr.validate.oracle import oracle_run_settings, oracle_settings
 
 # ORACLE_ON (common.smk): only format phantom has one
 ORACLE_PREP = f"results/prepared/{DATASET}-oracle"
@@ -18,7 +18,9 @@ if ORACLE_ON:
             quarantine=f"{ORACLE_PREP}/quarantine.csv",
             summary=f"{ORACLE_PREP}/prepare.json",
         params:
-            cfg=oracle_dataset_section(config, ORACLE_RES),
+            cfg=stage("dataset"),  # prepare.py builds the oracle cohort's section from these three
+            oracle=oracle_settings(config),
+            res=ORACLE_RES,
         log:
             f"{LOGS}/prepare-{DATASET}-oracle.log",
         threads: max(1, config["dataset"]["workers"])

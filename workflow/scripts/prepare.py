@@ -1,11 +1,15 @@
-"""Snakemake script for rule prepare: dataset section -> images.h5, labels.parquet, quarantine.csv, prepare.json."""
+"""Snakemake script for rules prepare and prepare_oracle: dataset section -> images.h5, labels.parquet,
+quarantine.csv, prepare.json (prepare_oracle: the phantom oracle's own cohort, built from the section here)."""
 
 from pathlib import Path
 
 from synthcxr.data.prepare import prepare
 from synthcxr.utils.runtime import job_memory_mb
+from synthcxr.validate.oracle import oracle_dataset_section
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 cfg = dict(sm.params.cfg)
+if getattr(sm.params, "oracle", None) is not None:
+    cfg = oracle_dataset_section(cfg, sm.params.oracle, sm.params.res)
 cfg["workers"] = min(int(cfg.get("workers", 0)), int(sm.threads)) if cfg.get("workers") else 0
 prepare(cfg, cfg["labels"], Path(sm.output.images).parent, log=sm.log[0], mem_mb=job_memory_mb())

@@ -38,8 +38,6 @@ class DeliveryError(RuntimeError):
     """The release would deliver less of some finding than ``archive.min_delivery`` allows."""
 
 
-
-
 def finding_mix_tv(planned: Mapping[str, int], released: Mapping[str, int]) -> float | None:
     """Total variation distance between the planned and the released finding mix (each normalised to 1).
 

@@ -12,6 +12,7 @@ do not show the finding.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -55,11 +56,14 @@ def oracle_cohort(phantom: Mapping[str, Any] | None, settings: Mapping[str, Any]
     return main.oracle(int(settings["n_patients"]), float(settings["prevalence"]), rate, int(settings["seed_offset"]))
 
 
-def oracle_dataset_section(config: Mapping[str, Any], res: int) -> dict[str, Any]:
-    """The prepare stage's settings for the oracle cohort (rendered at the archive's resolution ``res``)."""
-    ds = dict(config["dataset"])
-    settings = oracle_settings(config)
-    cohort = oracle_cohort(ds.get("phantom"), settings)
+def oracle_dataset_section(dataset: Mapping[str, Any], settings: Mapping[str, Any], res: int) -> dict[str, Any]:
+    """The prepare stage's settings for the oracle cohort (rendered at the archive's resolution ``res``).
+
+    ``dataset`` is the dataset stage section (with the global seed, device and labels), ``settings`` the
+    filled-in validate.oracle (:func:`oracle_settings`). Samples the dataset's cohort for its device rate,
+    so the prepare_oracle job calls it, not the Snakefile at parse time.
+    """
+    ds = dict(dataset)
     split = dict(ds.get("split") or {})
     return {
         **ds,
@@ -67,10 +71,7 @@ def oracle_dataset_section(config: Mapping[str, Any], res: int) -> dict[str, Any
         "max_res": int(res),
         "views": ["PA", "AP"],
         "split": {"train": 0.8, "val": 0.1, "test": 0.1, "seed": int(split.get("seed", 0))},
-        "phantom": cohort.as_dict(),
-        "seed": config["seed"],
-        "device": config["device"],
-        "labels": list(config["labels"]),
+        "phantom": oracle_cohort(ds.get("phantom"), settings).as_dict(),
     }
 
 
@@ -172,30 +173,28 @@ def real_test_scores(truth: np.ndarray, probs: np.ndarray, thresholds: np.ndarra
     return out
 
 
-def _model_probs(model_path: str | os.PathLike, images: np.ndarray, names: Sequence[str], device, batch_size: int) -> np.ndarray:
-    """Probabilities ``[n, F]`` of a saved classifier over ``names``, for uint8 images at any resolution."""
+def _load(model_path: str | os.PathLike, names: Sequence[str], device):
+    """A saved classifier, checked to have an output for every label in ``names``."""
     from ..classifier import load_classifier
+
+    model = load_classifier(model_path, device)
+    missing = [n for n in names if n not in model.label_names]
+    if missing:
+        raise KeyError(f"{model_path}: classifier lacks label(s) {missing}; it has {list(model.label_names)}")
+    return model
+
+
+def _model_probs(model, images: np.ndarray, names: Sequence[str], device, batch_size: int) -> np.ndarray:
+    """Probabilities ``[n, F]`` of a loaded classifier over ``names``, for uint8 images at any resolution."""
     from ..classifier.evaluate import predict
     from ..classifier.sources import MemoryImageDataset
 
-    model = load_classifier(model_path, device)
     have = list(model.label_names)
-    missing = [n for n in names if n not in have]
-    if missing:
-        raise KeyError(f"{model_path}: classifier lacks label(s) {missing}; it has {have}")
+    if not len(images):
+        return np.zeros((0, len(names)))
     dummy = np.zeros((len(images), len(have)), dtype=np.float32)
     probs, _ = predict(model, MemoryImageDataset(images, dummy), batch_size=batch_size, device=device)
     return probs[:, [have.index(n) for n in names]]
-
-
-def _thresholds(path: str | os.PathLike, names: Sequence[str]) -> np.ndarray:
-    from ..classifier.evaluate import read_thresholds
-
-    thr = read_thresholds(path)
-    missing = [n for n in names if n not in thr]
-    if missing:
-        raise KeyError(f"{path}: no threshold for label(s) {missing}")
-    return np.array([thr[n] for n in names], dtype=np.float64)
 
 
 def _release_images(release: str | os.PathLike, names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -232,20 +231,20 @@ def oracle_report(
 ) -> dict[str, Any]:
     """``oracle.json``: released samples judged by the oracle and the checker, the oracle's own test record,
     the share of synthetic labels that are true, and the steering classifier against reported and drawn labels."""
-    import json
-
+    from ..classifier.evaluate import load_thresholds
     from ..utils.runtime import resolve_device
+    from .common import read_real  # torch: imported by the rule's job, not by the card or the Snakefile
 
     dev = resolve_device(device)
     names = [n for n in labels if n in FINDINGS]
-    oracle_dir = Path(oracle_model).parent
-    oracle_thr = _thresholds(oracle_dir / "thresholds.json", names)
-    checker_thr = _thresholds(checker_thresholds, names)
+    oracle_thr = load_thresholds(Path(oracle_model).parent / "thresholds.json", names)
+    checker_thr = load_thresholds(checker_thresholds, names)
+    oracle = _load(oracle_model, names, dev)
 
     images, lab = _release_images(release, names)
     res = int(images.shape[-1])
-    o_probs = _model_probs(oracle_model, images, names, dev, batch_size) if len(images) else np.zeros((0, len(names)))
-    c_probs = _model_probs(checker_model, images, names, dev, batch_size) if len(images) else np.zeros((0, len(names)))
+    o_probs = _model_probs(oracle, images, names, dev, batch_size)
+    c_probs = _model_probs(_load(checker_model, names, dev), images, names, dev, batch_size)
     o_calls, c_calls = (o_probs >= oracle_thr).astype(int), (c_probs >= checker_thr).astype(int)
     released = released_agreement(lab, o_calls, c_calls, names)
 
@@ -261,9 +260,9 @@ def oracle_report(
         )
     truth = truth_all.loc[ids, names].to_numpy()
     reported = ds.label_matrix(rows, names)
-    real = ds.read_images(res, rows["row"].to_numpy()) if res in ds.resolutions else ds.read_images(max(ds.resolutions), rows["row"].to_numpy())
-    o_real = _model_probs(oracle_model, real, names, dev, batch_size)
-    s_real = _model_probs(steering_model, real, names, dev, batch_size)
+    real = read_real(ds, rows["row"].to_numpy(), res)
+    o_real = _model_probs(oracle, real, names, dev, batch_size)
+    s_real = _model_probs(_load(steering_model, names, dev), real, names, dev, batch_size)
     steering = {}
     for j, name in enumerate(names):
         y_rep, y_true = reported[:, j], truth[:, j]

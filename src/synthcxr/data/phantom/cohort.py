@@ -26,6 +26,8 @@ CHRONIC: tuple[str, ...] = ("Cardiomegaly", "Nodule", "Mass")
 RELATIVE_RISK = {"Effusion": ("Cardiomegaly", 3.5), "Atelectasis": ("Effusion", 3.0), "Consolidation": ("Atelectasis", 3.0)}
 #: Per-study share of a chronic finding relative to its per-patient probability (some appear at a follow-up).
 _ONSET_SHARE = 0.93
+#: Mean of :func:`_p_cardiomegaly` over the cohort's age distribution (measured on 10^6 draws).
+_P_CARDIOMEGALY_MEAN = 0.0998
 
 
 def seed_of(*parts: int) -> int:
@@ -65,7 +67,7 @@ class _Rates:
         if self.t is None:
             return {"Nodule": 0.05, "Mass": 0.022}.get(name) or _p_cardiomegaly(age)
         scale = self.t[name] / _ONSET_SHARE
-        return min(0.95, scale * _p_cardiomegaly(age) / 0.0998) if name == "Cardiomegaly" and not self.independent else min(0.95, scale)
+        return min(0.95, scale * _p_cardiomegaly(age) / _P_CARDIOMEGALY_MEAN) if name == "Cardiomegaly" and not self.independent else min(0.95, scale)
 
     def acute(self, name: str, lab: dict[str, int]) -> float:
         if self.t is None:
