@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     G = load_generator(args.generator, device)
     C = load_classifier(args.classifier, device)
     thr_path = str(Path(args.classifier).with_name("thresholds.json"))
-    space = resolve_label_space(labels, C.label_names, read_thresholds(thr_path), where=thr_path)
+    space = resolve_label_space(labels, C.label_names, read_thresholds(thr_path), where=thr_path).with_margins(lc.margin)
     checker = ck_space = None
     if args.checker and Path(args.checker).exists():
         checker = load_classifier(args.checker, device)

@@ -10,6 +10,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
@@ -145,6 +146,17 @@ def test_lco_shard_rerun_with_other_cores_is_byte_identical(tiny_run: Path, tmp_
     assert sha256_file(tmp_path / rel) == sha256_file(tiny_run / rel)
 
 
+def test_margins_calibrated_on_the_real_val_split(tiny_run: Path):
+    cfg = yaml.safe_load(TINY.read_text())["lco"]
+    m = json.loads((tiny_run / "results" / "archive" / "tiny" / "work" / "margins.json").read_text())
+    assert m["quantile"] == cfg["margin_quantile"] and m["margin"] == cfg["margin"] and m["n_val"] > 0
+    # the cap binds: every calibrated side is at most lco.margin
+    assert all(r["below"] <= cfg["margin"] and r["above"] <= cfg["margin"] for r in m["labels"].values())
+    meta = json.loads(pq.read_schema(next((tiny_run / "results" / "archive" / "tiny" / "work" / "latents").glob("*.parquet"))).metadata[b"synthcxr"])
+    assert list(m["labels"]) == meta["labels"]
+    assert meta["margins"] == {n: {"below": r["below"], "above": r["above"]} for n, r in m["labels"].items()}
+
+
 def test_validation_outputs(tiny_run: Path):
     val = tiny_run / "results" / "validate" / "tiny"
     fid = json.loads((val / "fid.json").read_text())
@@ -245,9 +257,11 @@ def _planned_rules(work: Path, extra: dict) -> set[str]:
 def test_config_edit_reruns_stage_and_downstream_only(tiny_run: Path):
     lco_edit = _planned_rules(tiny_run, {"lco": {"steps": 21}})
     assert {"plan", "lco", "sample", "finalize_archive", "validate_fid"} <= lco_edit
-    assert not lco_edit & {"prepare", "train_pggan", "train_classifier"}
+    assert not lco_edit & {"prepare", "train_pggan", "train_classifier", "lco_margins"}  # only margin keys recalibrate
+    q_edit = _planned_rules(tiny_run, {"lco": {"margin_quantile": 0.25}})
+    assert {"lco_margins", "lco", "sample"} <= q_edit and not q_edit & {"prepare", "train_pggan", "train_classifier"}
     clf_edit = _planned_rules(tiny_run, {"classifier": {"epochs": 4}})
-    assert {"train_classifier", "lco", "validate_tstr"} <= clf_edit
+    assert {"train_classifier", "lco_margins", "lco", "validate_tstr"} <= clf_edit
     assert not clf_edit & {"prepare", "train_pggan"}
     # validate keys only rerun the validation that reads them (and the card that quotes it)
     prior_edit = _planned_rules(tiny_run, {"validate": {"lco_prior_samples": 32}})

@@ -20,6 +20,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from scipy.special import expit
 
 from synthcxr.lco.evaluate import agreement
 from synthcxr.lco.accept import accept_rule, margin_thresholds, resolve_label_space, success_rule
@@ -703,3 +704,31 @@ def test_give_up_after_counts_a_weak_pool_start_only_after_its_fresh_retry(model
     # counting weak starts' failures as well would have skipped every retry
     off = optimise_latents(G, C, impossible, tgt, np.arange(20) + 40, {**cfg, "give_up_after": None}, pool_seed=9)
     assert (off["attempts"] == 4).all()
+
+
+def test_lco_stops_at_each_labels_own_margin(models, tmp_path, fake_loaders):
+    """Per-label margins: successes clear each label's own cut, a looser label needs fewer steps, the
+    shard job reads margins.json and records it."""
+    G, C = models
+    tgt = np.tile(RARE, (24, 1)).astype(np.float32)
+    space = resolve_label_space(LABELS, C.label_names, THR)
+    # Nodule must reach 2 logits above; the other findings only their threshold; absent labels 0.5 below
+    m = np.array([[0.5, 0.5, 0.5, 0.5], [0.0, 0.0, 2.0, 0.0]])
+    cfg = _cfg(retries=1, margin=2.0)
+    per = optimise_latents(G, C, space.with_margins(m), tgt, np.arange(24), cfg)
+    flat = optimise_latents(G, C, THR, tgt, np.arange(24), cfg)  # a mapping: lco.margin on every label and side
+    ok = per["success"].to_numpy()
+    p = _probs_of(G, C, np.stack(per["z"]))
+    assert ok.mean() > 0.9 and accept_rule(p[ok], tgt[ok], np.full(4, 0.5), m).all()
+    # margins.json-style cuts at the stop: Nodule past expit(2); Cardiomegaly no further than it needed
+    assert (p[ok, 2] >= expit(2.0) - 1e-6).all()
+    assert per["grad_steps"].sum() < flat["grad_steps"].sum()
+    okf = flat["success"].to_numpy()
+    assert accept_rule(_probs_of(G, C, np.stack(flat["z"]))[okf], tgt[okf], np.full(4, 0.5), 2.0).all()
+    # the shard job with a margins file
+    section, _ = _write_inputs(tmp_path)
+    (tmp_path / "margins.json").write_text(json.dumps({"labels": {n: {"below": float(m[0, j]), "above": float(m[1, j])} for j, n in enumerate(LABELS)}}))
+    out = tmp_path / "shard.parquet"
+    run_shard(tmp_path / "plan.parquet", 0, "g.pt", "c.pt", tmp_path / "thresholds.json", section, out, margins_path=tmp_path / "margins.json")
+    meta = json.loads(pq.read_schema(out).metadata[b"synthcxr"])
+    assert meta["margins"]["Nodule"] == {"below": 0.5, "above": 2.0}

@@ -22,12 +22,35 @@ rule plan:
         "../scripts/plan.py"
 
 
+# The logits a latent must clear each threshold by, per label and side (lco.margin, or calibrated on
+# the steering classifier's real val scans with lco.margin_quantile).
+rule lco_margins:
+    input:
+        classifier=f"{CLF}/{config['classifier']['name']}/model.pt",
+        thresholds=f"{CLF}/{config['classifier']['name']}/thresholds.json",
+        images=f"{PREP}/images.h5",
+        labels=f"{PREP}/labels.parquet",
+    output:
+        margins=f"{WORK}/margins.json",
+    params:
+        cfg=stage("lco", ["margin", "margin_quantile"]),
+        prepared=PREP,
+    log:
+        f"{ALOGS}/lco_margins.log",
+    threads: 2
+    conda:
+        CONDA_ENV
+    script:
+        "../scripts/lco_margins.py"
+
+
 rule lco:
     input:
         plan=f"{ARCH}/plan.parquet",
         generator=f"{PGGAN}/generator.pt",
         classifier=f"{CLF}/{config['classifier']['name']}/model.pt",
         thresholds=f"{CLF}/{config['classifier']['name']}/thresholds.json",
+        margins=f"{WORK}/margins.json",
     output:
         latents=f"{WORK}/latents/shard-{{shard}}.parquet",
     params:

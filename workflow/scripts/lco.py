@@ -12,4 +12,5 @@ run_shard(
     sm.params.cfg,
     sm.output.latents,
     log_file=sm.log[0],
+    margins_path=sm.input.margins,
 )

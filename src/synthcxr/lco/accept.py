@@ -3,7 +3,9 @@
 LCO stops and succeeds on it, rejection sampling accepts on it, and every benchmark judges both by it,
 so the rule lives in one place: each requested finding's probability at least ``margin`` logits above
 its threshold and each absent one ``margin`` logits below (:func:`accept_rule`; margin 0 is
-:func:`success_rule`).
+:func:`success_rule`). A margin is one number for every label and side, or a ``[2, L]`` array of logits
+per label: row 0 below the threshold (absent labels), row 1 above it (requested ones), as
+:mod:`synthcxr.lco.margins` calibrates them on real validation scans.
 """
 
 from __future__ import annotations
@@ -25,15 +27,29 @@ class LabelSpace:
     ``clf_index[j]`` is the classifier output of label ``j`` (-1 when the classifier lacks it, which is
     allowed only for No_Finding: "no finding" is then implied by every finding being absent).
     ``thresholds[j]`` is NaN for such unused labels, which :func:`success_rule` ignores.
+    ``margins`` is ``[2, L]``: the logits a sample must clear below (row 0) and above (row 1) each
+    threshold for LCO to accept it.
     """
 
     labels: tuple[str, ...]
     clf_index: tuple[int, ...]
     thresholds: np.ndarray = field(repr=False)
+    margins: np.ndarray = field(default=None, repr=False)
+
+    def __post_init__(self):
+        if self.margins is None:
+            object.__setattr__(self, "margins", np.zeros((2, len(self.labels)), dtype=np.float64))
 
     @property
     def used(self) -> np.ndarray:
         return np.array([i >= 0 for i in self.clf_index])
+
+    def with_margins(self, margins) -> "LabelSpace":
+        """The same space with ``margins``: a number, or a ``[2, L]`` array (below, above) over ``labels``."""
+        m = np.broadcast_to(np.asarray(margins, dtype=np.float64), (2, len(self.labels))).copy()
+        if np.any(m[:, self.used] < 0) or not np.isfinite(m[:, self.used]).all():
+            raise ValueError(f"acceptance margins must be finite and >= 0 logits; got {m.tolist()}")
+        return LabelSpace(self.labels, self.clf_index, self.thresholds, m)
 
 
 def resolve_label_space(
@@ -82,27 +98,36 @@ def success_rule(probs, target, thresholds):
     return ok.all(axis=-1)
 
 
-def margin_thresholds(thresholds, margin: float) -> tuple[np.ndarray, np.ndarray]:
-    """``(lower, upper)`` probability cuts ``margin`` logits below and above each threshold.
+def _sides(margin, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(below, above)`` logit margins ``[n]`` from a number or a ``[2, n]`` array."""
+    m = np.broadcast_to(np.asarray(margin, dtype=np.float64), (2, n))
+    return m[0], m[1]
+
+
+def margin_thresholds(thresholds, margin) -> tuple[np.ndarray, np.ndarray]:
+    """``(lower, upper)`` probability cuts the margin below and above each threshold.
 
     LCO keeps optimising a sample until each requested finding is above ``upper`` and each absent one
     below ``lower``, so that it does not stop on the classifier's decision boundary, where a second
-    classifier is a coin flip. ``margin`` 0 returns the thresholds themselves; NaN stays NaN.
+    classifier is a coin flip. ``margin`` is a number of logits (both sides of every label) or a
+    ``[2, L]`` array (row 0 below, row 1 above); a zero margin returns the threshold itself; NaN stays NaN.
     """
     thr = np.asarray(thresholds, dtype=np.float64)
-    if margin == 0:
-        return thr.copy(), thr.copy()
+    below, above = _sides(margin, thr.shape[-1] if thr.ndim else 1)
     lt = logit(np.clip(thr, 1e-7, 1 - 1e-7))
-    return expit(lt - margin), expit(lt + margin)
+    lo = np.where(below == 0, thr, expit(lt - below))
+    hi = np.where(above == 0, thr, expit(lt + above))
+    return lo, hi
 
 
-def accept_rule(probs, target, thresholds, margin: float = 0.0):
-    """Per-sample bool: every threshold cleared by ``margin`` logits on the side the target asks for.
+def accept_rule(probs, target, thresholds, margin=0.0):
+    """Per-sample bool: every threshold cleared by its margin on the side the target asks for.
 
-    The rule LCO stops and succeeds on and rejection sampling accepts on; ``margin`` 0 is
+    The rule LCO stops and succeeds on and rejection sampling accepts on; ``margin`` (a number, or
+    ``[2, L]`` logits below/above per label, see :func:`margin_thresholds`) all 0 is
     :func:`success_rule`. Same array conventions as :func:`success_rule`.
     """
-    if margin == 0:
+    if not np.any(np.asarray(margin)):
         return success_rule(probs, target, thresholds)
     lo, hi = margin_thresholds(thresholds, margin)
     tgt = target.detach().cpu().numpy() if isinstance(target, torch.Tensor) else np.asarray(target)
@@ -110,10 +135,9 @@ def accept_rule(probs, target, thresholds, margin: float = 0.0):
     return success_rule(probs, target, np.where(tgt >= 0.5, hi, lo))
 
 
-def unmet_reason(
-    probs: np.ndarray, target: np.ndarray, space: LabelSpace, attempts: int, steps: int, margin: float, gave_up: bool = False
-) -> str:
-    lo, hi = margin_thresholds(space.thresholds, margin)
+def unmet_reason(probs: np.ndarray, target: np.ndarray, space: LabelSpace, attempts: int, steps: int, gave_up: bool = False) -> str:
+    """Why a target was not met: each label short of its cut, with its probability and the cut."""
+    lo, hi = margin_thresholds(space.thresholds, space.margins)
     unmet = []
     for j, name in enumerate(space.labels):
         if np.isnan(space.thresholds[j]):
@@ -122,6 +146,7 @@ def unmet_reason(
             unmet.append(f"{name} p={probs[j]:.4f}<{hi[j]:.4f}")
         elif target[j] < 0.5 and not probs[j] <= np.float32(lo[j]):
             unmet.append(f"{name} p={probs[j]:.4f}>{lo[j]:.4f}")
-    past = f" by {margin:g} logits" if margin else ""
+    m = space.margins[:, space.used]
+    past = "" if not m.size or not m.any() else f" by {m.max():g} logits" if np.all(m == m.flat[0]) else " by the calibrated margins"
     skipped = "; further retries skipped: its label combination failed every strong attempt in the shard" if gave_up else ""
     return f"target not met{past} after {attempts} attempt(s) of up to {steps} steps; unmet: {', '.join(unmet)}{skipped}"

@@ -93,6 +93,8 @@ def optimise_latents(
 ) -> pd.DataFrame:
     """Optimise one latent per target row; returns one row per target, in order.
 
+    ``thresholds`` is a ``{label: threshold}`` mapping (accepted at ``cfg.margin`` logits on both sides
+    of every label) or a :class:`LabelSpace` carrying its own margins (:mod:`synthcxr.lco.margins`).
     ``targets`` is ``[N, L]`` 0/1 over ``cfg.labels`` (or a DataFrame holding those columns); ``seeds``
     the per-sample seeds from the plan; ``pool_seed`` the seed of the shard's prior pool in pool mode
     (default: derived from the first sample seed under the plan's pool tag). ``classifier_labels`` defaults to ``C.label_names``.
@@ -119,7 +121,7 @@ def optimise_latents(
         names = classifier_labels if classifier_labels is not None else getattr(C, "label_names", None)
         if names is None:
             raise ValueError("optimise_latents: the classifier has no .label_names; pass classifier_labels")
-        space = resolve_label_space(labels, names, thresholds)
+        space = resolve_label_space(labels, names, thresholds).with_margins(lc.margin)
     if not hasattr(G, "latent_dim"):
         raise ValueError("optimise_latents: the generator has no .latent_dim attribute")
     G.eval()
@@ -179,7 +181,7 @@ def optimise_latents(
     z_out, probs_out, steps_out, evals_out, grads_out = res.z, res.probs, res.steps, res.g_evals, res.grad_steps
     attempts_out, seed_out, success_out = res.attempts, res.seed, res.success
     reasons = [
-        "" if success_out[i] else unmet_reason(probs_out[i], targets[i], space, int(attempts_out[i]), lc.steps, lc.margin, bool(res.gave_up[i]))
+        "" if success_out[i] else unmet_reason(probs_out[i], targets[i], space, int(attempts_out[i]), lc.steps, bool(res.gave_up[i]))
         for i in range(n)
     ]
     out = pd.DataFrame({"seed": seed_out, "attempts": attempts_out, "z": list(z_out)})

@@ -28,13 +28,14 @@ def match_pool(
     combos: np.ndarray,
     demand: np.ndarray,
     thresholds: np.ndarray,
-    margin: float,
+    margin,
     fresh_k: int = 1,
 ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
     """Assign pool members to targets, rarest combination first; each member is used at most once.
 
     ``probs``/``logits`` are the pool's ``[P, Lu]``, ``combos`` the distinct targets ``[U, Lu]`` wanted
-    ``demand[u]`` times. Returns, per combination, the members that clear it by ``margin`` (accepted
+    ``demand[u]`` times; ``margin`` is a number or ``[2, Lu]`` logits (see :func:`~.accept.margin_thresholds`).
+    Returns, per combination, the members that clear it by ``margin`` (accepted
     as they are) and the lowest-loss members that will start an optimisation for the rest. Rarity is
     clearing members per requested sample (ties: the combination listed first), so a rare combination is
     not left with no clearing member because a common one took it.
@@ -128,7 +129,7 @@ def draw_pool(
         stats.blocks += 1
         logits = np.concatenate(logit_blocks)
         probs = expit(logits.astype(np.float64)).astype(np.float32)
-        acc, st, sg = match_pool(probs, logits, combos, demand, thr, cfg.margin, fresh_k=cfg.init_candidates)
+        acc, st, sg = match_pool(probs, logits, combos, demand, thr, space.margins[:, used], fresh_k=cfg.init_candidates)
         now = sum(len(a) for a in acc)
         # at least one latent per target, so every target has a start of its own
         if stats.size >= n and (now == n or now == matched):

@@ -54,14 +54,15 @@ def rejection_sample(
     seed: int,
     labels: Sequence[str] | None = None,
     max_accept: int | None = None,
-    margin: float = 0.0,
+    margin: float | None = None,
 ) -> RejectionResult:
     """Draw up to ``max_draws`` prior latents (stopping once ``max_accept`` are accepted) for one target.
 
     ``target`` is a combination key such as ``"Cardiomegaly+Effusion"`` or a 0/1 vector over ``labels``
     (default: the classifier's ``label_names``). Draws come from one ``torch.Generator`` seeded with
     ``seed``, so the result is reproducible and independent of ``batch_size``; a draw is accepted when
-    it clears every threshold by ``margin`` logits.
+    it clears every threshold by ``margin`` logits (default: the margins of a :class:`LabelSpace`
+    passed as ``thresholds``, else 0).
     """
     if max_draws < 1 or batch_size < 1:
         raise ValueError(f"rejection_sample: max_draws and batch_size must be positive, got {max_draws}, {batch_size}")
@@ -74,6 +75,8 @@ def rejection_sample(
                 raise ValueError("rejection_sample: pass labels (the classifier has no .label_names)")
     labels = list(labels)
     space = thresholds if isinstance(thresholds, LabelSpace) else resolve_label_space(labels, C.label_names, thresholds)
+    if margin is not None:
+        space = space.with_margins(margin)
     vec = np.asarray(parse_combo(target, labels) if isinstance(target, str) else target, dtype=np.float32)
     if vec.shape != (len(labels),):
         raise ValueError(f"rejection_sample: target has {vec.shape} entries, expected {len(labels)} (labels {labels})")
@@ -94,7 +97,7 @@ def rejection_sample(
         z = torch.randn(b, d, generator=gen)
         p = torch.sigmoid(C(G(z.to(device))).index_select(1, idx)).float().cpu().numpy()
         draws += b
-        ok = accept_rule(p, np.broadcast_to(vec[used], p.shape), space.thresholds[used], margin)
+        ok = accept_rule(p, np.broadcast_to(vec[used], p.shape), space.thresholds[used], space.margins[:, used])
         if max_accept is not None and n_kept + int(ok.sum()) >= max_accept:
             last = int(np.flatnonzero(ok)[max_accept - n_kept - 1])
             ok[last + 1 :] = False

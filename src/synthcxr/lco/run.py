@@ -21,6 +21,7 @@ from ..utils.runtime import fixed_threads, resolve_device, seed_everything, setu
 from .accept import LabelSpace, resolve_label_space
 from .config import LCOConfig
 from .latents import write_latents
+from .margins import read_margins
 from .optimize import optimise_latents
 from .plan import pool_seed, read_plan
 from .starts import module_device
@@ -37,10 +38,12 @@ def run_shard(
     cfg: Mapping[str, Any],
     out_path: str | os.PathLike,
     log_file: str | os.PathLike | None = None,
+    margins_path: str | os.PathLike | None = None,
 ) -> pd.DataFrame:
     """Optimise the latents of one shard of the plan and write ``latents/shard-XXXXX.parquet``.
 
-    ``cfg`` is the ``lco`` section with the global keys (``synthcxr.config.section(config, 'lco')``).
+    ``cfg`` is the ``lco`` section with the global keys (``synthcxr.config.section(config, 'lco')``);
+    ``margins_path`` the lco_margins rule's ``margins.json`` (default: ``lco.margin`` for every label and side).
     """
     if log_file is not None:
         setup_logging(log_file)
@@ -61,6 +64,7 @@ def run_shard(
     G = load_generator(generator_path, device)
     C = load_classifier(classifier_path, device)
     space = resolve_label_space(lc.labels, C.label_names, read_thresholds(thresholds_path), where=os.fspath(thresholds_path))
+    space = space.with_margins(lc.margin if margins_path is None else read_margins(margins_path, lc.labels))
     return optimise_shard(rows, shard, G, C, space, lc, out_path, pool_seed=pool_seed(int(cfg.get("seed", 0)), shard))
 
 
@@ -99,6 +103,9 @@ def optimise_shard(
         "prior_weight": lc.prior_weight,
         "retries": lc.retries,
         "margin": lc.margin,
+        "margins": None if not isinstance(thresholds, LabelSpace) else {
+            n: {"below": float(thresholds.margins[0, j]), "above": float(thresholds.margins[1, j])} for j, n in enumerate(thresholds.labels)
+        },
         "mode": lc.mode,
         "amp": lc.amp,
         "pool": None if pool is None else {"size": pool.size, "blocks": pool.blocks, "accepted": pool.accepted, "started": pool.started, "strong": pool.strong, "seed": pool_seed},

@@ -63,6 +63,7 @@ def optimise_stream(
     cols = np.flatnonzero(used)
     idx = torch.as_tensor(np.asarray(space.clf_index)[used], dtype=torch.long, device=device)
     thr = space.thresholds[used]
+    margins = space.margins[:, used]
     tgt_all = torch.as_tensor(targets[:, used], dtype=torch.float32, device=device)
     k = cfg.init_candidates
     queue = deque(work)
@@ -127,7 +128,7 @@ def optimise_stream(
             logits = C(G(zi)).float().index_select(1, idx)
         p = torch.sigmoid(logits)
         tgt = tgt_all[torch.as_tensor(rows, device=device)]
-        ok = accept_rule(p.detach(), tgt, thr, cfg.margin).cpu().numpy()
+        ok = accept_rule(p.detach(), tgt, thr, margins).cpu().numpy()
         out.g_evals[rows] += 1
         out.probs[np.ix_(rows, cols)] = p.detach().cpu().numpy()
         out.steps[rows] = t

@@ -1,0 +1,173 @@
+"""Acceptance margins per label and side, calibrated on how far the steering classifier puts real scans.
+
+A fixed margin asks every finding to clear its threshold by the same number of logits. The classifier
+does not score every finding that confidently: a subtle finding's real positives may sit one logit past
+the threshold, so a margin of 3 asks a synthetic image to look more certain than almost any real scan
+of the finding, and LCO fails or drifts to images only the steering classifier believes. On the absent
+side, every label a target leaves out must fall the margin below its threshold at once.
+
+With ``lco.margin_quantile`` q, each label gets its own pair of margins from the real validation scans
+the steering classifier calls right (:func:`calibrate_margins`):
+
+* above (the label requested): the q-quantile of ``logit(p) - logit(t)`` over val positives with
+  ``p >= t``: as far past the threshold as the classifier puts a typical real positive it detects;
+* below (the label absent): the q-quantile of ``logit(t) - logit(p)`` over val negatives with ``p < t``;
+
+each capped at ``lco.margin``. A side with fewer than ``min_count`` such scans keeps the cap. With q null
+every label and side gets ``lco.margin`` (the fixed rule). The checker's trust rule is not touched:
+it still judges every sample at its own thresholds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy.special import logit
+
+from ..utils.atomic import write_json
+
+log = logging.getLogger("synthcxr")
+
+MIN_COUNT = 10  # real val scans a calibrated side needs; fewer keep the cap
+_EPS = 1e-7
+RULE = (
+    "above: q-quantile of logit(p) - logit(threshold) over real val positives the steering classifier calls; "
+    "below: q-quantile of logit(threshold) - logit(p) over real val negatives it calls absent; each capped at lco.margin; "
+    "a side with fewer than {min_count} such scans, or q null, keeps lco.margin"
+)
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    return logit(np.clip(np.asarray(p, dtype=np.float64), _EPS, 1 - _EPS))
+
+
+def calibrate_margins(
+    y: np.ndarray,
+    probs: np.ndarray,
+    thresholds: Sequence[float],
+    labels: Sequence[str],
+    cap: float,
+    quantile: float | None,
+    min_count: int = MIN_COUNT,
+) -> dict[str, dict[str, Any]]:
+    """Per label ``{"below", "above", "n_neg_called", "n_pos_called", "raw_below", "raw_above", "note"}``.
+
+    ``y`` and ``probs`` are the real val scans' labels (NaN: unknown) and the steering classifier's
+    probabilities ``[n, L]`` over ``labels``; ``thresholds`` its operating points. ``raw_*`` is the
+    quantile before the cap (None when too few scans). With ``quantile`` None both sides are ``cap``.
+    """
+    if cap < 0:
+        raise ValueError(f"lco.margin: need >= 0 logits, got {cap}")
+    if quantile is not None and not 0.0 < quantile < 1.0:
+        raise ValueError(f"lco.margin_quantile: need a number in (0, 1) or null, got {quantile}")
+    out: dict[str, dict[str, Any]] = {}
+    for j, name in enumerate(labels):
+        row: dict[str, Any] = {"below": float(cap), "above": float(cap), "n_neg_called": 0, "n_pos_called": 0,
+                               "raw_below": None, "raw_above": None, "note": "fixed margin (lco.margin_quantile null)"}
+        if quantile is None:
+            out[name] = row
+            continue
+        t = float(thresholds[j])
+        lt, lp = float(_logit(t)), _logit(probs[:, j])
+        yj = y[:, j]
+        past_pos = (lp - lt)[(yj == 1) & (probs[:, j] >= t)]
+        past_neg = (lt - lp)[(yj == 0) & (probs[:, j] < t)]
+        notes = []
+        for side, past, n_key in (("above", past_pos, "n_pos_called"), ("below", past_neg, "n_neg_called")):
+            row[n_key] = int(len(past))
+            if len(past) < min_count:
+                notes.append(f"{side}: {len(past)} real val scans called right, fewer than {min_count}; keeps lco.margin")
+                continue
+            raw = float(np.quantile(past, quantile))
+            row[f"raw_{side}"] = raw
+            row[side] = float(min(cap, max(raw, 0.0)))
+        row["note"] = "; ".join(notes) or "calibrated"
+        out[name] = row
+    return out
+
+
+def margins_array(table: Mapping[str, Mapping[str, Any]], labels: Sequence[str], where: str = "margins.json") -> np.ndarray:
+    """``[2, L]`` logits (row 0 below, row 1 above) over ``labels`` from a margins table."""
+    missing = [n for n in labels if n not in table]
+    if missing:
+        raise ValueError(f"{where}: no margins for label(s) {missing}; rerun the lco_margins rule")
+    m = np.array([[float(table[n]["below"]) for n in labels], [float(table[n]["above"]) for n in labels]])
+    if not np.isfinite(m).all() or (m < 0).any():
+        raise ValueError(f"{where}: margins must be finite and >= 0 logits; rerun the lco_margins rule")
+    return m
+
+
+def read_margins(path: str | os.PathLike, labels: Sequence[str]) -> np.ndarray:
+    """``margins.json`` as a ``[2, L]`` array over ``labels``; errors name the file and the fix."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{p} missing: run the lco_margins rule first")
+    try:
+        data = json.loads(p.read_text())
+        table = data["labels"]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ValueError(f"{p}: not a margins file ({exc!r}); rerun the lco_margins rule") from None
+    return margins_array(table, labels, where=os.fspath(p))
+
+
+def run_margins(
+    cfg: Mapping[str, Any],
+    classifier_path: str | os.PathLike,
+    thresholds_path: str | os.PathLike,
+    prepared: str | os.PathLike,
+    out_path: str | os.PathLike,
+    log_file: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """Rule lco_margins: write ``margins.json`` for the steering classifier (scores real val scans when calibrating).
+
+    ``cfg`` holds ``margin``, ``margin_quantile``, ``labels`` and ``device`` (the ``lco`` section).
+    """
+    from ..classifier import load_classifier
+    from ..classifier.evaluate import load_thresholds, predict
+    from ..classifier.sources import pick_res, prepared_split
+    from ..data.store import PreparedDataset
+    from ..utils.runtime import resolve_device, setup_logging
+
+    if log_file is not None:
+        setup_logging(log_file)
+    labels = [str(n) for n in cfg["labels"]]
+    cap, q = float(cfg["margin"]), cfg.get("margin_quantile")
+    q = None if q is None else float(q)
+    dev = resolve_device(str(cfg.get("device", "auto")))
+    C = load_classifier(classifier_path, dev)
+    names = list(C.label_names)
+    thr = load_thresholds(thresholds_path, names)
+    n_val = 0
+    if q is None:
+        table = calibrate_margins(np.zeros((0, len(names))), np.zeros((0, len(names))), thr, names, cap, None)
+    else:
+        ds = PreparedDataset(prepared)
+        part = prepared_split(ds, "val", names, pick_res(ds.resolutions, C.input_res, os.fspath(prepared)))
+        probs, y = predict(C, part.dataset, 256, dev)
+        n_val = len(y)
+        table = calibrate_margins(y, probs, thr, names, cap, q)
+    for name in labels:
+        if name not in table:  # a label the classifier lacks (No_Finding implied): nothing to clear
+            table[name] = {"below": 0.0, "above": 0.0, "n_neg_called": 0, "n_pos_called": 0, "raw_below": None, "raw_above": None,
+                           "note": "no classifier output"}
+    out = {
+        "margin": cap,
+        "quantile": q,
+        "min_count": MIN_COUNT,
+        "split": "val",
+        "n_val": n_val,
+        "classifier": os.fspath(classifier_path),
+        "rule": RULE.format(min_count=MIN_COUNT),
+        "labels": {n: table[n] for n in labels},
+    }
+    write_json(out_path, out)
+    for n in labels:
+        r = table[n]
+        log.info("margin %-14s below %.2f above %.2f logits (%s)", n, r["below"], r["above"], r["note"])
+    return out
