@@ -29,7 +29,6 @@ or with no accept at all the 95 % lower bound ``max_draws / 3`` (rule of three, 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -37,13 +36,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from scipy.stats import binomtest
 
 from synthcxr.classifier.evaluate import read_thresholds
 from synthcxr.config import deep_merge, load_config, read_config_file, section
 from synthcxr.labels import NO_FINDING, combo_key
 from synthcxr.lco.evaluate import checker_agrees, real_exact_match
+from synthcxr.lco.cost import backward_ratio as lco_backward_ratio
+from synthcxr.lco.cost import forward_equivalents
 from synthcxr.lco.accept import LabelSpace, accept_rule, resolve_label_space
 from synthcxr.lco.config import LCOConfig
 from synthcxr.lco.optimize import optimise_latents
@@ -55,33 +55,10 @@ from synthcxr.utils.runtime import resolve_device, setup_logging
 
 def backward_ratio(G, C, idx, batch: int, d: int, device, repeats: int) -> float:
     """r = median LCO step time / median no-grad forward time, from interleaved runs at ``batch``."""
-    z = torch.randn(batch, d, generator=torch.Generator().manual_seed(0)).to(device)
-    tgt = torch.zeros(batch, len(idx), device=device)
-    fwd, step = [], []
-
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    for i in range(repeats + 1):
-        sync()
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            C(G(z)).index_select(1, idx)
-        sync()
-        t1 = time.perf_counter()
-        zi = z.clone().requires_grad_(True)
-        loss = F.binary_cross_entropy_with_logits(C(G(zi)).index_select(1, idx), tgt)
-        (g,) = torch.autograd.grad(loss, zi)
-        sync()
-        t2 = time.perf_counter()
-        if i:  # the first round warms up
-            fwd.append(t1 - t0)
-            step.append(t2 - t1)
-    mf, ms = statistics.median(fwd), statistics.median(step)
-    print(f"no-grad forward  batch {batch}: min {min(fwd) * 1e3:.1f} ms, median {mf * 1e3:.1f} ms")
-    print(f"LCO step (f+b)   batch {batch}: min {min(step) * 1e3:.1f} ms, median {ms * 1e3:.1f} ms")
-    return ms / mf
+    t = lco_backward_ratio(G, C, idx, batch, device, repeats)
+    print(f"no-grad forward  batch {batch}: min {t['forward_min_s'] * 1e3:.1f} ms, median {t['forward_median_s'] * 1e3:.1f} ms")
+    print(f"LCO step (f+b)   batch {batch}: min {t['update_min_s'] * 1e3:.1f} ms, median {t['update_median_s'] * 1e3:.1f} ms")
+    return t["ratio"]
 
 
 def gan_prevalence(G, C, space: LabelSpace, n: int, margin: float, seed: int, chunk: int) -> pd.Series:
@@ -130,7 +107,7 @@ def vector(key: str, labels: list[str]) -> np.ndarray:
 
 
 def fe_cost(res: pd.DataFrame, r: float) -> float:
-    return float(res["g_evals"].sum() + (r - 1.0) * res["grad_steps"].sum())
+    return forward_equivalents(res["g_evals"].to_numpy(), res["grad_steps"].to_numpy(), r)
 
 
 def share(k: int, n: int) -> float:

@@ -13,7 +13,6 @@ import shutil
 import signal
 import sys
 import textwrap
-from pathlib import Path
 
 import h5py
 import numpy as np

@@ -572,6 +572,16 @@ def test_agreement_with_same_and_stricter_checker(tmp_path, fake_loaders):
     hand = success_rule(_probs_of(G, C, z), targets, [strict[n] for n in LABELS])
     got = agreement(paths, G, C, strict)
     assert got["overall"] == pytest.approx(hand.mean())
+    # cost per LCO-successful sample, failures included, by hand from the shards' counts
+    fwd = np.concatenate([t.table["g_evals"].to_numpy() for t in tables])
+    bwd = np.concatenate([t.table["grad_steps"].to_numpy() for t in tables])
+    priced = agreement(paths, G, C, strict, backward_ratio=2.5)
+    assert priced["cost"]["fe_per_success"] == pytest.approx((fwd.sum() + 1.5 * bwd.sum()) / lco_ok.sum(), abs=1e-3)
+    eff = targets[:, LABELS.index("Effusion")] == 1
+    assert priced["per_label"]["Effusion"]["forwards_per_success"] == pytest.approx(fwd[eff].sum() / (eff & lco_ok).sum(), abs=1e-3)
+    assert priced["per_label"]["Effusion"]["fe_per_success"] == pytest.approx(
+        (fwd[eff].sum() + 1.5 * bwd[eff].sum()) / (eff & lco_ok).sum(), abs=1e-3)
+    assert "fe_per_success" not in got["cost"] and got["backward_ratio"] is None
     assert got["overall"] < same["overall"]
     # per label: agreement among samples whose target holds the label; without prior samples no prior rate
     for j, name in enumerate(LABELS):
@@ -732,3 +742,15 @@ def test_lco_stops_at_each_labels_own_margin(models, tmp_path, fake_loaders):
     run_shard(tmp_path / "plan.parquet", 0, "g.pt", "c.pt", tmp_path / "thresholds.json", section, out, margins_path=tmp_path / "margins.json")
     meta = json.loads(pq.read_schema(out).metadata[b"synthcxr"])
     assert meta["margins"]["Nodule"] == {"below": 0.5, "above": 2.0}
+
+
+def test_backward_ratio_times_an_update_against_a_forward(models):
+    from synthcxr.lco.cost import backward_ratio, forward_equivalents
+
+    G, C = models
+    t = backward_ratio(G, C, torch.arange(4), 8, torch.device("cpu"), repeats=3)
+    assert t["repeats"] == 3 and t["batch"] == 8 and t["forward_min_s"] <= t["forward_median_s"]
+    assert t["ratio"] == pytest.approx(t["update_median_s"] / t["forward_median_s"])
+    assert forward_equivalents(np.array([10.0, 5.0]), np.array([4, 2]), 3.0) == 10 + 5 + 2 * 6
+    with pytest.raises(ValueError, match="repeats"):
+        backward_ratio(G, C, torch.arange(4), 8, torch.device("cpu"), repeats=0)

@@ -174,6 +174,7 @@ rule validate_lco:
     input:
         latents=expand(f"{WORK}/latents/shard-{{shard}}.parquet", shard=SHARDS),
         generator=f"{PGGAN}/generator.pt",
+        classifier=f"{CLF}/{config['classifier']['name']}/model.pt",  # steering: times an LCO update
         checker=f"{CLF}/{config['classifier']['checker']['name']}/model.pt",
         thresholds=f"{CLF}/{config['classifier']['checker']['name']}/thresholds.json",
         checker_metrics=f"{CLF}/{config['classifier']['checker']['name']}/metrics.json",

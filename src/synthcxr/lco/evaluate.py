@@ -20,6 +20,7 @@ import torch
 from ..classifier.evaluate import read_thresholds
 from ..labels import combo_key
 from .accept import LabelSpace, resolve_label_space, success_rule
+from .cost import forward_equivalents
 from .latents import latents_labels, read_latents, target_labels
 from .starts import initial_latents, module_device
 
@@ -66,6 +67,7 @@ def agreement(
     checker_metrics: str | os.PathLike | None = None,
     prior_samples: int = 0,
     seed: int = 0,
+    backward_ratio: float | None = None,
 ) -> dict[str, Any]:
     """Share of samples whose re-rendered image meets its target under ``checker`` and its thresholds.
 
@@ -88,6 +90,10 @@ def agreement(
     (un-optimised draws from N(0, I)) on which the checker sees the label, next to ``plan_rate``, its share
     of the targets. A finding the generator almost never draws can only be reached by perturbing latents
     until the steering classifier is fooled, and the checker's agreement on it is low.
+
+    Cost, overall (``cost``) and per label: generator forwards and backward passes spent on the samples
+    (failures included) per LCO-successful sample, and with ``backward_ratio`` r (an update's time over a
+    forward's, :func:`synthcxr.lco.cost.backward_ratio`) forward-equivalents, ``forwards + (r - 1) x backwards``.
     """
     from ..utils.runtime import resolve_device
 
@@ -121,6 +127,19 @@ def agreement(
     targets = np.concatenate([s.targets.astype(np.float32) for s in shards])
     lco_ok = np.concatenate([s.table["success"].to_numpy(bool) for s in shards])
     z = np.concatenate([s.z for s in shards])
+    def counts(col: str) -> np.ndarray:  # optional columns: shards of older versions lack them
+        return np.concatenate([s.table[col].to_numpy(np.float64) if col in s.table else np.full(len(s.table), np.nan) for s in shards])
+
+    fwd, bwd = counts("g_evals"), counts("grad_steps")
+
+    def cost(sel: np.ndarray) -> dict[str, Any]:
+        ok = int((sel & lco_ok).sum())
+        f, b = float(fwd[sel].sum()), float(bwd[sel].sum())
+        ok = 0 if np.isnan(f + b) else ok
+        out = {"forwards_per_success": round(f / ok, 3) if ok else None, "backwards_per_success": round(b / ok, 3) if ok else None}
+        if backward_ratio is not None:
+            out["fe_per_success"] = round(forward_equivalents(fwd[sel], bwd[sel], backward_ratio) / ok, 3) if ok else None
+        return out
     space = resolve_label_space(labels, checker.label_names, thresholds, where=where)
     agree = checker_agrees(generator, checker, space, z, targets, batch_size)
     keys = np.array([combo_key(t, labels) for t in targets])
@@ -148,6 +167,7 @@ def agreement(
             "plan_rate": _rate(sel),
             "lco_success": _rate(lco_ok[sel]),
             "agreement_successful": _rate(agree[sel & lco_ok]),
+            **cost(sel),
         }
         if prior is not None:
             row["prior_rate"] = _rate(prior[:, col])
@@ -176,6 +196,8 @@ def agreement(
         "real_test_exact_match": None if real is None else real["rate"],
         "real_test_n": None if real is None else real["n"],
         "prior_samples": int(prior_samples),
+        "backward_ratio": backward_ratio,
+        "cost": cost(np.ones(len(lco_ok), bool)),
         "per_label": per_label,
         "per_combination": per,
     }
