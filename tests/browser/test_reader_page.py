@@ -13,8 +13,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from synthcxr.reader_study.kit import ReaderStudyConfig, array_source, build_study
+from synthcxr.reader_study.kit import ReaderStudyConfig, build_study
 from synthcxr.reader_study.score import score_files
+from synthcxr.reader_study.sources import array_source
 
 pytestmark = pytest.mark.browser
 

@@ -14,9 +14,10 @@ import pytest
 from PIL import Image
 
 from synthcxr.data.store import PreparedDataset
-from synthcxr.reader_study import kit as kitmod
+from synthcxr.reader_study import sources as srcmod
 from synthcxr.reader_study.cli import cli
-from synthcxr.reader_study.kit import ReaderStudyConfig, array_source, build_kit, build_study, png_folder_source
+from synthcxr.reader_study.kit import ReaderStudyConfig, build_kit, build_study
+from synthcxr.reader_study.sources import array_source, png_folder_source
 
 RES = 16
 
@@ -183,7 +184,7 @@ def test_bad_inputs(tmp_path, tiny_prepared):
     big = np.zeros((4, 64, 64), np.uint8)
     with pytest.raises(ValueError, match="below the generated resolution 64"):
         build(tmp_path / "c", tiny_prepared, n_fake=2, source=array_source(big))
-    mixed = kitmod.ImageSource(["a", "b"], lambda s: np.zeros((8, 8) if s == "a" else (16, 16), np.uint8), "gen")
+    mixed = srcmod.ImageSource(["a", "b"], lambda s: np.zeros((8, 8) if s == "a" else (16, 16), np.uint8), "gen")
     with pytest.raises(ValueError, match="differ in size"):
         build(tmp_path / "d", tiny_prepared, n_fake=2, source=mixed)
     with pytest.raises(ValueError, match="png_compress_level"):
@@ -202,6 +203,6 @@ def test_archive_source_reads_a_finalised_archive(tmp_path, tiny_prepared):
     names = ["Effusion", "No_Finding"]
     ids = [f"s{i:03d}" for i in range(6)]
     root = write_release(tmp_path / "arch", arr, np.tile([0, 1], (6, 1)), names, ids, sealed=False)  # before the seal
-    src = kitmod.archive_source(root)
+    src = srcmod.archive_source(root)
     assert src.ids == ids
     assert np.array_equal(src.read("s004"), arr[4])

@@ -11,17 +11,9 @@ from scipy.stats import beta
 from sklearn.metrics import cohen_kappa_score, roc_auc_score
 
 from synthcxr.reader_study.cli import cli
-from synthcxr.reader_study.score import (
-    ReaderStudyInputError,
-    accuracy_stats,
-    cohen_kappa,
-    fleiss_kappa,
-    read_answers,
-    read_key,
-    rating_auc,
-    score,
-    score_files,
-)
+from synthcxr.reader_study.answers import ReaderStudyInputError, read_answers, read_key
+from synthcxr.reader_study.score import score, score_files
+from synthcxr.reader_study.stats import accuracy_stats, cohen_kappa, fleiss_kappa, rating_auc
 
 # Key: 4 real (r1..r4), 4 generated (f1..f4), plus x1 (real) that only readers A and B answer.
 KEY = pd.DataFrame(
@@ -264,7 +256,7 @@ def test_tost_and_power_against_scipy_and_hand_counts():
 
 
 def test_rating_auc_ci_brackets_the_auc_and_resamples_images():
-    from synthcxr.reader_study.score import rating_auc, rating_auc_ci
+    from synthcxr.reader_study.stats import rating_auc, rating_auc_ci
 
     rng = np.random.default_rng(0)
     truth = np.array(["fake", "real"] * 30, dtype=object)

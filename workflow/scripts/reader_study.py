@@ -2,7 +2,8 @@
 
 from pathlib import Path
 
-from synthcxr.reader_study.kit import ReaderStudyConfig, archive_source, build_study
+from synthcxr.reader_study.kit import ReaderStudyConfig, build_study
+from synthcxr.reader_study.sources import archive_source
 from synthcxr.utils.runtime import setup_logging
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)

@@ -1,28 +1,16 @@
 """Reader study for radiologists: blinded real-vs-generated kit, offline reader page, scoring.
 
-``kit`` builds ``reader_kit/`` (page + anonymised images) and a separate ``answer_key/key.csv``;
-``score`` turns the CSVs the page exports into accuracy, sensitivity/specificity, binomial tests
-against chance and inter-reader agreement; ``cli`` exposes both as ``synthcxr reader-study``.
+``sources`` supplies the images (generated and real), ``page`` encodes them and renders the offline page,
+``kit`` builds ``reader_kit/`` and a separate ``answer_key/key.csv``; ``answers`` reads and checks the
+key and the CSVs the page exports, ``stats`` holds the tests (accuracy against chance, equivalence,
+rating AUC, kappas), ``score`` puts them together; ``cli`` exposes both as ``synthcxr reader-study``.
 """
 
-from .kit import (
-    ImageSource,
-    ReaderStudyConfig,
-    archive_source,
-    array_source,
-    build_kit,
-    build_study,
-    png_folder_source,
-)
-from .score import (
-    ReaderStudyInputError,
-    cohen_kappa,
-    fleiss_kappa,
-    read_answers,
-    read_key,
-    score,
-    score_files,
-)
+from .answers import ReaderStudyInputError, read_answers, read_key
+from .kit import ReaderStudyConfig, build_kit, build_study
+from .score import score, score_files
+from .sources import ImageSource, archive_source, array_source, png_folder_source
+from .stats import cohen_kappa, fleiss_kappa
 
 __all__ = [
     "ImageSource",

@@ -41,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
 def cli(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
     setup_logging()
-    from .score import ReaderStudyInputError
+    from .answers import ReaderStudyInputError
 
     try:
         if args.command == "build":
@@ -54,7 +54,8 @@ def cli(argv: list[str] | None = None) -> int:
 
 def _build(args: argparse.Namespace) -> int:
     from ..config import load_config, section
-    from .kit import ReaderStudyConfig, archive_source, build_study, png_folder_source
+    from .kit import ReaderStudyConfig, build_study
+    from .sources import archive_source, png_folder_source
 
     sec: dict = {}
     if args.config:

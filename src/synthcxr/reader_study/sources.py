@@ -1,0 +1,139 @@
+"""Where a reader study's images come from: generated ones (arrays, a PNG folder, a released archive) and
+real scans drawn from a prepared dataset, all as square uint8 greyscale at one resolution."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..imaging import float_to_uint8, resize_batch, uint8_to_float
+from ..utils.runtime import progress
+
+
+@dataclass
+class ImageSource:
+    """Anything that lists image ids and reads one as uint8 ``[R, R]``: archive, PNG folder, arrays."""
+
+    ids: list[str]
+    read: Callable[[str], np.ndarray]
+    where: str
+
+    def read_many(self, ids: Sequence[str]) -> np.ndarray:
+        imgs = [np.asarray(self.read(i)) for i in progress(ids, desc="read generated", unit="img")]
+        return _stack_square(imgs, list(ids), self.where)
+
+
+def array_source(images: np.ndarray, ids: Sequence[str] | None = None, where: str = "<arrays>") -> ImageSource:
+    """Generated images given directly as uint8 ``[N, R, R]`` (tests, notebooks)."""
+    arr = np.asarray(images)
+    if arr.ndim != 3 or arr.dtype != np.uint8:
+        raise ValueError(f"{where}: expected uint8 [N, R, R] images, got {arr.dtype} {list(arr.shape)}")
+    names = [f"gen_{i:06d}" for i in range(len(arr))] if ids is None else [str(i) for i in ids]
+    if len(names) != len(arr) or len(set(names)) != len(names):
+        raise ValueError(f"{where}: need {len(arr)} distinct ids, got {len(names)} ({len(set(names))} distinct)")
+    index = {n: i for i, n in enumerate(names)}
+    return ImageSource(names, lambda sid: arr[index[sid]], where)
+
+
+def png_folder_source(folder: str | os.PathLike) -> ImageSource:
+    """Every ``*.png`` in ``folder`` (sorted); the file stem is the source id in the answer key."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: not a folder of generated PNG images")
+    files = sorted(root.glob("*.png"))
+    if not files:
+        raise FileNotFoundError(f"{root}: no *.png files found; point --pngs at a folder of generated images")
+    by_id = {p.stem: p for p in files}
+    return ImageSource(list(by_id), lambda sid: _read_gray_png(by_id[sid]), str(root))
+
+
+def archive_source(path: str | os.PathLike) -> ImageSource:
+    """Samples of a synthetic archive (folder holding ``manifest.parquet``), read by ``synthcxr.archive``."""
+    root = Path(path)
+    if root.name == "manifest.parquet":
+        root = root.parent
+    if not (root / "manifest.parquet").exists():
+        raise FileNotFoundError(f"{root / 'manifest.parquet'} missing: not a release folder (run snakemake finalize_archive)")
+    from .. import archive as archive_mod
+
+    opener = getattr(archive_mod, "open", None)
+    if opener is None:
+        raise ImportError("synthcxr.archive.open is not available; build the kit from a PNG folder (--pngs) instead")
+    arc = opener(root, sealed=False)  # the kit is built before the release is sealed
+    manifest = arc.manifest
+    if "sample_id" not in manifest.columns:
+        raise KeyError(f"{root / 'manifest.parquet'}: no 'sample_id' column")
+    ids = [str(s) for s in manifest["sample_id"].tolist()]
+    return ImageSource(ids, lambda sid: np.asarray(arc.read(sid)), str(root))
+
+
+def _read_gray_png(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        if im.mode == "L":
+            return np.asarray(im, dtype=np.uint8).copy()
+        if im.mode in ("RGB", "RGBA"):
+            rgb = np.asarray(im.convert("RGB"))
+            if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2])):
+                raise ValueError(f"{path}: colour image; the reader study needs grayscale (mode L) images")
+            return rgb[..., 0].copy()
+        raise ValueError(f"{path}: PNG mode {im.mode!r} unsupported; save generated images as 8-bit grayscale")
+
+
+def _stack_square(imgs: list[np.ndarray], ids: list[str], where: str) -> np.ndarray:
+    shapes = {tuple(a.shape) for a in imgs}
+    if len(shapes) != 1:
+        raise ValueError(f"{where}: generated images differ in size {sorted(shapes)}; all must share one resolution")
+    (shape,) = shapes
+    if len(shape) != 2 or shape[0] != shape[1]:
+        raise ValueError(f"{where}: generated images must be square 2-D arrays, got shape {list(shape)}")
+    bad = [i for i, a in zip(ids, imgs) if a.dtype != np.uint8]
+    if bad:
+        raise ValueError(f"{where}: images {bad[:5]} are not uint8")
+    return np.stack(imgs)
+
+
+def study_rngs(seed: int) -> tuple[np.random.Generator, np.random.Generator, np.random.Generator]:
+    """Independent streams for picking reals, picking fakes and shuffling (changing n_real keeps fakes)."""
+    a, b, c = np.random.SeedSequence(int(seed)).spawn(3)
+    return np.random.default_rng(a), np.random.default_rng(b), np.random.default_rng(c)
+
+
+def pick_real(prepared: str | os.PathLike, n: int, res: int, rng: np.random.Generator) -> tuple[np.ndarray, list[str]]:
+    """``n`` random test-split scans at the top pyramid level, resized to ``res``; returns (images, image_ids)."""
+    from ..data.store import PreparedDataset
+
+    ds = PreparedDataset(prepared)
+    test = ds.split("test")
+    if len(test) < n:
+        raise ValueError(
+            f"{ds.labels_path}: test split has {len(test)} images but reader_study.n_real is {n}; lower n_real"
+        )
+    top = max(ds.resolutions)
+    if top < res:
+        raise ValueError(
+            f"{ds.h5_path}: top pyramid level {top} px is below the generated resolution {res} px; upsampled real "
+            "scans would look blurrier than generated ones and unblind the study. Prepare with dataset.max_res >= "
+            f"{res}"
+        )
+    chosen = np.sort(rng.choice(len(test), size=n, replace=False))
+    rows = test.iloc[chosen]
+    imgs = ds.read_images(top, rows["row"].to_numpy())
+    return resize_uint8(imgs, res), [str(s) for s in rows["image_id"].tolist()]
+
+
+def resize_uint8(imgs: np.ndarray, res: int) -> np.ndarray:
+    """uint8 ``[N, H, H]`` -> ``[N, res, res]`` with area averaging (the project's pixel conventions)."""
+    if imgs.shape[-1] == res:
+        return imgs
+    out = np.empty((len(imgs), res, res), dtype=np.uint8)
+    for s in range(0, len(imgs), 64):
+        x = uint8_to_float(imgs[s : s + 64]).unsqueeze(1)
+        with torch.no_grad():
+            out[s : s + 64] = float_to_uint8(resize_batch(x, res))[:, 0].numpy()
+    return out
