@@ -79,7 +79,7 @@ def test_two_rank_gloo_training_keeps_ranks_identical(tiny_prepared, tmp_path):
 LAUNCH = textwrap.dedent(
     """
     import json, sys
-    from synthcxr.pggan.dist import train_maybe_distributed
+    from synthcxr.pggan.launch import train_maybe_distributed
     from synthcxr.pggan.preempt import PREEMPTED_EXIT, Preempted
     try:
         train_maybe_distributed(json.loads(open(sys.argv[1]).read()), sys.argv[2], sys.argv[3])
@@ -96,7 +96,7 @@ def test_two_ranks_stop_together_on_a_signal_and_resume_exactly(tiny_prepared, t
     import subprocess
     import time
 
-    from synthcxr.pggan.dist import launch_torchrun
+    from synthcxr.pggan.launch import launch_torchrun
 
     cfg = dict(run="ddp", resolution=8, latent_dim=16, fmap_base=128, fmap_max=32, fade_kimg=0.8, stable_kimg=0.8,
                minibatch={"4": 16, "8": 16}, checkpoint_kimg=10, snapshot_kimg=10, log_kimg=0.064, ema_kimg=0.1,

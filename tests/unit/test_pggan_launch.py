@@ -3,7 +3,7 @@
 import pytest
 from torch.distributed.run import get_args_parser
 
-import synthcxr.pggan.dist as D
+import synthcxr.pggan.launch as D
 
 
 def _torchrun_args(cmd: list[str]):

@@ -7,7 +7,7 @@ PREEMPTED_EXIT; the rule's retries (pggan.allocations) run it again and it conti
 import sys
 from pathlib import Path
 
-from synthcxr.pggan.dist import train_maybe_distributed
+from synthcxr.pggan.launch import train_maybe_distributed
 from synthcxr.pggan.preempt import PREEMPTED_EXIT, Preempted
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)

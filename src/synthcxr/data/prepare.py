@@ -17,7 +17,7 @@ import logging
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -32,93 +32,16 @@ from ..labels import check_labels, findings_of
 from ..utils.atomic import atomic_path, write_json
 from ..utils.runtime import progress, setup_logging
 from .adapters import Adapter, make_adapter
-from .adapters.base import uncertain_policy
-from .decode import PERCENTILES, to_square_uint8
+from .decode import to_square_uint8
 from .parallel import chunked, ordered_map
 from .pyramid import PyramidWriter, build_pyramid, pyramid_levels, string_attr
 from .quarantine import Quarantine, QuarantineError
 from .records import POOL, RecordTable
+from .settings import PrepareConfig
 from .splits import SPLITS, assign_splits, patient_key, pseudonym, split_summary
 
 OUTPUTS = ("images.h5", "labels.parquet", "quarantine.csv", "prepare.json")
-_GLOBAL_KEYS = {"seed", "device", "labels"}
 CHUNK = 8
-
-
-@dataclass
-class SplitConfig:
-    """Patient-level split fractions (must sum to 1) and the seed of the patient permutation."""
-
-    train: float = 0.7
-    val: float = 0.15
-    test: float = 0.15
-    seed: int = 0
-
-    def fractions(self) -> dict[str, float]:
-        return {"train": self.train, "val": self.val, "test": self.test}
-
-
-@dataclass
-class PrepareConfig:
-    """The ``dataset`` config section (see config/schemas/config.schema.yaml)."""
-
-    name: str = "dataset"
-    format: str = "phantom"
-    root: str | None = None
-    max_res: int = 64
-    views: tuple[str, ...] = ("PA", "AP")
-    split: SplitConfig = field(default_factory=SplitConfig)
-    patient_salt: str = "synthcxr-change-this-salt"
-    workers: int = 2
-    chexpert_uncertain: str | dict[str, str] = "ones"
-    label_csv: str | None = None
-    intensity_percentiles: tuple[float, float] = PERCENTILES
-    min_source_size: int = 0
-    decode_mem_mb: int = 600
-    phantom: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if isinstance(self.split, Mapping):
-            unknown = sorted(set(self.split) - {"train", "val", "test", "seed"})
-            if unknown:
-                raise ConfigError(f"'dataset.split': unknown key(s) {unknown}")
-            self.split = SplitConfig(**self.split)
-        self.views = tuple(self.views)
-        try:
-            pyramid_levels(int(self.max_res))
-        except ValueError as exc:
-            raise ConfigError(f"'dataset.max_res': {exc}") from None
-        fr = self.split.fractions()
-        if any(v < 0 for v in fr.values()) or abs(sum(fr.values()) - 1.0) > 1e-6:
-            raise ConfigError(f"'dataset.split': fractions must be >= 0 and sum to 1, got {fr}")
-        try:
-            uncertain_policy(self.chexpert_uncertain)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
-        pct = tuple(float(v) for v in self.intensity_percentiles)
-        if len(pct) != 2 or not 0.0 <= pct[0] < pct[1] <= 100.0:
-            raise ConfigError(
-                f"'dataset.intensity_percentiles': need [low, high] with 0 <= low < high <= 100, got {list(pct)}"
-            )
-        self.intensity_percentiles = pct
-        if int(self.min_source_size) < 0:
-            raise ConfigError(f"'dataset.min_source_size': must be >= 0, got {self.min_source_size}")
-        if int(self.decode_mem_mb) < 1:
-            raise ConfigError(f"'dataset.decode_mem_mb': must be >= 1, got {self.decode_mem_mb}")
-        if not self.patient_salt or len(self.patient_salt) < 8:
-            raise ConfigError("'dataset.patient_salt': use a secret string of at least 8 characters")
-        if int(self.workers) < 0:
-            raise ConfigError(f"'dataset.workers': must be >= 0, got {self.workers}")
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "PrepareConfig":
-        """From the ``dataset`` section (global keys seed/device/labels are ignored; others must be known)."""
-        d = {k: v for k, v in dict(d).items() if k not in _GLOBAL_KEYS}
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"'dataset': unknown key(s) {unknown}; allowed: {sorted(known)}")
-        return cls(**d)
 
 
 def decode_one(adapter: Adapter, ref: Any, source: str, max_res: int, min_source_size: int = 0) -> tuple[dict, int]:

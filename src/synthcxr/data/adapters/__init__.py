@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
-
 from ...config import ConfigError
+from ..settings import PrepareConfig
 from .base import Adapter, Record
 from .chexpert import CheXpertAdapter
 from .dicom import DicomAdapter
 from .mimic_jpg import MimicJpgAdapter
 from .nih import NIHAdapter
 from .phantom import PhantomAdapter
-
-if TYPE_CHECKING:
-    from ..prepare import PrepareConfig
 
 ADAPTERS: dict[str, type[Adapter]] = {
     a.format: a for a in (PhantomAdapter, NIHAdapter, CheXpertAdapter, MimicJpgAdapter, DicomAdapter)

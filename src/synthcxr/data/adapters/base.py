@@ -14,14 +14,12 @@ from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from ...config import ConfigError
 from ..decode import SourceImage
+from ..settings import UNCERTAIN_POLICIES, PrepareConfig, uncertain_policy  # noqa: F401 (re-exported)
 from ..quarantine import Quarantine, QuarantineError
-
-if TYPE_CHECKING:
-    from ..prepare import PrepareConfig
 
 NAN = float("nan")
 
@@ -75,31 +73,6 @@ def parse_label_value(raw: object, column: str) -> float | None:
     if v not in (1.0, 0.0, -1.0):
         raise QuarantineError("bad_label_value", f"column {column!r}: value {s!r} is not 1, 0, -1 or blank")
     return v
-
-
-UNCERTAIN_POLICIES = ("ones", "zeros", "ignore")
-
-
-def uncertain_policy(spec: str | Mapping[str, str], where: str = "dataset.chexpert_uncertain") -> dict[str, str]:
-    """``dataset.chexpert_uncertain`` -> {canonical label: ones/zeros/ignore} for every canonical label.
-
-    ``spec`` is one policy for all labels, or a mapping of canonical label names to policies with an
-    optional ``default`` (``ones`` when absent), e.g. the CheXpert paper's
-    ``{default: zeros, Atelectasis: ones, Edema: ones}``. Raises ``ValueError`` naming the bad key.
-    """
-    from ...labels import CANONICAL_LABELS
-
-    if isinstance(spec, str):
-        spec = {"default": spec}
-    if not isinstance(spec, Mapping):
-        raise ValueError(f"'{where}': expected ones/zeros/ignore or a mapping label -> policy, got {spec!r}")
-    for key, value in spec.items():
-        if key != "default" and key not in CANONICAL_LABELS:
-            raise ValueError(f"'{where}.{key}': not a canonical label name (use e.g. Effusion, Lung_Opacity) or 'default'")
-        if value not in UNCERTAIN_POLICIES:
-            raise ValueError(f"'{where}.{key}': {value!r} is not one of {', '.join(UNCERTAIN_POLICIES)}")
-    default = spec.get("default", "ones")
-    return {n: str(spec.get(n, default)) for n in CANONICAL_LABELS}
 
 
 def apply_uncertain(value: float | None, policy: str, blank: float) -> float:
