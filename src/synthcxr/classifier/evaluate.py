@@ -48,10 +48,11 @@ def predict(
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(probabilities [n, L], labels [n, L])`` for a dataset of ``(image, label vector)`` pairs."""
     model.eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
+    cuda = torch.device(device).type == "cuda"
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=cuda)
     probs, labs = [], []
     for x, y in loader:
-        probs.append(torch.sigmoid(model(x.to(device))).float().cpu().numpy())
+        probs.append(torch.sigmoid(model(x.to(device, non_blocking=cuda))).float().cpu().numpy())
         labs.append(np.asarray(y, dtype=np.float32))
     return np.concatenate(probs).astype(np.float64), np.concatenate(labs)
 

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..classifier.evaluate import predict
 from ..classifier.sources import patient_subset
 from ..data.store import PreparedDataset
 from ..labels import NO_FINDING
@@ -53,13 +54,8 @@ def predict_split(
     res = int(getattr(model, "input_res"))
     level = res if res in prep.resolutions else max(prep.resolutions)
     ds = prep.torch_dataset(split, level, labels)
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False)
-    ys, ps = [], []
-    model.eval()
-    for x, y in loader:
-        ps.append(torch.sigmoid(model(x.to(device))).float().cpu().numpy())
-        ys.append(y.numpy())
-    return np.concatenate(ys).astype(np.float64), np.concatenate(ps).astype(np.float64)
+    p, y = predict(model, ds, batch_size, device)
+    return y.astype(np.float64), p
 
 
 #: Key of the mean-over-findings entry in each arm's ``difference_from_real``.
