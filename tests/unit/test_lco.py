@@ -754,3 +754,28 @@ def test_backward_ratio_times_an_update_against_a_forward(models):
     assert forward_equivalents(np.array([10.0, 5.0]), np.array([4, 2]), 3.0) == 10 + 5 + 2 * 6
     with pytest.raises(ValueError, match="repeats"):
         backward_ratio(G, C, torch.arange(4), 8, torch.device("cpu"), repeats=0)
+
+
+def test_topup_rounds_spend_what_met_targets_left_unused(models, caplog):
+    """Failed targets of a combination that has met others get fresh attempts, bounded by the attempts its met
+    targets did not use; an impossible combination gets none; first-pass results keep their bytes."""
+    G, C = models
+    tgt = np.array([RARE] * 24 + [[1, 0, 0, 1]] * 4, dtype=np.float32)  # Cardiomegaly with No_Finding: never met
+    cfg = _cfg(steps=4, lr=0.1, retries=1, give_up_after=None, patience=None)
+    base = optimise_latents(G, C, THR, tgt, np.arange(len(tgt)), cfg)
+    with caplog.at_level("INFO", logger="synthcxr"):
+        top = optimise_latents(G, C, THR, tgt, np.arange(len(tgt)), {**cfg, "topup_rounds": 3})
+    rare = np.arange(24)
+    met_first = base["success"].to_numpy()[rare]
+    assert 0 < met_first.sum() < 24  # the case needs both
+    # targets met in the main pass are untouched; every top-up attempt goes to a failed rare target
+    np.testing.assert_array_equal(np.stack(top["z"])[rare][met_first], np.stack(base["z"])[rare][met_first])
+    extra = np.maximum(top["attempts"].to_numpy() - 2, 0)
+    assert extra[24:].sum() == 0 and not top["success"].to_numpy()[24:].any()
+    assert extra[rare].max() <= 3 and top["success"].to_numpy()[rare].sum() > met_first.sum()
+    # the pooled budget: attempts the met targets left (retries - attempt index), no more
+    left = sum(1 - (a - 1) for a, ok in zip(base["attempts"].to_numpy()[rare], met_first) if ok)
+    assert 0 < extra[rare].sum() <= left
+    assert "lco top-up round 1" in caplog.text
+    again = optimise_latents(G, C, THR, tgt, np.arange(len(tgt)), {**cfg, "topup_rounds": 3})
+    np.testing.assert_array_equal(np.stack(again["z"]), np.stack(top["z"]))

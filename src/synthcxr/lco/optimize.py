@@ -35,6 +35,12 @@ Why the details are the way they are:
   retry and every per_sample attempt, and a pool start within the pool's 1/(k+1) loss quantile for its
   combination (:func:`match_pool`). A combination wanted many times starts most of its targets from the
   pool's middling members; their failures do not count, and each such target is owed one fresh retry.
+* With ``topup_rounds`` R > 0, targets that failed every attempt get up to R further rounds after
+  the retries, one fresh attempt each per round, while their label combination has met at least one
+  target in the shard (a measured yield above zero) and its met targets left attempts unused: a target
+  met on attempt a leaves ``retries - a`` of its own, pooled per combination. A combination's budget stays
+  what the plan gave it (``retries + 1`` attempts per target) but goes where it pays, so a combination the
+  GAN reaches one time in three is not cut short while its easy targets hand back attempts they never used.
 * ``mode: pool`` (the default) amortises the start: the job draws one pool of prior latents for its
   whole shard, in blocks of ``pool_block`` from the shard's seed, and scores each latent once. Targets
   are matched to pool members rarest first (the combination with the fewest members clearing it per

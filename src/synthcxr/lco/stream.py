@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from dataclasses import dataclass
 
@@ -16,6 +17,7 @@ from .plan import attempt_seed
 from .starts import best_of_candidates, initial_latents
 
 _BETA1, _BETA2, _EPS = 0.9, 0.999, 1e-8
+log = logging.getLogger("synthcxr")
 
 
 @dataclass
@@ -71,6 +73,11 @@ def optimise_stream(
     # (pool accepts included)
     fails = np.zeros(combo.max(initial=-1) + 1, dtype=np.int64)
     wins = np.bincount(combo[out.success], minlength=len(fails))
+    # top-up: attempts that met targets left unused (a pool accept used one of retries + 1), per combination,
+    # and the targets that failed every attempt they had, in the order they failed
+    spare = wins * cfg.retries
+    waiting: list[int] = []
+    rounds = 0
     rows = np.empty(0, dtype=np.int64)
     att = np.empty(0, dtype=np.int64)
     t = np.empty(0, dtype=np.int64)
@@ -122,7 +129,22 @@ def optimise_stream(
     while True:
         fill()
         if len(rows) == 0:
-            break
+            again = []
+            if rounds < cfg.topup_rounds:
+                for i in waiting:  # one fresh attempt each, while the combination has met a target and has attempts left
+                    c = combo[i]
+                    if wins[c] > 0 and spare[c] > 0:
+                        spare[c] -= 1
+                        again.append(i)
+            if not again:
+                break
+            rounds += 1
+            taken = set(again)
+            waiting = [i for i in waiting if i not in taken]
+            queue.extend((i, int(out.attempts[i]), None) for i in again)
+            log.info("lco top-up round %d: %d failed target(s) of %d combination(s) get a fresh attempt; %d stay failed",
+                     rounds, len(again), len({int(combo[i]) for i in again}), len(waiting))
+            continue
         zi = z.detach().requires_grad_(True)
         with autocast(device, cfg.amp):
             logits = C(G(zi)).float().index_select(1, idx)
@@ -160,11 +182,14 @@ def optimise_stream(
         # a first attempt from a weak pool start failing says little about its combination
         np.add.at(fails, combo[rows[failed & ((att > 0) | ~weak[rows])]], 1)
         np.add.at(wins, combo[rows[ok]], 1)
+        np.add.at(spare, combo[rows[ok]], np.maximum(cfg.retries - att[ok], 0))
         if done.any():
             out.z[rows[done]] = z[torch.as_tensor(done, device=device)].detach().float().cpu().numpy()
             for i, a in zip(rows[failed], att[failed]):
                 if a < cfg.retries:
                     queue.append((int(i), int(a) + 1, None))
+                elif cfg.topup_rounds:
+                    waiting.append(int(i))
                 elif bar is not None:
                     bar.update(1)
             if bar is not None and ok.any():
@@ -177,3 +202,5 @@ def optimise_stream(
             rows, att, t = rows[:0], att[:0], t[:0]
             best, stale = best[:0], stale[:0]
             z, m, v = z[:0].detach(), m[:0], v[:0]
+    if bar is not None and waiting:
+        bar.update(len(waiting))
