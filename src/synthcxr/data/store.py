@@ -16,7 +16,7 @@ from ..imaging import uint8_to_float
 
 
 class PreparedDataset:
-    """A prepared dataset folder: ``images.h5`` + ``labels.parquet`` (see design.md, stage 1)."""
+    """A prepared dataset folder: ``images.h5`` + ``labels.parquet`` as :func:`synthcxr.data.prepare.prepare` writes them (docs/interfaces.md)."""
 
     def __init__(self, folder: str | os.PathLike):
         self.folder = Path(folder)
