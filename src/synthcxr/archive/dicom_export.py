@@ -1,0 +1,114 @@
+"""A released sample as a DICOM file: a Secondary Capture object marked synthetic, with reproducible bytes.
+
+Hospitals and imaging-AI teams test their pipelines on DICOM. Each sample becomes one Secondary Capture
+Image Storage object, MONOCHROME2, 8 bits, whose every value comes from the sample itself:
+
+* UIDs (study, series, SOP instance) are derived from ``sample_id`` under a configurable root with
+  :func:`pydicom.uid.generate_uid` and fixed entropy sources, so the same sample always gets the same UIDs
+  and a rerun writes the same bytes; no date or time is written.
+* Patient name and ID are synthetic and say so (``SYNTHETIC^<sample_id>``, ``SYN-<sample_id>``); nothing
+  of the source collection enters. ImageType is ``DERIVED\\SECONDARY``, ConversionType ``SYN`` (the
+  standard's code for a synthetic image) and the series description starts with ``SYNTHETIC``.
+* Labels travel in a JSON sidecar beside each file (``<sample_id>.json``), not in private tags.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pydicom
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+#: pydicom's registered root for UIDs it generates; set archive.dicom_uid_root to your organisation's
+DEFAULT_UID_ROOT = "1.2.826.0.1.3680043.8.498."
+SERIES_DESCRIPTION = "SYNTHETIC chest X-ray (synthcxr)"
+MANUFACTURER = "synthcxr"
+
+
+def sample_uid(root: str, sample_id: str, kind: str) -> str:
+    """A UID under ``root`` determined by ``sample_id`` and ``kind`` (study, series or instance)."""
+    if not root.endswith(".") or len(root) > 32:
+        raise ValueError(f"archive.dicom_uid_root: {root!r} must end with '.' and be at most 32 characters")
+    return generate_uid(prefix=root, entropy_srcs=["synthcxr", kind, str(sample_id)])
+
+
+def sample_dataset(image: np.ndarray, sample_id: str, archive_name: str, uid_root: str = DEFAULT_UID_ROOT) -> FileDataset:
+    """The DICOM data set of one released image (``uint8 [R, R]``)."""
+    img = np.asarray(image)
+    if img.dtype != np.uint8 or img.ndim != 2:
+        raise ValueError(f"sample {sample_id}: expected a uint8 [R, R] image, got {img.dtype} {img.shape}")
+    sop = sample_uid(uid_root, sample_id, "instance")
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = sop
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = uid_root + "1"
+    meta.ImplementationVersionName = "SYNTHCXR"
+    ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = sop
+    # patient: synthetic and saying so
+    ds.PatientName = f"SYNTHETIC^{sample_id}"
+    ds.PatientID = f"SYN-{sample_id}"
+    ds.PatientBirthDate = ""
+    ds.PatientSex = ""
+    ds.PatientIdentityRemoved = "YES"
+    ds.DeidentificationMethod = "SYNTHETIC: generated image, no patient"
+    # study and series: one of each per sample, no dates (the bytes must not depend on when they were written)
+    ds.StudyInstanceUID = sample_uid(uid_root, sample_id, "study")
+    ds.SeriesInstanceUID = sample_uid(uid_root, sample_id, "series")
+    ds.StudyDate = ""
+    ds.StudyTime = ""
+    ds.ReferringPhysicianName = ""
+    ds.StudyID = "SYN"
+    ds.AccessionNumber = ""
+    ds.StudyDescription = f"SYNTHETIC archive {archive_name}"
+    ds.Modality = "OT"
+    ds.SeriesNumber = 1
+    ds.SeriesDescription = SERIES_DESCRIPTION
+    ds.BodyPartExamined = "CHEST"
+    ds.Manufacturer = MANUFACTURER
+    ds.ConversionType = "SYN"  # Secondary Capture Equipment: synthetic image
+    # image
+    ds.InstanceNumber = 1
+    ds.PatientOrientation = ""
+    ds.ImageType = ["DERIVED", "SECONDARY"]
+    ds.BurnedInAnnotation = "NO"
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = int(img.shape[0]), int(img.shape[1])
+    ds.BitsAllocated = 8
+    ds.BitsStored = 8
+    ds.HighBit = 7
+    ds.PixelRepresentation = 0
+    ds.PixelData = np.ascontiguousarray(img).tobytes()
+    return ds
+
+
+def dicom_bytes(image: np.ndarray, sample_id: str, archive_name: str, uid_root: str = DEFAULT_UID_ROOT) -> bytes:
+    """The file bytes of :func:`sample_dataset` (DICOM Part 10, explicit VR little endian)."""
+    buf = io.BytesIO()
+    pydicom.dcmwrite(buf, sample_dataset(image, sample_id, archive_name, uid_root), enforce_file_format=True)
+    return buf.getvalue()
+
+
+def sidecar(sample_id: str, labels: Mapping[str, Any]) -> bytes:
+    """The JSON sidecar of one sample: its id and every label (0/1), sorted keys, one line."""
+    return (json.dumps({"sample_id": str(sample_id), "synthetic": True, "labels": {k: int(v) for k, v in labels.items()}},
+                       sort_keys=True) + "\n").encode()
+
+
+def read_dicom_image(path: str | os.PathLike) -> np.ndarray:
+    """The uint8 pixels of an exported file, checked to be one of ours."""
+    ds = pydicom.dcmread(path)
+    if getattr(ds, "ConversionType", "") != "SYN" or ds.SOPClassUID != SecondaryCaptureImageStorage:
+        raise ValueError(f"{path}: not a synthcxr export (ConversionType {getattr(ds, 'ConversionType', None)!r}); "
+                         "re-export it from the release")
+    return np.asarray(ds.pixel_array, dtype=np.uint8)
