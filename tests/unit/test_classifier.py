@@ -183,6 +183,8 @@ def test_config_errors_name_the_key():
     with pytest.raises(ValueError, match="classifier.select_on.*auroc, bce, last"):
         ClassifierConfig.from_dict(_cfg(select_on="f1"))
     assert ClassifierConfig.from_dict(_cfg(checker={"name": "c"})).name == "t"
+    with pytest.raises(ValueError, match="classifier.amp.*none, bf16, fp16"):
+        ClassifierConfig.from_dict(_cfg(amp="fp8"))
 
 
 def test_source_kind_errors(tmp_path, tiny_prepared):
@@ -527,3 +529,17 @@ def test_finetune_restores_the_pretrained_checkpoint_and_continues(trained, tiny
     assert max(float((scratch[k] - v).detach().abs().max()) for k, v in start.items()) > 1e-3
     with pytest.raises(ValueError, match="architecture or labels differ"):
         train_classifier(_cfg(epochs=1, bootstrap=0, width=8, init_from=str(out / "model.pt")), tiny_prepared, None, tmp_path / "bad")
+
+
+def test_bf16_autocast_and_channels_last_train_the_same_model(trained, tiny_prepared, tmp_path):
+    """classifier.amp and classifier.channels_last change how training runs, not what it learns: on CPU bf16
+    autocast trains a model as good as fp32, channels-last the same one to float rounding; fp16 needs CUDA."""
+    _, ref = trained
+    bf = train_classifier(_cfg(amp="bf16"), tiny_prepared, None, tmp_path / "bf16")
+    assert bf["test"]["mean_auroc"] > 0.7 and abs(bf["test"]["mean_auroc"] - ref["test"]["mean_auroc"]) < 0.1
+    cl = train_classifier(_cfg(channels_last=True), tiny_prepared, None, tmp_path / "cl")
+    np.testing.assert_allclose([h["train_loss"] for h in cl["history"]], [h["train_loss"] for h in ref["history"]], rtol=1e-3)
+    state = torch.load(tmp_path / "cl" / "model.pt", weights_only=True)["state_dict"]
+    assert all(v.is_contiguous() for v in state.values())  # saved in the standard layout
+    with pytest.raises(ValueError, match="classifier.amp: fp16 autocast needs a CUDA device"):
+        train_classifier(_cfg(amp="fp16"), tiny_prepared, None, tmp_path / "fp16")

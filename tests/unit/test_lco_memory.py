@@ -15,7 +15,8 @@ import textwrap
 import pytest
 import torch
 
-from synthcxr.lco.memory import SAFETY, autocast, measure_footprint, plan_chunks
+from synthcxr.lco.memory import SAFETY, measure_footprint, plan_chunks
+from synthcxr.utils.amp import autocast
 
 from dag import run_group
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..labels import check_labels
-from .memory import AMP_MODES
+from ..utils.amp import AMP_MODES
 
 MODES = ("pool", "per_sample")
 

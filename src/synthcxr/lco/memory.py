@@ -24,7 +24,6 @@ or on CPU the smaller of the kernel's available memory and the job's allocation 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from torch.func import functional_call
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from ..utils.amp import autocast
 from ..utils.runtime import job_memory_mb
 
 log = logging.getLogger("synthcxr")
@@ -42,20 +42,6 @@ log = logging.getLogger("synthcxr")
 FREE_SHARE = 0.5
 #: Headroom multiplied onto the measured bytes (allocator rounding, fragmentation, library workspaces).
 SAFETY = 1.5
-
-AMP_MODES = ("none", "bf16", "fp16")
-
-
-def autocast(device: torch.device, amp: str):
-    """The ``lco.amp`` autocast context for ``device``: none (fp32), bf16 or fp16 (CUDA only)."""
-    if amp not in AMP_MODES:
-        raise ValueError(f"lco.amp: {amp!r} is not one of {', '.join(AMP_MODES)}")
-    if amp == "none":
-        return contextlib.nullcontext()
-    if amp == "fp16" and device.type != "cuda":
-        raise ValueError(f"lco.amp: fp16 autocast needs a CUDA device (this job runs on {device}); use bf16 on CPU")
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
-
 
 def _key(t: torch.Tensor) -> tuple[int, int]:
     st = t.untyped_storage()

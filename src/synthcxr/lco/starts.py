@@ -11,8 +11,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from ..utils.amp import autocast
 from ..utils.runtime import resolve_device
-from .memory import autocast
 from .plan import derive_seed
 
 

@@ -10,9 +10,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..utils.amp import autocast
 from .accept import LabelSpace, accept_rule
 from .config import LCOConfig
-from .memory import autocast
 from .plan import attempt_seed
 from .starts import best_of_candidates, initial_latents
 
