@@ -146,6 +146,16 @@ def test_lco_shard_rerun_with_other_cores_is_byte_identical(tiny_run: Path, tmp_
     assert sha256_file(tmp_path / rel) == sha256_file(tiny_run / rel)
 
 
+def test_croissant_records_are_the_released_manifest(tiny_run: Path):
+    mlc = pytest.importorskip("mlcroissant")
+    rel = tiny_run / "results" / "archive" / "tiny" / "release"
+    recs = list(mlc.Dataset(jsonld=str(rel / "croissant.json")).records("samples"))
+    man = pd.read_parquet(rel / "manifest.parquet")
+    assert [r["samples/sample_id"].decode() for r in recs] == man["sample_id"].tolist()
+    assert [int(r["samples/index"]) for r in recs] == man["index"].tolist()
+    assert "croissant.json" in (rel / "SHA256SUMS").read_text()
+
+
 def test_margins_calibrated_on_the_real_val_split(tiny_run: Path):
     cfg = yaml.safe_load(TINY.read_text())["lco"]
     m = json.loads((tiny_run / "results" / "archive" / "tiny" / "work" / "margins.json").read_text())

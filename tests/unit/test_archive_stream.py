@@ -328,7 +328,7 @@ def test_datasets_loads_a_webdataset_only_release_from_its_card(tmp_path):
     datasets = pytest.importorskip("datasets")
     arch = build_archive(tmp_path / "wds", formats=("webdataset",))
     rel = arch["release"]
-    assert sorted(p.name for p in rel.iterdir()) == sorted(["README.md", "SHA256SUMS", "archive.json", "latents.parquet",
+    assert sorted(p.name for p in rel.iterdir()) == sorted(["README.md", "SHA256SUMS", "archive.json", "croissant.json", "latents.parquet",
                                                             "manifest.parquet", "webdataset"])
     man = _manifest(arch).set_index("sample_id")
     ds = datasets.load_dataset(str(rel), split="train")

@@ -253,7 +253,8 @@ def render_card(
         f"(8-bit grayscale), each with a multi-label target over {len(info['label_names'])} findings: "
         f"{', '.join(info['label_names'])}. Stored in {info['n_shards']} shard(s) per format "
         f"({', '.join(f'`{f}/`' for f in info['formats'])}), listed in `manifest.parquet`, checksummed in `SHA256SUMS`. "
-        "The shards hold exactly the samples of the manifest, nothing withheld.",
+        "The shards hold exactly the samples of the manifest, nothing withheld. `croissant.json` describes the same "
+        "release in Croissant 1.0 for dataset catalogues and `mlcroissant`.",
         "",
         "## How to read it",
         "",

@@ -40,6 +40,7 @@ from .delivery import delivery_table, enforce_delivery, summary_line
 from .layout import (
     ARCHIVE_JSON,
     CARD,
+    CROISSANT,
     DELIVERY_JSON,
     FORMAT_VERSION,
     FORMATS,
@@ -190,7 +191,7 @@ def _run_jobs(jobs: list[ShardJob], workers: int, on_done) -> list[list[str]]:
 
 def _clear_release(release_dir: Path) -> None:
     """Remove an earlier release: its seal first, then its data, so a failed run leaves no complete-looking release."""
-    for name in (SUMS, CARD, MANIFEST, ARCHIVE_JSON, RELEASE_LATENTS):
+    for name in (SUMS, CARD, CROISSANT, MANIFEST, ARCHIVE_JSON, RELEASE_LATENTS):
         with contextlib.suppress(FileNotFoundError):
             (release_dir / name).unlink()
     for p in release_dir.rglob("*") if release_dir.is_dir() else []:

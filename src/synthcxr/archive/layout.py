@@ -36,8 +36,10 @@ ARCHIVE_JSON = "archive.json"
 CARD = "README.md"
 #: Latent of every released sample and where it was rendered, for ``synthcxr regenerate``.
 RELEASE_LATENTS = "latents.parquet"
+#: The release described in Croissant 1.0 (archive/croissant.py), for catalogues and loaders.
+CROISSANT = "croissant.json"
 #: Files the release holds besides its shards.
-RELEASE_FILES = (MANIFEST, ARCHIVE_JSON, RELEASE_LATENTS, CARD, SUMS)
+RELEASE_FILES = (MANIFEST, ARCHIVE_JSON, RELEASE_LATENTS, CARD, CROISSANT, SUMS)
 
 # -- the working area (results/archive/{name}/work/) -----------------------------------------------
 WORK = "work"

@@ -1,4 +1,5 @@
-"""Seal a release: check its content, write its dataset card, then the SHA256SUMS that mark it complete.
+"""Seal a release: check its content, write its dataset card and Croissant metadata, then the SHA256SUMS
+that mark it complete.
 
 ``finalize_archive`` writes the release's data; validation reads it; sealing comes last, so the card can
 quote the validation numbers and the checksums cover the card too. A release without SHA256SUMS is
@@ -12,11 +13,12 @@ import logging
 import os
 from pathlib import Path
 
-from ..utils.atomic import stale_temporaries, write_text
+from ..utils.atomic import stale_temporaries, write_json, write_text
 from ..utils.hashing import sha256_files
 from .card import render_card
 from .delivery import summary_line
-from .layout import CARD, SUMS
+from .croissant import croissant_metadata
+from .layout import CARD, CROISSANT, SUMS
 from .verify import expected_files, read_info, verify_release
 
 log = logging.getLogger("synthcxr")
@@ -45,7 +47,7 @@ def seal_release(
     Raises ``ValueError`` listing every failed check instead of sealing a release that disagrees with itself.
     """
     root = Path(release_dir)
-    for name in (SUMS, CARD):  # an earlier, interrupted seal and its writers' temporaries
+    for name in (SUMS, CARD, CROISSANT):  # an earlier, interrupted seal and its writers' temporaries
         for p in [root / name, *stale_temporaries(root / name)]:
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
@@ -56,6 +58,7 @@ def seal_release(
     opt = lambda q: Path(q) if q is not None and Path(q).exists() else None  # noqa: E731
     text = render_card(info, opt(fid), opt(tstr), opt(memorization), opt(lco_agreement), opt(reid), opt(oracle))
     write_text(root / CARD, text)
+    write_json(root / CROISSANT, croissant_metadata(info, root))
     write_sums(root, sorted(expected_files(info) - {SUMS}), jobs)
     log.info("sealed release %s: %d samples in %d shard(s)", root, info["counts"]["n_released"], info["n_shards"])
     if info.get("delivery"):
