@@ -8,7 +8,7 @@ import subprocess
 from dag import REPO, SNAKEMAKE, run_group
 
 STAGES = {
-    "prepare", "train_pggan", "train_classifier", "plan", "lco", "sample", "validate_memorization",
+    "prepare", "train_pggan", "train_classifier", "plan", "lco_margins", "lco", "sample", "validate_memorization",
     "finalize_archive", "validate_fid", "validate_tstr", "validate_diversity", "validate_lco",
     "train_reid_verifier", "validate_reid", "reader_study", "release", "all",
     "prepare_oracle", "train_oracle", "validate_oracle",  # the phantom demo has a ground-truth oracle

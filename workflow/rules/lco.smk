@@ -34,7 +34,6 @@ rule lco_margins:
         margins=f"{WORK}/margins.json",
     params:
         cfg=stage("lco", ["margin", "margin_quantile"]),
-        prepared=PREP,
     log:
         f"{ALOGS}/lco_margins.log",
     threads: 2

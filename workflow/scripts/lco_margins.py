@@ -1,6 +1,9 @@
 """Rule lco_margins: LCO's acceptance margins per label and side (calibrated on real val scans when configured)."""
 
+import os
+
 from synthcxr.lco.margins import run_margins
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
-run_margins(sm.params.cfg, sm.input.classifier, sm.input.thresholds, sm.params.prepared, sm.output.margins, log_file=sm.log[0])
+prepared = os.path.dirname(sm.input.images)  # the prepared dataset folder
+run_margins(sm.params.cfg, sm.input.classifier, sm.input.thresholds, prepared, sm.output.margins, log_file=sm.log[0])
