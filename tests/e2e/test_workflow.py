@@ -146,6 +146,23 @@ def test_lco_shard_rerun_with_other_cores_is_byte_identical(tiny_run: Path, tmp_
     assert sha256_file(tmp_path / rel) == sha256_file(tiny_run / rel)
 
 
+def test_dicom_export_carries_nothing_of_the_source_collection(tiny_run: Path):
+    """Every released sample's DICOM file is a valid synthetic object whose values never repeat an identifier
+    of the real collection (image ids, patient keys, source paths)."""
+    import pydicom
+
+    rel = tiny_run / "results" / "archive" / "tiny" / "release"
+    man = pd.read_parquet(rel / "manifest.parquet")
+    src = pd.read_parquet(tiny_run / "results" / "prepared" / "tiny" / "labels.parquet")
+    real = {str(v) for col in ("image_id", "patient_key", "source") if col in src.columns for v in src[col]}
+    assert len(real) > 10
+    for rp in man["dicom_path"]:
+        ds = pydicom.dcmread(rel / rp)
+        values = {str(e.value) for e in ds.iterall() if e.VR in ("PN", "LO", "SH", "CS", "UI", "LT", "ST", "DA", "TM")}
+        assert not values & real, rp
+        assert ds.ConversionType == "SYN" and str(ds.PatientName).startswith("SYNTHETIC^")
+
+
 def test_croissant_records_are_the_released_manifest(tiny_run: Path):
     mlc = pytest.importorskip("mlcroissant")
     rel = tiny_run / "results" / "archive" / "tiny" / "release"

@@ -23,7 +23,7 @@ def test_every_key_and_its_default_appear_in_the_reference():
         top_section = "." not in key and node.get("type") == "object"
         assert (f"## `{key}`" if top_section else f"| `{key}` |") in text, key
     assert "| `lco.margin` | number (0 ≤ x) | `0.0` | logits past each threshold" in text
-    assert "| `archive.formats` | array of `h5`, `parquet`, `webdataset` | `[\"h5\", \"parquet\"]` |" in text
+    assert "| `archive.formats` | array of `h5`, `parquet`, `webdataset`, `dicom` | `[\"h5\", \"parquet\"]` |" in text
 
 
 def test_drift_and_missing_descriptions_are_caught(tmp_path, capsys):

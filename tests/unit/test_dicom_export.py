@@ -8,6 +8,7 @@ import shutil
 import subprocess
 
 import numpy as np
+import pandas as pd
 import pydicom
 import pytest
 from pydicom.uid import UID
@@ -72,3 +73,40 @@ def test_sidecar_and_foreign_files(tmp_path):
     ds.save_as(tmp_path / "foreign.dcm", enforce_file_format=True)
     with pytest.raises(ValueError, match="foreign.dcm: not a synthcxr export"):
         read_dicom_image(tmp_path / "foreign.dcm")
+
+
+def test_release_with_dicom_is_verified_read_and_streamed(tmp_path):
+    """archive.formats [h5, dicom]: one file and sidecar per released sample, covered by verify and the seal,
+    read by open() and stream(), identical bytes on a rerun; a changed pixel fails verify naming the file."""
+    from archive_fixtures import build_archive
+
+    import synthcxr.archive as sa
+    from synthcxr.archive.verify import verify_release
+
+    arch = build_archive(tmp_path / "a", formats=("h5", "dicom"))
+    rel = arch["release"]
+    man = pd.read_parquet(rel / "manifest.parquet")
+    assert man["dicom_path"].tolist() == [f"dicom/shard-{s:05d}/{i}.dcm" for s, i in zip(man["shard"], man["sample_id"])]
+    assert sorted(p.relative_to(rel).as_posix() for p in (rel / "dicom").rglob("*.dcm")) == sorted(man["dicom_path"])
+    sums = (rel / "SHA256SUMS").read_text()
+    assert all(p in sums and p[:-4] + ".json" in sums for p in man["dicom_path"])
+    assert all(c.ok for c in verify_release(rel)), [c.line() for c in verify_release(rel) if not c.ok]
+    arc = sa.open(rel)
+    for sid in man["sample_id"]:
+        np.testing.assert_array_equal(arc.read_dicom(sid), arc.read(sid))
+    side = json.loads((rel / man["dicom_path"].iloc[0]).with_suffix(".json").read_text())
+    assert side["labels"] == {n: int(man[n].iloc[0]) for n in arc.label_names} and side["synthetic"] is True
+    via_dcm = {it["sample_id"]: it["image"] for it in sa.stream(rel, format="dicom", decode="uint8")}
+    via_h5 = {it["sample_id"]: it["image"] for it in sa.stream(rel, format="h5", decode="uint8")}
+    assert via_dcm.keys() == via_h5.keys() and all(np.array_equal(via_dcm[k], via_h5[k]) for k in via_h5)
+    again = build_archive(tmp_path / "b", formats=("h5", "dicom"), name="a")
+    first = rel / man["dicom_path"].iloc[3]
+    assert first.read_bytes() == (again["release"] / man["dicom_path"].iloc[3]).read_bytes()
+    # a changed pixel: verify names the file (and the seal's checksum)
+    ds = pydicom.dcmread(first)
+    px = ds.pixel_array.copy()
+    px[0, 0] ^= 1
+    ds.PixelData = px.tobytes()
+    ds.save_as(first, enforce_file_format=True)
+    bad = [c for c in verify_release(rel) if not c.ok]
+    assert any("pixels differ from the manifest" in c.line() for c in bad) and any("checksum mismatch" in c.line() for c in bad)

@@ -16,7 +16,7 @@ import h5py
 import pandas as pd
 import pyarrow.parquet as pq
 
-from .layout import FORMAT_VERSION, shard_path_problem
+from .layout import FORMAT_VERSION, dicom_path_problem, shard_path_problem
 from .shard_h5 import read_h5_attrs
 from .shard_parquet import read_parquet_attrs
 from .shard_wds import read_tar_ids
@@ -114,7 +114,10 @@ def path_column_problems(man: pd.DataFrame, formats: Sequence[str]) -> list[str]
         col = f"{fmt}_path"
         if col not in man.columns:
             continue
-        whys = [shard_path_problem(rel, int(shard), fmt) for rel, shard in zip(man[col], man["shard"])]
+        if fmt == "dicom":  # one file per sample
+            whys = [dicom_path_problem(rel, int(shard), str(sid)) for rel, shard, sid in zip(man[col], man["shard"], man["sample_id"])]
+        else:
+            whys = [shard_path_problem(rel, int(shard), fmt) for rel, shard in zip(man[col], man["shard"])]
         bad = [r for r, why in enumerate(whys) if why]
         if bad:
             r = bad[0]

@@ -10,6 +10,9 @@ Image Storage object, MONOCHROME2, 8 bits, whose every value comes from the samp
   of the source collection enters. ImageType is ``DERIVED\\SECONDARY``, ConversionType ``SYN`` (the
   standard's code for a synthetic image) and the series description starts with ``SYNTHETIC``.
 * Labels travel in a JSON sidecar beside each file (``<sample_id>.json``), not in private tags.
+
+``finalize_archive`` writes them per release shard (:class:`DicomShardWriter`, ``dicom/shard-NNNNN/``) when
+``archive.formats`` holds ``dicom``; ``verify`` checks them (:func:`check_dicom_shard`).
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ from __future__ import annotations
 import io
 import json
 import os
-from collections.abc import Mapping
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -112,3 +117,57 @@ def read_dicom_image(path: str | os.PathLike) -> np.ndarray:
         raise ValueError(f"{path}: not a synthcxr export (ConversionType {getattr(ds, 'ConversionType', None)!r}); "
                          "re-export it from the release")
     return np.asarray(ds.pixel_array, dtype=np.uint8)
+
+
+class DicomShardWriter:
+    """One release shard's DICOM files and sidecars, written into a temporary folder that is renamed to
+    ``folder`` only when every sample is in (so a failed job leaves no partial shard)."""
+
+    def __init__(self, folder: str | os.PathLike, label_names: Sequence[str], archive_name: str, uid_root: str):
+        self.folder = Path(folder)
+        self.tmp = self.folder.parent / f".tmp-{self.folder.name}"
+        self.names, self.archive, self.root = list(label_names), archive_name, uid_root
+
+    def __enter__(self) -> "DicomShardWriter":
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.tmp.mkdir(parents=True)
+        return self
+
+    def write(self, images: Sequence[np.ndarray], labels: np.ndarray, ids: Sequence[str]) -> None:
+        for img, lab, sid in zip(images, labels, ids):
+            (self.tmp / f"{sid}.dcm").write_bytes(dicom_bytes(img, sid, self.archive, self.root))
+            (self.tmp / f"{sid}.json").write_bytes(sidecar(sid, dict(zip(self.names, lab))))
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return
+        shutil.rmtree(self.folder, ignore_errors=True)
+        os.replace(self.tmp, self.folder)
+
+
+def check_dicom_shard(root: Path, rows: Any, label_names: Sequence[str], resolution: int) -> list[str]:
+    """Problems of one release shard's DICOM files against its manifest ``rows``: each file is ours, names its
+    sample, has the manifest's pixels (SHA-256) and its sidecar the manifest's labels."""
+    from ..utils.hashing import pixel_sha256
+
+    problems: list[str] = []
+    for sid, rel, digest, lab in zip(rows["sample_id"].astype(str), rows["dicom_path"], rows["pixel_sha256"],
+                                     rows[list(label_names)].to_numpy(np.int64)):
+        p = root / str(rel)
+        if not p.is_file():
+            problems.append(f"{rel}: missing")
+            continue
+        ds = pydicom.dcmread(p)
+        if getattr(ds, "ConversionType", "") != "SYN" or ds.PatientID != f"SYN-{sid}":
+            problems.append(f"{rel}: not the synthetic export of sample {sid} (PatientID {getattr(ds, 'PatientID', None)!r})")
+        img = np.asarray(ds.pixel_array, dtype=np.uint8)
+        if img.shape != (resolution, resolution) or pixel_sha256(img) != digest:
+            problems.append(f"{rel}: pixels differ from the manifest's pixel_sha256 of sample {sid}")
+        side = p.with_suffix(".json")
+        got = json.loads(side.read_text()).get("labels", {}) if side.is_file() else None
+        if got is None or [got.get(n) for n in label_names] != lab.tolist():
+            problems.append(f"{side.relative_to(root).as_posix()}: labels differ from the manifest of sample {sid}")
+        if len(problems) > 5:
+            break
+    return problems

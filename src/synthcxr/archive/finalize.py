@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import platform
+import shutil
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -48,7 +49,9 @@ from .layout import (
     PNG_COMPRESS_LEVEL,
     RELEASE_LATENTS,
     SUMS,
+    dicom_relpath,
     release_shard_relpath,
+    shard_formats,
     work_shard_relpath,
 )
 from .release_shard import ShardJob, write_release_shard
@@ -194,6 +197,7 @@ def _clear_release(release_dir: Path) -> None:
     for name in (SUMS, CARD, CROISSANT, MANIFEST, ARCHIVE_JSON, RELEASE_LATENTS):
         with contextlib.suppress(FileNotFoundError):
             (release_dir / name).unlink()
+    shutil.rmtree(release_dir / "dicom", ignore_errors=True)  # one folder of files per shard
     for p in release_dir.rglob("*") if release_dir.is_dir() else []:
         in_shard_folder = p.parent.parent == release_dir and p.parent.name in FORMATS
         if p.is_file() and (is_temporary(p.name) or in_shard_folder):
@@ -300,7 +304,8 @@ def finalize_archive(
             work_dir=str(work), release_dir=str(release), shard=k, render_shard=rshard[lo:hi], render_index=rindex[lo:hi],
             sample_ids=ids[lo:hi], labels=label_cols[lo:hi], probs=prob_cols[lo:hi], seeds=seeds[lo:hi], label_names=names,
             formats=list(cfg.formats), work_formats=wfmts, compression=cfg.compression, resolution=res, attrs=attrs,
-            row_group_rows=row_group_rows,
+            row_group_rows=row_group_rows, dicom_uid_root=cfg.dicom_uid_root if "dicom" in cfg.formats else None,
+            archive_name=cfg.name,
         ))
     latents = _LatentsWriter(release / RELEASE_LATENTS, max((lat.z.shape[1] for lat in lats if len(lat)), default=0))
     try:
@@ -322,13 +327,15 @@ def finalize_archive(
     manifest.insert(1, "shard", shard_col)
     manifest.insert(2, "index", index_col)
     for j, fmt in enumerate(cfg.formats):
-        manifest.insert(3 + j, f"{fmt}_path", [release_shard_relpath(int(s), fmt) for s in shard_col])
+        paths = ([dicom_relpath(int(s), sid) for s, sid in zip(shard_col, ids)] if fmt == "dicom"
+                 else [release_shard_relpath(int(s), fmt) for s in shard_col])
+        manifest.insert(3 + j, f"{fmt}_path", paths)
     manifest["pixel_sha256"] = hashes
     write_manifest(release / MANIFEST, manifest, bounds)
 
     shards_info = []
     for k, (lo, hi) in enumerate(bounds):
-        files = {fmt: release_shard_relpath(k, fmt) for fmt in cfg.formats}
+        files = {fmt: release_shard_relpath(k, fmt) for fmt in shard_formats(cfg.formats)}
         sizes = {fmt: (release / rel).stat().st_size for fmt, rel in files.items()}
         shards_info.append({"shard": k, "count": hi - lo, "files": files, "bytes": sizes})
     info: dict[str, Any] = {
@@ -340,6 +347,8 @@ def finalize_archive(
         "findings": findings_of(names),
         "resolution": res,
         "formats": list(cfg.formats),
+        **({"dicom": {"uid_root": cfg.dicom_uid_root, "sop_class": "Secondary Capture Image Storage", "conversion_type": "SYN",
+                      "layout": "dicom/shard-NNNNN/<sample_id>.dcm + <sample_id>.json"}} if "dicom" in cfg.formats else {}),
         "work_formats": wfmts,
         "compression": cfg.compression,
         "png_compress_level": png_level,

@@ -20,6 +20,8 @@ FORMAT_VERSION = 2
 PNG_COMPRESS_LEVEL = 6
 #: Formats a release shard can be written in, mapped to their file extension (and folder name).
 FORMATS = {"h5": "h5", "parquet": "parquet", "webdataset": "tar"}
+#: Per-sample exports a release can add to its shards: one DICOM file (and JSON label sidecar) per sample.
+EXPORTS = {"dicom": "dcm"}
 #: Formats of the working shards the sample rule renders; WebDataset tars are built from the Parquet PNGs.
 WORK_FORMATS = ("h5", "parquet")
 #: PNG MiB per row group of a working Parquet shard (whole micro-batches; the release's row groups are
@@ -51,12 +53,33 @@ _SHARD_RE = re.compile(r"shard-(\d+)\.(parquet|h5|tar)$")
 
 
 def canonical_formats(formats) -> list[str]:
-    """``archive.formats`` checked and in one canonical order (h5, parquet, webdataset)."""
+    """``archive.formats`` checked and in one canonical order (h5, parquet, webdataset, then dicom)."""
     formats = list(formats)
-    bad = [f for f in formats if f not in FORMATS]
-    if bad or not formats:
-        raise ValueError(f"archive.formats: {formats} must be a non-empty subset of {sorted(FORMATS)}")
+    bad = [f for f in formats if f not in FORMATS and f not in EXPORTS]
+    if bad or not shard_formats(formats):
+        raise ValueError(f"archive.formats: {formats} must hold at least one of {sorted(FORMATS)}, plus optionally {sorted(EXPORTS)}")
+    return [f for f in (*FORMATS, *EXPORTS) if f in formats]
+
+
+def shard_formats(formats) -> list[str]:
+    """The shard formats among ``formats`` (the per-sample DICOM export is not one)."""
     return [f for f in FORMATS if f in formats]
+
+
+def dicom_folder(shard: int) -> str:
+    """Folder of one release shard's DICOM files, relative to the release folder."""
+    return f"dicom/shard-{int(shard):05d}"
+
+
+def dicom_relpath(shard: int, sample_id: str) -> str:
+    """Path of a sample's DICOM file relative to the release folder; its JSON sidecar has the same stem."""
+    return f"{dicom_folder(shard)}/{sample_id}.dcm"
+
+
+def dicom_path_problem(rel: object, shard: int, sample_id: str) -> str | None:
+    """Why ``rel`` may not be followed as the DICOM file of ``sample_id`` in ``shard``, or None when canonical."""
+    want = dicom_relpath(shard, sample_id)
+    return None if str(rel) == want else f"{str(rel)!r} is not the sample's DICOM path {want!r}"
 
 
 def stream_format(formats) -> str:

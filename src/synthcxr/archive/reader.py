@@ -187,6 +187,24 @@ class Archive:
         row = self.manifest.iloc[self._by_id[sample_id]]
         return self.shard_images(int(row["shard"])).get(int(row["index"]))
 
+    def read_dicom(self, sample_id: str) -> np.ndarray:
+        """uint8 ``[R, R]`` image of a released sample from its DICOM file (``archive.formats`` with dicom),
+        checked against the manifest's pixel hash."""
+        from ..utils.hashing import pixel_sha256
+        from .dicom_export import read_dicom_image
+
+        if "dicom" not in self.formats:
+            raise KeyError(f"{self.root}: this release has no DICOM files (formats {self.formats})")
+        if self._by_id is None:
+            self._by_id = {s: i for i, s in enumerate(self.manifest["sample_id"].astype(str))}
+        if sample_id not in self._by_id:
+            raise KeyError(f"sample {sample_id!r} is not among the {len(self)} released samples of this view")
+        row = self.manifest.iloc[self._by_id[sample_id]]
+        img = read_dicom_image(self.root / str(row["dicom_path"]))
+        if pixel_sha256(img) != row["pixel_sha256"]:
+            raise ValueError(f"{self.root / str(row['dicom_path'])}: pixels differ from the manifest; run 'synthcxr verify' on the release")
+        return img
+
     def iter_batches(self, batch_size: int = 256) -> Iterator[tuple[list[str], np.ndarray]]:
         """``(sample_ids, uint8 [b, R, R])`` over this view, shard by shard; memory bounded by one batch."""
         for shard, rows in self.manifest.groupby("shard", sort=True):

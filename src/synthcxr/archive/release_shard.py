@@ -21,7 +21,8 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from ..utils.hashing import pixel_sha256
-from .layout import release_shard_relpath, work_shard_relpath
+from .dicom_export import DicomShardWriter
+from .layout import dicom_folder, release_shard_relpath, work_shard_relpath
 from .shard_h5 import DIRECT, H5ShardWriter, chunk_pixels, dataset_compression, read_chunks
 from .shard_parquet import ParquetShardWriter, decode_png
 from .shard_wds import WdsShardWriter
@@ -50,6 +51,8 @@ class ShardJob:
     resolution: int
     attrs: dict[str, Any]
     row_group_rows: int
+    dicom_uid_root: str | None = None  # set when the release exports DICOM
+    archive_name: str = ""
 
     def __len__(self) -> int:
         return len(self.sample_ids)
@@ -125,7 +128,10 @@ def write_release_shard(job: ShardJob) -> list[str]:
     attrs = {**job.attrs, "shard": int(job.shard)}
     hashes: list[str] = []
     with contextlib.ExitStack() as stack:
-        h5w = pqw = wdw = None
+        h5w = pqw = wdw = dcw = None
+        if job.dicom_uid_root is not None:
+            dcw = stack.enter_context(DicomShardWriter(root / dicom_folder(job.shard), job.label_names, job.archive_name,
+                                                       job.dicom_uid_root))
         if "h5" in job.formats:
             h5w = stack.enter_context(H5ShardWriter(root / release_shard_relpath(job.shard, "h5"), n, job.resolution,
                                                     job.label_names, job.compression, attrs))
@@ -148,6 +154,8 @@ def write_release_shard(job: ShardJob) -> list[str]:
                 pqw.write(lo, blk.pngs, lab, prob, ids, seeds)
             if wdw is not None:
                 wdw.write(lo, blk.pngs, lab, prob, ids, seeds)
+            if dcw is not None:
+                dcw.write(blk.pixels, lab, ids)
             hashes += [pixel_sha256(px) for px in blk.pixels]
     if len(hashes) != n:
         raise RuntimeError(f"{root}: release shard {job.shard} got {len(hashes)} of its {n} rows")

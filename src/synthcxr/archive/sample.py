@@ -30,6 +30,7 @@ from ..utils.hashing import sha256_file
 from ..utils.runtime import fixed_threads, progress, resolve_device
 from .contract import ROLE_WORK
 from .encode import BatchEncoder, EncodedBatch, PendingBatch
+from .dicom_export import DEFAULT_UID_ROOT
 from .layout import FORMAT_VERSION, PNG_COMPRESS_LEVEL, WORK_ROW_GROUP_MB, canonical_formats, work_formats
 from .render import generator_resolution, render_batches
 from .shard_h5 import H5ShardWriter
@@ -57,6 +58,7 @@ class ArchiveConfig:
     workers: int = 2
     png_level: int = PNG_COMPRESS_LEVEL
     min_delivery: float = 0.0
+    dicom_uid_root: str = DEFAULT_UID_ROOT
 
     def __post_init__(self) -> None:
         self.formats = canonical_formats(self.formats)
@@ -94,6 +96,7 @@ class ArchiveConfig:
             workers=int(sec.get("workers", 2)),
             png_level=int(sec.get("png_level", PNG_COMPRESS_LEVEL)),
             min_delivery=float(sec.get("min_delivery", 0.0)),
+            dicom_uid_root=str(sec.get("dicom_uid_root", DEFAULT_UID_ROOT)),
         )
 
 

@@ -59,7 +59,7 @@ def seal_release(
     text = render_card(info, opt(fid), opt(tstr), opt(memorization), opt(lco_agreement), opt(reid), opt(oracle))
     write_text(root / CARD, text)
     write_json(root / CROISSANT, croissant_metadata(info, root))
-    write_sums(root, sorted(expected_files(info) - {SUMS}), jobs)
+    write_sums(root, sorted(expected_files(info, root) - {SUMS}), jobs)
     log.info("sealed release %s: %d samples in %d shard(s)", root, info["counts"]["n_released"], info["n_shards"])
     if info.get("delivery"):
         for line in info["delivery"].get("short", []):

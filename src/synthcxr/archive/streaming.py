@@ -41,7 +41,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from ..utils.hashing import pixel_sha256
 from .contract import attr_problems, path_column_problems, shard_file_problems
-from .layout import ARCHIVE_JSON, FORMAT_VERSION, MANIFEST, SUMS, stream_format
+from .layout import ARCHIVE_JSON, FORMAT_VERSION, MANIFEST, SUMS, dicom_folder, stream_format
 from .shard_parquet import decode_png, read_parquet_attrs_from_schema
 from .shard_wds import iter_tar_samples
 
@@ -281,9 +281,12 @@ class ReleaseStream(IterableDataset):
         ids = t["sample_id"].astype(str).tolist()
         labels = t[self.label_names].to_numpy(np.float32)
         hashes = t["pixel_sha256"].tolist() if self.verify_pixels else None
-        return ids, labels, hashes, self._keep(t)
+        paths = t[path_col[0]].astype(str).tolist() if path_col else None
+        return ids, labels, hashes, self._keep(t), paths
 
     def _shard_path(self, shard: int) -> str:
+        if self.format == "dicom":  # one file per sample, in one folder per shard
+            return self._path(dicom_folder(shard))
         return self._path(self.entries[shard]["files"][self.format])
 
     def _check_attrs(self, shard: int, attrs: Mapping[str, Any]) -> None:
@@ -292,8 +295,18 @@ class ReleaseStream(IterableDataset):
             raise ValueError(f"{self._shard_path(shard)}: not the shard this release's manifest describes: {'; '.join(problems)}. "
                              "Refusing to stream it; run 'synthcxr verify' on the release.")
 
-    def _rows(self, unit: Unit) -> Iterator[tuple[int, str, Any]]:
-        """``(row, stored sample id, encoded image)`` of the unit's rows, read sequentially from the shard file."""
+    def _rows(self, unit: Unit, paths: Sequence[str] | None = None) -> Iterator[tuple[int, str, Any]]:
+        """``(row, stored sample id, encoded image)`` of the unit's rows, read sequentially from the shard file
+        (DICOM: from each row's file, whose PatientID names its sample)."""
+        if self.format == "dicom":
+            import pydicom
+
+            for r in range(unit.lo, unit.hi):
+                with self.fs.open(self._path(paths[r]), "rb") as fh:
+                    ds = pydicom.dcmread(fh)
+                pid = str(getattr(ds, "PatientID", ""))
+                yield r, pid[4:] if pid.startswith("SYN-") else pid, np.asarray(ds.pixel_array, dtype=np.uint8)
+            return
         path = self._shard_path(unit.shard)
         with self.fs.open(path, "rb") as fh:
             if self.format == "parquet":
@@ -338,10 +351,10 @@ class ReleaseStream(IterableDataset):
         for u in units:
             if cache is None or cache[0] != u.shard:
                 cache = (u.shard, self._manifest_rows(u.shard))
-            ids, labels, hashes, keep = cache[1]
+            ids, labels, hashes, keep, paths = cache[1]
             expect_rows = u.hi - u.lo
             seen = 0
-            for r, sid, enc in self._rows(u):
+            for r, sid, enc in self._rows(u, paths):
                 seen += 1
                 if sid != ids[r]:
                     raise ValueError(f"{self._shard_path(u.shard)}: row {r} holds sample {sid!r} but the manifest lists {ids[r]!r}: "

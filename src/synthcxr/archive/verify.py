@@ -17,6 +17,7 @@ about to write) before it seals a release.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -34,6 +35,7 @@ import pyarrow.parquet as pq
 from ..utils.atomic import is_temporary
 from ..utils.hashing import pixel_sha256, sha256_files
 from .contract import attr_problems, id_problems, path_column_problems, read_shard_attrs, shard_file_problems
+from .dicom_export import check_dicom_shard
 from .layout import (
     ARCHIVE_JSON,
     FORMAT_VERSION,
@@ -42,6 +44,7 @@ from .layout import (
     RELEASE_FILES,
     RELEASE_LATENTS,
     SUMS,
+    dicom_folder,
 )
 from .shard_parquet import decode_png
 from .shard_wds import iter_tar_samples
@@ -82,11 +85,16 @@ def read_info(root: Path) -> dict[str, Any]:
     return info
 
 
-def expected_files(info: Mapping[str, Any]) -> set[str]:
-    """Every file a release described by ``info`` consists of (relative paths), SHA256SUMS included."""
+def expected_files(info: Mapping[str, Any], root: Path | None = None) -> set[str]:
+    """Every file a release described by ``info`` consists of (relative paths), SHA256SUMS included; with
+    ``root``, also each sample's DICOM file and sidecar the manifest names (releases exporting DICOM)."""
     files = set(RELEASE_FILES)
     for sh in info["shards"]:
         files.update(sh["files"].values())
+    if root is not None and "dicom" in info.get("formats", []):
+        with contextlib.suppress(Exception):  # an unreadable manifest is reported by read_manifest
+            for rel in pq.read_table(root / MANIFEST, columns=["dicom_path"]).column("dicom_path").to_pylist():
+                files.update({str(rel), str(rel)[: -len(".dcm")] + ".json"})
     return files
 
 
@@ -120,7 +128,7 @@ def check_files(root: Path, info: Mapping[str, Any] | None, sealed: bool = True,
         for (rel, digest), got in zip(to_hash, actual):
             ok = got == digest
             out.append(Check(rel, ok, "checksum OK" if ok else f"checksum mismatch (SHA256SUMS {digest[:12]}..., file {got[:12]}...)"))
-    known = expected_files(info) if info is not None else set(RELEASE_FILES)
+    known = expected_files(info, root) if info is not None else set(RELEASE_FILES)
     for rel in _all_files(root):
         name = rel.rsplit("/", 1)[-1]
         if is_temporary(name) or name.startswith(".tmp-"):
@@ -315,6 +323,13 @@ def check_shard(root: str, info: Mapping[str, Any], entry: Mapping[str, Any], ro
                 problems += _check_wds(p, rows, info, int(entry["shard"]))
             out.append(Check(rel, not problems, "; ".join(problems) if problems else f"{len(rows)} samples match the manifest"))
         except Exception as exc:  # noqa: BLE001 - every failure is reported, not raised
+            out.append(Check(rel, False, f"{type(exc).__name__}: {exc}"))
+    if "dicom" in info["formats"]:
+        rel = dicom_folder(int(entry["shard"]))
+        try:
+            problems = check_dicom_shard(Path(root), rows, info["label_names"], int(info["resolution"]))
+            out.append(Check(rel, not problems, "; ".join(problems) if problems else f"{len(rows)} DICOM files match the manifest"))
+        except Exception as exc:  # noqa: BLE001
             out.append(Check(rel, False, f"{type(exc).__name__}: {exc}"))
     return out
 
