@@ -35,16 +35,18 @@ from synthcxr.pggan.config import PGGANConfig
 from synthcxr.pggan.memory import StepOnly
 from synthcxr.pggan.networks import n_features, resolutions
 from synthcxr.pggan.schedule import Phase, Position
+from synthcxr.utils.runtime import resolve_device
 
 #: networks to compare: name -> overrides of the config's pggan section (None: the config's own)
 NETS = {
     "demo": None,
     "karras32": {"resolution": 32, "fmap_base": 8192, "fmap_max": 512, "latent_dim": 512, "minibatch": {"32": 16}},
+    "karras256": {"resolution": 256, "fmap_base": 8192, "fmap_max": 512, "latent_dim": 512, "minibatch": {"256": 8}},
 }
 
 
-def peer_model(peer_root: str, cfg: PGGANConfig):
-    """The peer's ProgressiveGAN grown to ``cfg.resolution`` with our channel widths, on CPU."""
+def peer_model(peer_root: str, cfg: PGGANConfig, cuda: bool = False):
+    """The peer's ProgressiveGAN grown to ``cfg.resolution`` with our channel widths (on the GPU with ``cuda``)."""
     sys.path.insert(0, peer_root)
     import torch.optim as optim
     from models.progressive_gan import ProgressiveGAN
@@ -59,7 +61,7 @@ def peer_model(peer_root: str, cfg: PGGANConfig):
                               lr=self.config.learningRate)
 
     stages = len(resolutions(cfg.resolution))
-    m = Peer(dimLatentVector=cfg.latent_dim, depthScale0=n_features(1, cfg.fmap_base, cfg.fmap_max), useGPU=False,
+    m = Peer(dimLatentVector=cfg.latent_dim, depthScale0=n_features(1, cfg.fmap_base, cfg.fmap_max), useGPU=cuda,
              lossMode="WGANGP", lambdaGP=cfg.gp_weight, epsilonD=cfg.drift, miniBatchStdDev=True, dimOutput=1,
              learningRate=cfg.lr)
     for s in range(2, stages + 1):
@@ -71,10 +73,14 @@ def count(module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def timed(fn, steps: int) -> float:
+def timed(fn, steps: int, device: torch.device = torch.device("cpu")) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     t = time.perf_counter()
     for _ in range(steps):
         fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     return time.perf_counter() - t
 
 
@@ -93,13 +99,13 @@ def conv_profile(fn, iterations: int = 2) -> tuple[float, float, int]:
 
 
 def compare(name: str, cfg: PGGANConfig, peer_root: str, steps: int, repeats: int, amp: bool = False,
-            profile: bool = False) -> float:
+            profile: bool = False, device: torch.device = torch.device("cpu")) -> float:
     res = cfg.resolution
     batch = int(cfg.minibatch[str(res)])
     torch.manual_seed(0)
-    ours = StepOnly(cfg, amp=amp)
-    peer = peer_model(peer_root, cfg)
-    real = torch.rand(batch, 1, res, res) * 2 - 1
+    ours = StepOnly(cfg, amp=amp, device=device)
+    peer = peer_model(peer_root, cfg, cuda=device.type == "cuda")
+    real = (torch.rand(batch, 1, res, res) * 2 - 1).to(device)
     pos = Position(phase=Phase(0, res, "stable", 0, 10**9), res=res, alpha=1.0, batch=batch)
 
     def ours_step():
@@ -117,8 +123,8 @@ def compare(name: str, cfg: PGGANConfig, peer_root: str, steps: int, repeats: in
     ours_step(), peer_step()  # warm-up (Adam state, first-call kernels)
     t_ours, t_peer = [], []
     for _ in range(repeats):  # interleaved blocks
-        t_ours.append(timed(ours_step, steps))
-        t_peer.append(timed(peer_step, steps))
+        t_ours.append(timed(ours_step, steps, device))
+        t_peer.append(timed(peer_step, steps, device))
     n = steps * batch
     ours_best, ours_med = n / min(t_ours), n / statistics.median(t_ours)
     peer_best, peer_med = n / min(t_peer), n / statistics.median(t_peer)
@@ -140,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--peer", required=True, help="checkout of facebookresearch/pytorch_GAN_zoo")
     ap.add_argument("--config", default=None, help="config whose pggan section is the 'demo' network")
-    ap.add_argument("--nets", nargs="+", default=list(NETS), choices=list(NETS))
+    ap.add_argument("--nets", nargs="+", default=["demo", "karras32"], choices=list(NETS))
+    ap.add_argument("--device", default="cpu", help="cpu | cuda | auto (both run on it; the peer's useGPU on CUDA)")
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
@@ -148,11 +155,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", action="store_true", help="also print each one's convolution share (torch.profiler)")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
+    dev = resolve_device(a.device)
     base = section(load_config(a.config or REPO_ROOT / "config" / "config.yaml"), "pggan")
     for name in a.nets:
         over = NETS[name] or {}
-        cfg = PGGANConfig.from_dict({**base, **over, "device": "cpu"})
-        compare(name, cfg, a.peer, a.steps, a.repeats, a.amp, a.profile)
+        cfg = PGGANConfig.from_dict({**base, **over, "device": str(dev)})
+        compare(name, cfg, a.peer, a.steps, a.repeats, a.amp, a.profile, dev)
     return 0
 
 

@@ -13,7 +13,7 @@ Parts (A and B interleaved where two things are compared; best and median of the
 1. **pggan**: training img/s at the stable phase of 64, 256 and 1024 px with the NIH example's networks
    (config/examples/nih-cxr14.yaml), fp32 and ``pggan.amp`` interleaved, their ratio; peak CUDA memory of
    each beside ``synthcxr pggan-memory``'s prediction for that minibatch. With ``--peer``,
-   ``bench_pggan_peer.py`` against pytorch_GAN_zoo's PGAN at 256 px (its output is kept).
+   ``bench_pggan_peer.py`` against pytorch_GAN_zoo's PGAN at 256 px on the same device (its output is kept).
 2. **lco** at 1024 px: forward-equivalents per second of the batched optimiser (an update priced by the
    measured update/forward time ratio, :mod:`synthcxr.lco.cost`), and peak memory beside the chunk plan
    of :mod:`synthcxr.lco.memory`.
@@ -159,7 +159,9 @@ def part_pggan(args, dev: torch.device, clock_s: float, sz: dict, tmp: Path) -> 
         if dev.type == "cuda":
             torch.cuda.empty_cache()
     if args.peer:
-        cmd = [sys.executable, str(Path(__file__).parent / "bench_pggan_peer.py"), "--peer", args.peer, "--steps", "4", "--repeats", "5"]
+        nets = ["karras32"] if args.smoke else ["karras256"]
+        cmd = [sys.executable, str(Path(__file__).parent / "bench_pggan_peer.py"), "--peer", args.peer, "--steps", "2" if args.smoke else "4",
+               "--repeats", "2" if args.smoke else "5", "--nets", *nets, "--device", str(dev)]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=max(60, clock_s / 2))
             out["peer"] = {"returncode": proc.returncode, "output": (proc.stdout + proc.stderr)[-4000:]}

@@ -66,19 +66,21 @@ class StepOnly:
     train_step = _Trainer.train_step
     _autocast = _Trainer._autocast
 
-    def __init__(self, cfg: PGGANConfig, amp: bool):
+    def __init__(self, cfg: PGGANConfig, amp: bool, device: str | torch.device = "cpu"):
         self.cfg, self.step = cfg, 0
-        self.dev = torch.device("cpu")
+        self.dev = torch.device(device)
         self.info = DistInfo(0, 1, 0, self.dev)
-        self.G = Generator(cfg.resolution, cfg.latent_dim, cfg.fmap_base, cfg.fmap_max)
-        self.D = Discriminator(cfg.resolution, cfg.fmap_base, cfg.fmap_max)
+        self.G = Generator(cfg.resolution, cfg.latent_dim, cfg.fmap_base, cfg.fmap_max).to(self.dev)
+        self.D = Discriminator(cfg.resolution, cfg.fmap_base, cfg.fmap_max).to(self.dev)
         self.mbstd_group = next(m.group_size for m in self.D.modules() if isinstance(m, MinibatchStdDev))
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
         adam = dict(lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.adam_eps)
         self.opt_G = torch.optim.Adam(self.G.parameters(), **adam)
         self.opt_D = torch.optim.Adam(self.D.parameters(), **adam)
-        self.amp_dtype = torch.bfloat16 if amp else None
-        self.scaler_G = self.scaler_D = None
+        cuda = self.dev.type == "cuda"
+        self.amp_dtype = (torch.float16 if cuda else torch.bfloat16) if amp else None
+        self.scaler_G = torch.amp.GradScaler("cuda") if amp and cuda else None
+        self.scaler_D = torch.amp.GradScaler("cuda") if amp and cuda else None
 
 
 def _bytes(tensors) -> int:
