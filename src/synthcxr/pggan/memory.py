@@ -70,8 +70,10 @@ class StepOnly:
         self.cfg, self.step = cfg, 0
         self.dev = torch.device(device)
         self.info = DistInfo(0, 1, 0, self.dev)
-        self.G = Generator(cfg.resolution, cfg.latent_dim, cfg.fmap_base, cfg.fmap_max).to(self.dev)
-        self.D = Discriminator(cfg.resolution, cfg.fmap_base, cfg.fmap_max).to(self.dev)
+        self.G = Generator(cfg.resolution, cfg.latent_dim, cfg.fmap_base, cfg.fmap_max)
+        self.D = Discriminator(cfg.resolution, cfg.fmap_base, cfg.fmap_max)
+        if self.dev.type != "cpu":  # (on CPU the networks may be fake tensors: the memory model's step)
+            self.G, self.D = self.G.to(self.dev), self.D.to(self.dev)
         self.mbstd_group = next(m.group_size for m in self.D.modules() if isinstance(m, MinibatchStdDev))
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
         adam = dict(lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.adam_eps)
