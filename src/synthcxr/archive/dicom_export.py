@@ -30,6 +30,8 @@ import pydicom
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
+from .layout import dicom_sidecar
+
 #: pydicom's registered root for UIDs it generates; set archive.dicom_uid_root to your organisation's
 DEFAULT_UID_ROOT = "1.2.826.0.1.3680043.8.498."
 SERIES_DESCRIPTION = "SYNTHETIC chest X-ray (synthcxr)"
@@ -110,13 +112,21 @@ def sidecar(sample_id: str, labels: Mapping[str, Any]) -> bytes:
                        sort_keys=True) + "\n").encode()
 
 
+def read_dicom_sample(source: str | os.PathLike | Any, where: str | None = None) -> tuple[str, np.ndarray]:
+    """``(sample_id, uint8 pixels)`` of an exported file (a path or an open binary file), checked to be one of
+    ours: a synthetic Secondary Capture whose patient ID names its sample."""
+    where = where or os.fspath(source)
+    ds = pydicom.dcmread(source)
+    pid = str(getattr(ds, "PatientID", ""))
+    if getattr(ds, "ConversionType", "") != "SYN" or ds.SOPClassUID != SecondaryCaptureImageStorage or not pid.startswith("SYN-"):
+        raise ValueError(f"{where}: not a synthcxr export (ConversionType {getattr(ds, 'ConversionType', None)!r}, "
+                         f"PatientID {pid!r}); re-export it from the release")
+    return pid[len("SYN-"):], np.asarray(ds.pixel_array, dtype=np.uint8)
+
+
 def read_dicom_image(path: str | os.PathLike) -> np.ndarray:
     """The uint8 pixels of an exported file, checked to be one of ours."""
-    ds = pydicom.dcmread(path)
-    if getattr(ds, "ConversionType", "") != "SYN" or ds.SOPClassUID != SecondaryCaptureImageStorage:
-        raise ValueError(f"{path}: not a synthcxr export (ConversionType {getattr(ds, 'ConversionType', None)!r}); "
-                         "re-export it from the release")
-    return np.asarray(ds.pixel_array, dtype=np.uint8)
+    return read_dicom_sample(path)[1]
 
 
 class DicomShardWriter:
@@ -158,16 +168,19 @@ def check_dicom_shard(root: Path, rows: Any, label_names: Sequence[str], resolut
         if not p.is_file():
             problems.append(f"{rel}: missing")
             continue
-        ds = pydicom.dcmread(p)
-        if getattr(ds, "ConversionType", "") != "SYN" or ds.PatientID != f"SYN-{sid}":
-            problems.append(f"{rel}: not the synthetic export of sample {sid} (PatientID {getattr(ds, 'PatientID', None)!r})")
-        img = np.asarray(ds.pixel_array, dtype=np.uint8)
+        try:
+            got_id, img = read_dicom_sample(p, where=str(rel))
+        except ValueError as exc:
+            problems.append(str(exc))
+            continue
+        if got_id != sid:
+            problems.append(f"{rel}: the export of sample {got_id!r}, not of {sid!r}")
         if img.shape != (resolution, resolution) or pixel_sha256(img) != digest:
             problems.append(f"{rel}: pixels differ from the manifest's pixel_sha256 of sample {sid}")
-        side = p.with_suffix(".json")
-        got = json.loads(side.read_text()).get("labels", {}) if side.is_file() else None
+        side = dicom_sidecar(str(rel))
+        got = json.loads((root / side).read_text()).get("labels", {}) if (root / side).is_file() else None
         if got is None or [got.get(n) for n in label_names] != lab.tolist():
-            problems.append(f"{side.relative_to(root).as_posix()}: labels differ from the manifest of sample {sid}")
+            problems.append(f"{side}: labels differ from the manifest of sample {sid}")
         if len(problems) > 5:
             break
     return problems

@@ -21,7 +21,7 @@ PNG_COMPRESS_LEVEL = 6
 #: Formats a release shard can be written in, mapped to their file extension (and folder name).
 FORMATS = {"h5": "h5", "parquet": "parquet", "webdataset": "tar"}
 #: Per-sample exports a release can add to its shards: one DICOM file (and JSON label sidecar) per sample.
-EXPORTS = {"dicom": "dcm"}
+EXPORTS = ("dicom",)
 #: Formats of the working shards the sample rule renders; WebDataset tars are built from the Parquet PNGs.
 WORK_FORMATS = ("h5", "parquet")
 #: PNG MiB per row group of a working Parquet shard (whole micro-batches; the release's row groups are
@@ -74,6 +74,11 @@ def dicom_folder(shard: int) -> str:
 def dicom_relpath(shard: int, sample_id: str) -> str:
     """Path of a sample's DICOM file relative to the release folder; its JSON sidecar has the same stem."""
     return f"{dicom_folder(shard)}/{sample_id}.dcm"
+
+
+def dicom_sidecar(rel: str) -> str:
+    """The JSON label sidecar beside the DICOM file ``rel`` (same folder and stem)."""
+    return str(rel)[: -len(".dcm")] + ".json"
 
 
 def dicom_path_problem(rel: object, shard: int, sample_id: str) -> str | None:

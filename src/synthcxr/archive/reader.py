@@ -178,13 +178,17 @@ class Archive:
             self._shards[shard] = ShardImages(self.root / entry["files"][self.image_format], self.image_format, expect)
         return self._shards[shard]
 
-    def read(self, sample_id: str) -> np.ndarray:
-        """uint8 ``[R, R]`` image of a released sample."""
+    def _row(self, sample_id: str) -> pd.Series:
+        """The manifest row of a released sample of this view; KeyError naming it otherwise."""
         if self._by_id is None:
             self._by_id = {s: i for i, s in enumerate(self.manifest["sample_id"].astype(str))}
         if sample_id not in self._by_id:
             raise KeyError(f"sample {sample_id!r} is not among the {len(self)} released samples of this view")
-        row = self.manifest.iloc[self._by_id[sample_id]]
+        return self.manifest.iloc[self._by_id[sample_id]]
+
+    def read(self, sample_id: str) -> np.ndarray:
+        """uint8 ``[R, R]`` image of a released sample."""
+        row = self._row(sample_id)
         return self.shard_images(int(row["shard"])).get(int(row["index"]))
 
     def read_dicom(self, sample_id: str) -> np.ndarray:
@@ -195,11 +199,7 @@ class Archive:
 
         if "dicom" not in self.formats:
             raise KeyError(f"{self.root}: this release has no DICOM files (formats {self.formats})")
-        if self._by_id is None:
-            self._by_id = {s: i for i, s in enumerate(self.manifest["sample_id"].astype(str))}
-        if sample_id not in self._by_id:
-            raise KeyError(f"sample {sample_id!r} is not among the {len(self)} released samples of this view")
-        row = self.manifest.iloc[self._by_id[sample_id]]
+        row = self._row(sample_id)
         img = read_dicom_image(self.root / str(row["dicom_path"]))
         if pixel_sha256(img) != row["pixel_sha256"]:
             raise ValueError(f"{self.root / str(row['dicom_path'])}: pixels differ from the manifest; run 'synthcxr verify' on the release")

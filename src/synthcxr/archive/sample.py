@@ -29,8 +29,8 @@ from ..lco.latents import read_latents
 from ..utils.hashing import sha256_file
 from ..utils.runtime import fixed_threads, progress, resolve_device
 from .contract import ROLE_WORK
-from .encode import BatchEncoder, EncodedBatch, PendingBatch
 from .dicom_export import DEFAULT_UID_ROOT
+from .encode import BatchEncoder, EncodedBatch, PendingBatch
 from .layout import FORMAT_VERSION, PNG_COMPRESS_LEVEL, WORK_ROW_GROUP_MB, canonical_formats, work_formats
 from .render import generator_resolution, render_batches
 from .shard_h5 import H5ShardWriter

@@ -16,8 +16,8 @@ from pathlib import Path
 from ..utils.atomic import stale_temporaries, write_json, write_text
 from ..utils.hashing import sha256_files
 from .card import render_card
-from .delivery import summary_line
 from .croissant import croissant_metadata
+from .delivery import summary_line
 from .layout import CARD, CROISSANT, SUMS
 from .verify import expected_files, read_info, verify_release
 

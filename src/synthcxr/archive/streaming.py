@@ -299,13 +299,11 @@ class ReleaseStream(IterableDataset):
         """``(row, stored sample id, encoded image)`` of the unit's rows, read sequentially from the shard file
         (DICOM: from each row's file, whose PatientID names its sample)."""
         if self.format == "dicom":
-            import pydicom
+            from .dicom_export import read_dicom_sample
 
             for r in range(unit.lo, unit.hi):
                 with self.fs.open(self._path(paths[r]), "rb") as fh:
-                    ds = pydicom.dcmread(fh)
-                pid = str(getattr(ds, "PatientID", ""))
-                yield r, pid[4:] if pid.startswith("SYN-") else pid, np.asarray(ds.pixel_array, dtype=np.uint8)
+                    yield r, *read_dicom_sample(fh, where=self._path(paths[r]))
             return
         path = self._shard_path(unit.shard)
         with self.fs.open(path, "rb") as fh:

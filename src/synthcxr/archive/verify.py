@@ -45,6 +45,7 @@ from .layout import (
     RELEASE_LATENTS,
     SUMS,
     dicom_folder,
+    dicom_sidecar,
 )
 from .shard_parquet import decode_png
 from .shard_wds import iter_tar_samples
@@ -94,7 +95,7 @@ def expected_files(info: Mapping[str, Any], root: Path | None = None) -> set[str
     if root is not None and "dicom" in info.get("formats", []):
         with contextlib.suppress(Exception):  # an unreadable manifest is reported by read_manifest
             for rel in pq.read_table(root / MANIFEST, columns=["dicom_path"]).column("dicom_path").to_pylist():
-                files.update({str(rel), str(rel)[: -len(".dcm")] + ".json"})
+                files.update({str(rel), dicom_sidecar(str(rel))})
     return files
 
 
