@@ -35,7 +35,7 @@ from synthcxr.pggan.config import PGGANConfig
 from synthcxr.pggan.memory import StepOnly
 from synthcxr.pggan.networks import n_features, resolutions
 from synthcxr.pggan.schedule import Phase, Position
-from synthcxr.utils.runtime import resolve_device
+from synthcxr.utils.runtime import resolve_device, synchronize
 
 #: networks to compare: name -> overrides of the config's pggan section (None: the config's own)
 NETS = {
@@ -74,13 +74,11 @@ def count(module) -> int:
 
 
 def timed(fn, steps: int, device: torch.device = torch.device("cpu")) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    synchronize(device)
     t = time.perf_counter()
     for _ in range(steps):
         fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    synchronize(device)
     return time.perf_counter() - t
 
 

@@ -45,7 +45,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling benchmarks
 
-from bench_archive import LABELS, make_generator, network_for, sample_s, write_fake_latents  # noqa: E402
+from bench_archive import LABELS, _z, make_generator, network_for, sample_s, write_fake_latents  # noqa: E402
 from bench_pggan import synthetic_prepared  # noqa: E402
 
 from synthcxr.archive.sample import ArchiveConfig  # noqa: E402
@@ -59,7 +59,8 @@ from synthcxr.pggan.dist import DistInfo  # noqa: E402
 from synthcxr.pggan.memory import budget as pggan_budget  # noqa: E402
 from synthcxr.pggan.networks import Generator  # noqa: E402
 from synthcxr.pggan.train import _Trainer  # noqa: E402
-from synthcxr.utils.runtime import resolve_device  # noqa: E402
+from synthcxr.utils.amp import autocast, grad_scaler  # noqa: E402
+from synthcxr.utils.runtime import resolve_device, synchronize  # noqa: E402
 
 MIB = 1 << 20
 #: share of --budget-s per part
@@ -68,11 +69,6 @@ FULL = {"pggan_res": [64, 256, 1024], "lco_res": 1024, "sample_res": 1024, "work
         "clf_arch": "densenet121", "clf_batch": 32, "lco_targets": 64, "lco_steps": 10, "sample_n": 64}
 SMOKE = {"pggan_res": [16], "lco_res": 16, "sample_res": 16, "workers": [1, 2], "clf_res": 16,
          "clf_arch": "small_cnn", "clf_batch": 8, "lco_targets": 8, "lco_steps": 3, "sample_n": 16}
-
-
-def sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
 
 
 def peak_reset(dev: torch.device) -> None:
@@ -139,11 +135,11 @@ def part_pggan(args, dev: torch.device, clock_s: float, sz: dict, tmp: Path) -> 
             with clock.repeat():
                 for mode, tr in trainers.items():
                     peak_reset(dev)
-                    sync(dev)
+                    synchronize(dev)
                     t0 = time.perf_counter()
                     for _ in range(steps):
                         tr.train_step(tr.G, tr.D, next(loaders[mode])[0].to(dev, non_blocking=True), pos)
-                    sync(dev)
+                    synchronize(dev)
                     secs[mode].append(time.perf_counter() - t0)
                     peaks[mode] = max(peaks[mode], peak_mib(dev) or 0.0)
         row = {"minibatch": pos.batch, "steps_per_block": steps}
@@ -190,10 +186,10 @@ def part_lco(args, dev: torch.device, clock_s: float, sz: dict, tmp: Path) -> di
     while clock.more():
         with clock.repeat():
             peak_reset(dev)
-            sync(dev)
+            synchronize(dev)
             t0 = time.perf_counter()
             res_df = optimise_latents(G, C, thr, targets, np.arange(n), cfg)
-            sync(dev)
+            synchronize(dev)
             secs.append(time.perf_counter() - t0)
             fe = forward_equivalents(res_df["g_evals"].to_numpy(), res_df["grad_steps"].to_numpy(), ratio["ratio"])
             peak = max(peak, peak_mib(dev) or 0.0)
@@ -215,15 +211,15 @@ def part_sample(args, dev: torch.device, clock_s: float, sz: dict, tmp: Path) ->
     batch = min(network_for(res)["batch"], sz["sample_n"]) if not args.smoke else 8
     n = sz["sample_n"]
     lat = write_fake_latents(tmp / f"s{res}", n, n, G.latent_dim, seed=1)
-    z = torch.from_numpy(np.concatenate([np.stack(__import__("pandas").read_parquet(p)["z"].to_list()) for p in lat]).astype(np.float32))
+    z = torch.from_numpy(_z(lat))
 
     def bare() -> float:
-        sync(dev)
+        synchronize(dev)
         t0 = time.perf_counter()
         with torch.inference_mode():
             for s in range(0, n, batch):
                 G(z[s:s + batch].to(dev, non_blocking=True)).cpu()
-        sync(dev)
+        synchronize(dev)
         return time.perf_counter() - t0
 
     bare()  # warm-up
@@ -251,13 +247,13 @@ def part_classifier(args, dev: torch.device, clock_s: float, sz: dict, tmp: Path
     b, r = sz["clf_batch"], sz["clf_res"]
     x = torch.rand(b, 1, r, r, device=dev) * 2 - 1
     y = (torch.rand(b, len(LABELS), device=dev) < 0.2).float()
-    amp_dtype = torch.float16 if dev.type == "cuda" else torch.bfloat16
+    amp = "fp16" if dev.type == "cuda" else "bf16"  # what classifier.amp can ask for on this device
     nets = {m: classifier_net(sz, dev).train() for m in ("fp32", "amp")}
     opts = {m: torch.optim.Adam(n.parameters(), 1e-4) for m, n in nets.items()}
-    scaler = torch.amp.GradScaler("cuda") if dev.type == "cuda" else None
+    scaler = grad_scaler(dev, amp)
 
     def step(m: str) -> None:
-        with torch.autocast(device_type=dev.type, dtype=amp_dtype, enabled=m == "amp"):
+        with autocast(dev, amp if m == "amp" else "none", "classifier.amp"):
             loss = torch.nn.functional.binary_cross_entropy_with_logits(nets[m](x).float(), y)
         opts[m].zero_grad(set_to_none=True)
         if m == "amp" and scaler is not None:
@@ -276,13 +272,13 @@ def part_classifier(args, dev: torch.device, clock_s: float, sz: dict, tmp: Path
     while clock.more():
         with clock.repeat():
             for m in nets:
-                sync(dev)
+                synchronize(dev)
                 t0 = time.perf_counter()
                 for _ in range(steps):
                     step(m)
-                sync(dev)
+                synchronize(dev)
                 secs[m].append(time.perf_counter() - t0)
-    out = {"arch": sz["clf_arch"], "res": r, "batch": b, "autocast": str(amp_dtype), "grad_scaler": scaler is not None}
+    out = {"arch": sz["clf_arch"], "res": r, "batch": b, "autocast": amp, "grad_scaler": scaler is not None}
     for m in nets:
         out[m] = rates(steps * b, secs[m])
     out["amp_over_fp32"] = out["amp"]["median"] / out["fp32"]["median"]
@@ -295,11 +291,11 @@ def part_fid(args, dev: torch.device, clock_s: float, sz: dict, tmp: Path) -> di
     x = torch.rand(b, 1, r, r) * 2 - 1
 
     def run() -> float:
-        sync(dev)
+        synchronize(dev)
         t0 = time.perf_counter()
         with torch.inference_mode():
             net.features(x.to(dev, non_blocking=True)).cpu()
-        sync(dev)
+        synchronize(dev)
         return time.perf_counter() - t0
 
     run()

@@ -39,7 +39,6 @@ def uncertain_policy(spec: str | Mapping[str, str], where: str = "dataset.chexpe
     return {n: str(spec.get(n, default)) for n in CANONICAL_LABELS}
 
 
-
 @dataclass
 class SplitConfig:
     """Patient-level split fractions (must sum to 1) and the seed of the patient permutation."""

@@ -98,6 +98,11 @@ def success_rule(probs, target, thresholds):
     return ok.all(axis=-1)
 
 
+def prob_logit(p) -> np.ndarray:
+    """``logit(p)`` of probabilities clipped to [1e-7, 1 - 1e-7], so a threshold or score of 0 or 1 stays finite."""
+    return logit(np.clip(np.asarray(p, dtype=np.float64), 1e-7, 1 - 1e-7))
+
+
 def _sides(margin, n: int) -> tuple[np.ndarray, np.ndarray]:
     """``(below, above)`` logit margins ``[n]`` from a number or a ``[2, n]`` array."""
     m = np.broadcast_to(np.asarray(margin, dtype=np.float64), (2, n))
@@ -114,7 +119,7 @@ def margin_thresholds(thresholds, margin) -> tuple[np.ndarray, np.ndarray]:
     """
     thr = np.asarray(thresholds, dtype=np.float64)
     below, above = _sides(margin, thr.shape[-1] if thr.ndim else 1)
-    lt = logit(np.clip(thr, 1e-7, 1 - 1e-7))
+    lt = prob_logit(thr)
     lo = np.where(below == 0, thr, expit(lt - below))
     hi = np.where(above == 0, thr, expit(lt + above))
     return lo, hi

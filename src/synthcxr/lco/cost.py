@@ -15,6 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..utils.runtime import synchronize
+
 
 def backward_ratio(G: torch.nn.Module, C: torch.nn.Module, idx: torch.Tensor, batch: int, device: torch.device,
                    repeats: int = 5) -> dict[str, float]:
@@ -29,22 +31,17 @@ def backward_ratio(G: torch.nn.Module, C: torch.nn.Module, idx: torch.Tensor, ba
     z = torch.randn(batch, d, generator=torch.Generator().manual_seed(0)).to(device)
     tgt = torch.zeros(batch, len(idx), device=device)
     fwd, step = [], []
-
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
     for i in range(repeats + 1):
-        sync()
+        synchronize(device)
         t0 = time.perf_counter()
         with torch.no_grad():
             C(G(z)).index_select(1, idx)
-        sync()
+        synchronize(device)
         t1 = time.perf_counter()
         zi = z.clone().requires_grad_(True)
         loss = F.binary_cross_entropy_with_logits(C(G(zi)).index_select(1, idx), tgt)
         torch.autograd.grad(loss, zi)
-        sync()
+        synchronize(device)
         t2 = time.perf_counter()
         if i:
             fwd.append(t1 - t0)
@@ -59,13 +56,11 @@ def forward_equivalents(g_evals: np.ndarray, grad_steps: np.ndarray, ratio: floa
     return float(np.sum(g_evals) + (ratio - 1.0) * np.sum(grad_steps))
 
 
-def measure_ratio(generator_path, classifier_path, batch: int, device: str = "auto", repeats: int = 5) -> dict[str, float]:
-    """:func:`backward_ratio` of the generator and the steering classifier saved at these paths, on ``device``."""
+def measure_ratio(G: torch.nn.Module, classifier_path, batch: int, repeats: int = 5) -> dict[str, float]:
+    """:func:`backward_ratio` of a loaded generator and the steering classifier saved at ``classifier_path``,
+    on the generator's device."""
     from ..classifier import load_classifier
-    from ..pggan import load_generator
-    from ..utils.runtime import resolve_device
 
-    dev = resolve_device(device)
-    G, C = load_generator(generator_path, dev).eval(), load_classifier(classifier_path, dev).eval()
-    idx = torch.arange(len(C.label_names), device=dev)
-    return backward_ratio(G, C, idx, batch, dev, repeats)
+    dev = next(G.parameters()).device
+    C = load_classifier(classifier_path, dev).eval()
+    return backward_ratio(G.eval(), C, torch.arange(len(C.label_names), device=dev), batch, dev, repeats)

@@ -127,6 +127,7 @@ def agreement(
     targets = np.concatenate([s.targets.astype(np.float32) for s in shards])
     lco_ok = np.concatenate([s.table["success"].to_numpy(bool) for s in shards])
     z = np.concatenate([s.z for s in shards])
+
     def counts(col: str) -> np.ndarray:  # optional columns: shards of older versions lack them
         return np.concatenate([s.table[col].to_numpy(np.float64) if col in s.table else np.full(len(s.table), np.nan) for s in shards])
 
@@ -201,6 +202,51 @@ def agreement(
         "per_label": per_label,
         "per_combination": per,
     }
+
+
+def run_agreement(
+    latents_paths: Sequence[str | os.PathLike],
+    generator_path: str | os.PathLike,
+    classifier_path: str | os.PathLike,
+    checker_path: str | os.PathLike,
+    thresholds_path: str | os.PathLike,
+    checker_metrics: str | os.PathLike,
+    out_path: str | os.PathLike,
+    batch_size: int = 64,
+    device: str = "auto",
+    prior_samples: int = 0,
+    seed: int = 0,
+    log_file: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """Rule validate_lco: :func:`agreement` priced with the steering classifier's measured update/forward
+    ratio (:func:`synthcxr.lco.cost.measure_ratio`; the generator is loaded once for both), logged and written
+    to ``lco_agreement.json``."""
+    from ..pggan import load_generator
+    from ..utils.atomic import write_json
+    from ..utils.runtime import resolve_device, setup_logging
+    from .cost import measure_ratio
+
+    log = setup_logging(log_file)
+    G = load_generator(generator_path, resolve_device(device))
+    timing = measure_ratio(G, classifier_path, batch_size)
+    result = agreement(latents_paths, G, checker_path, thresholds_path, batch_size=batch_size, device=device,
+                       checker_metrics=checker_metrics, prior_samples=prior_samples, seed=seed, backward_ratio=timing["ratio"])
+    result["backward_timing"] = timing
+    log.info(
+        "checker agreement: %.3f over %d samples; %s over the %d LCO-successful ones; "
+        "the checker's exact match on %s real test scans: %s",
+        result["overall"], result["n"], result.get("overall_successful"), result.get("n_successful", 0),
+        result["real_test_n"], result["real_test_exact_match"],
+    )
+    log.info("an LCO update costs %.2f forwards; %s forward-equivalents per LCO-successful sample", timing["ratio"],
+             result["cost"]["fe_per_success"])
+    for name, row in result["per_label"].items():
+        log.info(
+            "%s: %d targets, checker agrees on %s of the successful; plan share %.4f, random latents %s; %s FE per success",
+            name, row["n_target"], row["agreement_successful"], row["plan_rate"], row.get("prior_rate"), row.get("fe_per_success"),
+        )
+    write_json(out_path, result)
+    return result
 
 
 def real_exact_match(path: str | os.PathLike | None) -> dict[str, Any] | None:

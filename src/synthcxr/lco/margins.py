@@ -28,23 +28,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.special import logit
 
 from ..utils.atomic import write_json
+from .accept import prob_logit
 
 log = logging.getLogger("synthcxr")
 
 MIN_COUNT = 10  # real val scans a calibrated side needs; fewer keep the cap
-_EPS = 1e-7
 RULE = (
     "above: q-quantile of logit(p) - logit(threshold) over real val positives the steering classifier calls; "
     "below: q-quantile of logit(threshold) - logit(p) over real val negatives it calls absent; each capped at lco.margin; "
     "a side with fewer than {min_count} such scans, or q null, keeps lco.margin"
 )
-
-
-def _logit(p: np.ndarray) -> np.ndarray:
-    return logit(np.clip(np.asarray(p, dtype=np.float64), _EPS, 1 - _EPS))
 
 
 def calibrate_margins(
@@ -74,7 +69,7 @@ def calibrate_margins(
             out[name] = row
             continue
         t = float(thresholds[j])
-        lt, lp = float(_logit(t)), _logit(probs[:, j])
+        lt, lp = float(prob_logit(t)), prob_logit(probs[:, j])
         yj = y[:, j]
         past_pos = (lp - lt)[(yj == 1) & (probs[:, j] >= t)]
         past_neg = (lt - lp)[(yj == 0) & (probs[:, j] < t)]

@@ -45,6 +45,15 @@ def resolve_device(name: str = "auto"):
     return dev
 
 
+def synchronize(device) -> None:
+    """Wait for ``device``'s queued kernels (CUDA); a no-op on the CPU. Timings of GPU work call it on both sides."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def setup_logging(log_file: str | os.PathLike | None = None, level: int = logging.INFO) -> logging.Logger:
     """Log to stderr and, when given, to ``log_file`` (the rule's ``log:``). Returns the package logger."""
     logger = logging.getLogger("synthcxr")
