@@ -65,6 +65,7 @@ class StepOnly:
 
     train_step = _Trainer.train_step
     _autocast = _Trainer._autocast
+    _setup_amp = _Trainer._setup_amp
 
     def __init__(self, cfg: PGGANConfig, amp: bool, device: str | torch.device = "cpu"):
         self.cfg, self.step = cfg, 0
@@ -79,10 +80,7 @@ class StepOnly:
         adam = dict(lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.adam_eps)
         self.opt_G = torch.optim.Adam(self.G.parameters(), **adam)
         self.opt_D = torch.optim.Adam(self.D.parameters(), **adam)
-        cuda = self.dev.type == "cuda"
-        self.amp_dtype = (torch.float16 if cuda else torch.bfloat16) if amp else None
-        self.scaler_G = torch.amp.GradScaler("cuda") if amp and cuda else None
-        self.scaler_D = torch.amp.GradScaler("cuda") if amp and cuda else None
+        self._setup_amp(amp)
 
 
 def _bytes(tensors) -> int:

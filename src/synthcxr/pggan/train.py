@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 
 from ..data.store import PreparedDataset
 from ..imaging import float_to_uint8
+from ..utils.amp import grad_scaler
 from ..utils.atomic import atomic_path, torch_save, write_json, write_text
 from ..utils.runtime import progress, seed_everything, setup_logging
 from .checkpoint import generator_payload, load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -157,15 +158,7 @@ class _Trainer:
         adam = dict(lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.adam_eps)
         self.opt_G = torch.optim.Adam(self.G.parameters(), **adam)
         self.opt_D = torch.optim.Adam(self.D.parameters(), **adam)
-        self.amp_dtype = None
-        self.scaler_G = self.scaler_D = None
-        if cfg.amp:
-            if self.dev.type == "cuda":
-                self.amp_dtype = torch.float16
-                self.scaler_G = torch.amp.GradScaler("cuda")
-                self.scaler_D = torch.amp.GradScaler("cuda")
-            else:
-                self.amp_dtype = torch.bfloat16
+        self._setup_amp(cfg.amp)
         self.nimg = 0
         self.step = 0
         self.seconds = 0.0
@@ -277,6 +270,12 @@ class _Trainer:
         write_text(self.out / "log.jsonl", "\n".join(self.log_lines) + "\n")
 
     # -- one step --------------------------------------------------------------------------------
+    def _setup_amp(self, amp: bool) -> None:
+        """``pggan.amp``: fp16 autocast with a gradient scaler per network on CUDA, bf16 autocast on CPU."""
+        mode = ("fp16" if self.dev.type == "cuda" else "bf16") if amp else "none"
+        self.amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[mode]
+        self.scaler_G, self.scaler_D = grad_scaler(self.dev, mode), grad_scaler(self.dev, mode)
+
     def _autocast(self):
         return torch.autocast(device_type=self.dev.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
 
