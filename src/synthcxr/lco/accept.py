@@ -6,6 +6,14 @@ its threshold and each absent one ``margin`` logits below (:func:`accept_rule`; 
 :func:`success_rule`). A margin is one number for every label and side, or a ``[2, L]`` array of logits
 per label: row 0 below the threshold (absent labels), row 1 above it (requested ones), as
 :mod:`synthcxr.lco.margins` calibrates them on real validation scans.
+
+The loss LCO descends lives here too (:func:`target_loss`), since one of its forms is measured from
+the rule's own cuts: ``objective: bce`` is the mean binary cross-entropy of each label's logit against
+the target 0/1 (the seed paper's loss); ``objective: cut`` is the same cross-entropy of each logit's
+distance past its acceptance cut (``logit(threshold) + above`` for a requested label,
+``logit(threshold) - below`` for an absent one). Under ``cut`` a label already past its cut by a few
+logits stops pulling, so the gradient goes to the labels the rule still waits for, and every label's
+pull is measured from its own threshold rather than from p = 0.5.
 """
 
 from __future__ import annotations
@@ -17,7 +25,11 @@ import numpy as np
 import torch
 from scipy.special import expit, logit
 
+import torch.nn.functional as F
+
 from ..labels import NO_FINDING
+
+OBJECTIVES = ("bce", "cut")
 
 
 @dataclass(frozen=True)
@@ -155,3 +167,26 @@ def unmet_reason(probs: np.ndarray, target: np.ndarray, space: LabelSpace, attem
     past = "" if not m.size or not m.any() else f" by {m.max():g} logits" if np.all(m == m.flat[0]) else " by the calibrated margins"
     skipped = "; further retries skipped: its label combination failed every strong attempt in the shard" if gave_up else ""
     return f"target not met{past} after {attempts} attempt(s) of up to {steps} steps; unmet: {', '.join(unmet)}{skipped}"
+
+
+def loss_cuts(space: LabelSpace, objective: str) -> np.ndarray:
+    """``[2, Lu]`` logits over the used labels the loss measures from: (below, above) each label's
+    acceptance cut under ``cut``, zeros under ``bce`` (plain cross-entropy against 0/1)."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"lco.objective: {objective!r} is not one of {', '.join(OBJECTIVES)}")
+    used = space.used
+    if objective == "bce":
+        return np.zeros((2, int(used.sum())), dtype=np.float64)
+    lt = prob_logit(space.thresholds[used])
+    m = space.margins[:, used]
+    return np.stack([lt - m[0], lt + m[1]])
+
+
+def target_loss(logits, target, cuts) -> torch.Tensor:
+    """Per-sample mean over labels of ``BCE(logit - cut, target)``: ``[..., Lu]`` logits and 0/1 targets
+    (broadcast), ``cuts`` from :func:`loss_cuts` (the cut of a label's requested side is used)."""
+    logits = torch.as_tensor(logits)
+    tgt = torch.as_tensor(target, device=logits.device).to(logits.dtype)
+    c = torch.as_tensor(np.asarray(cuts), device=logits.device, dtype=logits.dtype)
+    shift = torch.where(tgt >= 0.5, c[1], c[0])
+    return F.binary_cross_entropy_with_logits(logits - shift, tgt.expand_as(logits), reduction="none").mean(-1)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..labels import check_labels
+from .accept import OBJECTIVES
 from ..utils.amp import AMP_MODES
 
 MODES = ("pool", "per_sample")
@@ -32,6 +33,7 @@ class LCOConfig:
     patience: int | None = 20
     give_up_after: int | None = 1
     topup_rounds: int = 0
+    objective: str = "bce"
     device: str = "auto"
 
     @classmethod
@@ -58,6 +60,7 @@ class LCOConfig:
             give_up_after=None if cfg.get("give_up_after", cls.give_up_after) is None else int(cfg.get("give_up_after", cls.give_up_after)),
             device=str(cfg.get("device", cls.device)),
             topup_rounds=int(cfg.get("topup_rounds", cls.topup_rounds)),
+            objective=str(cfg.get("objective", cls.objective)),
         )
         if out.steps < 0 or out.batch_size < 1 or out.retries < 0 or out.lr <= 0 or out.prior_weight < 0 or out.margin < 0 or out.init_candidates < 1:
             raise ValueError(f"lco config: need steps >= 0, batch_size >= 1, retries >= 0, lr > 0, prior_weight >= 0, margin >= 0, init_candidates >= 1; got {out}")
@@ -71,6 +74,8 @@ class LCOConfig:
             raise ValueError(f"lco.give_up_after: need a positive attempt count or null, got {out.give_up_after}")
         if out.topup_rounds < 0:
             raise ValueError(f"lco.topup_rounds: need 0 or more rounds, got {out.topup_rounds}")
+        if out.objective not in OBJECTIVES:
+            raise ValueError(f"lco.objective: {out.objective!r} is not one of {', '.join(OBJECTIVES)}")
         if out.amp not in AMP_MODES:
             raise ValueError(f"lco.amp: {out.amp!r} is not one of {', '.join(AMP_MODES)}")
         return out

@@ -6,20 +6,19 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from scipy.special import expit
 
-from .accept import LabelSpace, accept_rule
+from .accept import LabelSpace, accept_rule, loss_cuts, target_loss
 from .config import LCOConfig
 from .starts import module_device, pool_block_latents, score_latents
 
 
-def _pool_losses(logits: np.ndarray, combos: np.ndarray) -> np.ndarray:
-    """Mean BCE ``[U, P]`` of each pool member's logits ``[P, Lu]`` against each combination ``[U, Lu]``."""
+def _pool_losses(logits: np.ndarray, combos: np.ndarray, cuts: np.ndarray) -> np.ndarray:
+    """:func:`~.accept.target_loss` ``[U, P]`` of each pool member's logits ``[P, Lu]`` against each combination ``[U, Lu]``."""
     shape = (len(combos), len(logits), logits.shape[1])
     lg = torch.as_tensor(logits, dtype=torch.float64)[None].expand(shape)
     y = torch.as_tensor(combos, dtype=torch.float64)[:, None].expand(shape)
-    return F.binary_cross_entropy_with_logits(lg, y, reduction="none").mean(-1).numpy()
+    return target_loss(lg, y, cuts).numpy()
 
 
 def match_pool(
@@ -30,13 +29,15 @@ def match_pool(
     thresholds: np.ndarray,
     margin,
     fresh_k: int = 1,
+    cuts: np.ndarray | None = None,
 ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
     """Assign pool members to targets, rarest combination first; each member is used at most once.
 
     ``probs``/``logits`` are the pool's ``[P, Lu]``, ``combos`` the distinct targets ``[U, Lu]`` wanted
     ``demand[u]`` times; ``margin`` is a number or ``[2, Lu]`` logits (see :func:`~.accept.margin_thresholds`).
     Returns, per combination, the members that clear it by ``margin`` (accepted
-    as they are) and the lowest-loss members that will start an optimisation for the rest. Rarity is
+    as they are) and the lowest-loss members (:func:`~.accept.target_loss` from ``cuts``, default
+    zeros: mean BCE) that will start an optimisation for the rest. Rarity is
     clearing members per requested sample (ties: the combination listed first), so a rare combination is
     not left with no clearing member because a common one took it.
 
@@ -47,7 +48,7 @@ def match_pool(
     """
     P, U = len(probs), len(combos)
     clear = np.stack([accept_rule(probs, np.broadcast_to(c, probs.shape), thresholds, margin) for c in combos]) if U else np.zeros((0, P), bool)
-    loss = _pool_losses(logits, combos) if P else np.zeros((U, 0))
+    loss = _pool_losses(logits, combos, np.zeros((2, combos.shape[1])) if cuts is None else cuts) if P else np.zeros((U, 0))
     used = np.zeros(P, dtype=bool)
     accepted: list[np.ndarray] = [np.empty(0, np.int64)] * U
     starts: list[np.ndarray] = [np.empty(0, np.int64)] * U
@@ -113,6 +114,7 @@ def draw_pool(
     used = space.used
     idx = torch.as_tensor(np.asarray(space.clf_index)[used], dtype=torch.long, device=module_device(G, cfg.device))
     thr = space.thresholds[used]
+    cuts = loss_cuts(space, cfg.objective)
     n = int(demand.sum())
     cap = cfg.pool_factor * n
     zs, logit_blocks = [], []
@@ -129,7 +131,7 @@ def draw_pool(
         stats.blocks += 1
         logits = np.concatenate(logit_blocks)
         probs = expit(logits.astype(np.float64)).astype(np.float32)
-        acc, st, sg = match_pool(probs, logits, combos, demand, thr, space.margins[:, used], fresh_k=cfg.init_candidates)
+        acc, st, sg = match_pool(probs, logits, combos, demand, thr, space.margins[:, used], fresh_k=cfg.init_candidates, cuts=cuts)
         now = sum(len(a) for a in acc)
         # at least one latent per target, so every target has a start of its own
         if stats.size >= n and (now == n or now == matched):

@@ -103,6 +103,7 @@ def optimise_shard(
         "prior_weight": lc.prior_weight,
         "retries": lc.retries,
         "topup_rounds": lc.topup_rounds,
+        "objective": lc.objective,
         "margin": lc.margin,
         "margins": None if not isinstance(thresholds, LabelSpace) else {
             n: {"below": float(thresholds.margins[0, j]), "above": float(thresholds.margins[1, j])} for j, n in enumerate(thresholds.labels)

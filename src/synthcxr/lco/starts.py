@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..utils.amp import autocast
 from ..utils.runtime import resolve_device
+from .accept import target_loss
 from .plan import derive_seed
 
 
@@ -54,9 +55,17 @@ def score_latents(
 
 @torch.no_grad()
 def best_of_candidates(
-    G: torch.nn.Module, C: torch.nn.Module, cand: torch.Tensor, tgt: torch.Tensor, idx: torch.Tensor, chunk: int = 256, amp: str = "none"
+    G: torch.nn.Module,
+    C: torch.nn.Module,
+    cand: torch.Tensor,
+    tgt: torch.Tensor,
+    idx: torch.Tensor,
+    chunk: int = 256,
+    amp: str = "none",
+    cuts: np.ndarray | None = None,
 ) -> torch.Tensor:
-    """Per sample, the candidate latent whose image is closest to the target (lowest mean BCE).
+    """Per sample, the candidate latent whose image is closest to the target (lowest :func:`~.accept.target_loss`;
+    ``cuts`` from :func:`~.accept.loss_cuts`, default zeros: mean BCE).
 
     ``cand`` is ``[b, k, d]``, ``tgt`` ``[b, L_used]``; returns ``[b, d]``. Starting the optimisation
     from a prior draw that already shows part of the target means shorter, smaller moves in latent
@@ -66,7 +75,7 @@ def best_of_candidates(
     b, k, d = cand.shape
     logits = score_latents(G, C, cand.reshape(b * k, d), idx, chunk, amp)
     rep = tgt.to(logits.device).repeat_interleave(k, dim=0)
-    losses = F.binary_cross_entropy_with_logits(logits, rep, reduction="none").mean(1)
+    losses = target_loss(logits, rep, np.zeros((2, logits.shape[1])) if cuts is None else cuts)
     best = losses.view(b, k).argmin(1).to(cand.device)
     return cand[torch.arange(b, device=cand.device), best]
 

@@ -8,10 +8,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..utils.amp import autocast
-from .accept import LabelSpace, accept_rule
+from .accept import LabelSpace, accept_rule, loss_cuts, target_loss
 from .config import LCOConfig
 from .plan import attempt_seed
 from .starts import best_of_candidates, initial_latents
@@ -66,6 +65,7 @@ def optimise_stream(
     idx = torch.as_tensor(np.asarray(space.clf_index)[used], dtype=torch.long, device=device)
     thr = space.thresholds[used]
     margins = space.margins[:, used]
+    cuts = loss_cuts(space, cfg.objective)
     tgt_all = torch.as_tensor(targets[:, used], dtype=torch.float32, device=device)
     k = cfg.init_candidates
     queue = deque(work)
@@ -117,7 +117,7 @@ def optimise_stream(
             if k == 1:
                 zs[fresh] = initial_latents(sd, d).to(device)
             else:
-                zs[fresh] = best_of_candidates(G, C, initial_latents(sd, d, k).to(device), tgt_all[fr], idx, score_chunk, cfg.amp)
+                zs[fresh] = best_of_candidates(G, C, initial_latents(sd, d, k).to(device), tgt_all[fr], idx, score_chunk, cfg.amp, cuts)
                 out.g_evals[fr] += k  # choosing the start costs k generator evaluations
         out.attempts[r] = a + 1
         rows, att, t = np.concatenate([rows, r]), np.concatenate([att, a]), np.concatenate([t, np.zeros(len(r), np.int64)])
@@ -155,8 +155,8 @@ def optimise_stream(
         out.probs[np.ix_(rows, cols)] = p.detach().cpu().numpy()
         out.steps[rows] = t
         out.success[rows] = ok
-        bce = F.binary_cross_entropy_with_logits(logits, tgt, reduction="none").mean(1)
-        loss_now = bce.detach().cpu().numpy().astype(np.float64)
+        target = target_loss(logits, tgt, cuts)
+        loss_now = target.detach().cpu().numpy().astype(np.float64)
         better = loss_now < best * 0.99
         stale = np.where(better, 0, stale + 1)
         best = np.minimum(best, loss_now)
@@ -165,7 +165,7 @@ def optimise_stream(
             failed |= ~ok & (stale >= cfg.patience)
         cont = ~ok & ~failed
         if cont.any():
-            per_sample = bce
+            per_sample = target
             if cfg.prior_weight > 0:
                 per_sample = per_sample + cfg.prior_weight * (zi.pow(2).sum(1) / d - 1.0).pow(2)
             keep_t = torch.as_tensor(cont, device=device)
