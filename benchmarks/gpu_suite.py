@@ -52,6 +52,7 @@ from synthcxr.archive.sample import ArchiveConfig  # noqa: E402
 from synthcxr.classifier.models import Classifier, default_arch  # noqa: E402
 from synthcxr.config import REPO_ROOT, read_config_file  # noqa: E402
 from synthcxr.lco.cost import backward_ratio, forward_equivalents  # noqa: E402
+from synthcxr.lco.config import LCOConfig  # noqa: E402
 from synthcxr.lco.memory import plan_chunks  # noqa: E402
 from synthcxr.lco.optimize import optimise_latents  # noqa: E402
 from synthcxr.pggan.config import PGGANConfig  # noqa: E402
@@ -178,8 +179,8 @@ def part_lco(args, dev: torch.device, clock_s: float, sz: dict, tmp: Path) -> di
     rng = np.random.default_rng(0)
     targets = (rng.random((n, len(LABELS))) < 0.2).astype(np.float32)
     # thresholds no latent meets: every target runs every step, so the rate is the optimiser's own
-    cfg = {"labels": LABELS, "steps": sz["lco_steps"], "retries": 0, "mode": "per_sample", "init_candidates": 1,
-           "patience": None, "batch_size": 64, "device": str(dev)}
+    cfg = LCOConfig.from_section({"labels": LABELS, "steps": sz["lco_steps"], "retries": 0, "mode": "per_sample", "init_candidates": 1,
+                                  "patience": None, "batch_size": 64, "device": str(dev)})
     thr = {name: 1.0 for name in LABELS}
     secs, fe, peak = [], 0.0, 0.0
     clock = Clock(clock_s, min_repeats=1, max_repeats=3)

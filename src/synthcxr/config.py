@@ -44,18 +44,19 @@ def load_schema(path: str | os.PathLike | None = None) -> dict:
         return yaml.safe_load(fh)
 
 
-def _key_of(error) -> str:
-    parts = [str(p) for p in error.absolute_path]
+def _key_of(error, prefix: str = "") -> str:
+    parts = ([prefix] if prefix else []) + [str(p) for p in error.absolute_path]
     return ".".join(parts) if parts else "<top level>"
 
 
-def _describe(error) -> str:
-    key = _key_of(error)
+def _describe(error, prefix: str = "") -> str:
+    """One line per problem naming the dotted key; ``prefix`` is the section the instance was (``lco``)."""
+    key = _key_of(error, prefix)
     if error.validator == "additionalProperties":
         allowed = sorted((error.schema.get("properties") or {}).keys())
         extra = sorted(set(error.instance) - set(allowed))
         where = f"'{key}'" if key != "<top level>" else "the top level"
-        names = ", ".join(f"'{'.'.join([*map(str, error.absolute_path), e])}'" for e in extra)
+        names = ", ".join(f"'{'.'.join([*([prefix] if prefix else []), *map(str, error.absolute_path), e])}'" for e in extra)
         return f"unknown key {names} in {where}; allowed keys: {', '.join(allowed)}"
     if error.validator == "required":
         return f"'{key}': {error.message}"
@@ -131,6 +132,69 @@ def deep_merge(base: dict, update: dict) -> dict:
         else:
             out[k] = copy.deepcopy(v)
     return out
+
+
+GLOBAL_KEYS = ("seed", "device", "labels")
+
+
+def section_schema(name: str, schema: dict | None = None) -> dict:
+    """The schema of section ``name`` (dotted for a nested one, e.g. ``lco.plan``), ``$defs`` attached."""
+    schema = schema if schema is not None else _schema()
+    sub = schema
+    for part in name.split("."):
+        try:
+            sub = sub["properties"][part]
+        except KeyError:
+            raise KeyError(f"the config schema has no section {name!r}") from None
+    return {**sub, "$defs": schema.get("$defs", {})}
+
+
+def build(cls: type, name: str, values: Any, schema: dict | None = None, **extra: Any):
+    """An instance of the dataclass ``cls`` from section ``name`` of the config: the one way stages read config.
+
+    ``values`` is the section as a rule passes it (:func:`section`: the global seed, device and labels
+    merged in). Keys it leaves out get the schema's defaults,
+    the keys it has are checked against the schema (a ConfigError names ``name.key``), and each field of
+    ``cls`` takes the key of its name; ``extra`` sets fields the section does not hold. A field with no key,
+    no schema default and no ``extra`` is an error naming it. Keys the class has no field for are left to
+    the classes of their own sections (``lco.plan``).
+    """
+    import dataclasses
+
+    schema = schema if schema is not None else _schema()
+    sub = section_schema(name, schema)
+    sec = copy.deepcopy(dict(values))
+    glob = {k: sec.pop(k) for k in GLOBAL_KEYS if k in sec and k not in sub.get("properties", {})}
+    loose = {k: v for k, v in sub.items() if k != "required"}  # a caller may pass part of a section
+    errors = sorted(_DefaultingValidator(loose).iter_errors(sec), key=lambda e: (list(map(str, e.absolute_path)), e.message))
+    if errors:
+        lines = "\n".join(f"  - {_describe(e, name)}" for e in errors)
+        raise ConfigError(f"invalid '{name}' section ({len(errors)} problem(s)):\n{lines}")
+    top = schema.get("properties", {})
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.name in extra:
+            out[f.name] = extra[f.name]
+        elif f.name in sec:
+            out[f.name] = sec[f.name]
+        elif f.name in glob:
+            out[f.name] = copy.deepcopy(glob[f.name])
+        elif f.name in GLOBAL_KEYS and "default" in top.get(f.name, {}):
+            out[f.name] = copy.deepcopy(top[f.name]["default"])
+        else:
+            where = f"'{f.name}'" if f.name in GLOBAL_KEYS else f"'{name}.{f.name}'"
+            raise ConfigError(f"{where}: missing, and the schema has no default for it (needed by {cls.__name__})")
+    return cls(**out)
+
+
+_SCHEMA_CACHE: dict | None = None
+
+
+def _schema() -> dict:
+    global _SCHEMA_CACHE
+    if _SCHEMA_CACHE is None:
+        _SCHEMA_CACHE = load_schema()
+    return _SCHEMA_CACHE
 
 
 def section(config: dict, name: str, keys: Iterable[str] | None = None) -> dict[str, Any]:

@@ -24,7 +24,8 @@ from scipy.special import expit
 
 from synthcxr.lco.evaluate import agreement
 from synthcxr.lco.accept import accept_rule, margin_thresholds, resolve_label_space, success_rule
-from synthcxr.lco.optimize import optimise_latents
+from synthcxr.lco.config import LCOConfig
+from synthcxr.lco.optimize import optimise_latents as _optimise_latents
 from synthcxr.lco.pool import match_pool
 from synthcxr.lco.starts import best_of_candidates, initial_latents, pool_block_latents
 from synthcxr.lco.plan import attempt_seed, make_plan, pool_seed, write_plan
@@ -93,6 +94,11 @@ def models():
     G = TinyGen().eval()
     C = QuadrantClassifier().calibrate(G).eval()
     return G, C
+
+
+def optimise_latents(G, C, thresholds, targets, seeds, cfg, **kw):
+    """The package call with the test's ``lco`` section dict built into its :class:`LCOConfig`."""
+    return _optimise_latents(G, C, thresholds, targets, seeds, LCOConfig.from_section(cfg), **kw)
 
 
 def _cfg(**kw):

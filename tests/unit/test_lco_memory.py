@@ -28,6 +28,7 @@ _SCRIPT = textwrap.dedent(
     import numpy as np, torch
     from synthcxr.pggan.networks import Generator
     from synthcxr.classifier.models import Classifier, default_arch
+    from synthcxr.lco.config import LCOConfig
     from synthcxr.lco.optimize import optimise_latents
 
     def hwm():
@@ -42,7 +43,7 @@ _SCRIPT = textwrap.dedent(
     C = Classifier(default_arch("small_cnn", 3, 64, width=4), labels, 64).eval()
     memory_mb = None if sys.argv[1] == "none" else float(sys.argv[1])
     base = hwm()
-    cfg = dict(labels=labels, steps=1, retries=0, batch_size=4, mode="pool", pool_factor=1, pool_block=4, memory_mb=memory_mb, device="cpu")
+    cfg = LCOConfig.from_section(dict(labels=labels, steps=1, retries=0, batch_size=4, mode="pool", pool_factor=1, pool_block=4, memory_mb=memory_mb, device="cpu"))
     res = optimise_latents(G, C, {n: 0.5 for n in labels}, np.tile([1, 0, 0], (4, 1)), np.arange(4), cfg, pool_seed=0)
     ch = res.attrs["chunks"]
     print(json.dumps({"peak_mb": hwm() - base, "score_chunk": ch.score_chunk, "step_batch": ch.step_batch,

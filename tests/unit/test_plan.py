@@ -136,7 +136,7 @@ def test_quotas_counts_and_parsing():
         ({"No_Finding+Effusion": 3}, 3, r"lco\.plan\.quotas\.No_Finding\+Effusion"),
         ({"Effusion": 3, "Nodule": 3}, 7, r"lco\.plan\.n_samples.*sum to 6"),
         ({}, 3, "quotas' is empty"),
-        ({"Effusion": 0}, 0 + 1, "positive integer"),
+        ({"Effusion": 0}, 0 + 1, r"lco\.plan\.quotas\.Effusion.*less than the minimum of 1"),
     ],
 )
 def test_quotas_errors_name_the_key(quotas, n, match):

@@ -31,6 +31,7 @@ import numpy as np
 
 from ..utils.atomic import write_json
 from .accept import prob_logit
+from .config import LCOConfig
 
 log = logging.getLogger("synthcxr")
 
@@ -131,10 +132,9 @@ def run_margins(
 
     if log_file is not None:
         setup_logging(log_file)
-    labels = [str(n) for n in cfg["labels"]]
-    cap, q = float(cfg["margin"]), cfg.get("margin_quantile")
-    q = None if q is None else float(q)
-    dev = resolve_device(str(cfg.get("device", "auto")))
+    lc = LCOConfig.from_section(cfg)
+    labels, cap, q = lc.labels, lc.margin, lc.margin_quantile
+    dev = resolve_device(lc.device)
     C = load_classifier(classifier_path, dev)
     names = list(C.label_names)
     thr = load_thresholds(thresholds_path, names)

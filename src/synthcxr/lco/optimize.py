@@ -93,7 +93,7 @@ def optimise_latents(
     thresholds: Mapping[str, float] | LabelSpace,
     targets: np.ndarray | pd.DataFrame,
     seeds: Sequence[int],
-    cfg: Mapping[str, Any] | LCOConfig,
+    cfg: LCOConfig,
     classifier_labels: Sequence[str] | None = None,
     pool_seed: int | None = None,
 ) -> pd.DataFrame:
@@ -110,7 +110,7 @@ def optimise_latents(
     ``result.attrs["pool"]`` holds the :class:`PoolStats` in pool mode and ``attrs["chunks"]`` the
     memory-derived chunk sizes.
     """
-    lc = LCOConfig.from_section(cfg)
+    lc = cfg
     labels = lc.labels
     if isinstance(targets, pd.DataFrame):
         missing = [n for n in labels if n not in targets.columns]

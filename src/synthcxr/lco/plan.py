@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..config import build
 from ..labels import NO_FINDING, check_labels, combo_key, findings_of, parse_combo
 from ..utils.atomic import atomic_path
 
@@ -92,39 +93,33 @@ def pool_seed(seed: int, shard: int) -> int:
 
 @dataclass
 class PlanConfig:
-    """The ``lco.plan`` section plus ``lco.shard_size``."""
+    """The ``lco.plan`` section plus ``lco.shard_size`` (defaults from the schema, :func:`synthcxr.config.build`)."""
 
     mode: str
     n_samples: int
     shard_size: int
-    quotas: dict[str, int] = field(default_factory=dict)
-    keep_rare: bool = True
-    min_positives: int = 0
+    quotas: dict[str, int]
+    keep_rare: bool
+    min_positives: int
+    min_checker_sensitivity: float
 
     @classmethod
-    def from_section(cls, cfg: Mapping[str, Any] | "PlanConfig") -> "PlanConfig":
+    def from_section(cls, cfg: Mapping[str, Any]) -> "PlanConfig":
         """Build from the ``lco`` config section (as produced by ``synthcxr.config.section``)."""
-        if isinstance(cfg, PlanConfig):
-            return cfg
-        try:
-            plan = cfg["plan"]
-            out = cls(
-                mode=str(plan["mode"]),
-                n_samples=int(plan["n_samples"]),
-                shard_size=int(cfg.get("shard_size", 1000)),
-                quotas=dict(plan.get("quotas") or {}),
-                keep_rare=bool(plan.get("keep_rare", True)),
-                min_positives=int(plan.get("min_positives", 0)),
-            )
-        except KeyError as exc:
-            raise ValueError(f"lco config: missing key {exc.args[0]!r} (expected lco.plan.mode, lco.plan.n_samples)") from None
-        if out.mode not in MODES:
-            raise ValueError(f"'lco.plan.mode': {out.mode!r} is not one of {', '.join(MODES)}")
-        if out.n_samples < 1 or out.shard_size < 1:
-            raise ValueError("'lco.plan.n_samples' and 'lco.shard_size' must be positive")
+        if "plan" not in cfg:
+            raise ValueError("lco config: missing key 'plan' (expected lco.plan.mode, lco.plan.n_samples)")
+        shard = build(_ShardSize, "lco", {"shard_size": cfg["shard_size"]} if "shard_size" in cfg else {}).shard_size
+        out = build(cls, "lco.plan", cfg["plan"], shard_size=shard)
         if out.mode == "augment" and out.min_positives < 1:
             raise ValueError("'lco.plan.min_positives': augment mode needs a positive count of samples per finding")
         return out
+
+
+@dataclass
+class _ShardSize:
+    """`lco.shard_size` on its own, checked against the schema."""
+
+    shard_size: int
 
 
 def largest_remainder(weights: np.ndarray, n: int, keep_all: bool = False) -> np.ndarray:
@@ -286,8 +281,6 @@ def plan_counts(cfg: PlanConfig, labels: Sequence[str], real_table: pd.DataFrame
             vec = _vector(str(key), labels)
         except ValueError as exc:
             raise ValueError(f"'lco.plan.quotas.{key}': {exc}") from None
-        if not isinstance(count, (int, np.integer)) or isinstance(count, bool) or count < 1:
-            raise ValueError(f"'lco.plan.quotas.{key}': count must be a positive integer, got {count!r}")
         canon = combo_key(vec, labels)
         bad = [n for n, v in zip(labels, vec) if v and n in drop]
         if bad:
@@ -305,7 +298,7 @@ def plan_counts(cfg: PlanConfig, labels: Sequence[str], real_table: pd.DataFrame
     return out
 
 
-def make_plan(cfg: Mapping[str, Any] | PlanConfig, labels: Sequence[str], real_table: pd.DataFrame | None, seed: int,
+def make_plan(cfg: Mapping[str, Any], labels: Sequence[str], real_table: pd.DataFrame | None, seed: int,
               drop: Sequence[str] = ()) -> pd.DataFrame:
     """Build the plan table: sample_id, shard, index, seed and one int8 column per label.
 
@@ -366,7 +359,7 @@ def build_plan(labels_path: str | os.PathLike, cfg: Mapping[str, Any], labels: S
     from ..data.store import PreparedDataset
 
     real = PreparedDataset(os.path.dirname(os.fspath(labels_path)) or ".").table
-    floor = float((cfg.get("plan") or {}).get("min_checker_sensitivity", 0.0))
+    floor = PlanConfig.from_section(cfg).min_checker_sensitivity
     drop: dict[str, float | None] = {}
     if floor > 0:
         if checker_metrics is None:

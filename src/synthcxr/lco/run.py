@@ -58,14 +58,14 @@ def run_shard(
         have = sorted(int(s) for s in plan["shard"].unique())
         raise ValueError(f"{plan_path}: shard {shard} has no rows (shards present: {have[0]}..{have[-1]}); rerun the plan rule")
     # The thread count comes from config, not from the scheduler: a shard's latents must not depend on --cores.
-    fixed_threads(int(cfg.get("threads", 2)))
-    seed_everything(int(cfg.get("seed", 0)) + shard)
+    fixed_threads(lc.threads)
+    seed_everything(lc.seed + shard)
     device = resolve_device(lc.device)
     G = load_generator(generator_path, device)
     C = load_classifier(classifier_path, device)
     space = resolve_label_space(lc.labels, C.label_names, read_thresholds(thresholds_path), where=os.fspath(thresholds_path))
     space = space.with_margins(lc.margin if margins_path is None else read_margins(margins_path, lc.labels))
-    return optimise_shard(rows, shard, G, C, space, lc, out_path, pool_seed=pool_seed(int(cfg.get("seed", 0)), shard))
+    return optimise_shard(rows, shard, G, C, space, lc, out_path, pool_seed=pool_seed(lc.seed, shard))
 
 
 def optimise_shard(
@@ -74,7 +74,7 @@ def optimise_shard(
     G: Any,
     C: Any,
     thresholds: Mapping[str, float] | LabelSpace,
-    cfg: Mapping[str, Any] | LCOConfig,
+    cfg: LCOConfig,
     out_path: str | os.PathLike,
     pool_seed: int | None = None,
 ) -> pd.DataFrame:
@@ -83,7 +83,7 @@ def optimise_shard(
     ``pool_seed`` seeds the shard's prior pool in pool mode (the lco rule derives it from the config
     seed and the shard number, so a rerun of one shard reproduces its latents).
     """
-    lc = LCOConfig.from_section(cfg)
+    lc = cfg
     device = module_device(G, lc.device)
     log.info("lco shard %d: %d samples on %s (mode %s, latent_dim %d, %d steps, %d retries, amp %s)", shard, len(rows), device, lc.mode, G.latent_dim, lc.steps, lc.retries, lc.amp)
     t0 = time.perf_counter()
