@@ -160,7 +160,7 @@ def section_generator(args, res: int, log: dict, tmp: Path) -> float:
     lat = write_fake_latents(tmp / f"e{res}", n, n, G.latent_dim, seed=1)
     z = _z(lat)
     bare_s(G, z[:batch], batch)  # warm-up
-    cfg = ArchiveConfig(labels=LABELS, batch_size=batch, workers=os.cpu_count() or 1)
+    cfg = ArchiveConfig.from_section(dict(name="archive", labels=LABELS, batch_size=batch, workers=os.cpu_count() or 1))
     bare, arch = [], []
     for r in range(args.repeats):
         bare.append(bare_s(G, z, batch))
@@ -186,8 +186,8 @@ def section_writer(args, res: int, g_rate: float, log: dict, tmp: Path) -> None:
     secs: dict[int, list[float]] = {k: [] for k in cores}
     for r in range(args.repeats):  # interleaved: every worker count sees the same machine load
         for k in cores:
-            cfg = ArchiveConfig(labels=LABELS, batch_size=args.batch or network_for(res)["batch"], workers=k,
-                                png_level=args.png_level)
+            cfg = ArchiveConfig.from_section(dict(name="archive", labels=LABELS, batch_size=args.batch or network_for(res)["batch"], workers=k,
+                                png_level=args.png_level))
             secs[k].append(sample_s(G, lat, tmp / f"w{res}" / f"out{r}-{k}", cfg))
     size = sum(p.stat().st_size for p in (tmp / f"w{res}" / f"out0-{cores[0]}").iterdir()) / n
     rate1 = stats(n, secs[1])[0]
@@ -211,7 +211,7 @@ def build_release(folder: Path, res: int, n: int, formats: list[str], shard_mb: 
     """A sealed-less release of ``n`` phantom samples written through the real sample and finalize code."""
     G = BankGenerator(phantom_bank(res, min(16, n)))
     lat = write_fake_latents(folder, n, min(n, 1024), G.latent_dim, seed=2)
-    cfg = ArchiveConfig(labels=LABELS, formats=formats, batch_size=64, workers=workers, shard_mb=shard_mb, name="bench")
+    cfg = ArchiveConfig.from_section(dict(labels=LABELS, formats=formats, batch_size=64, workers=workers, shard_mb=shard_mb, name="bench"))
     gen = folder / "generator.pt"
     gen.write_bytes(b"bench generator stand-in")
     for lp in lat:
@@ -281,7 +281,7 @@ def child(args) -> None:
     folder = Path(args.child)
     if args.child_mode == "sample":
         G = BankGenerator(phantom_bank(64, 16))
-        cfg = ArchiveConfig(labels=LABELS, batch_size=64, workers=2)
+        cfg = ArchiveConfig.from_section(dict(name="archive", labels=LABELS, batch_size=64, workers=2))
         lat = sorted((folder / "latents").glob("shard-*.parquet"))
         warm = write_fake_latents(folder / "warm-up", 256, 256, 8, seed=4)
         sample_s(G, warm, folder / "warm-up", cfg)  # lazy imports and allocator pools before the baseline

@@ -224,7 +224,7 @@ def part_sample(args, dev: torch.device, clock_s: float, sz: dict, tmp: Path) ->
         return time.perf_counter() - t0
 
     bare()  # warm-up
-    cfgs = {k: ArchiveConfig(labels=LABELS, batch_size=batch, workers=k, device=str(dev)) for k in sz["workers"]}
+    cfgs = {k: ArchiveConfig.from_section(dict(name="archive", labels=LABELS, batch_size=batch, workers=k, device=str(dev))) for k in sz["workers"]}
     secs = {"bare": [], **{k: [] for k in cfgs}}
     clock = Clock(clock_s)
     while clock.more():

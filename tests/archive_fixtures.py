@@ -72,8 +72,8 @@ def build_archive(root: Path, formats=("h5", "parquet"), compression="gzip", gat
     save_generator(gen_path, G, {"kimg": 0})
     clf_path = root.parent / f"{root.name}-model.pt"
     clf_path.write_bytes(b"classifier weights stand-in")
-    cfg = ArchiveConfig(labels=LABELS, formats=list(formats), compression=compression, batch_size=BATCH, name=name or root.name,
-                        shard_mb=shard_mb, workers=workers, png_level=png_level)
+    cfg = ArchiveConfig.from_section(dict(labels=LABELS, formats=list(formats), compression=compression, batch_size=BATCH, name=name or root.name,
+                        shard_mb=shard_mb, workers=workers, png_level=png_level))
     work, release = root / "work", root / "release"
     frames, zs, lat_paths = [], {}, []
     for shard, n in enumerate(SHARD_SIZES):

@@ -118,7 +118,7 @@ def test_parquet_shard_hf_image_convention(arch):
 
 @pytest.mark.parametrize("compression", ["lzf", "none"])
 def test_compression_options_and_byte_identical_rerun(tmp_path, arch, compression):
-    cfg = ArchiveConfig(labels=LABELS, formats=["h5", "parquet"], compression=compression, batch_size=BATCH)
+    cfg = ArchiveConfig.from_section(dict(name="archive", labels=LABELS, formats=["h5", "parquet"], compression=compression, batch_size=BATCH))
     lp = arch["work"] / "latents/shard-00002.parquet"
     outs = [{f: tmp_path / run / f"shard-00002.{f}" for f in ("h5", "parquet")} for run in ("a", "b")]
     for o in outs:
@@ -333,7 +333,7 @@ KILL_SCRIPT = textwrap.dedent(
             os.kill(os.getpid(), signal.SIGKILL)
         return forward(z, *a, **k)
     G.forward = dying
-    cfg = ArchiveConfig(labels={labels!r}, batch_size=4)
+    cfg = ArchiveConfig.from_section(dict(name="archive", labels={labels!r}, batch_size=4))
     sample_shard(sys.argv[2], G, {{"h5": sys.argv[3], "parquet": sys.argv[4]}}, cfg, "0" * 64)
     """
 )

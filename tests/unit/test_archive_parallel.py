@@ -75,7 +75,7 @@ def test_sample_shard_bytes_do_not_depend_on_encoder_workers(tmp_path, compressi
     lp = arch["work"] / "latents/shard-00000.parquet"
     digests = []
     for workers in (1, 4):
-        cfg = ArchiveConfig(labels=LABELS, formats=["h5", "parquet"], compression=compression, batch_size=BATCH, workers=workers)
+        cfg = ArchiveConfig.from_section(dict(name="archive", labels=LABELS, formats=["h5", "parquet"], compression=compression, batch_size=BATCH, workers=workers))
         out = {f: tmp_path / f"w{workers}" / f"shard-00000.{f}" for f in ("h5", "parquet")}
         info = sample_shard(lp, arch["G"], out, cfg, "0" * 64)
         assert info["workers"] == workers and info["count"] == 11
@@ -89,14 +89,14 @@ def test_sample_shard_bytes_do_not_depend_on_encoder_workers(tmp_path, compressi
 
 
 def test_webdataset_only_release_renders_parquet_working_shards(tmp_path):
-    cfg = ArchiveConfig(labels=LABELS, formats=["webdataset"])
+    cfg = ArchiveConfig.from_section(dict(name="archive", labels=LABELS, formats=["webdataset"]))
     assert cfg.work_formats == ["parquet"]
-    assert ArchiveConfig(labels=LABELS, formats=["webdataset", "h5"]).work_formats == ["h5", "parquet"]
-    assert ArchiveConfig(labels=LABELS, formats=["parquet", "h5", "webdataset"]).formats == ["h5", "parquet", "webdataset"]
+    assert ArchiveConfig.from_section(dict(name="archive", labels=LABELS, formats=["webdataset", "h5"])).work_formats == ["h5", "parquet"]
+    assert ArchiveConfig.from_section(dict(name="archive", labels=LABELS, formats=["parquet", "h5", "webdataset"])).formats == ["h5", "parquet", "webdataset"]
     with pytest.raises(ValueError, match="archive.formats"):
-        ArchiveConfig(labels=LABELS, formats=["zarr"])
+        ArchiveConfig.from_section(dict(name="archive", labels=LABELS, formats=["zarr"]))
     with pytest.raises(ValueError, match="archive.workers"):
-        ArchiveConfig(labels=LABELS, workers=0)
+        ArchiveConfig.from_section(dict(name="archive", labels=LABELS, workers=0))
 
 
 def _release_digests(release) -> dict[str, str]:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from synthcxr.archive.sample import ArchiveConfig
 from synthcxr.config import GLOBAL_KEYS, ConfigError, build, load_schema, section_schema
 from synthcxr.lco.config import LCOConfig
 from synthcxr.lco.plan import PlanConfig
@@ -24,6 +25,7 @@ SCHEMA = load_schema()
 BUILT = [
     (LCOConfig, "lco", set(LCOConfig.NESTED), set()),
     (PlanConfig, "lco.plan", set(), {"shard_size"}),
+    (ArchiveConfig, "archive", set(), set()),
 ]
 # packages whose config reads all go through build (no cfg.get(key, default), no Mapping | XConfig unions)
 CONVERTED = ["lco"]

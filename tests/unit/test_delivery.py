@@ -13,6 +13,7 @@ from archive_fixtures import LABELS, build_archive
 
 from synthcxr.archive.delivery import DeliveryError, delivery_table, finding_mix_tv, shortfalls
 from synthcxr.archive.finalize import finalize_archive
+from synthcxr.archive.sample import ArchiveConfig
 from synthcxr.archive.seal import seal_release
 from synthcxr.labels import combo_key
 
@@ -98,8 +99,8 @@ def test_a_release_below_min_delivery_fails_naming_the_findings_and_writes_nothi
 
 
 def test_min_delivery_outside_0_1_is_refused(arch):
-    with pytest.raises(ValueError, match=r"archive.min_delivery must be in \[0, 1\]"):
-        dataclasses.replace(arch["cfg"], min_delivery=1.5)
+    with pytest.raises(ValueError, match=r"'archive.min_delivery': 1.5 is greater than the maximum of 1"):
+        ArchiveConfig.from_section({**dataclasses.asdict(arch["cfg"]), "min_delivery": 1.5})
 
 
 def test_delivery_figure_is_a_png_of_every_planned_finding(arch, tmp_path):

@@ -16,7 +16,7 @@ import queue
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +25,11 @@ import torch
 from torch import nn
 
 from .. import __version__
+from ..config import build
 from ..lco.latents import read_latents
 from ..utils.hashing import sha256_file
 from ..utils.runtime import fixed_threads, progress, resolve_device
 from .contract import ROLE_WORK
-from .dicom_export import DEFAULT_UID_ROOT
 from .encode import BatchEncoder, EncodedBatch, PendingBatch
 from .layout import FORMAT_VERSION, PNG_COMPRESS_LEVEL, WORK_ROW_GROUP_MB, canonical_formats, work_formats
 from .render import generator_resolution, render_batches
@@ -41,39 +41,29 @@ log = logging.getLogger("synthcxr")
 
 @dataclass
 class ArchiveConfig:
-    """The ``archive`` config section (plus global labels/device) as the package sees it.
+    """The ``archive`` config section (plus global labels/device) as the package sees it; defaults live in
+    the schema (:func:`synthcxr.config.build`).
 
     ``formats`` are the release's formats; :attr:`work_formats` the working shards the sample rule writes.
     """
 
     labels: list[str]
-    formats: list[str] = field(default_factory=lambda: ["h5", "parquet"])
-    compression: str = "gzip"
-    batch_size: int = 64
-    device: str = "auto"
-    name: str = "archive"
-    shard_mb: float = 256.0
-    row_group_mb: float = 16.0
-    threads: int = 2
-    workers: int = 2
-    png_level: int = PNG_COMPRESS_LEVEL
-    min_delivery: float = 0.0
-    dicom_uid_root: str = DEFAULT_UID_ROOT
+    device: str
+    name: str
+    dicom_uid_root: str
+    formats: list[str]
+    compression: str
+    batch_size: int
+    threads: int
+    png_level: int
+    workers: int
+    shard_mb: float
+    row_group_mb: float
+    license: str
+    min_delivery: float
 
     def __post_init__(self) -> None:
         self.formats = canonical_formats(self.formats)
-        if self.batch_size < 1:
-            raise ValueError(f"archive.batch_size must be >= 1, got {self.batch_size}")
-        if self.shard_mb <= 0 or self.row_group_mb <= 0:
-            raise ValueError(f"archive.shard_mb and archive.row_group_mb must be > 0, got {self.shard_mb}, {self.row_group_mb}")
-        if self.threads < 1:
-            raise ValueError(f"archive.threads must be >= 1, got {self.threads}")
-        if self.workers < 1:
-            raise ValueError(f"archive.workers must be >= 1, got {self.workers}")
-        if not 0 <= self.png_level <= 9:
-            raise ValueError(f"archive.png_level must be 0..9, got {self.png_level}")
-        if not 0 <= self.min_delivery <= 1:
-            raise ValueError(f"archive.min_delivery must be in [0, 1], got {self.min_delivery}")
 
     @property
     def work_formats(self) -> list[str]:
@@ -82,22 +72,8 @@ class ArchiveConfig:
 
     @classmethod
     def from_section(cls, sec: Mapping[str, Any]) -> "ArchiveConfig":
-        """Build from ``synthcxr.config.section(config, "archive")``."""
-        return cls(
-            labels=list(sec["labels"]),
-            formats=list(sec.get("formats", ["h5", "parquet"])),
-            compression=str(sec.get("compression", "gzip")),
-            batch_size=int(sec.get("batch_size", 64)),
-            device=str(sec.get("device", "auto")),
-            name=str(sec.get("name", "archive")),
-            shard_mb=float(sec.get("shard_mb", 256.0)),
-            row_group_mb=float(sec.get("row_group_mb", 16.0)),
-            threads=int(sec.get("threads", 2)),
-            workers=int(sec.get("workers", 2)),
-            png_level=int(sec.get("png_level", PNG_COMPRESS_LEVEL)),
-            min_delivery=float(sec.get("min_delivery", 0.0)),
-            dicom_uid_root=str(sec.get("dicom_uid_root", DEFAULT_UID_ROOT)),
-        )
+        """Build from ``synthcxr.config.section(config, "archive")`` (or part of it: the schema fills the rest)."""
+        return build(cls, "archive", sec)
 
 
 def shard_attrs(shard: int, generator_sha256: str, batch_size: int, device: str, resolution: int, threads: int | None = None,
