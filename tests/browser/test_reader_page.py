@@ -38,7 +38,7 @@ N_EACH = 4
 def study(tmp_path, tiny_prepared):
     rng = np.random.default_rng(4)
     fake = (rng.random((10, RES, RES)) * 255).astype(np.uint8)
-    cfg = ReaderStudyConfig(n_real=N_EACH, n_fake=N_EACH, seed=9, labels=["Effusion", "Nodule", "No_Finding"])
+    cfg = ReaderStudyConfig.from_section(dict(n_real=N_EACH, n_fake=N_EACH, seed=9, labels=["Effusion", "Nodule", "No_Finding"]))
     key = build_study(tiny_prepared, array_source(fake), tmp_path / "reader_kit", tmp_path / "answer_key" / "key.csv",
                       cfg)
     return tmp_path, key

@@ -28,8 +28,8 @@ def fakes(n=30, seed=1):
 
 
 def build(tmp, prepared, seed=3, n_real=8, n_fake=8, source=None, level=0):
-    cfg = ReaderStudyConfig(n_real=n_real, n_fake=n_fake, seed=seed, labels=["Effusion", "No_Finding"],
-                            png_compress_level=level)
+    cfg = ReaderStudyConfig.from_section(dict(n_real=n_real, n_fake=n_fake, seed=seed, labels=["Effusion", "No_Finding"],
+                            png_compress_level=level))
     src = source if source is not None else array_source(fakes(), [f"sample-{i}" for i in range(30)])
     key = build_study(prepared, src, tmp / "reader_kit", tmp / "answer_key" / "key.csv", cfg)
     return key, tmp / "reader_kit", tmp / "answer_key" / "key.csv"
@@ -73,7 +73,7 @@ def test_balance_layout_and_key_apart(tmp_path, tiny_prepared):
     assert list(on_disk["truth"]) != sorted(on_disk["truth"])
     with pytest.raises(ValueError, match="inside the reader kit"):
         build_kit(fakes(2), ["a", "b"], fakes(2), ["c", "d"], tmp_path / "k2", tmp_path / "k2" / "key.csv",
-                  ReaderStudyConfig(n_real=2, n_fake=2))
+                  ReaderStudyConfig.from_section(dict(labels=[], n_real=2, n_fake=2)))
 
 
 def test_anonymity_names_metadata_sizes_times(tmp_path, tiny_prepared):
@@ -166,7 +166,7 @@ def test_archive_source_uses_archive_open(tmp_path, tiny_prepared, monkeypatch):
     import synthcxr.archive as archive_pkg
 
     monkeypatch.setattr(archive_pkg, "open", lambda path, sealed=True: opened, raising=False)
-    cfg = ReaderStudyConfig(n_real=4, n_fake=4, seed=0)
+    cfg = ReaderStudyConfig.from_section(dict(labels=[], n_real=4, n_fake=4, seed=0))
     key = build_study(tiny_prepared, arc_dir, tmp_path / "s" / "reader_kit", tmp_path / "s" / "key" / "key.csv", cfg)
     fake_rows = key[key.truth == "fake"]
     assert len(fake_rows) == 4
@@ -188,11 +188,11 @@ def test_bad_inputs(tmp_path, tiny_prepared):
     with pytest.raises(ValueError, match="differ in size"):
         build(tmp_path / "d", tiny_prepared, n_fake=2, source=mixed)
     with pytest.raises(ValueError, match="png_compress_level"):
-        ReaderStudyConfig(png_compress_level=12)
+        ReaderStudyConfig.from_section(dict(labels=[], png_compress_level=12))
     with pytest.raises(FileNotFoundError, match="no \\*.png"):
         png_folder_source(tmp_path)
     with pytest.raises(ValueError, match="unknown label"):
-        ReaderStudyConfig(labels=["Lung_Opacities"])
+        ReaderStudyConfig.from_section(dict(labels=["Lung_Opacities"]))
 
 
 def test_archive_source_reads_a_finalised_archive(tmp_path, tiny_prepared):

@@ -64,6 +64,7 @@ def _build(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None:
             sec[name] = value
+    sec.setdefault("labels", [])  # no --config and no --labels: a kit without findings boxes
     cfg = ReaderStudyConfig.from_section(sec)
     source = archive_source(args.archive) if args.archive else png_folder_source(args.pngs)
     out = Path(args.out)

@@ -23,14 +23,15 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from ..config import build
 from ..labels import check_labels
 from ..utils.atomic import write_json, write_text
 from ..utils.runtime import progress
@@ -48,38 +49,26 @@ PAGE_WARN_BYTES = 200_000_000
 
 @dataclass
 class ReaderStudyConfig:
-    """The ``reader_study`` config section (plus the global ``labels`` shown as findings boxes)."""
+    """The ``reader_study`` config section (plus the global ``labels`` shown as findings boxes); defaults
+    live in the schema (:func:`synthcxr.config.build`)."""
 
-    n_real: int = 50
-    n_fake: int = 50
-    seed: int = 0
-    labels: list[str] = field(default_factory=list)
-    png_compress_level: int = 0
-    title: str = "Chest X-ray reader study"
-    readers: int = 3
-    detect_accuracy: float = 0.6
-    equivalence_margin: float = 0.1
+    n_real: int
+    n_fake: int
+    seed: int
+    labels: list[str]
+    png_compress_level: int
+    title: str
+    readers: int
+    detect_accuracy: float
+    equivalence_margin: float
 
     def __post_init__(self) -> None:
-        if int(self.readers) < 1:
-            raise ValueError(f"reader_study.readers: must be at least 1, got {self.readers}")
-        if not 0.5 < float(self.detect_accuracy) < 1.0:
-            raise ValueError(f"reader_study.detect_accuracy: must be in (0.5, 1), got {self.detect_accuracy}")
-        if not 0.0 < float(self.equivalence_margin) < 0.5:
-            raise ValueError(f"reader_study.equivalence_margin: must be in (0, 0.5), got {self.equivalence_margin}")
-        for name in ("n_real", "n_fake"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"reader_study.{name}: must be at least 1, got {getattr(self, name)}")
-        if not 0 <= int(self.png_compress_level) <= 9:
-            raise ValueError(f"reader_study.png_compress_level: must be 0..9, got {self.png_compress_level}")
         self.labels = check_labels(self.labels, where="labels") if self.labels else []
 
     @classmethod
-    def from_section(cls, sec: dict[str, Any]) -> "ReaderStudyConfig":
-        """From ``synthcxr.config.section(config, "reader_study")``; unknown keys are ignored (seed/device)."""
-        keys = ("n_real", "n_fake", "seed", "labels", "png_compress_level", "title", "readers", "detect_accuracy",
-                "equivalence_margin")
-        return cls(**{k: sec[k] for k in keys if k in sec})
+    def from_section(cls, sec: Mapping[str, Any]) -> "ReaderStudyConfig":
+        """From ``synthcxr.config.section(config, "reader_study")`` (or part of it: the schema fills the rest)."""
+        return build(cls, "reader_study", sec)
 
 
 def build_kit(
