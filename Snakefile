@@ -11,15 +11,19 @@ min_version("9.0")
 configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
+# One file per stage, in DAG order.
 include: "workflow/rules/common.smk"
-include: "workflow/rules/prepare.smk"
-include: "workflow/rules/pggan.smk"
-include: "workflow/rules/classifier.smk"
-include: "workflow/rules/oracle.smk"
-include: "workflow/rules/lco.smk"
-include: "workflow/rules/sample.smk"
-include: "workflow/rules/validate.smk"
-include: "workflow/rules/reader_study.smk"
+include: "workflow/rules/prepare.smk"  # 1
+include: "workflow/rules/pggan.smk"  # 2
+include: "workflow/rules/classifier.smk"  # 3
+include: "workflow/rules/lco.smk"  # 4
+include: "workflow/rules/sample.smk"  # 5
+include: "workflow/rules/gates.smk"  # 6
+include: "workflow/rules/finalize.smk"  # 7
+include: "workflow/rules/oracle.smk"  # 8 (phantom only)
+include: "workflow/rules/validate.smk"  # 8
+include: "workflow/rules/reader_study.smk"  # 8
+include: "workflow/rules/release.smk"  # 9
 
 
 rule all:

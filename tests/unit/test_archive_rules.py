@@ -86,6 +86,8 @@ def test_rules_build_verify_and_rerun_only_missing_shard(tmp_path):
         f'configfile: "{REPO}/config/config.yaml"\n'
         f'include: "{REPO}/workflow/rules/common.smk"\n'
         f'include: "{REPO}/workflow/rules/sample.smk"\n'
+        f'include: "{REPO}/workflow/rules/finalize.smk"\n'
+        f'include: "{REPO}/workflow/rules/release.smk"\n'
         'rule all:\n    input: f"{REL}/SHA256SUMS", f"{REL}/README.md"\n'
     )
     (root / "over.yaml").write_text("lco:\n  plan: {mode: match_real, n_samples: 12}\n  shard_size: 5\narchive: {name: demo, batch_size: 2}\n")

@@ -42,6 +42,8 @@ N_SHARDS = math.ceil(config["lco"]["plan"]["n_samples"] / config["lco"]["shard_s
 SHARDS = [f"{i:05d}" for i in range(N_SHARDS)]
 # Only the phantom knows what it drew: the ground-truth oracle rules (oracle.smk) exist for it alone.
 ORACLE_ON = has_oracle(config)
+# The re-identification audit (gates.smk) runs unless validate.reid.enabled is false.
+REID_ON = bool(config["validate"]["reid"]["enabled"])
 # Relative to the rule files in workflow/rules/.
 CONDA_ENV = "../../envs/synthcxr.yaml"
 

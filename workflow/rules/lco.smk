@@ -8,7 +8,7 @@ rule plan:
         labels=f"{PREP}/labels.parquet",
         # only when the plan leaves out what the checker cannot verify
         checker=[f"{CLF}/{config['classifier']['checker']['name']}/metrics.json"]
-        if config["lco"]["plan"].get("min_checker_sensitivity", 0) > 0
+        if config["lco"]["plan"]["min_checker_sensitivity"] > 0
         else [],
     output:
         plan=f"{ARCH}/plan.parquet",

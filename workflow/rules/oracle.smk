@@ -1,4 +1,4 @@
-# Ground-truth oracle (format phantom only): a classifier of the phantom's drawn findings, trained on a
+# Stage 8 (phantom only): ground-truth oracle: a classifier of the phantom's drawn findings, trained on a
 # separate clean cohort rendered at the archive's resolution, judges the released samples beside the
 # checker (results/validate/{archive}/oracle.json). Other formats have no oracle: the card says so.
 from synthcxr.validate.oracle import oracle_run_settings, oracle_settings

@@ -5,7 +5,7 @@
 # pggan.nodes > 1: one task per node of one allocation; the script itself starts torchrun on each with
 # srun (the `mpi` resource tells the SLURM executor not to wrap it in a one-task step). The GPUs per node
 # come from the profile (gres); tasks_per_gpu 0 keeps the executor from tying tasks to GPUs.
-PGGAN_NODES = int(config["pggan"].get("nodes", 1))
+PGGAN_NODES = int(config["pggan"]["nodes"])
 PGGAN_NODE_RESOURCES = (
     {"nodes": PGGAN_NODES, "tasks": PGGAN_NODES, "mpi": "srun", "tasks_per_gpu": 0} if PGGAN_NODES > 1 else {}
 )

@@ -1,4 +1,4 @@
-# Reader study kit: blinded, shuffled real + generated scans for radiologists, with the answer key
+# Stage 8: reader study kit: blinded, shuffled real + generated scans for radiologists, with the answer key
 # kept outside the folder that is handed to readers. Scoring runs later: synthcxr reader-study score.
 rule reader_study:
     input:
