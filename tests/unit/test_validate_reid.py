@@ -17,7 +17,7 @@ from sklearn.metrics import roc_auc_score
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fixtures_real import dataset_cfg  # noqa: E402
 
-from synthcxr.archive.finalize import release_mask  # noqa: E402
+from synthcxr.archive.gates import release_mask  # noqa: E402
 from synthcxr.archive.shard_h5 import H5ShardWriter  # noqa: E402
 from synthcxr.data.prepare import prepare  # noqa: E402
 from synthcxr.data.store import PreparedDataset  # noqa: E402

@@ -54,30 +54,13 @@ from .layout import (
     shard_formats,
     work_shard_relpath,
 )
+from .gates import release_mask
 from .release_shard import ShardJob, write_release_shard
 from .sample import ArchiveConfig
 
 log = logging.getLogger("synthcxr")
 
 MB = 1 << 20
-
-
-def read_audit(path: str | os.PathLike, column: str = "flagged", what: str = "memorisation audit",
-               key: str = "validate.memorization.gate") -> pd.DataFrame:
-    """``sample_id -> column`` (bool) from one of the validate stage's per-sample audits."""
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"{p} missing: run the {what} (validate stage) or set {key}: false")
-    df = pd.read_parquet(p)
-    missing = [c for c in ("sample_id", column) if c not in df.columns]
-    if missing:
-        raise ValueError(f"{p}: missing column(s) {missing}; expected at least sample_id, {column}")
-    return df[["sample_id", column]].astype({"sample_id": str, column: bool}).drop_duplicates("sample_id")
-
-
-def read_memorization(path: str | os.PathLike) -> pd.DataFrame:
-    """``sample_id -> flagged`` from the memorisation audit."""
-    return read_audit(path)
 
 
 def check_work_shard(work_dir: Path, lat: ShardLatents, formats: Sequence[str], generator_sha256: str) -> dict[str, Any]:
@@ -119,37 +102,6 @@ def rendered_frame(lat: ShardLatents, label_names: Sequence[str]) -> pd.DataFram
             cols[c] = t[c].to_numpy()
     cols["success"] = t["success"].to_numpy(dtype=bool)
     return pd.DataFrame(cols)
-
-
-def _audit_mask(full: pd.DataFrame, failed: np.ndarray, path: str | os.PathLike, column: str, what: str, key: str) -> np.ndarray:
-    """Successful samples that the audit in ``path`` marks in ``column``; every successful sample must be audited."""
-    mark = read_audit(path, column, what, key).set_index("sample_id")[column]
-    audited = full["sample_id"].isin(mark.index).to_numpy()
-    unaudited = ~audited & ~failed
-    if unaudited.any():
-        raise ValueError(
-            f"{path}: {int(unaudited.sum())} successful sample(s) were not audited "
-            f"(e.g. {full.loc[unaudited, 'sample_id'].iloc[0]!r}); rerun the {what}"
-        )
-    return audited & full["sample_id"].map(mark).fillna(False).to_numpy(dtype=bool) & ~failed
-
-
-def release_mask(
-    full: pd.DataFrame, memorization_path: str | os.PathLike | None, reid_path: str | os.PathLike | None = None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """``(released, failed, flagged, matched)`` boolean masks over ``full``'s rows.
-
-    ``flagged``: withheld by the memorisation audit; ``matched``: withheld by the re-identification audit
-    (a sample can be both). Failed samples are never counted as flagged or matched.
-    """
-    failed = ~full["success"].to_numpy(dtype=bool)
-    flagged = np.zeros(len(full), dtype=bool)
-    matched = np.zeros(len(full), dtype=bool)
-    if memorization_path is not None:
-        flagged = _audit_mask(full, failed, memorization_path, "flagged", "memorisation audit", "validate.memorization.gate")
-    if reid_path is not None:
-        matched = _audit_mask(full, failed, reid_path, "matched", "re-identification audit", "validate.reid.gate")
-    return ~failed & ~flagged & ~matched, failed, flagged, matched
 
 
 def shard_bounds(n: int, bytes_per_sample: float, shard_mb: float) -> list[tuple[int, int]]:
