@@ -210,7 +210,7 @@ def test_an_image_positive_for_any_observation_is_never_no_finding(tmp_path):
     assert t["other_finding"].tolist() == [1.0, 1.0, 0.0, 1.0, 0.0]  # Fracture -1 -> 1 under U-Ones
     assert s["counts"]["other_finding_only"] == 4
     # the label plan no longer counts the Lung Opacity / device images as No_Finding
-    counts = plan_counts(PlanConfig(mode="match_real", n_samples=60, shard_size=60), labels, res["labels"])
+    counts = plan_counts(PlanConfig.from_section({"plan": {"mode": "match_real", "n_samples": 60}, "shard_size": 60}), labels, res["labels"])
     assert counts == {"Atelectasis": 20, "Effusion": 20, "No_Finding": 20}
     # configured, the CheXpert-only observations are labels of their own
     wide = ["Atelectasis", "Lung_Opacity", "Support_Devices", "Fracture", "No_Finding"]
