@@ -7,6 +7,7 @@ defaults, and turns jsonschema's errors into one message per problem that names 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -44,8 +45,12 @@ def load_schema(path: str | os.PathLike | None = None) -> dict:
         return yaml.safe_load(fh)
 
 
+def _path_of(error, prefix: str = "") -> list[str]:
+    return ([prefix] if prefix else []) + [str(p) for p in error.absolute_path]
+
+
 def _key_of(error, prefix: str = "") -> str:
-    parts = ([prefix] if prefix else []) + [str(p) for p in error.absolute_path]
+    parts = _path_of(error, prefix)
     return ".".join(parts) if parts else "<top level>"
 
 
@@ -56,7 +61,7 @@ def _describe(error, prefix: str = "") -> str:
         allowed = sorted((error.schema.get("properties") or {}).keys())
         extra = sorted(set(error.instance) - set(allowed))
         where = f"'{key}'" if key != "<top level>" else "the top level"
-        names = ", ".join(f"'{'.'.join([*([prefix] if prefix else []), *map(str, error.absolute_path), e])}'" for e in extra)
+        names = ", ".join(f"'{'.'.join([*_path_of(error, prefix), e])}'" for e in extra)
         return f"unknown key {names} in {where}; allowed keys: {', '.join(allowed)}"
     if error.validator == "required":
         return f"'{key}': {error.message}"
@@ -159,8 +164,6 @@ def build(cls: type, name: str, values: Any, schema: dict | None = None, **extra
     no schema default and no ``extra`` is an error naming it. Keys the class has no field for are left to
     the classes of their own sections (``lco.plan``).
     """
-    import dataclasses
-
     schema = schema if schema is not None else _schema()
     sub = section_schema(name, schema)
     sec = copy.deepcopy(dict(values))

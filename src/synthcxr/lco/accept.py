@@ -23,9 +23,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from scipy.special import expit, logit
-
 import torch.nn.functional as F
+from scipy.special import expit, logit
 
 from ..labels import NO_FINDING
 
@@ -184,9 +183,10 @@ def loss_cuts(space: LabelSpace, objective: str) -> np.ndarray:
 
 def target_loss(logits, target, cuts) -> torch.Tensor:
     """Per-sample mean over labels of ``BCE(logit - cut, target)``: ``[..., Lu]`` logits and 0/1 targets
-    (broadcast), ``cuts`` from :func:`loss_cuts` (the cut of a label's requested side is used)."""
+    (broadcast), ``cuts`` from :func:`loss_cuts`, as an array or a tensor already on the logits' device
+    (the cut of a label's requested side is used)."""
     logits = torch.as_tensor(logits)
     tgt = torch.as_tensor(target, device=logits.device).to(logits.dtype)
-    c = torch.as_tensor(np.asarray(cuts), device=logits.device, dtype=logits.dtype)
+    c = torch.as_tensor(cuts, device=logits.device, dtype=logits.dtype)
     shift = torch.where(tgt >= 0.5, c[1], c[0])
     return F.binary_cross_entropy_with_logits(logits - shift, tgt.expand_as(logits), reduction="none").mean(-1)

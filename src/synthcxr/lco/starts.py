@@ -62,7 +62,7 @@ def best_of_candidates(
     idx: torch.Tensor,
     chunk: int = 256,
     amp: str = "none",
-    cuts: np.ndarray | None = None,
+    cuts: np.ndarray | torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per sample, the candidate latent whose image is closest to the target (lowest :func:`~.accept.target_loss`;
     ``cuts`` from :func:`~.accept.loss_cuts`, default zeros: mean BCE).

@@ -65,7 +65,7 @@ def optimise_stream(
     idx = torch.as_tensor(np.asarray(space.clf_index)[used], dtype=torch.long, device=device)
     thr = space.thresholds[used]
     margins = space.margins[:, used]
-    cuts = loss_cuts(space, cfg.objective)
+    cuts = torch.as_tensor(loss_cuts(space, cfg.objective), dtype=torch.float32, device=device)  # once, not per step
     tgt_all = torch.as_tensor(targets[:, used], dtype=torch.float32, device=device)
     k = cfg.init_candidates
     queue = deque(work)
