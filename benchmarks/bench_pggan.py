@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     sec.update(device=a.device, amp=a.amp or sec.get("amp", False))
     if a.max_res:
         sec["resolution"] = a.max_res
-    cfg = PGGANConfig.from_dict(sec)
+    cfg = PGGANConfig.from_section(sec)
     dev = resolve_device(a.device)
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(a.data) if a.data else synthetic_prepared(Path(tmp), cfg.resolution, list(cfg_all["labels"]))

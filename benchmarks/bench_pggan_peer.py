@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     base = section(load_config(a.config or REPO_ROOT / "config" / "config.yaml"), "pggan")
     for name in a.nets:
         over = NETS[name] or {}
-        cfg = PGGANConfig.from_dict({**base, **over, "device": str(dev)})
+        cfg = PGGANConfig.from_section({**base, **over, "device": str(dev)})
         compare(name, cfg, a.peer, a.steps, a.repeats, a.amp, a.profile, dev)
     return 0
 

@@ -148,7 +148,7 @@ def _child(variant: str, root: Path) -> None:
     base = status_mib("VmRSS")
     t0 = time.perf_counter()
     if variant == "synthcxr":
-        pcfg = PrepareConfig.from_dict(_mimic_cfg(root))
+        pcfg = PrepareConfig.from_section(_mimic_cfg(root))
         records, kept = scan_metadata(make_adapter(pcfg, MIMIC_LABELS), MIMIC_LABELS, Quarantine())
         n = len(_label_table(records, kept, MIMIC_LABELS, pcfg))
     else:
@@ -212,7 +212,7 @@ def bench_decoder(args) -> int:
             "def status(field):\n"
             "    return next(int(x.split()[1]) for x in open('/proc/self/status') if x.startswith(field)) / 1024\n"
             "base = status('VmRSS')\n"
-            "cfg = PrepareConfig.from_dict({'name': 'b', 'format': 'dicom', 'root': sys.argv[1], 'max_res': 1024})\n"
+            "cfg = PrepareConfig.from_section({'name': 'b', 'format': 'dicom', 'root': sys.argv[1], 'max_res': 1024})\n"
             "from synthcxr.data.adapters.dicom import DicomAdapter\n"
             "ad = DicomAdapter(cfg, ['No_Finding'])\n"
             "pyr, short = decode_one(ad, sys.argv[2], 'big.dcm', 1024)\n"
@@ -252,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     args.n = args.n or 20000
 
     from synthcxr.data.prepare import prepare
+    from synthcxr.data.settings import PrepareConfig
     from synthcxr.labels import PHANTOM_LABELS
 
     cfg = {
@@ -271,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(tmp) / "prepared"
         rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         t0 = time.perf_counter()
-        summary = prepare(cfg, list(PHANTOM_LABELS), out)
+        summary = prepare(PrepareConfig.from_section(cfg), list(PHANTOM_LABELS), out)
         dt = time.perf_counter() - t0
         self_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         child_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss

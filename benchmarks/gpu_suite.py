@@ -111,7 +111,7 @@ def pggan_config(res: int, dev: torch.device, amp: bool, smoke: bool) -> PGGANCo
     if smoke:
         sec.update(latent_dim=16, fmap_base=64, fmap_max=16, minibatch={str(r): 4 for r in (4, 8, 16, 32)})
     sec.update(resolution=res, amp=amp, device=str(dev), seed=0, labels=LABELS, workers=0 if smoke else 2, total_kimg=None)
-    return PGGANConfig.from_dict(sec)
+    return PGGANConfig.from_section(sec)
 
 
 def part_pggan(args, dev: torch.device, clock_s: float, sz: dict, tmp: Path) -> dict:

@@ -440,6 +440,13 @@ def dataset_cfg(fmt: str, root: str | os.PathLike | None, **over) -> dict:
     return cfg
 
 
+def dataset_config(fmt: str, root: str | os.PathLike | None, **over):
+    """:func:`dataset_cfg` as the PrepareConfig prepare() takes."""
+    from synthcxr.data.settings import PrepareConfig
+
+    return PrepareConfig.from_section(dataset_cfg(fmt, root, **over))
+
+
 def read_outputs(out: str | os.PathLike) -> dict:
     """Load the four prepare outputs (images as a dict res -> array)."""
     import json

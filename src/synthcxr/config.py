@@ -154,16 +154,10 @@ def section_schema(name: str, schema: dict | None = None) -> dict:
     return {**sub, "$defs": schema.get("$defs", {})}
 
 
-def build(cls: type, name: str, values: Any, schema: dict | None = None, **extra: Any):
-    """An instance of the dataclass ``cls`` from section ``name`` of the config: the one way stages read config.
-
-    ``values`` is the section as a rule passes it (:func:`section`: the global seed, device and labels
-    merged in). Keys it leaves out get the schema's defaults,
-    the keys it has are checked against the schema (a ConfigError names ``name.key``), and each field of
-    ``cls`` takes the key of its name; ``extra`` sets fields the section does not hold. A field with no key,
-    no schema default and no ``extra`` is an error naming it. Keys the class has no field for are left to
-    the classes of their own sections (``lco.plan``).
-    """
+def filled(name: str, values: Any, schema: dict | None = None) -> dict[str, Any]:
+    """Section ``name`` of the config as a rule passes it (or part of it), checked against the schema, with
+    the schema's defaults for the keys it leaves out; the global keys (seed, device, labels) it carries are
+    kept, and those it lacks get their schema defaults where there are any. A ConfigError names ``name.key``."""
     schema = schema if schema is not None else _schema()
     sub = section_schema(name, schema)
     sec = copy.deepcopy(dict(values))
@@ -174,20 +168,39 @@ def build(cls: type, name: str, values: Any, schema: dict | None = None, **extra
         lines = "\n".join(f"  - {_describe(e, name)}" for e in errors)
         raise ConfigError(f"invalid '{name}' section ({len(errors)} problem(s)):\n{lines}")
     top = schema.get("properties", {})
+    for k in GLOBAL_KEYS:
+        if k not in sec and k not in glob and "default" in top.get(k, {}):
+            glob[k] = copy.deepcopy(top[k]["default"])
+    return {**glob, **sec}
+
+
+def build(cls: type, name: str, values: Any, schema: dict | None = None, **extra: Any):
+    """An instance of the dataclass ``cls`` from section ``name`` of the config: the one way stages read config.
+
+    ``values`` is the section as a rule passes it (:func:`section`: the global seed, device and labels
+    merged in), filled and checked by :func:`filled`. Each field of ``cls`` takes the key of its name;
+    ``extra`` sets fields the section does not hold. A field with no key, no schema default and no
+    ``extra`` is an error naming it. Keys the class has no field for are left to the classes of their own
+    sections (``lco.plan``).
+    """
+    sec = filled(name, values, schema)
     out = {}
     for f in dataclasses.fields(cls):
         if f.name in extra:
             out[f.name] = extra[f.name]
         elif f.name in sec:
             out[f.name] = sec[f.name]
-        elif f.name in glob:
-            out[f.name] = copy.deepcopy(glob[f.name])
-        elif f.name in GLOBAL_KEYS and "default" in top.get(f.name, {}):
-            out[f.name] = copy.deepcopy(top[f.name]["default"])
         else:
             where = f"'{f.name}'" if f.name in GLOBAL_KEYS else f"'{name}.{f.name}'"
             raise ConfigError(f"{where}: missing, and the schema has no default for it (needed by {cls.__name__})")
     return cls(**out)
+
+
+def keys_for(cls: type, name: str, schema: dict | None = None) -> list[str]:
+    """The keys of section ``name`` that the dataclass ``cls`` has fields for: what a rule passes it as params,
+    so a rule reruns when one of them changes, and only then."""
+    props = section_schema(name, schema if schema is not None else _schema()).get("properties", {})
+    return [f.name for f in dataclasses.fields(cls) if f.name in props]
 
 
 _SCHEMA_CACHE: dict | None = None

@@ -76,3 +76,20 @@ def test_the_plan_waits_for_the_checker_only_when_it_leaves_out_what_the_checker
     off = plan_inputs("lco:\n  plan: {mode: match_real, n_samples: 1024}\n")
     assert re.search(r"^\s*rule train_classifier:\s*\n(.*\n)*?\s*output: results/classifier/check/", on, flags=re.M)
     assert "results/classifier/check" not in off
+
+
+def test_a_package_from_another_checkout_is_refused(tmp_path):
+    """The rules and their scripts run one copy of the code: a synthcxr imported from elsewhere is an error
+    that says how to install this checkout, not a run that mixes two versions."""
+    import os
+    import shutil
+
+    other = tmp_path / "other" / "src"
+    shutil.copytree(REPO / "src" / "synthcxr", other / "synthcxr", ignore=shutil.ignore_patterns("__pycache__"))
+    env = {**os.environ, "PYTHONPATH": str(other)}
+    proc = run_group([SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "-n", "--cores", "1"],
+                     timeout=600, cwd=REPO, env=env)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert f"synthcxr is imported from {other / 'synthcxr'}" in out and "make install" in out, out[-3000:]
+    assert not (tmp_path / "results").exists()

@@ -23,7 +23,7 @@ from archive_fixtures import LABELS, RES, build_archive
 
 import synthcxr.archive as sa
 from synthcxr.archive.shard_parquet import decode_png, encode_png
-from synthcxr.archive.streaming import Unit, deal, quotas
+from synthcxr.archive.partition import Unit, deal, quotas
 from synthcxr.imaging import float_to_uint8
 
 ALL = ("h5", "parquet", "webdataset")

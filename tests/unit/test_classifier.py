@@ -34,6 +34,10 @@ def _cfg(**kw) -> dict:
     return {**base, **kw}
 
 
+def _run(**kw) -> ClassifierConfig:
+    return ClassifierConfig.from_section(_cfg(**kw))
+
+
 # ---------------------------------------------------------------- networks
 
 
@@ -76,7 +80,7 @@ def test_augment_identity_deterministic_and_bounded():
     x = torch.rand(6, 1, 16, 16) * 2 - 1
     off = AugmentConfig(rotate_deg=0, scale=0, intensity=0, hflip=False)
     assert torch.allclose(augment_batch(x, off, torch.Generator().manual_seed(0)), x, atol=1e-6)
-    on = AugmentConfig(rotate_deg=10, scale=0.1, intensity=0.3)
+    on = AugmentConfig(rotate_deg=10, scale=0.1, intensity=0.3, hflip=False)
     a = augment_batch(x, on, torch.Generator().manual_seed(5))
     b = augment_batch(x, on, torch.Generator().manual_seed(5))
     c = augment_batch(x, on, torch.Generator().manual_seed(6))
@@ -85,7 +89,7 @@ def test_augment_identity_deterministic_and_bounded():
 
 
 def test_augment_flip_only_mirrors_exactly_and_is_off_by_default():
-    assert AugmentConfig().hflip is False
+    assert _run().augment.hflip is False  # the schema's default
     x = torch.rand(16, 1, 8, 8)
     y = augment_batch(x, AugmentConfig(rotate_deg=0, scale=0, intensity=0, hflip=True), torch.Generator().manual_seed(3))
     mirrored = [torch.allclose(y[i], x[i].flip(-1), atol=1e-5) for i in range(16)]
@@ -95,7 +99,7 @@ def test_augment_flip_only_mirrors_exactly_and_is_off_by_default():
 
 def test_augment_intensity_is_monotone_per_image():
     x = torch.linspace(-0.5, 0.5, 64).view(1, 1, 8, 8).repeat(3, 1, 1, 1)
-    y = augment_batch(x, AugmentConfig(rotate_deg=0, scale=0, intensity=0.2), torch.Generator().manual_seed(1))
+    y = augment_batch(x, AugmentConfig(rotate_deg=0, scale=0, intensity=0.2, hflip=False), torch.Generator().manual_seed(1))
     # a contrast/brightness change keeps the pixel order and is affine in the input
     for i in range(3):
         d = torch.diff(y[i].flatten())
@@ -104,8 +108,8 @@ def test_augment_intensity_is_monotone_per_image():
 
 
 def test_augment_config_rejects_unknown_keys():
-    with pytest.raises(ValueError, match="classifier.augment"):
-        AugmentConfig.from_dict({"rotate": 3})
+    with pytest.raises(ValueError, match=r"unknown key 'classifier\.augment\.rotate'"):
+        _run(augment={"rotate": 3})
 
 
 # ---------------------------------------------------------------- loss and config
@@ -175,16 +179,16 @@ def test_run_settings_picks_main_or_checker():
 
 def test_config_errors_name_the_key():
     with pytest.raises(ValueError, match="unknown key"):
-        ClassifierConfig.from_dict(_cfg(lr_max=3))
+        ClassifierConfig.from_section(_cfg(lr_max=3))
     with pytest.raises(ValueError, match="labels"):
-        ClassifierConfig.from_dict({"name": "x", "arch": "small_cnn"})
+        ClassifierConfig.from_section({"name": "x", "arch": "small_cnn"})
     with pytest.raises(ValueError, match="classifier.arch"):
-        ClassifierConfig.from_dict(_cfg(arch="vit"))
-    with pytest.raises(ValueError, match="classifier.select_on.*auroc, bce, last"):
-        ClassifierConfig.from_dict(_cfg(select_on="f1"))
-    assert ClassifierConfig.from_dict(_cfg(checker={"name": "c"})).name == "t"
-    with pytest.raises(ValueError, match="classifier.amp.*none, bf16, fp16"):
-        ClassifierConfig.from_dict(_cfg(amp="fp8"))
+        ClassifierConfig.from_section(_cfg(arch="vit"))
+    with pytest.raises(ValueError, match=r"'classifier.select_on': 'f1' is not one of \['auroc', 'bce', 'last'\]"):
+        ClassifierConfig.from_section(_cfg(select_on="f1"))
+    assert ClassifierConfig.from_section(_cfg(checker={"name": "c"})).name == "t"
+    with pytest.raises(ValueError, match=r"'classifier.amp': 'fp8' is not one of"):
+        ClassifierConfig.from_section(_cfg(amp="fp8"))
 
 
 def test_source_kind_errors(tmp_path, tiny_prepared):
@@ -205,7 +209,7 @@ def test_source_kind_errors(tmp_path, tiny_prepared):
 @pytest.fixture(scope="module")
 def trained(tiny_prepared, tmp_path_factory):
     out = tmp_path_factory.mktemp("clf")
-    metrics = train_classifier(_cfg(), tiny_prepared, None, out, log_file=out / "train.log")
+    metrics = train_classifier(_run(), tiny_prepared, None, out, log_file=out / "train.log")
     return out, metrics
 
 
@@ -251,7 +255,7 @@ def test_saved_model_reproduces_metrics_and_thresholds(trained, tiny_prepared):
     assert set(thr) == set(LABELS) and all(0 <= v <= 1 for v in thr.values())
     assert metrics["operating_points"]["method"] == "youden_j"
     loaded = load_thresholds(out / "thresholds.json", LABELS)
-    min_count = ClassifierConfig.threshold_min_count
+    min_count = _run().threshold_min_count
     for j, name in enumerate(LABELS):
         ref = youden_threshold(y_val[:, j], p_val[:, j])
         point = metrics["operating_points"]["labels"][name]
@@ -287,7 +291,7 @@ def test_loaded_model_any_resolution_features_and_gradients(trained):
 
 def test_training_is_deterministic_and_masks_unknown_labels(tiny_prepared, tmp_path, trained):
     _, first = trained
-    again = train_classifier(_cfg(epochs=2), tiny_prepared, None, tmp_path / "again")
+    again = train_classifier(_run(epochs=2), tiny_prepared, None, tmp_path / "again")
     assert again["test"]["per_label"] == first["test"]["per_label"]
     # unknown labels: training still runs and the counts report them
     data = tmp_path / "nan"
@@ -295,7 +299,7 @@ def test_training_is_deterministic_and_masks_unknown_labels(tiny_prepared, tmp_p
     table = pd.read_parquet(data / "labels.parquet")
     table.loc[table.index % 3 == 0, "Nodule"] = np.nan
     table.to_parquet(data / "labels.parquet", index=False)
-    m = train_classifier(_cfg(epochs=1, bootstrap=0), data, None, tmp_path / "nan_out")
+    m = train_classifier(_run(epochs=1, bootstrap=0), data, None, tmp_path / "nan_out")
     n_unknown = int(table.loc[table.split == "test", "Nodule"].isna().sum())
     assert m["test"]["per_label"]["Nodule"]["n_unknown"] == n_unknown > 0
     assert m["test"]["per_label"]["Nodule"]["ci_low"] is None  # bootstrap off
@@ -303,7 +307,7 @@ def test_training_is_deterministic_and_masks_unknown_labels(tiny_prepared, tmp_p
 
 @pytest.mark.parametrize("select_on", ["auroc", "bce", "last"])
 def test_epoch_selection_keeps_the_epoch_the_criterion_names(tiny_prepared, tmp_path, select_on):
-    m = train_classifier(_cfg(epochs=4, bootstrap=0, select_on=select_on), tiny_prepared, None, tmp_path / select_on)
+    m = train_classifier(_run(epochs=4, bootstrap=0, select_on=select_on), tiny_prepared, None, tmp_path / select_on)
     hist = m["history"]
     assert m["select_on"] == select_on and len(hist) == m["epochs_run"] == 4
     if select_on == "auroc":
@@ -349,12 +353,12 @@ def test_train_on_archive_equals_training_on_the_same_real_images(tiny_prepared,
     arc = tmp_path / "arc"
     _archive_from_prepared(tiny_prepared, arc, LABELS[::-1])  # other label order: mapped back by name
     assert source_kind(arc) == "archive"
-    m = train_classifier(_cfg(), arc, tiny_prepared, tmp_path / "tstr")
+    m = train_classifier(_run(), arc, tiny_prepared, tmp_path / "tstr")
     assert m["train_kind"] == "archive" and m["n_train"] == real["n_train"]
     # same pixels, same labels, same batch order and seed: the very same model and numbers
     assert m["test"]["per_label"] == real["test"]["per_label"]
     with pytest.raises(KeyError, match="archive lacks label"):
-        train_classifier(_cfg(labels=LABELS + ["Hernia"]), arc, tiny_prepared, tmp_path / "bad")
+        train_classifier(_run(labels=LABELS + ["Hernia"]), arc, tiny_prepared, tmp_path / "bad")
 
 
 def test_exact_match_overall_and_per_combination_by_hand():
@@ -459,15 +463,15 @@ def test_real_plus_synthetic_source_and_equal_steps(tiny_prepared, tmp_path, tra
     arc = tmp_path / "arc"
     _archive_from_prepared(tiny_prepared, arc, LABELS)
     n = real["n_train"]
-    both = train_classifier(_cfg(epochs=2, bootstrap=0, samples_per_epoch=n), [tiny_prepared, arc], tiny_prepared,
+    both = train_classifier(_run(epochs=2, bootstrap=0, samples_per_epoch=n), [tiny_prepared, arc], tiny_prepared,
                             tmp_path / "both")
     assert both["n_train"] == 2 * n and both["train_kind"] == "prepared+archive"
     assert both["samples_per_epoch"] == n and both["steps"] == 2 * (n // 32)  # drop_last batches of 32
     assert both["test"]["ci_resampling"].startswith("patients")
-    small = train_classifier(_cfg(epochs=2, bootstrap=0, samples_per_epoch=n), arc, tiny_prepared, tmp_path / "s")
+    small = train_classifier(_run(epochs=2, bootstrap=0, samples_per_epoch=n), arc, tiny_prepared, tmp_path / "s")
     assert small["steps"] == both["steps"]  # same optimisation steps whatever the training set's size
     with pytest.raises(ValueError, match="eval_source"):
-        train_classifier(_cfg(epochs=1), [tiny_prepared, arc], None, tmp_path / "noeval")
+        train_classifier(_run(epochs=1), [tiny_prepared, arc], None, tmp_path / "noeval")
 
 
 # ---------------------------------------------------------------- TSTR mechanics: fractions, pretrain, mixing
@@ -503,14 +507,14 @@ def test_mix_weights_give_the_synthetic_share_by_hand_and_by_sampling():
 
 
 def test_real_fraction_trains_on_a_patient_subset(tiny_prepared, tmp_path):
-    m = train_classifier(_cfg(epochs=1, bootstrap=0, real_fraction=0.25), tiny_prepared, None, tmp_path / "q")
+    m = train_classifier(_run(epochs=1, bootstrap=0, real_fraction=0.25), tiny_prepared, None, tmp_path / "q")
     train = PreparedDataset(tiny_prepared).split("train")
     from synthcxr.classifier.sources import patient_subset
 
     want = int(patient_subset(train["patient_key"].to_numpy(), 0.25, seed=1).sum())
     assert m["n_train"] == want < len(train) and m["real_fraction"] == 0.25
     with pytest.raises(ValueError, match="real_fraction"):
-        ClassifierConfig.from_dict(_cfg(real_fraction=0.0))
+        ClassifierConfig.from_section(_cfg(real_fraction=0.0))
 
 
 def test_finetune_restores_the_pretrained_checkpoint_and_continues(trained, tiny_prepared, tmp_path):
@@ -518,28 +522,28 @@ def test_finetune_restores_the_pretrained_checkpoint_and_continues(trained, tiny
     start = dict(load_classifier(out / "model.pt").named_parameters())
     # a vanishing learning rate: the weights must end where they started, i.e. on the pretrained ones
     # (parameters only: BatchNorm's running statistics follow the new data whatever the learning rate)
-    m = train_classifier(_cfg(epochs=1, bootstrap=0, lr=1e-12, init_from=str(out / "model.pt")), tiny_prepared, None, tmp_path / "ft")
+    m = train_classifier(_run(epochs=1, bootstrap=0, lr=1e-12, init_from=str(out / "model.pt")), tiny_prepared, None, tmp_path / "ft")
     ft = dict(load_classifier(tmp_path / "ft" / "model.pt").named_parameters())
     for k, v in start.items():
         torch.testing.assert_close(ft[k], v, atol=1e-6, rtol=0, msg=k)
     assert m["init_from"] == str(out / "model.pt")
     # from scratch the same run ends elsewhere: the start really came from the checkpoint
-    train_classifier(_cfg(epochs=1, bootstrap=0, lr=1e-12), tiny_prepared, None, tmp_path / "s")
+    train_classifier(_run(epochs=1, bootstrap=0, lr=1e-12), tiny_prepared, None, tmp_path / "s")
     scratch = dict(load_classifier(tmp_path / "s" / "model.pt").named_parameters())
     assert max(float((scratch[k] - v).detach().abs().max()) for k, v in start.items()) > 1e-3
     with pytest.raises(ValueError, match="architecture or labels differ"):
-        train_classifier(_cfg(epochs=1, bootstrap=0, width=8, init_from=str(out / "model.pt")), tiny_prepared, None, tmp_path / "bad")
+        train_classifier(_run(epochs=1, bootstrap=0, width=8, init_from=str(out / "model.pt")), tiny_prepared, None, tmp_path / "bad")
 
 
 def test_bf16_autocast_and_channels_last_train_the_same_model(trained, tiny_prepared, tmp_path):
     """classifier.amp and classifier.channels_last change how training runs, not what it learns: on CPU bf16
     autocast trains a model as good as fp32, channels-last the same one to float rounding; fp16 needs CUDA."""
     _, ref = trained
-    bf = train_classifier(_cfg(amp="bf16"), tiny_prepared, None, tmp_path / "bf16")
+    bf = train_classifier(_run(amp="bf16"), tiny_prepared, None, tmp_path / "bf16")
     assert bf["test"]["mean_auroc"] > 0.7 and abs(bf["test"]["mean_auroc"] - ref["test"]["mean_auroc"]) < 0.1
-    cl = train_classifier(_cfg(channels_last=True), tiny_prepared, None, tmp_path / "cl")
+    cl = train_classifier(_run(channels_last=True), tiny_prepared, None, tmp_path / "cl")
     np.testing.assert_allclose([h["train_loss"] for h in cl["history"]], [h["train_loss"] for h in ref["history"]], rtol=1e-3)
     state = torch.load(tmp_path / "cl" / "model.pt", weights_only=True)["state_dict"]
     assert all(v.is_contiguous() for v in state.values())  # saved in the standard layout
     with pytest.raises(ValueError, match="classifier.amp: fp16 autocast needs a CUDA device"):
-        train_classifier(_cfg(amp="fp16"), tiny_prepared, None, tmp_path / "fp16")
+        train_classifier(_run(amp="fp16"), tiny_prepared, None, tmp_path / "fp16")

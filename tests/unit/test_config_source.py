@@ -13,11 +13,21 @@ from pathlib import Path
 
 import pytest
 
+from jsonschema import Draft202012Validator
+
 from synthcxr.archive.sample import ArchiveConfig
+from synthcxr.classifier.augment import AugmentConfig
+from synthcxr.classifier.train import RUN_KEYS, ClassifierConfig
 from synthcxr.config import GLOBAL_KEYS, ConfigError, build, load_schema, section_schema
+from synthcxr.data.settings import PrepareConfig, SplitConfig
 from synthcxr.lco.config import LCOConfig
 from synthcxr.lco.plan import PlanConfig
+from synthcxr.pggan.config import PGGANConfig
 from synthcxr.reader_study.kit import ReaderStudyConfig
+from synthcxr.validate.fid_run import FID_TUNING, FidConfig
+from synthcxr.validate.memorization import MEMORIZATION_TUNING, MemorizationConfig
+from synthcxr.validate.reid import REID_TUNING, ReidConfig
+from synthcxr.validate.verifier import VerifierConfig
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "synthcxr"
 SCHEMA = load_schema()
@@ -28,9 +38,22 @@ BUILT = [
     (PlanConfig, "lco.plan", set(), {"shard_size"}),
     (ArchiveConfig, "archive", set(), set()),
     (ReaderStudyConfig, "reader_study", set(), set()),
+    (PGGANConfig, "pggan", set(), set()),
+    (PrepareConfig, "dataset", set(), set()),
+    (SplitConfig, "dataset.split", set(), set()),
+    (ClassifierConfig, "classifier", {"checker"}, set(RUN_KEYS)),
+    (AugmentConfig, "classifier.augment", set(), set()),
+    # validate: FID reads the top-level keys; the audits their own sections; TSTR and validate_lco read
+    # their keys as rule params
+    (FidConfig, "validate", {"memorization", "reid", "oracle", "lco_prior_samples", "tstr_seeds", "tstr_epochs",
+                             "tstr_real_fractions", "tstr_arms", "tstr_synthetic_share"}, set(FID_TUNING)),
+    (MemorizationConfig, "validate.memorization", set(), set(MemorizationConfig.FROM_VALIDATE) | set(MEMORIZATION_TUNING)),
+    (VerifierConfig, "validate.reid", {"enabled", "false_match_rate", "gate", "gallery"}, set()),
+    (ReidConfig, "validate.reid", {"enabled", "res", "width", "embed_dim", "steps", "patients_per_batch", "lr", "weight_decay",
+                                   "align", "batch_size", "max_heldout", "augment"}, {"verifier"} | set(REID_TUNING)),
 ]
-# packages whose config reads all go through build (no cfg.get(key, default), no Mapping | XConfig unions)
-CONVERTED = ["lco", "reader_study"]
+# every package reads its config through build (no cfg.get(key, default), no Mapping | XConfig unions)
+CONVERTED = sorted(p.name for p in SRC.iterdir() if p.is_dir() and not p.name.startswith("_"))
 
 
 @pytest.mark.parametrize("cls, name, nested, outside", BUILT, ids=[b[0].__name__ for b in BUILT])
@@ -86,3 +109,50 @@ def _config_reads(path: Path) -> list[str]:
 def test_converted_packages_read_config_only_through_their_dataclasses(package):
     found = [r for p in sorted((SRC / package).glob("*.py")) for r in _config_reads(p)]
     assert found == []
+
+
+def _defaults(node, path=""):
+    """(dotted key, its subschema) for every schema node that has a default."""
+    if isinstance(node, dict):
+        if "default" in node and path:
+            yield path, node
+        for k, sub in (node.get("properties") or {}).items():
+            yield from _defaults(sub, f"{path}.{k}" if path else k)
+
+
+def test_every_schema_default_is_valid_under_its_own_key():
+    """A default is filled in before validation: one its own key refuses would fail every config that leaves it out."""
+    defs = {"$defs": SCHEMA.get("$defs", {})}
+    bad = [f"{key}: {node['default']!r}" for key, node in _defaults(SCHEMA)
+           if not Draft202012Validator({**node, **defs}).is_valid(node["default"])]
+    assert bad == []
+
+
+def test_the_codes_choices_are_the_schemas():
+    """Where code branches on a key's value, its list of values is the schema's enum."""
+    from synthcxr.classifier.evaluate import THRESHOLD_METHODS
+    from synthcxr.classifier.models import ARCHS
+    from synthcxr.classifier.train import SELECTION
+    from synthcxr.utils.amp import AMP_MODES
+
+    clf = section_schema("classifier", SCHEMA)["properties"]
+    assert set(ARCHS) == set(clf["arch"]["enum"]) == set(clf["checker"]["properties"]["arch"]["enum"])
+    assert set(SELECTION) == set(clf["select_on"]["enum"])
+    assert set(THRESHOLD_METHODS) == set(clf["threshold_method"]["enum"])
+    assert set(AMP_MODES) == set(clf["amp"]["enum"]) == set(section_schema("lco", SCHEMA)["properties"]["amp"]["enum"])
+
+
+def test_validate_dataclasses_take_the_schemas_defaults_from_part_of_the_section():
+    mem = MemorizationConfig.from_section({"memorization": {"pixel_res": 16}, "device": "cpu"})
+    spec = section_schema("validate.memorization", SCHEMA)["properties"]
+    assert (mem.pixel_res, mem.threshold, mem.gate, mem.gallery) == (16, spec["threshold"]["default"], True, 16)
+    assert mem.features == "checker" and mem.seed == 0 and mem.batch_size == MEMORIZATION_TUNING["batch_size"]
+    reid = ReidConfig.from_section({"reid": {"steps": 7, "augment": {"noise": 0.0}}, "seed": 4, "labels": ["Effusion", "No_Finding"]})
+    assert reid.verifier.steps == 7 and reid.verifier.seed == 4 and reid.verifier.res == 64 and reid.device == "auto"
+    assert reid.verifier.augment == {"rotate_deg": 4.0, "scale": 0.04, "intensity": 0.15, "hflip": False, "shift": 0.04, "noise": 0.0}
+    fid = FidConfig.from_section({"kid_subsets": 3}, batch_size=8)
+    assert (fid.kid_subsets, fid.kid_subset_size, fid.batch_size, fid.max_real) == (3, 1000, 8, 10000)
+    with pytest.raises(ConfigError, match=r"'validate\.reid\.steps': 0 is less than the minimum of 1"):
+        ReidConfig.from_section({"reid": {"steps": 0}})
+    with pytest.raises(ConfigError, match=r"unknown key 'validate\.memorization\.pixels'"):
+        MemorizationConfig.from_section({"memorization": {"pixels": 16}})

@@ -71,3 +71,12 @@ def test_checker_finds_a_type_checking_cycle(tmp_path):
 
 def test_package_has_no_import_cycle():
     assert cycles(module_imports(ROOT)) == []
+
+
+MAX_MODULE_LINES = 400
+
+
+def test_every_module_fits_in_400_lines():
+    """A module holds one job; past 400 lines it has usually grown a second one to split out."""
+    long = {str(p.relative_to(ROOT)): n for p in sorted(ROOT.rglob("*.py")) if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES}
+    assert long == {}

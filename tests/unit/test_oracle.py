@@ -156,9 +156,10 @@ def test_oracle_reaches_098_on_clean_test_renders(tmp_path):
     """The oracle recipe (clean labels, independent findings, the classifier recipe at the archive's
     resolution) on a small cohort of the built-in look at the full demo's 64 px: every finding's clean test
     AUROC >= 0.98 (measured 0.981-1.000 here; at 32 px this needs the realistic preset's 6,000 patients)."""
-    from synthcxr.classifier import train_classifier
+    from synthcxr.classifier import ClassifierConfig, train_classifier
     from synthcxr.config import load_config, section
     from synthcxr.data.prepare import prepare
+    from synthcxr.data.settings import PrepareConfig
 
     cfg = load_config(REPO / "config" / "config.yaml")
     cfg["device"] = "cpu"
@@ -166,8 +167,8 @@ def test_oracle_reaches_098_on_clean_test_renders(tmp_path):
     cfg["validate"]["oracle"] = {"n_patients": 1500, "prevalence": 0.3, "epochs": 10, "width": 16, "seed_offset": 1000}
     cfg["classifier"].update(bootstrap=0, batch_size=32, lr=0.003)
     ds = orc.oracle_dataset_section(section(cfg, "dataset"), orc.oracle_settings(cfg), 64)
-    prepare(ds, ds["labels"], tmp_path / "prep")
-    train_classifier(orc.oracle_run_settings(section(cfg, "classifier"), cfg, 64), tmp_path / "prep", tmp_path / "prep",
+    prepare(PrepareConfig.from_section(ds), ds["labels"], tmp_path / "prep")
+    train_classifier(ClassifierConfig.from_section(orc.oracle_run_settings(section(cfg, "classifier"), cfg, 64)), tmp_path / "prep", tmp_path / "prep",
                      tmp_path / "model", threads=2)
     per = json.loads((tmp_path / "model" / "metrics.json").read_text())["test"]["per_label"]
     low = {n: round(per[n]["auroc"], 4) for n in ph.FINDINGS if per[n]["auroc"] < 0.98}

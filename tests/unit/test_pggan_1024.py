@@ -8,6 +8,7 @@ import pytest
 import torch
 from conftest import write_prepared
 
+from synthcxr.pggan.config import PGGANConfig
 from synthcxr.pggan import load_generator, train_pggan
 from synthcxr.pggan.networks import resolutions
 
@@ -23,7 +24,7 @@ def test_growth_to_1024_one_step_per_phase(prepared_1024, tmp_path):
     cfg = dict(run="r1024", resolution=1024, latent_dim=16, fmap_base=512, fmap_max=8,
                minibatch={str(r): 2 for r in res}, fade_kimg=0.002, stable_kimg=0.002,  # one minibatch each
                checkpoint_kimg=1, snapshot_kimg=1, log_kimg=0.002, ema_kimg=0.01, seed=1, device="cpu")
-    path = train_pggan(cfg, prepared_1024, tmp_path)
+    path = train_pggan(PGGANConfig.from_section(cfg), prepared_1024, tmp_path)
     rows = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
     # 4x4 stable, then a fade-in and a stable phase at every doubling up to 1024
     expected = ["stable4"] + [f"{kind}{r}" for r in res[1:] for kind in ("fade", "stable")]

@@ -8,6 +8,7 @@ import textwrap
 import pytest
 import torch
 
+from synthcxr.pggan.config import PGGANConfig
 from synthcxr.pggan import Generator
 from dag import run_group
 from pggan_logs import assert_same_losses
@@ -18,6 +19,7 @@ HELPER = textwrap.dedent(
     """
     import sys, torch
     import synthcxr.pggan.train as T
+    import synthcxr.pggan.worker as W
 
     dump = sys.argv.pop(1)
     orig = T._Trainer.run
@@ -30,7 +32,7 @@ HELPER = textwrap.dedent(
         return out
 
     T._Trainer.run = run
-    T.main()
+    W.main()
     """
 )
 
@@ -64,7 +66,7 @@ def test_two_rank_gloo_training_keeps_ranks_identical(tiny_prepared, tmp_path):
     # One process on the same global minibatch trains the same network: same latents, same critic
     # groups, gradients averaged instead of summed in one batch (equal up to float reassociation).
     single = tmp_path / "single"
-    res = run_group([sys.executable, "-m", "synthcxr.pggan.train", "--config-json", str(tmp_path / "cfg.json"),
+    res = run_group([sys.executable, "-m", "synthcxr.pggan.worker", "--config-json", str(tmp_path / "cfg.json"),
                      "--data", tiny_prepared, "--out", str(single)], env=env, timeout=600)
     assert res.returncode == 0, res.stderr[-4000:]
     one = [json.loads(x) for x in (single / "log.jsonl").read_text().splitlines()]
@@ -79,10 +81,11 @@ def test_two_rank_gloo_training_keeps_ranks_identical(tiny_prepared, tmp_path):
 LAUNCH = textwrap.dedent(
     """
     import json, sys
+    from synthcxr.pggan.config import PGGANConfig
     from synthcxr.pggan.launch import train_maybe_distributed
     from synthcxr.pggan.preempt import PREEMPTED_EXIT, Preempted
     try:
-        train_maybe_distributed(json.loads(open(sys.argv[1]).read()), sys.argv[2], sys.argv[3])
+        train_maybe_distributed(PGGANConfig.from_section(json.loads(open(sys.argv[1]).read())), sys.argv[2], sys.argv[3])
     except Preempted as exc:
         print(exc, file=sys.stderr)
         sys.exit(PREEMPTED_EXIT)
@@ -104,7 +107,7 @@ def test_two_ranks_stop_together_on_a_signal_and_resume_exactly(tiny_prepared, t
     env = dict(os.environ, OMP_NUM_THREADS="1", SYNTHCXR_NO_PROGRESS="1")
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
     os.environ.update(OMP_NUM_THREADS="1")
-    launch_torchrun(cfg, tiny_prepared, straight, None, 2)
+    launch_torchrun(PGGANConfig.from_section(cfg), tiny_prepared, straight, None, 2)
     (tmp_path / "cfg.json").write_text(json.dumps(cfg))
     (tmp_path / "launch.py").write_text(LAUNCH)
     proc = subprocess.Popen([sys.executable, str(tmp_path / "launch.py"), str(tmp_path / "cfg.json"), tiny_prepared, str(stopped)],
@@ -123,7 +126,7 @@ def test_two_ranks_stop_together_on_a_signal_and_resume_exactly(tiny_prepared, t
     assert 0 < ck["nimg"] < 2400
     # torchrun signals the ranks one after another: rank 0 either got it itself or stopped with the other
     assert json.loads((stopped / "preempted.json").read_text())["reason"] in ("received SIGTERM", "another rank was asked to stop")
-    launch_torchrun(cfg, tiny_prepared, stopped, None, 2)  # the resubmitted job
+    launch_torchrun(PGGANConfig.from_section(cfg), tiny_prepared, stopped, None, 2)  # the resubmitted job
     a = torch.load(straight / "generator.pt", weights_only=True)["state_dict"]
     b = torch.load(stopped / "generator.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -14,7 +14,7 @@ def _torchrun_args(cmd: list[str]):
 def test_single_node_command_passes_the_log_file_to_the_training_module(tmp_path):
     cmd = D.torchrun_command(tmp_path / "c.json", tmp_path / "data", tmp_path / "out", tmp_path / "t.log", nproc=4)
     a = _torchrun_args(cmd)
-    assert a.standalone and a.nproc_per_node == "4" and a.module and a.training_script == "synthcxr.pggan.train"
+    assert a.standalone and a.nproc_per_node == "4" and a.module and a.training_script == "synthcxr.pggan.worker"
     assert a.training_script_args[-2:] == ["--log-file", str(tmp_path / "t.log")]
 
 
@@ -27,7 +27,7 @@ def test_multi_node_command_runs_one_agent_per_node_meeting_on_the_first(tmp_pat
     a = _torchrun_args(cmd)
     assert (a.nnodes, a.nproc_per_node, a.rdzv_backend) == ("3", "8", "c10d") and not a.standalone
     assert a.rdzv_endpoint == f"10.1.0.7:{29400 + 4242 % 20000}" and a.rdzv_id == "synthcxr-4242"
-    assert a.training_script == "synthcxr.pggan.train" and "--log-file" not in a.training_script_args
+    assert a.training_script == "synthcxr.pggan.worker" and "--log-file" not in a.training_script_args
 
 
 def test_multi_node_needs_an_allocation_of_that_many_nodes(tmp_path, monkeypatch):

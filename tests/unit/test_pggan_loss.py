@@ -8,7 +8,7 @@ import torch
 from synthcxr.pggan.config import PGGANConfig
 from synthcxr.pggan.loss import critic_loss, generator_loss, gradient_penalty
 from synthcxr.pggan.schedule import Schedule
-from synthcxr.pggan.train import blend_reals, ema_beta, update_ema
+from synthcxr.pggan.steps import blend_reals, ema_beta, update_ema
 
 
 def test_gradient_penalty_linear_critic_known_gradient():
@@ -96,9 +96,9 @@ def test_schedule_phases_alpha_and_batches():
 
 def test_config_rejects_unknown_key_and_names_missing_batch():
     with pytest.raises(ValueError, match="pggan.lrate"):
-        PGGANConfig.from_dict({"lrate": 0.1})
+        PGGANConfig.from_section({"lrate": 0.1})
     with pytest.raises(ValueError, match='"32"'):
-        PGGANConfig.from_dict({"minibatch": {"4": 2}}).batch_for(32)
+        PGGANConfig.from_section({"run": "x", "resolution": 64, "minibatch": {"4": 2}}).batch_for(32)
 
 
 def test_blend_reals_fade():

@@ -7,7 +7,7 @@ from synthcxr.pggan.config import PGGANConfig
 from synthcxr.pggan.memory import GIB, LiveBytes, ResolutionBudget, budget, markdown, memory_table, step_memory
 from synthcxr.pggan.networks import Discriminator, Generator
 
-CFG = PGGANConfig(resolution=16, latent_dim=16, fmap_base=64, fmap_max=32, minibatch={"4": 8, "8": 8, "16": 8})
+CFG = PGGANConfig.from_section(dict(run="m", resolution=16, latent_dim=16, fmap_base=64, fmap_max=32, minibatch={"4": 8, "8": 8, "16": 8}))
 
 
 def test_live_bytes_follows_allocations_and_frees_by_hand():

@@ -12,6 +12,7 @@ import pytest
 import torch
 from dag import run_group
 
+from synthcxr.pggan.config import PGGANConfig
 from synthcxr.pggan import train_pggan
 from synthcxr.pggan.preempt import MARKER, PREEMPTED_EXIT, Preempted, StopRequest, parse_slurm_time, slurm_time_left_s, time_budget_s
 
@@ -23,7 +24,7 @@ CFG = dict(run="p", resolution=8, latent_dim=16, fmap_base=128, fmap_max=32, fad
 @pytest.fixture(scope="module")
 def straight(tiny_prepared, tmp_path_factory):
     out = tmp_path_factory.mktemp("straight")
-    train_pggan(dict(CFG), tiny_prepared, out)
+    train_pggan(PGGANConfig.from_section(dict(CFG)), tiny_prepared, out)
     return out
 
 
@@ -76,6 +77,7 @@ def test_stop_request_on_signal_and_on_budget():
 SIGNAL_SCRIPT = """
 import json, os, signal, sys
 import synthcxr.pggan.train as T
+import synthcxr.pggan.worker as W
 real_step, n = T._Trainer.train_step, []
 def step(self, *a, **k):
     out = real_step(self, *a, **k)
@@ -84,7 +86,7 @@ def step(self, *a, **k):
         os.kill(os.getpid(), signal.SIG{sig})
     return out
 T._Trainer.train_step = step
-T.main(["--config-json", sys.argv[1], "--data", sys.argv[2], "--out", sys.argv[3]])
+W.main(["--config-json", sys.argv[1], "--data", sys.argv[2], "--out", sys.argv[3]])
 """
 
 
@@ -100,7 +102,7 @@ def test_signal_checkpoints_exits_75_and_the_rerun_continues_exactly(sig, straig
     assert not (out / "generator.pt").exists()
     assert torch.load(out / "checkpoint.pt", weights_only=True)["nimg"] == 5 * 16  # the step boundary after the signal
     assert json.loads((out / MARKER).read_text())["reason"] == f"received SIG{sig}"
-    train_pggan(dict(CFG), tiny_prepared, out)  # the resubmitted job
+    train_pggan(PGGANConfig.from_section(dict(CFG)), tiny_prepared, out)  # the resubmitted job
     assert not (out / MARKER).exists()
     assert _same_generator(out, straight)
     assert _log(out) == _log(straight)  # one continuous schedule: same kimg marks, same running means
@@ -113,7 +115,7 @@ def test_time_budget_splits_training_into_allocations_with_the_same_result(strai
     stops = []
     for _ in range(200):
         try:
-            train_pggan(dict(cfg), tiny_prepared, out)
+            train_pggan(PGGANConfig.from_section(dict(cfg)), tiny_prepared, out)
             break
         except Preempted as exc:
             stops.append(exc.nimg)

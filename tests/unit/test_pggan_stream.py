@@ -87,10 +87,10 @@ def test_finding_repeats_hand_computed():
 
 
 def test_floor_zero_keeps_the_old_fingerprint_and_a_floor_changes_it():
-    base = PGGANConfig.from_dict({"run": "x"})
+    base = PGGANConfig.from_section({"run": "x", "resolution": 64})
     assert "finding_floor" not in base.training_dict()
-    assert PGGANConfig.from_dict({"run": "x", "finding_floor": 0.0, "finding_max_repeat": 4}).fingerprint() == base.fingerprint()
-    on = PGGANConfig.from_dict({"run": "x", "finding_floor": 0.1})
+    assert PGGANConfig.from_section({"run": "x", "resolution": 64, "finding_floor": 0.0, "finding_max_repeat": 4}).fingerprint() == base.fingerprint()
+    on = PGGANConfig.from_section({"run": "x", "resolution": 64, "finding_floor": 0.1})
     assert on.fingerprint() != base.fingerprint()
     assert on.training_dict()["finding_rule"] == "shown-share"  # the repeat rule is part of what is trained
     # a checkpoint from before the rule was recorded is set aside with a reason a user can read
@@ -126,7 +126,7 @@ def test_training_with_a_floor_shows_rare_findings_more_often(tiny_prepared, tmp
     cfg = dict(run="t", resolution=8, latent_dim=16, fmap_base=64, fmap_max=32, fade_kimg=0.1, stable_kimg=0.1,
                minibatch={"4": 16, "8": 16}, checkpoint_kimg=1.0, snapshot_kimg=1.0, log_kimg=0.2, ema_kimg=0.1,
                seed=5, device="cpu", finding_floor=0.3, finding_max_repeat=4)
-    path = train_pggan(cfg, tiny_prepared, tmp_path)
+    path = train_pggan(PGGANConfig.from_section(cfg), tiny_prepared, tmp_path)
     assert path.exists()
     # the tiny set has every finding on 21-29% of images: all are below 0.3, so each is shown more often
     line = next(x for x in capfd.readouterr().err.splitlines() if "finding_floor 0.3" in x)

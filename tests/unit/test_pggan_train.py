@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 import synthcxr.pggan.train as train_mod
+from synthcxr.pggan.config import PGGANConfig
 from synthcxr.data.store import PreparedDataset
 from synthcxr.pggan import Generator, load_generator, train_pggan
 
@@ -39,7 +40,7 @@ def _assert_same(a, b, where=""):
 @pytest.fixture(scope="module")
 def tiny_run(tiny_prepared, tmp_path_factory):
     out = tmp_path_factory.mktemp("pggan")
-    path = train_pggan(dict(TINY), tiny_prepared, out)
+    path = train_pggan(PGGANConfig.from_section(dict(TINY)), tiny_prepared, out)
     return out, path
 
 
@@ -95,7 +96,7 @@ def test_rerun_after_completion_only_rewrites_generator(tiny_run, tiny_prepared)
     out, path = tiny_run
     before = torch.load(path, weights_only=True)["state_dict"]
     path.unlink()
-    train_pggan(dict(TINY), tiny_prepared, out)
+    train_pggan(PGGANConfig.from_section(dict(TINY)), tiny_prepared, out)
     _assert_same(before, torch.load(path, weights_only=True)["state_dict"])
 
 
@@ -104,7 +105,7 @@ def test_resume_after_kill_is_bit_exact(tiny_prepared, tmp_path, monkeypatch):
     cfg = dict(TINY, resolution=8, fade_kimg=0.1, stable_kimg=0.1, checkpoint_kimg=0.064, snapshot_kimg=0.5,
                log_kimg=0.032)  # log intervals align with checkpoints, so the log lines match too
     straight = tmp_path / "straight"
-    train_pggan(dict(cfg), tiny_prepared, straight)
+    train_pggan(PGGANConfig.from_section(dict(cfg)), tiny_prepared, straight)
 
     real_save = train_mod.save_checkpoint
     calls = []
@@ -121,12 +122,12 @@ def test_resume_after_kill_is_bit_exact(tiny_prepared, tmp_path, monkeypatch):
     killed = tmp_path / "killed"
     monkeypatch.setattr(train_mod, "save_checkpoint", save_then_die)
     with pytest.raises(Killed):
-        train_pggan(dict(cfg), tiny_prepared, killed)
+        train_pggan(PGGANConfig.from_section(dict(cfg)), tiny_prepared, killed)
     monkeypatch.setattr(train_mod, "save_checkpoint", real_save)
     assert calls == [64, 128] and not (killed / "generator.pt").exists()
     mid = torch.load(killed / "checkpoint.pt", weights_only=True)
     assert mid["phase_name"] == "fade8" and 0 < mid["alpha"] < 1
-    train_pggan(dict(cfg), tiny_prepared, killed)
+    train_pggan(PGGANConfig.from_section(dict(cfg)), tiny_prepared, killed)
 
     a = torch.load(straight / "checkpoint.pt", weights_only=True)
     b = torch.load(killed / "checkpoint.pt", weights_only=True)
@@ -147,7 +148,7 @@ def test_resume_after_kill_is_bit_exact(tiny_prepared, tmp_path, monkeypatch):
     assert res.returncode == -signal.SIGKILL, res.stderr[-2000:]
     assert torch.load(sig / "checkpoint.pt", weights_only=True)["nimg"] == 192
     assert not (sig / "generator.pt").exists()
-    train_pggan(dict(cfg), tiny_prepared, sig)
+    train_pggan(PGGANConfig.from_section(dict(cfg)), tiny_prepared, sig)
     c = torch.load(sig / "checkpoint.pt", weights_only=True)
     for key in ("G", "D", "G_ema", "opt_G", "opt_D", "nimg", "step"):
         _assert_same(a[key], c[key], key)
@@ -163,7 +164,7 @@ def save(path, state):
     if len(n) == 3:
         os.kill(os.getpid(), signal.SIGKILL)
 T.save_checkpoint = save
-T.train_pggan(json.loads(sys.argv[1]), sys.argv[2], sys.argv[3])
+T.train_pggan(T.PGGANConfig.from_section(json.loads(sys.argv[1])), sys.argv[2], sys.argv[3])
 '''
 
 
@@ -173,9 +174,9 @@ def test_changed_config_keeps_old_checkpoint_and_retrains(tiny_run, tiny_prepare
     shutil.copytree(out, work)
     old = torch.load(work / "checkpoint.pt", weights_only=True)
     # bookkeeping keys may change freely: the finished run is resumed, not retrained
-    train_pggan(dict(TINY, snapshot_kimg=7.0, log_kimg=3.0), tiny_prepared, work)
+    train_pggan(PGGANConfig.from_section(dict(TINY, snapshot_kimg=7.0, log_kimg=3.0)), tiny_prepared, work)
     assert not list(work.glob("checkpoint-*.pt"))
-    train_pggan(dict(TINY, lr=0.002), tiny_prepared, work, log_file=tmp_path / "rule.log")
+    train_pggan(PGGANConfig.from_section(dict(TINY, lr=0.002)), tiny_prepared, work, log_file=tmp_path / "rule.log")
     assert "pggan.lr: 0.001 -> 0.002" in (tmp_path / "rule.log").read_text()
     kept = work / f"checkpoint-{old['fingerprint'][:12]}.pt"
     kept_state = torch.load(kept, weights_only=True)
@@ -187,7 +188,7 @@ def test_changed_config_keeps_old_checkpoint_and_retrains(tiny_run, tiny_prepare
 
 def test_bf16_autocast_on_cpu_trains_finite(tiny_prepared, tmp_path):
     cfg = dict(TINY, resolution=8, fade_kimg=0.05, stable_kimg=0.05, amp=True, log_kimg=0.03)
-    path = train_pggan(cfg, tiny_prepared, tmp_path / "amp")
+    path = train_pggan(PGGANConfig.from_section(cfg), tiny_prepared, tmp_path / "amp")
     lines = [json.loads(x) for x in (tmp_path / "amp" / "log.jsonl").read_text().splitlines()]
     assert all(np.isfinite([r["loss_d"], r["loss_g"], r["gp"]]).all() for r in lines)
     G = load_generator(path)
@@ -197,9 +198,9 @@ def test_bf16_autocast_on_cpu_trains_finite(tiny_prepared, tmp_path):
 
 def test_bad_inputs_name_the_problem(tiny_prepared, tmp_path):
     with pytest.raises(ValueError, match="no 64 px level"):
-        train_pggan(dict(TINY, resolution=64, minibatch={"4": 4, "8": 4, "16": 4, "32": 4, "64": 4}),
+        train_pggan(PGGANConfig.from_section(dict(TINY, resolution=64, minibatch={"4": 4, "8": 4, "16": 4, "32": 4, "64": 4})),
                     tiny_prepared, tmp_path / "a")
     with pytest.raises(ValueError, match="minibatch"):
-        train_pggan(dict(TINY, minibatch={"4": 16}), tiny_prepared, tmp_path / "b")
+        train_pggan(PGGANConfig.from_section(dict(TINY, minibatch={"4": 16})), tiny_prepared, tmp_path / "b")
     with pytest.raises(FileNotFoundError, match="prepare"):
-        train_pggan(dict(TINY), tmp_path / "missing", tmp_path / "c")
+        train_pggan(PGGANConfig.from_section(dict(TINY)), tmp_path / "missing", tmp_path / "c")

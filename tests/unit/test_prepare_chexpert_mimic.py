@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from fixtures_real import CHEXPERT_OBS, check_common, dataset_cfg, read_outputs, write_chexpert, write_mimic
+from fixtures_real import CHEXPERT_OBS, check_common, dataset_config, read_outputs, write_chexpert, write_mimic
 from synthcxr.data.prepare import prepare
 from synthcxr.data.splits import patient_key
 
@@ -51,7 +51,7 @@ def chexpert(tmp_path_factory):
 @pytest.mark.parametrize("policy", ["ones", "zeros", "ignore"])
 def test_chexpert_labels_views_quarantine(chexpert, tmp_path, policy):
     root, info = chexpert
-    s = prepare(dataset_cfg("chexpert", root, chexpert_uncertain=policy), LABELS, tmp_path)
+    s = prepare(dataset_config("chexpert", root, chexpert_uncertain=policy), LABELS, tmp_path)
     res = read_outputs(tmp_path)
     check_common(res, LABELS)
     t = res["labels"]
@@ -76,7 +76,7 @@ def test_chexpert_labels_views_quarantine(chexpert, tmp_path, policy):
 
 def test_chexpert_root_may_be_the_dataset_folder(chexpert, tmp_path):
     root, info = chexpert
-    s = prepare(dataset_cfg("chexpert", root / "CheXpert-v1.0-small", views=["PA", "AP", "LATERAL"]), LABELS, tmp_path)
+    s = prepare(dataset_config("chexpert", root / "CheXpert-v1.0-small", views=["PA", "AP", "LATERAL"]), LABELS, tmp_path)
     assert s["counts"]["kept"] == len(info["rows"])  # bad rows are not in info["rows"]
     assert s["counts"]["filtered_by_view"] == {}
 
@@ -84,7 +84,7 @@ def test_chexpert_root_may_be_the_dataset_folder(chexpert, tmp_path):
 def test_mimic_join_split_and_quarantine(tmp_path):
     root = tmp_path / "mimic"
     info = write_mimic(root)
-    s = prepare(dataset_cfg("mimic_jpg", root, chexpert_uncertain="zeros"), LABELS, tmp_path / "out")
+    s = prepare(dataset_config("mimic_jpg", root, chexpert_uncertain="zeros"), LABELS, tmp_path / "out")
     res = read_outputs(tmp_path / "out")
     check_common(res, LABELS)
     t = res["labels"]

@@ -8,7 +8,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from fixtures_real import PHI, check_common, dataset_cfg, make_dicom, read_outputs, write_dicom_folder
+from fixtures_real import PHI, check_common, dataset_config, make_dicom, read_outputs, write_dicom_folder
 from synthcxr.data.dicom import parse_age, read_dicom_gray, window_linear
 from synthcxr.data.prepare import prepare
 from synthcxr.data.splits import patient_key
@@ -68,7 +68,7 @@ def test_age_strings():
 
 def test_folder_adapter_labels_quarantine_and_views(folder, tmp_path):
     root, info = folder
-    s = prepare(dataset_cfg("dicom", root, chexpert_uncertain="ignore"), LABELS, tmp_path)
+    s = prepare(dataset_config("dicom", root, chexpert_uncertain="ignore"), LABELS, tmp_path)
     res = read_outputs(tmp_path)
     check_common(res, LABELS)
     t = res["labels"]
@@ -96,7 +96,7 @@ def test_folder_adapter_labels_quarantine_and_views(folder, tmp_path):
 def test_no_phi_in_any_output(folder, tmp_path):
     root, _ = folder
     log = tmp_path / "prepare.log"
-    prepare(dataset_cfg("dicom", root), LABELS, tmp_path / "out", log=log)
+    prepare(dataset_config("dicom", root), LABELS, tmp_path / "out", log=log)
     blobs = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
     blobs["log"] = log.read_bytes()
     assert set(blobs) == {"images.h5", "labels.parquet", "quarantine.csv", "prepare.json", "log"}

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fixtures_real import check_common, dataset_cfg, read_outputs, write_nih
+from fixtures_real import check_common, dataset_config, read_outputs, write_nih
 from synthcxr.config import ConfigError
 from synthcxr.data.prepare import prepare
 from synthcxr.data.splits import patient_key
@@ -19,7 +19,7 @@ def nih(tmp_path_factory):
     root = tmp_path_factory.mktemp("nih")
     info = write_nih(root)
     out0 = tmp_path_factory.mktemp("out0")
-    summary = prepare(dataset_cfg("nih", root), LABELS, out0)
+    summary = prepare(dataset_config("nih", root), LABELS, out0)
     return root, info, out0, summary
 
 
@@ -85,7 +85,7 @@ def test_no_raw_ids_in_tables(nih):
 
 def test_workers_do_not_change_outputs(nih, tmp_path):
     root, _, out0, _ = nih
-    prepare(dataset_cfg("nih", root, workers=2), LABELS, tmp_path)
+    prepare(dataset_config("nih", root, workers=2), LABELS, tmp_path)
     a, b = read_outputs(out0), read_outputs(tmp_path)
     for r in a["images"]:
         np.testing.assert_array_equal(a["images"][r], b["images"][r])
@@ -104,7 +104,7 @@ def test_images_under_plain_images_folder_and_no_official_lists(tmp_path):
     for sub in ("images_001", "images_002"):
         for p in (root / sub / "images").iterdir():
             p.rename(root / "images" / p.name)
-    s = prepare(dataset_cfg("nih", root), LABELS, tmp_path / "out")
+    s = prepare(dataset_config("nih", root), LABELS, tmp_path / "out")
     assert s["counts"]["kept"] == len(info["labels"]) and s["counts"]["quarantined"] == 0
     assert not any("official" in n for n in s["label_notes"])
 
@@ -112,16 +112,16 @@ def test_images_under_plain_images_folder_and_no_official_lists(tmp_path):
 def test_config_errors_fail_fast(tmp_path):
     out = tmp_path / "out"
     with pytest.raises(ConfigError, match="dataset.root"):
-        prepare(dataset_cfg("nih", tmp_path / "nowhere"), LABELS, out)
+        prepare(dataset_config("nih", tmp_path / "nowhere"), LABELS, out)
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="Data_Entry_2017.csv"):
-        prepare(dataset_cfg("nih", tmp_path / "empty"), LABELS, out)
+        prepare(dataset_config("nih", tmp_path / "empty"), LABELS, out)
     with pytest.raises(ConfigError, match="dataset.format"):
-        prepare(dataset_cfg("xray9000", tmp_path / "empty"), LABELS, out)
+        prepare(dataset_config("xray9000", tmp_path / "empty"), LABELS, out)
     with pytest.raises(ConfigError, match="labels"):
-        prepare(dataset_cfg("nih", tmp_path / "empty"), ["Effusion", "Dragon"], out)
+        prepare(dataset_config("nih", tmp_path / "empty"), ["Effusion", "Dragon"], out)
     with pytest.raises(ConfigError, match="dataset.split"):
-        prepare(dataset_cfg("nih", tmp_path / "empty", split={"train": 0.9, "val": 0.2, "test": 0.1}), LABELS, out)
+        prepare(dataset_config("nih", tmp_path / "empty", split={"train": 0.9, "val": 0.2, "test": 0.1}), LABELS, out)
     assert not out.exists() or not any(out.iterdir())
 
 
@@ -136,7 +136,7 @@ def test_failure_leaves_no_complete_looking_outputs(tmp_path, monkeypatch):
     monkeypatch.setattr(mod, "split_summary", boom)
     out = tmp_path / "out"
     with pytest.raises(RuntimeError, match="disk full"):
-        prepare(dataset_cfg("nih", root), LABELS, out)
+        prepare(dataset_config("nih", root), LABELS, out)
     assert sorted(p.name for p in out.iterdir()) == []
 
 
@@ -154,7 +154,7 @@ def test_permission_denied_is_quarantined(tmp_path, monkeypatch):
         return real_open(file, *a, **k)
 
     monkeypatch.setattr(builtins, "open", guarded)
-    s = prepare(dataset_cfg("nih", root), LABELS, tmp_path / "out")
+    s = prepare(dataset_config("nih", root), LABELS, tmp_path / "out")
     assert s["counts"]["quarantined_by_reason"] == {"unreadable": 1}
 
 
@@ -165,7 +165,7 @@ def test_duplicate_rows_are_quarantined_before_decoding(tmp_path):
     lines = csv.read_text().splitlines()
     csv.write_text("\n".join([*lines, lines[1]]) + "\n")
     out = tmp_path / "out"
-    s = prepare(dataset_cfg("nih", root), LABELS, out)
+    s = prepare(dataset_config("nih", root), LABELS, out)
     assert s["counts"]["kept"] == len(info["labels"])
     assert s["counts"]["quarantined_by_reason"] == {"duplicate": 1}
     assert s["counts"]["seen"] == len(info["labels"]) + 1
@@ -176,5 +176,5 @@ def test_no_usable_image_is_a_clear_error(tmp_path):
     write_nih(root, n_patients=2, bad=False)
     out = tmp_path / "out"
     with pytest.raises(ConfigError, match="dataset.views"):
-        prepare(dataset_cfg("nih", root, views=["LL"]), LABELS, out)
+        prepare(dataset_config("nih", root, views=["LL"]), LABELS, out)
     assert not out.exists() or not any(out.iterdir())

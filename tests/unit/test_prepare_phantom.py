@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from fixtures_real import check_common, dataset_cfg, read_outputs
+from fixtures_real import check_common, dataset_config, read_outputs
 from synthcxr.data.phantom import PhantomConfig, render, sample_cohort, write_layout
 from synthcxr.data.prepare import prepare
 from synthcxr.data.splits import patient_key
@@ -19,7 +19,7 @@ PH = {"n_patients": 10, "max_studies": 3, "seed": 5}
 @pytest.fixture(scope="module")
 def phantom_out(tmp_path_factory):
     out = tmp_path_factory.mktemp("ph")
-    s = prepare(dataset_cfg("phantom", None, phantom=PH, views=["PA", "AP"]), LABELS, out)
+    s = prepare(dataset_config("phantom", None, phantom=PH, views=["PA", "AP"]), LABELS, out)
     return out, s
 
 
@@ -43,7 +43,7 @@ def test_phantom_pixels_labels_and_splits(phantom_out):
 
 
 def test_view_filter_counts(tmp_path):
-    s = prepare(dataset_cfg("phantom", None, phantom=PH, views=["PA"]), LABELS, tmp_path)
+    s = prepare(dataset_config("phantom", None, phantom=PH, views=["PA"]), LABELS, tmp_path)
     cohort = sample_cohort(PhantomConfig(**PH))
     assert s["counts"]["filtered_by_view"] == {"AP": int((cohort["view"] == "AP").sum())}
     assert s["counts"]["kept"] == int((cohort["view"] == "PA").sum())
@@ -52,7 +52,7 @@ def test_view_filter_counts(tmp_path):
 def test_phantom_through_nih_layout_gives_the_same_dataset(phantom_out, tmp_path):
     out, _ = phantom_out
     root = write_layout(tmp_path / "nih", "nih", PhantomConfig(**PH), 32)
-    prepare(dataset_cfg("nih", root, phantom=PH), LABELS[:2] + ["No_Finding"], tmp_path / "out")
+    prepare(dataset_config("nih", root, phantom=PH), LABELS[:2] + ["No_Finding"], tmp_path / "out")
     a, b = read_outputs(out), read_outputs(tmp_path / "out")
     assert len(a["labels"]) == len(b["labels"])
     # identical pixels at every level (PNG is lossless and already square at max_res), same rows
@@ -68,7 +68,7 @@ def test_phantom_layouts_round_trip(phantom_out, tmp_path, layout, max_diff, mea
     out, _ = phantom_out
     ref = read_outputs(out)
     root = write_layout(tmp_path / layout, layout, PhantomConfig(**PH), 32)
-    s = prepare(dataset_cfg(layout, root), LABELS, tmp_path / "out")
+    s = prepare(dataset_config(layout, root), LABELS, tmp_path / "out")
     got = read_outputs(tmp_path / "out")
     check_common(got, LABELS)
     assert s["counts"]["kept"] == len(ref["labels"]) and s["counts"]["quarantined"] == 0

@@ -17,6 +17,7 @@ from fixtures_real import (
     CHEXPERT_OBS,
     check_common,
     dataset_cfg,
+    dataset_config,
     make_dicom,
     percentile_window,
     read_outputs,
@@ -120,18 +121,18 @@ def test_enlarged_sources_counted_warned_and_optionally_quarantined(tmp_path, ca
     write_nih(root, n_patients=8, bad=False, size=(48, 40))  # every third image is 56x40, the rest 48x40
     labels = ["Atelectasis", "Effusion", "No_Finding"]
     with caplog.at_level(logging.WARNING, logger="synthcxr"):
-        s = prepare(dataset_cfg("nih", root, max_res=64), labels, tmp_path / "a")
+        s = prepare(dataset_config("nih", root, max_res=64), labels, tmp_path / "a")
     n = s["counts"]["kept"]
     assert s["counts"]["enlarged"] == n and s["source_size"]["enlarged_fraction"] == 1.0
     assert s["source_size"]["short_side_min"] == 40 and s["source_size"]["short_side_max"] == 40
     assert any("enlarged" in w and "max_res=64" in w for w in s["warnings"])
     assert any("enlarged" in r.getMessage() for r in caplog.records)
-    s = prepare(dataset_cfg("nih", root, max_res=32), labels, tmp_path / "b")
+    s = prepare(dataset_config("nih", root, max_res=32), labels, tmp_path / "b")
     assert s["counts"]["enlarged"] == 0 and not any("enlarged" in w for w in s["warnings"])
     # a minimum source size quarantines: a different fixture with two sizes
     root2 = tmp_path / "nih2"
     write_nih(root2, n_patients=8, bad=False, size=(40, 48))  # short sides 40 and 48 (every third is 48x48)
-    s = prepare(dataset_cfg("nih", root2, max_res=32, min_source_size=44), labels, tmp_path / "c")
+    s = prepare(dataset_config("nih", root2, max_res=32, min_source_size=44), labels, tmp_path / "c")
     res = read_outputs(tmp_path / "c")
     check_common(res, labels)
     assert s["counts"]["quarantined_by_reason"] == {"too_small": s["counts"]["quarantined"]}
@@ -201,7 +202,7 @@ def test_an_image_positive_for_any_observation_is_never_no_finding(tmp_path):
     ] * 2
     _chexpert(tmp_path / "chx", rows)
     labels = ["Atelectasis", "Effusion", "No_Finding"]
-    cfg = dataset_cfg("chexpert", tmp_path / "chx", split={"train": 1.0, "val": 0.0, "test": 0.0, "seed": 0})
+    cfg = dataset_config("chexpert", tmp_path / "chx", split={"train": 1.0, "val": 0.0, "test": 0.0, "seed": 0})
     s = prepare(cfg, labels, tmp_path / "out")
     res = read_outputs(tmp_path / "out")
     check_common(res, labels)
@@ -227,7 +228,7 @@ def test_per_label_uncertainty_policy(tmp_path):
     labels = ["Atelectasis", "Cardiomegaly", "Effusion", "Edema", "No_Finding"]
     # the CheXpert paper's choice: U-Ones for Atelectasis and Edema, U-Zeros elsewhere
     policy = {"default": "zeros", "Atelectasis": "ones", "Edema": "ones", "Cardiomegaly": "ignore"}
-    s = prepare(dataset_cfg("chexpert", tmp_path / "chx", chexpert_uncertain=policy), labels, tmp_path / "o")
+    s = prepare(dataset_config("chexpert", tmp_path / "chx", chexpert_uncertain=policy), labels, tmp_path / "o")
     row = read_outputs(tmp_path / "o")["labels"].iloc[0]
     assert row["Atelectasis"] == 1 and row["Edema"] == 1 and row["Effusion"] == 0 and math.isnan(row["Cardiomegaly"])
     assert row["No_Finding"] == 0
@@ -235,9 +236,9 @@ def test_per_label_uncertainty_policy(tmp_path):
     assert "Atelectasis, Edema -> 1 (U-Ones)" in note and "Effusion -> 0 (U-Zeros)" in note
     assert uncertain_policy("zeros")["Lung_Opacity"] == "zeros"
     with pytest.raises(ConfigError, match=r"dataset\.chexpert_uncertain\.Pleural Effusion"):
-        PrepareConfig.from_dict(dataset_cfg("chexpert", tmp_path, chexpert_uncertain={"Pleural Effusion": "ones"}))
+        PrepareConfig.from_section(dataset_cfg("chexpert", tmp_path, chexpert_uncertain={"Pleural Effusion": "ones"}))
     with pytest.raises(ConfigError, match=r"dataset\.chexpert_uncertain\.Edema.*maybe"):
-        PrepareConfig.from_dict(dataset_cfg("chexpert", tmp_path, chexpert_uncertain={"Edema": "maybe"}))
+        PrepareConfig.from_section(dataset_cfg("chexpert", tmp_path, chexpert_uncertain={"Edema": "maybe"}))
 
 
 def test_missing_observation_column_for_a_configured_label_is_a_config_error(tmp_path):
@@ -245,21 +246,21 @@ def test_missing_observation_column_for_a_configured_label_is_a_config_error(tmp
     csv = tmp_path / "chx" / "CheXpert-v1.0-small" / "train.csv"
     pd.read_csv(csv, dtype=str).drop(columns=["Edema"]).to_csv(csv, index=False)
     with pytest.raises(ConfigError, match="Edema"):
-        prepare(dataset_cfg("chexpert", tmp_path / "chx"), ["Edema", "No_Finding"], tmp_path / "o")
-    s = prepare(dataset_cfg("chexpert", tmp_path / "chx"), ["Atelectasis", "No_Finding"], tmp_path / "o2")
+        prepare(dataset_config("chexpert", tmp_path / "chx"), ["Edema", "No_Finding"], tmp_path / "o")
+    s = prepare(dataset_config("chexpert", tmp_path / "chx"), ["Atelectasis", "No_Finding"], tmp_path / "o2")
     assert any("Edema" in w and "blank" in w for w in s["warnings"])
 
 
 # ------------------------------------------------------------------------------ memory-sized decoders
 def test_decode_workers_fit_the_job_memory(caplog):
-    cfg = PrepareConfig.from_dict(dataset_cfg("phantom", None, workers=16))
+    cfg = PrepareConfig.from_section(dataset_cfg("phantom", None, workers=16))
     assert decode_workers(cfg, None) == 16  # no limit known
     assert decode_workers(cfg, 64000) == 16  # 0.75 * 64000 / 600 = 80
     with caplog.at_level(logging.WARNING, logger="synthcxr"):
         assert decode_workers(cfg, 8000) == 10  # the profile's prepare job: 6000 // 600
     assert "mem_mb=8000" in caplog.text and "using 10" in caplog.text
     assert decode_workers(cfg, 500) == 1
-    big = PrepareConfig.from_dict(dataset_cfg("phantom", None, workers=16, decode_mem_mb=1500))
+    big = PrepareConfig.from_section(dataset_cfg("phantom", None, workers=16, decode_mem_mb=1500))
     assert decode_workers(big, 8000) == 4
 
 
@@ -275,8 +276,8 @@ def test_job_memory_from_slurm_and_cgroup(tmp_path):
 
 def test_intensity_percentiles_config_is_checked():
     with pytest.raises(ConfigError, match="intensity_percentiles"):
-        PrepareConfig.from_dict(dataset_cfg("phantom", None, intensity_percentiles=[99, 1]))
-    assert PrepareConfig.from_dict(dataset_cfg("phantom", None)).intensity_percentiles == (0.5, 99.5)
+        PrepareConfig.from_section(dataset_cfg("phantom", None, intensity_percentiles=[99, 1]))
+    assert PrepareConfig.from_section(dataset_cfg("phantom", None)).intensity_percentiles == (0.5, 99.5)
 
 
 def test_mimic_label_codes_blank_bad_and_repeated_studies(tmp_path):

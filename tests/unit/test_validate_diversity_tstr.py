@@ -102,17 +102,23 @@ class _Const(torch.nn.Module):
         return self.logits.expand(len(x), -1)
 
 
+def _clf(sec: dict):
+    from synthcxr.classifier import ClassifierConfig
+
+    return ClassifierConfig.from_section({"name": "t", "arch": "small_cnn", "device": "cpu", "input_res": 16, **sec})
+
+
 @pytest.mark.parametrize("epochs", [None, 3])
 def test_run_tstr_gives_every_arm_the_same_recipe_and_tstr_epochs(tmp_path, tiny_prepared, epochs):
     labels = list(PHANTOM_LABELS)
     seen = []
 
     def trainer(sec, source, prepared, run_dir, log_file):
-        seen.append((sec["name"], sec["epochs"], sec["patience"], sec["samples_per_epoch"], sec["seed_offset"]))
-        return {"n_train": 1, "steps": 10 * sec["epochs"], "epochs_run": sec["epochs"], "best_epoch": sec["epochs"],
-                "init_from": sec.get("init_from")}
+        seen.append((sec.name, sec.epochs, sec.patience, sec.samples_per_epoch, sec.seed_offset))
+        return {"n_train": 1, "steps": 10 * sec.epochs, "epochs_run": sec.epochs, "best_epoch": sec.epochs,
+                "init_from": sec.init_from}
 
-    clf = {"labels": labels, "epochs": 7, "patience": 2, "batch_size": 8, "bootstrap": 20, "seed": 0, "checker": {"name": "x"}}
+    clf = _clf({"labels": labels, "epochs": 7, "patience": 2, "batch_size": 8, "bootstrap": 20, "seed": 0, "checker": {"name": "x"}})
     out = run_tstr(clf, tmp_path / "arch", tiny_prepared, tmp_path / "runs", tmp_path / "t.json", tmp_path / "t.png",
                    seeds=2, epochs=epochs, trainer=trainer, loader=lambda path, device: _Const(len(labels)))
     want = 7 if epochs is None else epochs
@@ -133,7 +139,7 @@ def test_run_tstr_gives_every_arm_the_same_recipe_and_tstr_epochs(tmp_path, tiny
 
 def test_run_tstr_refuses_zero_epochs(tmp_path, tiny_prepared):
     with pytest.raises(ValueError, match="validate.tstr_epochs"):
-        run_tstr({"labels": ["No_Finding"]}, tmp_path, tiny_prepared, tmp_path, tmp_path / "t.json", tmp_path / "t.png", epochs=0)
+        run_tstr(_clf({"labels": ["No_Finding"]}), tmp_path, tiny_prepared, tmp_path, tmp_path / "t.json", tmp_path / "t.png", epochs=0)
 
 
 def test_run_tstr_trains_every_arm_at_each_nested_fraction_with_equal_steps(tmp_path, tiny_prepared):
@@ -141,11 +147,11 @@ def test_run_tstr_trains_every_arm_at_each_nested_fraction_with_equal_steps(tmp_
     calls = []
 
     def trainer(sec, source, prepared, run_dir, log_file):
-        calls.append({**sec, "source": source, "run_dir": run_dir})
-        return {"n_train": 1, "steps": 10 * sec["epochs"], "epochs_run": sec["epochs"], "best_epoch": 1,
-                "init_from": sec.get("init_from")}
+        calls.append({**sec.to_dict(), "source": source, "run_dir": run_dir})
+        return {"n_train": 1, "steps": 10 * sec.epochs, "epochs_run": sec.epochs, "best_epoch": 1,
+                "init_from": sec.init_from}
 
-    clf = {"labels": labels, "epochs": 4, "batch_size": 8, "bootstrap": 0, "seed": 3}
+    clf = _clf({"labels": labels, "epochs": 4, "batch_size": 8, "bootstrap": 0, "seed": 3})
     out = run_tstr(clf, tmp_path / "arch", tiny_prepared, tmp_path / "runs", tmp_path / "t.json", tmp_path / "t.png",
                    seeds=1, trainer=trainer, loader=lambda path, device: _Const(len(labels)), real_fractions=[1.0, 0.1, 0.5],
                    synthetic_share=0.3, out_fractions_png=tmp_path / "f.png")
@@ -182,7 +188,7 @@ def test_run_tstr_trains_every_arm_at_each_nested_fraction_with_equal_steps(tmp_
 ])
 def test_run_tstr_refuses_bad_fractions_and_arms(tmp_path, tiny_prepared, kw, match):
     with pytest.raises(ValueError, match=match):
-        run_tstr({"labels": ["No_Finding"]}, tmp_path, tiny_prepared, tmp_path, tmp_path / "t.json", tmp_path / "t.png", **kw)
+        run_tstr(_clf({"labels": ["No_Finding"]}), tmp_path, tiny_prepared, tmp_path, tmp_path / "t.json", tmp_path / "t.png", **kw)
 
 
 @pytest.mark.parametrize("key, value", [

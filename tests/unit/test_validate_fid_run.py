@@ -64,7 +64,7 @@ def test_run_fid_writes_baseline_curve_and_orders_generators(tmp_path):
 
     torch.manual_seed(0)
     ext = classifier_extractor(Feat())
-    cfg = FidConfig(max_real=1000, kid_subsets=5, kid_subset_size=20, pr_k=3, seed=1, device="cpu", batch_size=16)
+    cfg = FidConfig.from_section(dict(max_real=1000, kid_subsets=5, kid_subset_size=20, pr_k=3, seed=1, device="cpu"), batch_size=16)
     out = run_fid(cfg, prep_dir, arch, tmp_path / "v" / "fid.json", tmp_path / "v" / "fid_curve.png",
                   generator_path=run_dir / "generator.pt", out_curve_json=tmp_path / "v" / "fid_curve.json", extractor=ext)
     js = json.loads((tmp_path / "v" / "fid.json").read_text())
@@ -101,5 +101,5 @@ def test_run_fid_writes_baseline_curve_and_orders_generators(tmp_path):
 
 def test_run_fid_missing_manifest_is_clear(tmp_path, tiny_prepared):
     with pytest.raises(FileNotFoundError, match="finalize_archive"):
-        run_fid(FidConfig(device="cpu"), tiny_prepared, tmp_path, tmp_path / "f.json", tmp_path / "f.png",
+        run_fid(FidConfig.from_section({"device": "cpu"}), tiny_prepared, tmp_path, tmp_path / "f.json", tmp_path / "f.png",
                 extractor=classifier_extractor(Feat()))

@@ -86,7 +86,7 @@ def test_audit_flags_planted_copies_only(tmp_path, distinct_prepared):
     shard, lat = _write_archive(tmp_path / "archive", images, ids)
 
     torch.manual_seed(0)
-    cfg = MemorizationConfig(pixel_res=16, threshold=0.97, gallery=4, device="cpu", batch_size=7, chunk=13)
+    cfg = MemorizationConfig.from_section({"memorization": {"pixel_res": 16, "threshold": 0.97, "gallery": 4}, "device": "cpu"}, batch_size=7, chunk=13)
     out_pq, out_png, out_js = tmp_path / "val" / "memorization.parquet", tmp_path / "val" / "gallery.png", tmp_path / "val" / "mem.json"
     summary = run_memorization(cfg, [shard], [lat], distinct_prepared, None, out_pq, out_png, out_js, extractor=classifier_extractor(Feat()))
 
@@ -121,7 +121,7 @@ def test_shards_and_latents_must_agree(tmp_path, distinct_prepared):
     images = blob_images(4, np.random.default_rng(1))
     shard, _ = _write_archive(tmp_path / "a", images, ["x0", "x1", "x2", "x3"])
     _, lat = _write_archive(tmp_path / "b", images, ["x0", "x1", "x2", "zz"])
-    cfg = MemorizationConfig(pixel_res=16, device="cpu")
+    cfg = MemorizationConfig.from_section({"memorization": {"pixel_res": 16}, "device": "cpu"})
     with pytest.raises(ValueError, match="disagree"):
         run_memorization(cfg, [shard], [lat], distinct_prepared, None, tmp_path / "m.parquet", tmp_path / "g.png",
                          extractor=classifier_extractor(Feat()))

@@ -15,7 +15,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from fixtures_real import dataset_cfg  # noqa: E402
+from fixtures_real import dataset_config  # noqa: E402
 
 from synthcxr.archive.gates import release_mask  # noqa: E402
 from synthcxr.archive.shard_h5 import H5ShardWriter  # noqa: E402
@@ -49,7 +49,7 @@ CPU = torch.device("cpu")
 @pytest.fixture(scope="module")
 def phantom(tmp_path_factory):
     out = tmp_path_factory.mktemp("reid_prep")
-    cfg = dataset_cfg("phantom", None, phantom={"n_patients": 450, "max_studies": 4, "seed": 21}, max_res=RES,
+    cfg = dataset_config("phantom", None, phantom={"n_patients": 450, "max_studies": 4, "seed": 21}, max_res=RES,
                       split={"train": 0.5, "val": 0.25, "test": 0.25, "seed": 3})
     prepare(cfg, LABELS, out)
     return out

@@ -1,15 +1,21 @@
 # Config validation and path helpers shared by every rule file.
 import math
-import sys
 from pathlib import Path
 
-SRC = str(Path(workflow.basedir) / "src")
-sys.path.insert(0, SRC)
-from synthcxr.config import ConfigError, section, validate_config  # noqa: E402
-from synthcxr.utils.runtime import prepend_pythonpath  # noqa: E402
-from synthcxr.validate.oracle import has_oracle  # noqa: E402
+import synthcxr
+from synthcxr.config import ConfigError, keys_for, section, validate_config
+from synthcxr.utils.runtime import prepend_pythonpath
+from synthcxr.validate.oracle import has_oracle
 
-# Scripts run in their own processes (conda envs, cluster nodes): make the package importable there.
+SRC = str(Path(workflow.basedir) / "src")
+# The rules and their scripts must run the same code: this checkout's package (make install: pip install -e .).
+if Path(synthcxr.__file__).resolve().parent != (Path(SRC) / "synthcxr").resolve():
+    raise WorkflowError(
+        f"synthcxr is imported from {Path(synthcxr.__file__).parent}, not from this checkout ({SRC}/synthcxr): "
+        f"install this checkout (make install, or pip install -e {Path(SRC).parent}) or run with PYTHONPATH={SRC}"
+    )
+# Scripts of a conda deployment (--software-deployment-method conda: envs/synthcxr.yaml holds the
+# dependencies, not the package) import it through PYTHONPATH.
 prepend_pythonpath(SRC)
 
 try:

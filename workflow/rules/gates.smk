@@ -1,6 +1,8 @@
 # Stage 6: the gates. Before the release is built, every rendered sample is audited against the real
 # training scans: memorisation (nearest training image) and re-identification (a patient verifier);
 # finalize_archive withholds what a gate flags (validate.memorization.gate, validate.reid.gate).
+from synthcxr.validate.memorization import MemorizationConfig
+
 # The checker's model.pt is an input only when the quality metrics use its features (validate.features: checker).
 VAL_CHECKER = (
     f"{CLF}/{config['classifier']['checker']['name']}/model.pt" if config["validate"]["features"] == "checker" else []
@@ -21,7 +23,7 @@ rule validate_memorization:
         summary=f"{VAL}/memorization.json",
         gallery=report(f"{VAL}/memorization_gallery.png", caption="../report/memorization.rst", category="Memorisation"),
     params:
-        cfg=stage("validate", ["memorization", "features", "inception_weights", "resize", "feature_res"]),
+        cfg=stage("validate", ["memorization", *keys_for(MemorizationConfig, "validate")]),
     log:
         f"{ALOGS}/validate_memorization.log",
     threads: 2

@@ -1,6 +1,7 @@
 # Stage 8: validation of the release against the real data (the oracle, phantom only, in oracle.smk; the
 # reader kit in reader_study.smk). Figures are wrapped in report() so `snakemake --report
 # results/report.html` collects them with the captions in workflow/report/.
+from synthcxr.validate.fid_run import FidConfig
 
 
 rule validate_fid:
@@ -17,8 +18,7 @@ rule validate_fid:
         curve=f"{VAL}/fid_curve.json",
         png=report(f"{VAL}/fid_curve.png", caption="../report/fid.rst", category="Fidelity"),
     params:
-        cfg=stage("validate", ["features", "inception_weights", "max_real", "kid_subsets", "kid_subset_size", "pr_k",
-                               "resize", "feature_res", "fid_n_points"]),
+        cfg=stage("validate", keys_for(FidConfig, "validate")),
     log:
         f"{ALOGS}/validate_fid.log",
     threads: 2

@@ -2,12 +2,12 @@
 
 from pathlib import Path
 
-from synthcxr.classifier import train_classifier
+from synthcxr.classifier import ClassifierConfig, train_classifier
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 data = Path(sm.input.images).parent
 train_classifier(
-    dict(sm.params.run),
+    ClassifierConfig.from_section(sm.params.run),
     train_source=data,
     eval_source=data,
     out_dir=Path(sm.output.model).parent,

@@ -7,13 +7,14 @@ PREEMPTED_EXIT; the rule's retries (pggan.allocations) run it again and it conti
 import sys
 from pathlib import Path
 
+from synthcxr.pggan.config import PGGANConfig
 from synthcxr.pggan.launch import train_maybe_distributed
 from synthcxr.pggan.preempt import PREEMPTED_EXIT, Preempted
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 try:
     train_maybe_distributed(
-        dict(sm.params.cfg),
+        PGGANConfig.from_section(sm.params.cfg),
         data_folder=Path(sm.input.images).parent,
         out_dir=Path(sm.output.generator).parent,
         log_file=sm.log[0],

@@ -2,11 +2,12 @@
 
 from pathlib import Path
 
+from synthcxr.classifier import ClassifierConfig
 from synthcxr.validate.tstr import run_tstr
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 run_tstr(
-    dict(sm.params.cfg),
+    ClassifierConfig.from_section(sm.params.cfg),
     archive_dir=Path(sm.input.manifest).parent,
     prepared_dir=Path(sm.input.images).parent,
     out_dir=sm.output.runs,

@@ -231,8 +231,8 @@ def render_card(
     """The card's Markdown text for archive.json contents ``info`` and optional validation files."""
     c = info["counts"]
     gen, clf = info.get("generator") or {}, info.get("classifier") or {}
-    cfg = info.get("config") or {}
-    lco = cfg.get("lco", {}) if isinstance(cfg, Mapping) else {}
+    recorded = info.get("config") or {}  # the config archive.json recorded (older archives: none)
+    lco = recorded.get("lco", {}) if isinstance(recorded, Mapping) else {}
     gate = "on" if info.get("memorization_gate") else "off"
     reid_gate = "on" if info.get("reid_gate") else "off"
     render = info.get("render") or {}

@@ -31,7 +31,6 @@ import json
 import math
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -42,6 +41,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from ..utils.hashing import pixel_sha256
 from .contract import attr_problems, path_column_problems, shard_file_problems
 from .layout import ARCHIVE_JSON, FORMAT_VERSION, MANIFEST, SUMS, dicom_folder, stream_format
+from .partition import Unit, _rank_world, deal, quotas
 from .shard_parquet import decode_png, read_parquet_attrs_from_schema
 from .shard_wds import iter_tar_samples
 
@@ -49,61 +49,6 @@ from .shard_wds import iter_tar_samples
 UNITS_PER_RANK = 8
 #: Rows of an HDF5 shard read at a time.
 H5_BLOCK = 64
-
-
-@dataclass(frozen=True)
-class Unit:
-    """Rows ``[lo, hi)`` of release shard ``shard``; ``n`` of them pass the stream's label filter."""
-
-    shard: int
-    lo: int
-    hi: int
-    n: int
-
-
-def _rank_world(rank: int | None, world: int | None) -> tuple[int, int]:
-    """Explicit values, else torch.distributed's, else torchrun's RANK/WORLD_SIZE, else (0, 1)."""
-    if rank is not None or world is not None:
-        r, w = int(rank or 0), int(world or 1)
-    elif torch.distributed.is_available() and torch.distributed.is_initialized():
-        r, w = torch.distributed.get_rank(), torch.distributed.get_world_size()
-    else:
-        r, w = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    if not (w >= 1 and 0 <= r < w):
-        raise ValueError(f"rank {r} is not in [0, world_size {w})")
-    return r, w
-
-
-def deal(units: Sequence[Unit], bins: int) -> list[list[int]]:
-    """Indices of ``units`` dealt in order to ``bins`` bins, each to the least-loaded (lowest index on ties)."""
-    out: list[list[int]] = [[] for _ in range(bins)]
-    load = np.zeros(bins, dtype=np.int64)
-    for i, u in enumerate(units):
-        b = int(np.argmin(load))
-        out[b].append(i)
-        load[b] += u.n
-    return out
-
-
-def quotas(loads: Sequence[int], total: int) -> list[int]:
-    """Split ``total`` (<= sum(loads)) over bins of ``loads``: each gets min(load, t), the rest one by one in bin order."""
-    loads = [int(x) for x in loads]
-    if total >= sum(loads):
-        return loads
-    lo, hi = 0, max(loads, default=0)
-    while lo < hi:  # the largest t with sum(min(load, t)) <= total
-        t = (lo + hi + 1) // 2
-        if sum(min(x, t) for x in loads) <= total:
-            lo = t
-        else:
-            hi = t - 1
-    q = [min(x, lo) for x in loads]
-    rest = total - sum(q)
-    for i, x in enumerate(loads):
-        if rest and x > q[i]:
-            q[i] += 1
-            rest -= 1
-    return q
 
 
 class ReleaseStream(IterableDataset):

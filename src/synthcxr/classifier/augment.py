@@ -20,18 +20,10 @@ import torch.nn.functional as F
 class AugmentConfig:
     """Augmentation strengths; zeros switch a transform off (``classifier.augment`` in the config)."""
 
-    rotate_deg: float = 5.0  # rotation drawn uniformly from [-rotate_deg, rotate_deg]
-    scale: float = 0.05  # zoom factor drawn from [1 - scale, 1 + scale]
-    intensity: float = 0.1  # contrast factor in [1 - i, 1 + i] and brightness shift in [-i, i]
-    hflip: bool = False  # left-right flip with p = 0.5 (off: anatomy is lateralised)
-
-    @classmethod
-    def from_dict(cls, d: dict | None) -> "AugmentConfig":
-        d = dict(d or {})
-        unknown = sorted(set(d) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ValueError(f"classifier.augment: unknown key(s) {unknown}; allowed {sorted(cls.__dataclass_fields__)}")
-        return cls(**d)
+    rotate_deg: float  # rotation drawn uniformly from [-rotate_deg, rotate_deg]
+    scale: float  # zoom factor drawn from [1 - scale, 1 + scale]
+    intensity: float  # contrast factor in [1 - i, 1 + i] and brightness shift in [-i, i]
+    hflip: bool  # left-right flip with p = 0.5 (off: anatomy is lateralised)
 
     @property
     def active(self) -> bool:

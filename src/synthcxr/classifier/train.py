@@ -21,8 +21,10 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,14 +32,14 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from .. import __version__
+from ..config import ConfigError, build
 from ..labels import check_labels
 from ..metrics.auroc import mean_auroc, per_label_auroc
-from ..utils.amp import AMP_MODES, autocast, grad_scaler
+from ..utils.amp import autocast, grad_scaler
 from ..utils.atomic import torch_save, write_json
 from ..utils.runtime import progress, resolve_device, seed_everything, setup_logging
 from .augment import AugmentConfig, augment_batch
 from .evaluate import (
-    THRESHOLD_METHODS,
     THRESHOLD_RULES,
     choose_thresholds,
     exact_match,
@@ -46,7 +48,7 @@ from .evaluate import (
     split_metrics,
     thresholds_mapping,
 )
-from .models import ARCHS, Classifier, default_arch
+from .models import Classifier, default_arch
 from .sources import mix_weights, resolve_sources
 
 log = logging.getLogger("synthcxr")
@@ -57,96 +59,85 @@ OUTPUT_FILES = ("model.pt", "metrics.json", "thresholds.json", "roc.png")
 SELECTION = ("auroc", "bce", "last")
 
 
+#: keys of one training run that are not config keys (the checker's seed offset, TSTR's arms), with
+#: their values for a plain run of the ``classifier`` section
+RUN_KEYS = {"seed_offset": 0, "samples_per_epoch": None, "real_fraction": 1.0, "init_from": None, "synthetic_share": None}
+
+
 @dataclass
 class ClassifierConfig:
-    """The ``classifier`` config section plus the global ``seed``, ``device`` and ``labels``."""
+    """The ``classifier`` config section plus the global ``seed``, ``device`` and ``labels``, and the
+    run keys of :data:`RUN_KEYS`."""
 
     name: str
     arch: str
     labels: list[str]
-    input_res: int = 224
-    width: int = 32
-    epochs: int = 25
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    class_weighted: bool = True
-    patience: int = 5
-    select_on: str = "auroc"
-    threshold_method: str = "youden_j"
-    threshold_min_count: int = 10
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    bootstrap: int = 1000
-    workers: int = 0
-    amp: str = "none"
-    channels_last: bool = False
-    seed: int = 0
-    seed_offset: int = 0
-    device: str = "auto"
+    input_res: int
+    width: int
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    class_weighted: bool
+    patience: int
+    select_on: str
+    threshold_method: str
+    threshold_min_count: int
+    augment: AugmentConfig
+    bootstrap: int
+    workers: int
+    amp: str
+    channels_last: bool
+    seed: int
+    device: str
+    #: added to ``seed`` (the checker's, TSTR's seeds)
+    seed_offset: int
     #: images drawn per epoch (with replacement unless it equals the training set's size); None = one pass.
     #: TSTR sets it to the real train split's size so that every arm takes the same optimisation steps.
-    samples_per_epoch: int | None = None
+    samples_per_epoch: int | None
     #: share of the real training patients used (nested subsets, drawn with ``seed``; TSTR's fractions)
-    real_fraction: float = 1.0
+    real_fraction: float
     #: a model.pt to start from instead of random weights (TSTR's synthetic-pretrain -> real-finetune arm)
-    init_from: str | None = None
+    init_from: str | None
     #: real + synthetic sources: share of each epoch's draws taken from the synthetic ones (None: as concatenated)
-    synthetic_share: float | None = None
-
-    #: section keys that configure the workflow, not a training run
-    IGNORED = ("checker",)
+    synthetic_share: float | None
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ClassifierConfig":
-        d = {k: v for k, v in dict(d).items() if k not in cls.IGNORED}
-        allowed = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - allowed)
-        if unknown:
-            raise ValueError(f"classifier config: unknown key(s) {unknown}; allowed {sorted(allowed)}")
-        missing = [k for k in ("name", "arch", "labels") if k not in d]
-        if missing:
-            raise ValueError(f"classifier config: missing key(s) {missing} (labels come from the top-level 'labels')")
-        d["augment"] = d["augment"] if isinstance(d.get("augment"), AugmentConfig) else AugmentConfig.from_dict(d.get("augment"))
-        d["labels"] = check_labels(d["labels"], where="labels")
-        cfg = cls(**d)
-        if cfg.arch not in ARCHS:
-            raise ValueError(f"classifier.arch: {cfg.arch!r} is not one of {', '.join(ARCHS)}")
-        if cfg.select_on not in SELECTION:
-            raise ValueError(f"classifier.select_on: {cfg.select_on!r} is not one of {', '.join(SELECTION)}")
-        if cfg.threshold_method not in THRESHOLD_METHODS:
-            raise ValueError(f"classifier.threshold_method: {cfg.threshold_method!r} is not one of {', '.join(THRESHOLD_METHODS)}")
-        if cfg.amp not in AMP_MODES:
-            raise ValueError(f"classifier.amp: {cfg.amp!r} is not one of {', '.join(AMP_MODES)}")
-        if not 0 < cfg.real_fraction <= 1:
-            raise ValueError(f"classifier real_fraction: must be in (0, 1], got {cfg.real_fraction}")
+    def from_section(cls, sec: Mapping[str, Any]) -> "ClassifierConfig":
+        """From one run's settings (:func:`run_settings`: the ``classifier`` section, or part of it, plus
+        run keys); the schema fills left-out keys and a ConfigError names a bad one."""
+        sec = {k: v for k, v in dict(sec).items() if k != "checker"}
+        if "labels" not in sec:
+            raise ConfigError("classifier config: missing 'labels' (pass synthcxr.config.section(config, 'classifier'))")
+        run = {k: sec.pop(k, v) for k, v in RUN_KEYS.items()}
+        if not 0 < float(run["real_fraction"]) <= 1:
+            raise ConfigError(f"classifier real_fraction: must be in (0, 1], got {run['real_fraction']}")
+        cfg = build(cls, "classifier", sec, **run)
+        cfg.augment = build(AugmentConfig, "classifier.augment", cfg.augment)
+        cfg.labels = check_labels(cfg.labels, where="labels")
         return cfg
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def run_settings(section: dict, run: str) -> dict:
+def run_settings(section: Mapping[str, Any], run: str) -> dict:
     """Settings of one named classifier run: ``classifier.name`` or the checker ``classifier.checker.name``.
 
     The checker is an independently trained second classifier (own seed, width and architecture) that
     latent class optimisation is verified against, so its success is not judged by the model it fooled.
+    ``section`` is the validated section (the schema has filled the checker's keys).
     """
     base = {k: v for k, v in section.items() if k != "checker"}
-    checker = section.get("checker") or {}
-    if checker and checker.get("name") == base.get("name"):
-        raise ValueError(f"classifier.checker.name must differ from classifier.name (both {base.get('name')!r})")
-    if run == base.get("name"):
+    checker = section["checker"]
+    if checker["name"] == base["name"]:
+        raise ValueError(f"classifier.checker.name must differ from classifier.name (both {base['name']!r})")
+    if run == base["name"]:
         return {**base, "seed_offset": 0}
-    if checker and run == checker.get("name"):
-        return {
-            **base,
-            "name": checker["name"],
-            "arch": checker.get("arch", base["arch"]),
-            "width": checker.get("width", base.get("width", 32)),
-            "seed_offset": checker.get("seed_offset", 1),
-        }
-    known = [base.get("name")] + ([checker.get("name")] if checker else [])
-    raise ValueError(f"classifier run {run!r} is neither classifier.name nor classifier.checker.name ({known})")
+    if run == checker["name"]:
+        return {**base, "name": checker["name"], "arch": checker["arch"], "width": checker["width"],
+                "seed_offset": checker["seed_offset"]}
+    raise ValueError(f"classifier run {run!r} is neither classifier.name nor classifier.checker.name ({[base['name'], checker['name']]})")
 
 
 def pos_weights(labels: np.ndarray) -> np.ndarray:
@@ -195,7 +186,7 @@ def _criterion(select_on: str, epoch: int, val_auc: dict[str, float], val_bce: f
 
 
 def train_classifier(
-    cfg: dict | ClassifierConfig,
+    cfg: ClassifierConfig,
     train_source: str | os.PathLike | list[str | os.PathLike],
     eval_source: str | os.PathLike | None,
     out_dir: str | os.PathLike,
@@ -213,7 +204,6 @@ def train_classifier(
         setup_logging(log_file)
     if threads:
         torch.set_num_threads(int(threads))
-    cfg = cfg if isinstance(cfg, ClassifierConfig) else ClassifierConfig.from_dict(cfg)
     out = Path(out_dir)
     seed = int(cfg.seed) + int(cfg.seed_offset)
     seed_everything(seed)

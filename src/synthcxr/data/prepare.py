@@ -83,41 +83,35 @@ def _crashed(item: tuple[str, Any]) -> tuple[str, Any]:
     return ("q", ("decode_error", f"{item[0]}: decoder process crashed"))
 
 
-def check_source(cfg: Mapping[str, Any], labels: Sequence[str]) -> None:
+def check_source(section: Mapping[str, Any], labels: Sequence[str]) -> None:
     """Fail fast, as the DAG is built: ``dataset.root`` and the format's label tables exist and read.
 
     Reads table headers only. Raises :class:`~synthcxr.config.ConfigError` naming the key and the path.
     """
-    make_adapter(PrepareConfig.from_dict(cfg), labels)
+    make_adapter(PrepareConfig.from_section(section), labels)
 
 
 def prepare(
-    cfg: Mapping[str, Any] | PrepareConfig,
-    labels: Sequence[str] | None,
+    cfg: PrepareConfig,
+    labels: Sequence[str],
     out_dir: str | os.PathLike,
     log: str | os.PathLike | None = None,
     mem_mb: int | None = None,
 ) -> dict[str, Any]:
     """Prepare one dataset into ``out_dir``; returns the ``prepare.json`` content.
 
-    ``cfg`` is the ``dataset`` config section (a mapping, possibly with the global ``labels``) or a
-    :class:`PrepareConfig`; ``labels`` is the ordered canonical label list (``None``: take
-    ``cfg['labels']``). Configuration errors raise :class:`~synthcxr.config.ConfigError` before any
+    ``cfg`` is the ``dataset`` config section (:meth:`PrepareConfig.from_section`); ``labels`` is the
+    ordered canonical label list. Configuration errors raise :class:`~synthcxr.config.ConfigError` before any
     output is touched; bad individual inputs are quarantined instead. ``mem_mb`` is the job's memory
     (:func:`synthcxr.utils.runtime.job_memory_mb`: SLURM's allocation or the cgroup limit); it caps the
     decoder processes (:func:`decode_workers`).
     """
     logger = setup_logging(log) if log is not None else logging.getLogger("synthcxr")
-    if labels is None:
-        if isinstance(cfg, Mapping) and "labels" in cfg:
-            labels = cfg["labels"]
-        else:
-            raise ConfigError("'labels': no label list given to prepare()")
     try:
         labels = check_labels(labels, where="labels")
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    pcfg = cfg if isinstance(cfg, PrepareConfig) else PrepareConfig.from_dict(cfg)
+    pcfg = cfg
     out = Path(out_dir)
     t0 = time.perf_counter()
     adapter = make_adapter(pcfg, labels)

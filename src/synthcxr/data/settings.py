@@ -4,15 +4,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from ..config import ConfigError
-from .decode import PERCENTILES
+from ..config import GLOBAL_KEYS, ConfigError, build
 from .pyramid import pyramid_levels
-
-_GLOBAL_KEYS = {"seed", "device", "labels"}
-
 
 UNCERTAIN_POLICIES = ("ones", "zeros", "ignore")
 
@@ -43,10 +39,10 @@ def uncertain_policy(spec: str | Mapping[str, str], where: str = "dataset.chexpe
 class SplitConfig:
     """Patient-level split fractions (must sum to 1) and the seed of the patient permutation."""
 
-    train: float = 0.7
-    val: float = 0.15
-    test: float = 0.15
-    seed: int = 0
+    train: float
+    val: float
+    test: float
+    seed: int
 
     def fractions(self) -> dict[str, float]:
         return {"train": self.train, "val": self.val, "test": self.test}
@@ -56,27 +52,24 @@ class SplitConfig:
 class PrepareConfig:
     """The ``dataset`` config section (see config/schemas/config.schema.yaml)."""
 
-    name: str = "dataset"
-    format: str = "phantom"
-    root: str | None = None
-    max_res: int = 64
-    views: tuple[str, ...] = ("PA", "AP")
-    split: SplitConfig = field(default_factory=SplitConfig)
-    patient_salt: str = "synthcxr-change-this-salt"
-    workers: int = 2
-    chexpert_uncertain: str | dict[str, str] = "ones"
-    label_csv: str | None = None
-    intensity_percentiles: tuple[float, float] = PERCENTILES
-    min_source_size: int = 0
-    decode_mem_mb: int = 600
-    phantom: dict[str, Any] = field(default_factory=dict)
+    name: str
+    format: str
+    root: str | None
+    max_res: int
+    views: tuple[str, ...]
+    split: SplitConfig
+    patient_salt: str
+    workers: int
+    chexpert_uncertain: str | dict[str, str]
+    label_csv: str | None
+    intensity_percentiles: tuple[float, float]
+    min_source_size: int
+    decode_mem_mb: int
+    phantom: dict[str, Any]
 
     def __post_init__(self) -> None:
         if isinstance(self.split, Mapping):
-            unknown = sorted(set(self.split) - {"train", "val", "test", "seed"})
-            if unknown:
-                raise ConfigError(f"'dataset.split': unknown key(s) {unknown}")
-            self.split = SplitConfig(**self.split)
+            self.split = build(SplitConfig, "dataset.split", self.split)
         self.views = tuple(self.views)
         try:
             pyramid_levels(int(self.max_res))
@@ -105,11 +98,13 @@ class PrepareConfig:
             raise ConfigError(f"'dataset.workers': must be >= 0, got {self.workers}")
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "PrepareConfig":
-        """From the ``dataset`` section (global keys seed/device/labels are ignored; others must be known)."""
-        d = {k: v for k, v in dict(d).items() if k not in _GLOBAL_KEYS}
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"'dataset': unknown key(s) {unknown}; allowed: {sorted(known)}")
-        return cls(**d)
+    def from_section(cls, d: Mapping[str, Any]) -> "PrepareConfig":
+        """From the ``dataset`` section (or part of it; the schema fills the rest). The global keys
+        seed/device/labels are ignored; a ConfigError names an unknown or bad key."""
+        d = {k: v for k, v in dict(d).items() if k not in GLOBAL_KEYS}
+        if "chexpert_uncertain" in d:  # its own check names the bad label or policy, the schema's only the key
+            try:
+                uncertain_policy(d["chexpert_uncertain"])
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+        return build(cls, "dataset", d)

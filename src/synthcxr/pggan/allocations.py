@@ -112,7 +112,7 @@ def cli(argv: list[str] | None = None) -> int:
         ap.error("give --img-per-s, --log, or both")
     try:
         config = load_merged(args.configfile)
-        pcfg = PGGANConfig.from_dict(config["pggan"])
+        pcfg = PGGANConfig.from_section(config["pggan"])
         sched = pcfg.schedule()
         rows = schedule_rows(sched, args.img_per_s, measured_rates(args.log) if args.log else None)
         job_minutes = args.job_minutes or pcfg.job_minutes or profile_job_minutes()

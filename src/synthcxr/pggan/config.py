@@ -5,9 +5,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
+from ..config import build
 from .schedule import Schedule
 
 #: How stream.finding_repeats turns finding_floor into repeats (part of the fingerprint when the floor is on).
@@ -26,54 +28,44 @@ RESUME_SAFE_KEYS = frozenset({
 class PGGANConfig:
     """Hyper-parameters of one Progressive GAN run (the ``pggan`` section plus seed/device/labels)."""
 
-    run: str = "default"
-    resolution: int = 64
-    latent_dim: int = 512
-    fmap_base: int = 8192
-    fmap_max: int = 512
-    lr: float = 0.001
-    betas: tuple[float, float] = (0.0, 0.99)
-    adam_eps: float = 1e-8
-    gp_weight: float = 10.0
-    drift: float = 0.001
-    ema_kimg: float = 10.0
-    fade_kimg: float = 600.0
-    stable_kimg: float = 600.0
-    total_kimg: float | None = None
-    minibatch: dict[str, int] = field(
-        default_factory=lambda: {"4": 128, "8": 128, "16": 128, "32": 64, "64": 32, "128": 16, "256": 8, "512": 4, "1024": 4}
-    )
-    checkpoint_kimg: float = 20.0
-    snapshot_kimg: float = 40.0
-    log_kimg: float = 4.0
-    amp: bool = False
-    workers: int = 0
-    gpus: int = 1
-    nodes: int = 1
-    finding_floor: float = 0.0
-    finding_max_repeat: int = 8
-    job_minutes: float | None = None
-    stop_margin_minutes: float = 15.0
-    allocations: int = 1
-    seed: int = 0
-    device: str = "auto"
-    labels: list[str] | None = None
+    run: str
+    resolution: int
+    latent_dim: int
+    fmap_base: int
+    fmap_max: int
+    lr: float
+    betas: tuple[float, float]
+    adam_eps: float
+    gp_weight: float
+    drift: float
+    ema_kimg: float
+    fade_kimg: float
+    stable_kimg: float
+    total_kimg: float | None
+    minibatch: dict[str, int]
+    checkpoint_kimg: float
+    snapshot_kimg: float
+    log_kimg: float
+    amp: bool
+    workers: int
+    gpus: int
+    nodes: int
+    finding_floor: float
+    finding_max_repeat: int
+    job_minutes: float | None
+    stop_margin_minutes: float
+    allocations: int
+    seed: int
+    device: str
+    labels: list[str] | None
 
     @classmethod
-    def from_dict(cls, cfg: dict[str, Any], where: str = "pggan") -> "PGGANConfig":
-        """Build from a config section; an unknown key is an error naming it."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(cfg) - names)
-        if unknown:
-            raise ValueError(f"unknown key(s) {[f'{where}.{k}' for k in unknown]}; allowed: {sorted(names)}")
-        kw = dict(cfg)
-        if "betas" in kw:
-            kw["betas"] = tuple(float(b) for b in kw["betas"])
-        if "minibatch" in kw:
-            kw["minibatch"] = {str(k): int(v) for k, v in kw["minibatch"].items()}
-        if "labels" in kw and kw["labels"] is not None:
-            kw["labels"] = list(kw["labels"])
-        return cls(**kw)
+    def from_section(cls, sec: Mapping[str, Any]) -> "PGGANConfig":
+        """From the ``pggan`` section (or part of it; the schema fills the rest); a ConfigError names a bad key."""
+        out = build(cls, "pggan", sec, labels=list(sec["labels"]) if sec.get("labels") is not None else None)
+        out.betas = tuple(float(b) for b in out.betas)
+        out.minibatch = {str(k): int(v) for k, v in out.minibatch.items()}
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -9,6 +9,8 @@ from collections.abc import Mapping
 
 import torch
 
+from .config import PGGANConfig
+
 
 def _scontrol(*args: str) -> str:
     import subprocess
@@ -59,7 +61,7 @@ def torchrun_command(cfg_path: os.PathLike, data_folder: os.PathLike, out_dir: o
     import sys
 
     env = os.environ if env is None else env
-    train = ["-m", "synthcxr.pggan.train", "--config-json", str(cfg_path), "--data", str(data_folder), "--out", str(out_dir)]
+    train = ["-m", "synthcxr.pggan.worker", "--config-json", str(cfg_path), "--data", str(data_folder), "--out", str(out_dir)]
     if log_file is not None:
         train += ["--log-file", str(log_file)]
     run = [sys.executable, "-m", "torch.distributed.run"]
@@ -94,7 +96,7 @@ def _step_env() -> dict[str, str]:
             if not (k.startswith(("SLURM_", "SRUN_", "SBATCH_")) and k not in keep)}
 
 
-def launch_torchrun(cfg: dict, data_folder: str | os.PathLike, out_dir: str | os.PathLike,
+def launch_torchrun(cfg: PGGANConfig, data_folder: str | os.PathLike, out_dir: str | os.PathLike,
                     log_file: str | os.PathLike | None, nproc: int, nodes: int = 1,
                     threads: int | None = None) -> None:
     """Run ``train_pggan`` in ``nodes x nproc`` processes (torchrun; srun across nodes when ``nodes > 1``).
@@ -115,7 +117,7 @@ def launch_torchrun(cfg: dict, data_folder: str | os.PathLike, out_dir: str | os
 
     out = Path(out_dir)
     cfg_path = out / "launch-config.json"
-    write_json(cfg_path, cfg)
+    write_json(cfg_path, cfg.to_dict())
     (out / MARKER).unlink(missing_ok=True)
     env = _step_env() if nodes > 1 else dict(os.environ)
     cmd = torchrun_command(cfg_path, data_folder, out, log_file, nproc, nodes, threads=threads)
@@ -146,7 +148,7 @@ def launch_torchrun(cfg: dict, data_folder: str | os.PathLike, out_dir: str | os
         raise RuntimeError(f"torchrun with {where} processes failed (exit {rc}); see {log_file or 'stderr'}")
 
 
-def train_maybe_distributed(cfg: dict, data_folder: str | os.PathLike, out_dir: str | os.PathLike,
+def train_maybe_distributed(cfg: PGGANConfig, data_folder: str | os.PathLike, out_dir: str | os.PathLike,
                             log_file: str | os.PathLike | None = None, threads: int | None = None):
     """Rule entry: ``pggan.nodes > 1`` or ``pggan.gpus > 1`` launches torchrun (one process per GPU,
     on every node of the allocation), else trains in-process."""
@@ -156,7 +158,7 @@ def train_maybe_distributed(cfg: dict, data_folder: str | os.PathLike, out_dir: 
 
     if threads:
         torch.set_num_threads(max(1, int(threads)))
-    gpus, nodes = int(cfg.get("gpus", 1)), int(cfg.get("nodes", 1))
+    gpus, nodes = cfg.gpus, cfg.nodes
     if (gpus > 1 or nodes > 1) and "WORLD_SIZE" not in os.environ:
         if nodes == 1 and torch.cuda.is_available() and torch.cuda.device_count() < gpus:
             raise RuntimeError(f"pggan.gpus is {gpus} but only {torch.cuda.device_count()} GPU(s) are visible")

@@ -206,7 +206,7 @@ def cli(argv: list[str] | None = None) -> int:
     ap.add_argument("--headroom", type=float, default=0.9, help="share of a GPU the step may use")
     ap.add_argument("--amp", action="store_true", help="count with autocast (half-precision activations)")
     a = ap.parse_args(argv)
-    pg = PGGANConfig.from_dict(load_merged(a.configfile)["pggan"])
+    pg = PGGANConfig.from_section(load_merged(a.configfile)["pggan"])
     gpus = tuple(a.gpu_gib)
     print(markdown(memory_table(pg, gpus, a.headroom, a.amp), gpus))
     return 0

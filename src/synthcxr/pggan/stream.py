@@ -9,6 +9,7 @@ not from the generator's prior, so oversampling changes coverage, not the releas
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 import numpy as np
@@ -137,3 +138,20 @@ class StepBatchSampler(Sampler[list[int]]):
 
     def __len__(self) -> int:  # effectively endless; the loop stops drawing when the phase ends
         return 2**62
+
+
+def epoch_repeats(data, cfg, logger: logging.Logger | None = None) -> np.ndarray | None:
+    """Per-image showings per epoch of ``data``'s train split (a PreparedDataset) from ``cfg``'s
+    ``pggan.finding_floor`` (None: each image once); ``logger`` states the shares before and after."""
+    if cfg.finding_floor <= 0:
+        return None
+    train = data.split("train")
+    names = [n for n in (cfg.labels or data.label_names) if n != "No_Finding"]
+    y = data.label_matrix(train, names)
+    reps = finding_repeats(y, cfg.finding_floor, cfg.finding_max_repeat)
+    if logger is not None:
+        before, after = shown_share(y, np.ones(len(y))), shown_share(y, reps)
+        logger.info("finding_floor %.3g (max %dx): epoch of %d showings for %d images; finding share shown: %s",
+                    cfg.finding_floor, cfg.finding_max_repeat, int(reps.sum()), len(reps),
+                    ", ".join(f"{n} {b:.3f}->{a:.3f}" for n, b, a in zip(names, before, after)))
+    return reps

@@ -19,104 +19,26 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader
 
 from ..data.store import PreparedDataset
-from ..imaging import float_to_uint8
 from ..utils.amp import grad_scaler
-from ..utils.atomic import atomic_path, torch_save, write_json, write_text
+from ..utils.atomic import torch_save, write_json, write_text
 from ..utils.runtime import progress, seed_everything, setup_logging
 from .checkpoint import generator_payload, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import PGGANConfig, diff_training
 from .dist import DistInfo, any_rank, barrier, init_distributed, mean_across_ranks, ranks_per_host, shutdown
-from .layers import MinibatchStdDev, downsample2x, lerp, upsample2x
+from .grid import grid_latents, grid_shape, render_grid, save_png
+from .layers import MinibatchStdDev
 from .loss import critic_loss, generator_loss, gradient_penalty
 from .networks import Discriminator, Generator
 from .preempt import MARKER, PREEMPTED_EXIT, Preempted, StopRequest, slurm_time_left_s, time_budget_s
 from .schedule import Position
-from .stream import ImageStream, StepBatchSampler, finding_repeats, rank_share, shown_share
+from .steps import blend_reals, ema_beta, step_generator, update_ema
+from .stream import ImageStream, StepBatchSampler, epoch_repeats, rank_share
 
 log = logging.getLogger("synthcxr")
-
-GRID_SEED_SALT = 0x6121D
-STEP_SEED_SALT = 0x57E9
-
-
-# ----------------------------------------------------------------------------------------------
-# EMA
-
-
-def ema_beta(batch: int, ema_kimg: float) -> float:
-    """Per-step decay for an EMA whose half-life is ``ema_kimg`` thousand images."""
-    if ema_kimg <= 0:
-        return 0.0
-    return 0.5 ** (batch / (ema_kimg * 1000.0))
-
-
-@torch.no_grad()
-def update_ema(ema: torch.nn.Module, model: torch.nn.Module, beta: float) -> None:
-    """``ema <- beta * ema + (1 - beta) * model`` for parameters; buffers are copied."""
-    for pe, p in zip(ema.parameters(), model.parameters(), strict=True):
-        pe.copy_(p.detach().lerp(pe, beta))
-    for be, b in zip(ema.buffers(), model.buffers(), strict=True):
-        be.copy_(b)
-
-
-# ----------------------------------------------------------------------------------------------
-# Deterministic randomness and data order
-
-
-def step_generator(seed: int, step: int) -> torch.Generator:
-    """A CPU generator for one training step's latents and mixing factors (the whole minibatch's)."""
-    # the trailing 0 keeps the stream of earlier single-process runs (it once named the rank)
-    state = np.random.SeedSequence([seed, STEP_SEED_SALT, step, 0]).generate_state(2, np.uint32)
-    g = torch.Generator()
-    g.manual_seed((int(state[0]) << 31) ^ int(state[1]))
-    return g
-
-
-def blend_reals(real: torch.Tensor, alpha: float) -> torch.Tensor:
-    """During fade-in, reals are ``lerp(upsample(downsample(x)), x, alpha)`` so they match what the
-    growing generator can express."""
-    if alpha >= 1.0:
-        return real
-    return lerp(upsample2x(downsample2x(real)), real, alpha)
-
-
-# ----------------------------------------------------------------------------------------------
-# Snapshots
-
-
-def grid_latents(n: int, latent_dim: int, seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed * 1000003 + GRID_SEED_SALT)
-    return torch.randn(n, latent_dim, generator=g)
-
-
-def grid_shape(final_res: int) -> tuple[int, int]:
-    side = int(min(8, max(2, 2048 // final_res)))
-    return side, side
-
-
-@torch.no_grad()
-def render_grid(G: Generator, z: torch.Tensor, res: int, alpha: float, rows: int, cols: int, cell: int) -> np.ndarray:
-    """uint8 ``[rows*cell, cols*cell]`` mosaic, each image nearest-upsampled to ``cell`` pixels."""
-    imgs = []
-    for chunk in z.split(16):
-        imgs.append(G(chunk.to(next(G.parameters()).device), res=res, alpha=alpha).float().cpu())
-    x = torch.cat(imgs)[: rows * cols]
-    if cell != res:
-        x = torch.nn.functional.interpolate(x, size=(cell, cell), mode="nearest")
-    u8 = float_to_uint8(x)[:, 0].numpy()
-    return u8.reshape(rows, cols, cell, cell).transpose(0, 2, 1, 3).reshape(rows * cell, cols * cell)
-
-
-def save_png(path: Path, arr: np.ndarray) -> None:
-    with atomic_path(path) as tmp:
-        Image.fromarray(arr, mode="L").save(tmp, format="PNG")
-
 
 # ----------------------------------------------------------------------------------------------
 # Training
@@ -148,7 +70,7 @@ class _Trainer:
         for r, b in self.sched.minibatch.items():
             if r <= cfg.resolution and b % info.world_size:
                 raise ValueError(f"pggan.minibatch[\"{r}\"] = {b} is not divisible by the {info.world_size} GPUs")
-        self.stream = ImageStream(self.n_train, cfg.seed, self._repeats())
+        self.stream = ImageStream(self.n_train, cfg.seed, epoch_repeats(self.data, cfg, log if info.is_main else None))
 
         seed_everything(cfg.seed)
         self.G = Generator(cfg.resolution, cfg.latent_dim, cfg.fmap_base, cfg.fmap_max).to(self.dev)
@@ -328,22 +250,6 @@ class _Trainer:
         update_ema(self.G_ema, G_raw, ema_beta(pos.batch, self.cfg.ema_kimg))
         return {"loss_d": dl.total.detach(), "loss_g": gl.detach(), "gp": dl.gp, "drift": dl.drift, "wdist": dl.wdist}
 
-    def _repeats(self) -> np.ndarray | None:
-        """Per-image showings per epoch from ``pggan.finding_floor`` (None: each image once)."""
-        cfg = self.cfg
-        if cfg.finding_floor <= 0:
-            return None
-        train = self.data.split("train")
-        names = [n for n in (cfg.labels or self.data.label_names) if n != "No_Finding"]
-        y = self.data.label_matrix(train, names)
-        reps = finding_repeats(y, cfg.finding_floor, cfg.finding_max_repeat)
-        if self.info.is_main:
-            before, after = shown_share(y, np.ones(len(y))), shown_share(y, reps)
-            log.info("finding_floor %.3g (max %dx): epoch of %d showings for %d images; finding share shown: %s",
-                     cfg.finding_floor, cfg.finding_max_repeat, int(reps.sum()), len(reps),
-                     ", ".join(f"{n} {b:.3f}->{a:.3f}" for n, b, a in zip(names, before, after)))
-        return reps
-
     def loader(self, res: int, batch: int) -> Iterator:
         ds = self.data.torch_dataset("train", res)
         sampler = StepBatchSampler(self.stream, self.nimg, batch, self.info.rank, self.info.world_size, self.mbstd_group)
@@ -467,7 +373,7 @@ class _Trainer:
 
 
 def train_pggan(
-    cfg: dict | PGGANConfig,
+    cfg: PGGANConfig,
     data_folder: str | os.PathLike,
     out_dir: str | os.PathLike,
     log_file: str | os.PathLike | None = None,
@@ -480,8 +386,6 @@ def train_pggan(
     is only written once the whole schedule has been shown. Under ``torchrun`` each process joins
     the process group and trains its share of every minibatch.
     """
-    if not isinstance(cfg, PGGANConfig):
-        cfg = PGGANConfig.from_dict(cfg)
     info = init_distributed(cfg.device)
     if info.is_main:
         setup_logging(log_file)
@@ -489,27 +393,3 @@ def train_pggan(
         return _Trainer(cfg, Path(data_folder), Path(out_dir), info).run(max_steps=max_steps)
     finally:
         shutdown(info)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Command line used by each ``torchrun`` process: ``python -m synthcxr.pggan.train``."""
-    import argparse
-
-    ap = argparse.ArgumentParser(description="Train a Progressive GAN (one process per GPU under torchrun).")
-    ap.add_argument("--config-json", required=True, help="JSON file holding the pggan config section")
-    ap.add_argument("--data", required=True, help="prepared dataset folder (images.h5 + labels.parquet)")
-    ap.add_argument("--out", required=True, help="run folder (checkpoint.pt, generator.pt, ...)")
-    # torchrun parses the whole command line first and would take "--log" as an abbreviation of its own
-    # options (--log-dir, --logs-specs): the launcher passes --log-file
-    ap.add_argument("--log-file", "--log", dest="log", default=None, help="log file (rank 0 writes it)")
-    a = ap.parse_args(argv)
-    with open(a.config_json) as fh:
-        cfg = json.load(fh)
-    try:
-        train_pggan(cfg, a.data, a.out, a.log)
-    except Preempted:
-        raise SystemExit(PREEMPTED_EXIT) from None
-
-
-if __name__ == "__main__":
-    main()

@@ -16,14 +16,17 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
 from ..archive.reader import open_archive
+from ..config import build
 from ..data.store import PreparedDataset
 from ..imaging import float_to_uint8, resize_batch, uint8_to_float
 from ..metrics.features import FeatureExtractor, get_extractor
@@ -41,28 +44,31 @@ _SNAPSHOT_RE = re.compile(r"generator-(\d+)\.pt$")
 HELD_OUT = ("val", "test")
 
 
+#: how FID's features are batched: not a config key
+FID_TUNING = {"batch_size": 64}
+
+
 @dataclass
 class FidConfig:
     """The ``validate`` section keys this stage uses."""
 
-    features: str = "checker"
-    inception_weights: str | None = None
-    max_real: int = 10000
-    kid_subsets: int = 100
-    kid_subset_size: int = 1000
-    pr_k: int = 3
-    resize: str = "clean"
-    feature_res: int = 224
-    fid_n_points: int = 5
-    seed: int = 0
-    device: str = "auto"
-    batch_size: int = 64
+    features: str
+    inception_weights: str | None
+    max_real: int
+    kid_subsets: int
+    kid_subset_size: int
+    pr_k: int
+    resize: str
+    feature_res: int
+    fid_n_points: int
+    seed: int
+    device: str
+    batch_size: int
 
     @classmethod
-    def from_section(cls, sec: dict) -> "FidConfig":
-        keys = ("features", "inception_weights", "max_real", "kid_subsets", "kid_subset_size", "pr_k", "resize",
-                "feature_res", "fid_n_points", "seed", "device")
-        return cls(**{k: sec[k] for k in keys if k in sec})
+    def from_section(cls, sec: Mapping[str, Any], **tuning: Any) -> "FidConfig":
+        """From the ``validate`` section (or part of it); ``tuning`` overrides :data:`FID_TUNING`."""
+        return build(cls, "validate", sec, **{**FID_TUNING, **tuning})
 
 
 def real_sets(table: pd.DataFrame, max_images: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -22,14 +22,16 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
+from ..config import build, filled
 from ..data.store import PreparedDataset
 from ..imaging import resize_batch
 from ..metrics.features import FeatureExtractor, get_extractor
@@ -44,38 +46,38 @@ log = logging.getLogger("synthcxr")
 COLUMNS = ["sample_id", "nn_feature_row", "feature_sim", "nn_pixel_row", "pixel_sim", "flagged"]
 
 
+#: how the audit batches and searches: not config keys
+MEMORIZATION_TUNING = {"batch_size": 128, "chunk": 2048, "max_heldout": 1000}
+
+
 @dataclass
 class MemorizationConfig:
     """``validate.memorization`` plus the knobs the audit needs from ``validate``."""
 
-    pixel_res: int = 32
-    threshold: float = 0.97
-    gate: bool = True
-    gallery: int = 16
-    features: str = "checker"
-    inception_weights: str | None = None
-    resize: str = "clean"
-    feature_res: int = 224
-    device: str = "auto"
-    seed: int = 0
-    batch_size: int = 128
-    chunk: int = 2048
-    max_heldout: int = 1000
+    pixel_res: int
+    threshold: float
+    gate: bool
+    gallery: int
+    features: str
+    inception_weights: str | None
+    resize: str
+    feature_res: int
+    device: str
+    seed: int
+    batch_size: int
+    chunk: int
+    max_heldout: int
+
+    #: the ``validate`` keys it reads beside its own section
+    FROM_VALIDATE = ("features", "inception_weights", "resize", "feature_res", "device", "seed")
 
     @classmethod
-    def from_section(cls, sec: dict) -> "MemorizationConfig":
-        """From the ``validate`` config section (as given by ``stage('validate')``)."""
-        mem = dict(sec.get("memorization") or {})
-        known = {k: mem[k] for k in ("pixel_res", "threshold", "gate", "gallery") if k in mem}
-        return cls(
-            **known,
-            features=sec.get("features", "checker"),
-            inception_weights=sec.get("inception_weights"),
-            resize=sec.get("resize", "clean"),
-            feature_res=int(sec.get("feature_res", 224)),
-            device=sec.get("device", "auto"),
-            seed=int(sec.get("seed", 0)),
-        )
+    def from_section(cls, sec: Mapping[str, Any], **tuning: Any) -> "MemorizationConfig":
+        """From the ``validate`` config section (as given by ``stage('validate')``, or part of it);
+        ``tuning`` overrides :data:`MEMORIZATION_TUNING`."""
+        v = filled("validate", sec)
+        return build(cls, "validate.memorization", v["memorization"],
+                     **{k: v[k] for k in cls.FROM_VALIDATE}, **{**MEMORIZATION_TUNING, **tuning})
 
 
 class NearestIndex:

@@ -21,8 +21,8 @@ import json
 import logging
 import math
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..config import build, filled
 from ..data.store import PreparedDataset
 from ..labels import combo_key
 from ..lco.latents import read_latents
@@ -41,7 +42,6 @@ from .common import iter_real, read_real
 from .memorization import NearestIndex
 from .shards import iter_shards, pick_format, read_samples
 from .verifier import (
-    DEFAULT_AUGMENT,
     Verifier,
     VerifierConfig,
     embed_rows,
@@ -57,37 +57,34 @@ COLUMNS = ["sample_id", "combination", "success", "nn_row", "nn_patient", "score
 VERIFIER_FORMAT = "synthcxr-reid-verifier-1"
 
 
+#: rows per chunk of the nearest-patient search: not a config key
+REID_TUNING = {"chunk": 4096}
+
+
 @dataclass
 class ReidConfig:
     """``validate.reid`` plus the global seed, device and labels."""
 
-    verifier: VerifierConfig = field(default_factory=VerifierConfig)
-    false_match_rate: float = 0.01
-    gate: bool = True
-    gallery: int = 16
-    chunk: int = 4096
-    device: str = "auto"
-    labels: tuple[str, ...] = ()
+    verifier: VerifierConfig
+    false_match_rate: float
+    gate: bool
+    gallery: int
+    chunk: int
+    device: str
+    labels: tuple[str, ...]
 
     def __post_init__(self) -> None:
         if not 0.0 < self.false_match_rate < 1.0:
             raise ValueError(f"validate.reid.false_match_rate must lie in (0, 1), got {self.false_match_rate}")
 
     @classmethod
-    def from_section(cls, sec: dict) -> "ReidConfig":
-        """From the ``validate`` section (as given by ``stage('validate', ['reid'])``)."""
-        r = dict(sec.get("reid") or {})
-        vkeys = {k: r[k] for k in ("res", "width", "embed_dim", "steps", "patients_per_batch", "lr", "weight_decay",
-                                   "align", "batch_size", "max_heldout") if k in r}
-        aug = {**DEFAULT_AUGMENT, **(r.get("augment") or {})}
-        return cls(
-            verifier=VerifierConfig(**vkeys, augment=aug, seed=int(sec.get("seed", 0))),
-            false_match_rate=float(r.get("false_match_rate", 0.01)),
-            gate=bool(r.get("gate", True)),
-            gallery=int(r.get("gallery", 16)),
-            device=str(sec.get("device", "auto")),
-            labels=tuple(sec.get("labels") or ()),
-        )
+    def from_section(cls, sec: Mapping[str, Any], **tuning: Any) -> "ReidConfig":
+        """From the ``validate`` section (as given by ``stage('validate', ['reid'])``, or part of it)."""
+        v = filled("validate", sec)
+        reid = v["reid"]
+        return build(cls, "validate.reid", {**reid, "device": v["device"]},
+                     verifier=build(VerifierConfig, "validate.reid", {**reid, "seed": v["seed"]}),
+                     labels=tuple(v.get("labels") or ()), **{**REID_TUNING, **tuning})
 
 
 def patient_codes(prep: PreparedDataset, rows: np.ndarray) -> np.ndarray:

@@ -20,6 +20,7 @@ each arm's ensemble from the real arm's, with a CI that resamples test patients.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -31,6 +32,7 @@ import torch
 
 from ..classifier.evaluate import predict
 from ..classifier.sources import patient_subset
+from ..classifier.train import ClassifierConfig
 from ..data.store import PreparedDataset
 from ..labels import NO_FINDING
 from ..metrics.auroc import auroc, mean_auroc
@@ -166,7 +168,7 @@ def _frac_key(f: float) -> str:
 
 
 def run_tstr(
-    clf_section: dict,
+    clf: ClassifierConfig,
     archive_dir: str | os.PathLike,
     prepared_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -212,26 +214,25 @@ def run_tstr(
 
         trainer = trainer or train_classifier
         loader = loader or load_classifier
-    base = {k: v for k, v in dict(clf_section).items() if k != "checker"}
-    base["epochs"] = int(epochs if epochs is not None else base.get("epochs", 25))
-    if "pretrain_finetune" in arms and base["epochs"] < 2:
+    base = dataclasses.replace(clf, epochs=int(epochs if epochs is not None else clf.epochs))
+    if "pretrain_finetune" in arms and base.epochs < 2:
         raise ValueError("validate.tstr_arms: pretrain_finetune needs at least 2 epochs (validate.tstr_epochs)")
-    labels = list(base["labels"])
+    labels = list(base.labels)
     prep = PreparedDataset(prepared_dir)
     n_real = int((prep.table["split"] == "train").sum())  # images per epoch in every run: equal steps
     real, syn = str(prepared_dir), str(archive_dir)
-    device = resolve_device(str(base.get("device", "auto")))
-    bs = int(base.get("batch_size", 64)) * 2
+    device = resolve_device(base.device)
+    bs = base.batch_size * 2
     probs: dict[str, dict[str, list[np.ndarray]]] = {_frac_key(f): {a: [] for a in arms} for f in fractions}
     runs: dict[str, dict[str, list[dict]]] = {_frac_key(f): {a: [] for a in arms} for f in fractions}
     y_ref = None
 
     def train(arm: str, frac: float, k: int, source, run_dir: Path, **extra) -> tuple[dict, np.ndarray]:
         nonlocal y_ref
-        sec = {**base, "name": f"tstr-{arm}-{_frac_key(frac)}-seed{k}", "seed_offset": 100 + k, "samples_per_epoch": n_real,
-               "patience": base["epochs"] + 1, "bootstrap": 0, "real_fraction": frac, **extra}
+        sec = dataclasses.replace(base, name=f"tstr-{arm}-{_frac_key(frac)}-seed{k}", seed_offset=100 + k, samples_per_epoch=n_real,
+                                  patience=base.epochs + 1, bootstrap=0, real_fraction=frac, **extra)
         log.info("TSTR: arm %s, real fraction %g, seed %d/%d: %d images per epoch, %d epochs",
-                 arm, frac, k + 1, seeds, n_real, sec["epochs"])
+                 arm, frac, k + 1, seeds, n_real, sec.epochs)
         m = trainer(sec, source, prepared_dir, run_dir, log_file)
         setup_logging(log_file)  # the trainer may have reconfigured logging
         y, p = predict_split(loader(run_dir / "model.pt", device), prep, "test", labels, bs, device)
@@ -243,7 +244,7 @@ def run_tstr(
                 "epochs_run": m.get("epochs_run"), "best_epoch": m.get("best_epoch"), "init_from": m.get("init_from")}, p
 
     out = Path(out_dir)
-    e_pre = (base["epochs"] + 1) // 2
+    e_pre = (base.epochs + 1) // 2
     for k in range(seeds):
         shared: dict[str, tuple[dict, np.ndarray]] = {}
         if "synthetic" in arms:
@@ -263,13 +264,13 @@ def run_tstr(
                     r, p = train(arm, f, k, [real, syn], out / tag / "real_synthetic" / f"seed{k}", synthetic_share=synthetic_share)
                 else:
                     r, p = train(arm, f, k, real, out / tag / "pretrain_finetune" / f"seed{k}",
-                                 epochs=base["epochs"] - e_pre, init_from=str(pre_dir / "model.pt"))
+                                 epochs=base.epochs - e_pre, init_from=str(pre_dir / "model.pt"))
                     r = {**r, "steps": (r["steps"] or 0) + (info["steps"] or 0), "pretrain_steps": info["steps"]}
                 probs[key][arm].append(p)
                 runs[key][arm].append(r)
     test_rows = prep.split("test")
     groups = test_rows["patient_key"].to_numpy() if "patient_key" in test_rows.columns else None
-    n_boot, bseed = int(base.get("bootstrap", 1000)), int(base.get("seed", 0)) + 5
+    n_boot, bseed = clf.bootstrap, clf.seed + 5
     per_fraction = {key: summarise_arms(y_ref, probs[key], labels, groups, n_boot, bseed) for key in probs}
     keys = prep.split("train")["patient_key"].to_numpy()
     top = _frac_key(fractions[-1])
@@ -277,7 +278,7 @@ def run_tstr(
     result["real_fraction"] = fractions[-1]
     result["fractions"] = {
         key: {**per_fraction[key], "runs": runs[key],
-              "n_real_patients": len(np.unique(keys[patient_subset(keys, float(key), int(base.get("seed", 0)))]))}
+              "n_real_patients": len(np.unique(keys[patient_subset(keys, float(key), base.seed)]))}
         for key in per_fraction
     }
     result["real_fractions"] = fractions
@@ -285,7 +286,7 @@ def run_tstr(
     result["synthetic_share"] = synthetic_share
     result["pretrain_epochs"] = e_pre if "pretrain_finetune" in arms else None
     result["seeds"] = seeds
-    result["epochs"] = base["epochs"]
+    result["epochs"] = base.epochs
     result["runs"] = runs[top]
     result["steps_per_run"] = sorted({r["steps"] for rf in runs.values() for rs in rf.values() for r in rs if r["steps"] is not None})
     write_json(out_json, result)

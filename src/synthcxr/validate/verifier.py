@@ -15,10 +15,11 @@ keys on what persists: rib, vessel and heart geometry.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -37,25 +38,22 @@ from .common import iter_real, to_float
 log = logging.getLogger("synthcxr")
 
 #: Augmentation of verifier training pairs: acquisition changes between follow-ups, not anatomy.
-DEFAULT_AUGMENT = {"rotate_deg": 4.0, "scale": 0.04, "intensity": 0.15, "hflip": False, "shift": 0.04, "noise": 0.03}
-
-
 @dataclass
 class VerifierConfig:
-    """``validate.reid`` keys that shape and train the verifier."""
+    """``validate.reid`` keys that shape and train the verifier, plus the global seed."""
 
-    res: int = 64
-    width: int = 32
-    embed_dim: int = 128
-    steps: int = 1500
-    patients_per_batch: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    augment: dict = field(default_factory=lambda: dict(DEFAULT_AUGMENT))
-    align: int = 1
-    batch_size: int = 256
-    max_heldout: int = 2000
-    seed: int = 0
+    res: int
+    width: int
+    embed_dim: int
+    steps: int
+    patients_per_batch: int
+    lr: float
+    weight_decay: float
+    augment: dict
+    align: int
+    batch_size: int
+    max_heldout: int
+    seed: int
 
     def __post_init__(self) -> None:
         if self.res < 8 or self.res & (self.res - 1):
@@ -65,7 +63,7 @@ class VerifierConfig:
 
     @property
     def augment_config(self) -> AugmentConfig:
-        return AugmentConfig.from_dict(self.augment)
+        return _image_augment(self.augment)
 
 
 class Verifier(nn.Module):
@@ -130,8 +128,12 @@ def _add_shift_noise(x: torch.Tensor, aug: dict, gen: torch.Generator) -> torch.
 
 def augment_pairs(x: torch.Tensor, aug: dict, gen: torch.Generator) -> torch.Tensor:
     """The verifier's training augmentation: :func:`augment_batch` (rotation, zoom, exposure), then shift and noise."""
-    base = AugmentConfig.from_dict({k: v for k, v in aug.items() if k not in ("shift", "noise")})
-    return _add_shift_noise(augment_batch(x, base, gen), aug, gen)
+    return _add_shift_noise(augment_batch(x, _image_augment(aug), gen), aug, gen)
+
+
+def _image_augment(aug: dict) -> AugmentConfig:
+    """The classifier's augmentation keys of ``validate.reid.augment`` (the rest, shift and noise, are the verifier's)."""
+    return AugmentConfig(**{f.name: aug[f.name] for f in dataclasses.fields(AugmentConfig)})
 
 
 class PairSampler:
