@@ -79,7 +79,7 @@ def phantom_bank(res: int, n: int) -> np.ndarray:
     """``n`` distinct phantom radiographs at ``res`` (what real renders compress like, unlike noise)."""
     from synthcxr.data.phantom import PhantomConfig, render, sample_cohort
 
-    cohort = sample_cohort(PhantomConfig(n_patients=n, max_studies=1, seed=5)).iloc[:n]
+    cohort = sample_cohort(PhantomConfig.from_section(dict(n_patients=n, max_studies=1, seed=5))).iloc[:n]
     return np.stack([render(row, res) for _, row in cohort.iterrows()])
 
 

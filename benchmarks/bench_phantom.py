@@ -19,7 +19,7 @@ def main() -> None:
     ap.add_argument("--res", type=int, default=64)
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args()
-    cfg = PhantomConfig(n_patients=args.n_images, max_studies=4, seed=11)
+    cfg = PhantomConfig.from_section(dict(n_patients=args.n_images, max_studies=4, seed=11))
     cohort = sample_cohort(cfg).iloc[: args.n_images]
     t0 = time.perf_counter()
     for _, row in cohort.iloc[:200].iterrows():

@@ -19,6 +19,7 @@ from synthcxr.archive.sample import ArchiveConfig
 from synthcxr.classifier.augment import AugmentConfig
 from synthcxr.classifier.train import RUN_KEYS, ClassifierConfig
 from synthcxr.config import GLOBAL_KEYS, ConfigError, build, load_schema, section_schema
+from synthcxr.data.phantom import PhantomConfig
 from synthcxr.data.settings import PrepareConfig, SplitConfig
 from synthcxr.lco.config import LCOConfig
 from synthcxr.lco.plan import PlanConfig
@@ -41,6 +42,7 @@ BUILT = [
     (PGGANConfig, "pggan", set(), set()),
     (PrepareConfig, "dataset", set(), set()),
     (SplitConfig, "dataset.split", set(), set()),
+    (PhantomConfig, "dataset.phantom", set(), set()),
     (ClassifierConfig, "classifier", {"checker"}, set(RUN_KEYS)),
     (AugmentConfig, "classifier.augment", set(), set()),
     # validate: FID reads the top-level keys; the audits their own sections; TSTR and validate_lco read

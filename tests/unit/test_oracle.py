@@ -71,13 +71,13 @@ def test_oracle_cohort_is_clean_independent_and_separate():
     settings = {**orc.ORACLE_DEFAULTS, "n_patients": 3000}
     o = orc.oracle_cohort(phantom, settings)
     assert o.seed == phantom["seed"] + settings["seed_offset"] and not o.noisy and o.independent_findings
-    assert o.subtlety == ph.PhantomConfig.from_dict(phantom).subtlety  # the same look
+    assert o.subtlety == ph.PhantomConfig.from_section(phantom).subtlety  # the same look
     c = ph.sample_cohort(o)
     for n in ph.FINDINGS:
         assert abs(c[n].mean() - 0.2) < 0.03, n
     # findings independent: no co-occurrence structure to lean on
     assert abs(c.loc[c["Cardiomegaly"] == 1, "Effusion"].mean() - c["Effusion"].mean()) < 0.05
-    main = ph.sample_cohort(ph.PhantomConfig.from_dict(phantom))
+    main = ph.sample_cohort(ph.PhantomConfig.from_section(phantom))
     assert abs(c["support_device"].mean() - main["support_device"].mean()) < 0.02
     section = orc.oracle_dataset_section({**cfg["dataset"], "format": "phantom", "phantom": phantom, "seed": 1, "device": "cpu",
                                           "labels": list(ph.PHANTOM_LABELS)}, settings, 32)
@@ -87,7 +87,7 @@ def test_oracle_cohort_is_clean_independent_and_separate():
 def test_drawn_findings_join_on_the_prepared_pseudonyms():
     phantom = {"n_patients": 30, "seed": 2, "label_noise": {"Effusion": {"missed": 0.5}}}
     truth = orc.drawn_findings(phantom, "salt-1234")
-    cohort = ph.sample_cohort(ph.PhantomConfig.from_dict(phantom))
+    cohort = ph.sample_cohort(ph.PhantomConfig.from_section(phantom))
     first = cohort.iloc[0]
     assert truth.loc[pseudonym(first["image_id"], "salt-1234"), "Effusion"] == first["true_Effusion"]
 
@@ -128,7 +128,7 @@ def _snakemake() -> str:
 
 @pytest.mark.skipif(not _snakemake(), reason="snakemake not installed")
 def test_only_the_phantom_plans_an_oracle(tmp_path):
-    root = ph.write_layout(tmp_path / "nih", "nih", ph.PhantomConfig(n_patients=12, max_studies=2, seed=1), 32)
+    root = ph.write_layout(tmp_path / "nih", "nih", ph.PhantomConfig.from_section(dict(n_patients=12, max_studies=2, seed=1)), 32)
     plans = {}
     for fmt in ("phantom", "nih"):
         cfg = tmp_path / f"{fmt}.yaml"

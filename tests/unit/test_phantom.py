@@ -21,12 +21,12 @@ FINDINGS = [n for n in PHANTOM_LABELS if n != "No_Finding"]
 
 @pytest.fixture(scope="module")
 def cohort() -> pd.DataFrame:
-    return ph.sample_cohort(ph.PhantomConfig(n_patients=400, max_studies=4, seed=5))
+    return ph.sample_cohort(ph.PhantomConfig.from_section(dict(n_patients=400, max_studies=4, seed=5)))
 
 
 @pytest.fixture(scope="module")
 def big_cohort() -> pd.DataFrame:
-    return ph.sample_cohort(ph.PhantomConfig(n_patients=8000, max_studies=4, seed=1))
+    return ph.sample_cohort(ph.PhantomConfig.from_section(dict(n_patients=8000, max_studies=4, seed=1)))
 
 
 def only(row: pd.Series, *names: str) -> dict:
@@ -43,11 +43,11 @@ def only(row: pd.Series, *names: str) -> dict:
 
 def test_config_rejects_bad_values() -> None:
     with pytest.raises(ValueError, match="n_patients"):
-        ph.PhantomConfig(n_patients=0)
+        ph.PhantomConfig.from_section(dict(n_patients=0))
     with pytest.raises(ValueError, match="max_studies"):
-        ph.PhantomConfig(max_studies=-1)
+        ph.PhantomConfig.from_section(dict(max_studies=-1))
     with pytest.raises(ValueError, match="unknown key"):
-        ph.PhantomConfig.from_dict({"n_patient": 3})
+        ph.PhantomConfig.from_section({"n_patient": 3})
     assert ph.PHANTOM_LABELS == PHANTOM_LABELS
 
 
@@ -66,11 +66,11 @@ def test_cohort_columns_ids_and_determinism(cohort: pd.DataFrame) -> None:
         assert list(g["study"]) == list(range(len(g)))
         assert (g["image_id"] == [f"{pid}_{s:03d}" for s in g["study"]]).all()
         assert (g["age"].diff().dropna() >= 0).all()
-    again = ph.sample_cohort(ph.PhantomConfig(n_patients=400, max_studies=4, seed=5))
+    again = ph.sample_cohort(ph.PhantomConfig.from_section(dict(n_patients=400, max_studies=4, seed=5)))
     pd.testing.assert_frame_equal(cohort, again)
-    other = ph.sample_cohort(ph.PhantomConfig(n_patients=400, max_studies=4, seed=6))
+    other = ph.sample_cohort(ph.PhantomConfig.from_section(dict(n_patients=400, max_studies=4, seed=6)))
     assert not other[list(PHANTOM_LABELS)].equals(cohort[list(PHANTOM_LABELS)])
-    one = ph.sample_cohort(ph.PhantomConfig(n_patients=50, max_studies=1, seed=5))
+    one = ph.sample_cohort(ph.PhantomConfig.from_section(dict(n_patients=50, max_studies=1, seed=5)))
     assert (one["study"] == 0).all() and len(one) == 50
 
 
@@ -339,7 +339,7 @@ def test_findings_learnable_at_32px(cohort: pd.DataFrame) -> None:
 
 @pytest.fixture(scope="module")
 def small_cfg() -> ph.PhantomConfig:
-    return ph.PhantomConfig(n_patients=24, max_studies=3, seed=9)
+    return ph.PhantomConfig.from_section(dict(n_patients=24, max_studies=3, seed=9))
 
 
 def _no_temp_files(root) -> None:

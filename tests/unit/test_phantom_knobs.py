@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _cohort(**knobs):
-    return ph.sample_cohort(ph.PhantomConfig(n_patients=knobs.pop("n_patients", 40), max_studies=2, seed=4, **knobs))
+    return ph.sample_cohort(ph.PhantomConfig.from_section(dict(n_patients=knobs.pop("n_patients", 40), max_studies=2, seed=4, **knobs)))
 
 
 def test_neutral_knobs_render_the_builtin_phantom():
@@ -42,7 +42,7 @@ def _auroc(finding: str, n_patients: int = 260, score_on: str = "reported", **kn
     cfg = {"prevalence": {finding: 0.5}, "independent_findings": True, **copy.deepcopy(knobs)}
     sub = cfg.setdefault("subtlety", {})
     sub.setdefault("contrast", {}).update({n: 0.05 for n in ph.FINDINGS if n != finding})  # others near invisible
-    c = ph.sample_cohort(ph.PhantomConfig(n_patients=n_patients, max_studies=1, seed=8, **cfg))
+    c = ph.sample_cohort(ph.PhantomConfig.from_section(dict(n_patients=n_patients, max_studies=1, seed=8, **cfg)))
     x = np.stack([ph.render(r, RES).ravel() / 255.0 for r in c.to_dict("records")])
     y_rep = c[finding].to_numpy()
     y_true = c[f"true_{finding}"].to_numpy() if f"true_{finding}" in c.columns else y_rep
@@ -82,7 +82,7 @@ def test_position_spread_hides_nodules_behind_other_shadows():
 
 def test_label_noise_rates_and_drawn_findings_rendered():
     noise = {"Effusion": {"missed": 0.25, "false_positive": 0.05}}
-    c = ph.sample_cohort(ph.PhantomConfig(n_patients=6000, seed=2, label_noise=noise))
+    c = ph.sample_cohort(ph.PhantomConfig.from_section(dict(n_patients=6000, seed=2, label_noise=noise)))
     drawn, rep = c["true_Effusion"].to_numpy(), c["Effusion"].to_numpy()
     missed = 1 - rep[drawn == 1].mean()
     false_pos = rep[drawn == 0].mean()
@@ -100,7 +100,7 @@ def test_label_noise_rates_and_drawn_findings_rendered():
 
 def test_support_devices_follow_findings_and_show():
     dev = {"rate": 0.05, "given": {"Pneumothorax": 0.8}}
-    c = ph.sample_cohort(ph.PhantomConfig(n_patients=8000, seed=2, support_devices=dev))
+    c = ph.sample_cohort(ph.PhantomConfig.from_section(dict(n_patients=8000, seed=2, support_devices=dev)))
     with_ptx = c.loc[c["Pneumothorax"] == 1, "support_device"].mean()
     without = c.loc[c["Pneumothorax"] == 0, "support_device"].mean()
     assert abs(with_ptx - 0.8) < 0.1 and abs(without - 0.05) < 0.01
@@ -111,7 +111,7 @@ def test_support_devices_follow_findings_and_show():
     diff = np.abs(ph.render(row, 128).astype(int) - ph.render(off, 128))
     assert diff.max() > 40 and 0.002 < (diff > 10).mean() < 0.1  # a thin bright line, nothing else
     # the oracle's cohort keeps the device rate but not the link to findings
-    oracle = ph.PhantomConfig(n_patients=8000, seed=2, support_devices=dev).oracle(8000, 0.2, float(c["support_device"].mean()))
+    oracle = ph.PhantomConfig.from_section(dict(n_patients=8000, seed=2, support_devices=dev)).oracle(8000, 0.2, float(c["support_device"].mean()))
     o = ph.sample_cohort(oracle)
     assert abs(roc_auc_score(o["Pneumothorax"], o["support_device"]) - 0.5) < 0.03
     assert "true_Pneumothorax" not in o.columns and abs(o["Pneumothorax"].mean() - 0.2) < 0.02
@@ -119,7 +119,7 @@ def test_support_devices_follow_findings_and_show():
 
 def test_chestxray14_prevalence_of_reported_labels():
     noise = {"Nodule": {"missed": 0.3, "false_positive": 0.02}}
-    c = ph.sample_cohort(ph.PhantomConfig(n_patients=15000, seed=6, prevalence="chestxray14", label_noise=noise))
+    c = ph.sample_cohort(ph.PhantomConfig.from_section(dict(n_patients=15000, seed=6, prevalence="chestxray14", label_noise=noise)))
     for name, target in ph.CHESTXRAY14_PREVALENCE.items():
         assert abs(c[name].mean() - target) < 0.15 * target + 0.004, (name, c[name].mean(), target)
     # co-occurrence as in the collection: effusion much likelier with cardiomegaly, atelectasis with effusion
@@ -145,15 +145,15 @@ def test_bad_knob_is_a_schema_error_naming_the_key(knob, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         validate_config(cfg)
     with pytest.raises(ValueError, match=key.split(".")[-1] if "Nodle" not in str(knob) else "Nodle"):
-        ph.PhantomConfig.from_dict({**knob})
+        ph.PhantomConfig.from_section({**knob})
 
 
 def test_independent_findings_need_a_prevalence():
     with pytest.raises(ValueError, match="independent_findings"):
-        ph.PhantomConfig(independent_findings=True)
+        ph.PhantomConfig.from_section(dict(independent_findings=True))
 
 
 def test_realistic_preset_validates():
     cfg = load_config(REPO / "config" / "config.yaml", read_config_file(REPO / "config" / "demo-realistic.yaml"))
-    p = ph.PhantomConfig.from_dict(cfg["dataset"]["phantom"])
+    p = ph.PhantomConfig.from_section(cfg["dataset"]["phantom"])
     assert p.noisy and p.devices and p.targets() is not None

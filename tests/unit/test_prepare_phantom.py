@@ -27,7 +27,7 @@ def test_phantom_pixels_labels_and_splits(phantom_out):
     out, s = phantom_out
     res = read_outputs(out)
     check_common(res, LABELS)
-    cohort = sample_cohort(PhantomConfig(**PH))
+    cohort = sample_cohort(PhantomConfig.from_section(PH))
     t = res["labels"]
     assert len(t) == len(cohort) == s["counts"]["seen"]
     for i, row in enumerate(cohort.to_dict("records")):
@@ -44,14 +44,14 @@ def test_phantom_pixels_labels_and_splits(phantom_out):
 
 def test_view_filter_counts(tmp_path):
     s = prepare(dataset_config("phantom", None, phantom=PH, views=["PA"]), LABELS, tmp_path)
-    cohort = sample_cohort(PhantomConfig(**PH))
+    cohort = sample_cohort(PhantomConfig.from_section(PH))
     assert s["counts"]["filtered_by_view"] == {"AP": int((cohort["view"] == "AP").sum())}
     assert s["counts"]["kept"] == int((cohort["view"] == "PA").sum())
 
 
 def test_phantom_through_nih_layout_gives_the_same_dataset(phantom_out, tmp_path):
     out, _ = phantom_out
-    root = write_layout(tmp_path / "nih", "nih", PhantomConfig(**PH), 32)
+    root = write_layout(tmp_path / "nih", "nih", PhantomConfig.from_section(PH), 32)
     prepare(dataset_config("nih", root, phantom=PH), LABELS[:2] + ["No_Finding"], tmp_path / "out")
     a, b = read_outputs(out), read_outputs(tmp_path / "out")
     assert len(a["labels"]) == len(b["labels"])
@@ -67,7 +67,7 @@ def test_phantom_layouts_round_trip(phantom_out, tmp_path, layout, max_diff, mea
     """The phantom's writers for each real layout, read back by the matching adapter."""
     out, _ = phantom_out
     ref = read_outputs(out)
-    root = write_layout(tmp_path / layout, layout, PhantomConfig(**PH), 32)
+    root = write_layout(tmp_path / layout, layout, PhantomConfig.from_section(PH), 32)
     s = prepare(dataset_config(layout, root), LABELS, tmp_path / "out")
     got = read_outputs(tmp_path / "out")
     check_common(got, LABELS)

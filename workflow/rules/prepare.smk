@@ -1,5 +1,9 @@
 # Stage 1: the configured dataset (built-in phantom or a real collection) -> images.h5 pyramid,
 # labels.parquet with patient-level splits, quarantine.csv and prepare.json in results/prepared/{name}/.
+from synthcxr.data.settings import PrepareConfig
+
+# The phantom's keys matter only when the phantom is the dataset: editing them never re-prepares a real one.
+PREPARE_KEYS = [k for k in keys_for(PrepareConfig, "dataset") if k != "phantom" or config["dataset"]["format"] == "phantom"]
 
 
 rule prepare:
@@ -9,7 +13,7 @@ rule prepare:
         quarantine=f"{PREP}/quarantine.csv",
         summary=f"{PREP}/prepare.json",
     params:
-        cfg=stage("dataset"),
+        cfg=stage("dataset", PREPARE_KEYS),
     log:
         f"{LOGS}/prepare-{DATASET}.log",
     benchmark:

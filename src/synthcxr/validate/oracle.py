@@ -51,7 +51,7 @@ def oracle_cohort(phantom: Mapping[str, Any] | None, settings: Mapping[str, Any]
 
     Devices keep the dataset's overall rate (so the oracle has seen them) but are drawn whatever the findings.
     """
-    main = PhantomConfig.from_dict(phantom)
+    main = PhantomConfig.from_section(phantom)
     rate = float(sample_cohort(main)["support_device"].mean()) if main.devices else 0.0
     return main.oracle(int(settings["n_patients"]), float(settings["prevalence"]), rate, int(settings["seed_offset"]))
 
@@ -95,7 +95,7 @@ def oracle_run_settings(classifier: Mapping[str, Any], config: Mapping[str, Any]
 def drawn_findings(phantom: Mapping[str, Any] | None, salt: str) -> pd.DataFrame:
     """The drawn findings of every study of the phantom cohort, indexed by the prepared ``image_id``
     (the salted pseudonym prepare gives each source id, ``dataset.patient_salt``)."""
-    truth = true_labels(sample_cohort(PhantomConfig.from_dict(phantom)))
+    truth = true_labels(sample_cohort(PhantomConfig.from_section(phantom)))
     truth.index = [pseudonym(i, salt) for i in truth.index]
     return truth
 

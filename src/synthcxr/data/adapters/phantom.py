@@ -40,8 +40,10 @@ class PhantomAdapter(Adapter):
     def check(self) -> None:
         cfg_cls, _, _ = phantom_api()
         try:
-            self.phantom_cfg = cfg_cls(**dict(self.cfg.phantom or {}))
-        except (TypeError, ValueError) as exc:
+            self.phantom_cfg = cfg_cls.from_section(self.cfg.phantom)
+        except ConfigError:
+            raise
+        except ValueError as exc:
             raise ConfigError(f"'dataset.phantom': {exc}") from None
 
     def scan(self, quarantine: Quarantine) -> Iterator[Record]:

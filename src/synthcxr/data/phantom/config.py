@@ -9,11 +9,12 @@ correlate with findings, and ChestX-ray14's prevalence. docs/datasets.md describ
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import numpy as np
 
+from ...config import build
 from ...labels import NO_FINDING, PHANTOM_LABELS
 
 #: Findings the renderer draws (every phantom label except No_Finding), in PHANTOM_LABELS order.
@@ -79,21 +80,21 @@ def _per_finding(v: Any, key: str, lo: float, hi: float, lo_open: bool = False) 
 class PhantomConfig:
     """Size, seed and difficulty knobs of a phantom cohort (config section ``dataset.phantom``)."""
 
-    n_patients: int = 700
-    max_studies: int = 4
-    seed: int = 11
+    n_patients: int
+    max_studies: int
+    seed: int
     #: null: the phantom's own model; "chestxray14" or {finding: share}: per-image prevalence targets
-    prevalence: str | dict[str, float] | None = None
+    prevalence: str | dict[str, float] | None
     #: draw every finding independently at its prevalence (no co-occurrence; oracle cohorts)
-    independent_findings: bool = False
+    independent_findings: bool
     #: {contrast: {finding: x}, size: {finding: x}, position_spread: x}; 1 = the built-in look
-    subtlety: dict[str, Any] = field(default_factory=dict)
+    subtlety: dict[str, Any]
     #: {anatomy: x, pose: x, exposure: x}: widths of the random ranges, 1 = the built-in spread
-    variation: dict[str, float] = field(default_factory=dict)
+    variation: dict[str, float]
     #: {finding: {missed: p, false_positive: p}}: reported labels differ from the drawn findings
-    label_noise: dict[str, dict[str, float]] = field(default_factory=dict)
+    label_noise: dict[str, dict[str, float]]
     #: {rate: p, given: {finding: p}}: chance of a drawn chest drain/line, higher with the given findings
-    support_devices: dict[str, Any] = field(default_factory=dict)
+    support_devices: dict[str, Any]
 
     def __post_init__(self) -> None:
         for key in ("n_patients", "max_studies"):
@@ -132,14 +133,10 @@ class PhantomConfig:
         }
 
     @classmethod
-    def from_dict(cls, d: Mapping | None) -> "PhantomConfig":
-        """Build from a config mapping, naming any unknown key."""
-        d = dict(d or {})
-        names = [f.name for f in fields(cls)]
-        unknown = sorted(set(d) - set(names))
-        if unknown:
-            raise ValueError(f"dataset.phantom: unknown key(s) {unknown}; allowed: {', '.join(names)}")
-        return cls(**d)
+    def from_section(cls, d: Mapping | None) -> "PhantomConfig":
+        """From the ``dataset.phantom`` section (or part of it; the schema fills the rest); a
+        ConfigError names a bad key."""
+        return build(cls, "dataset.phantom", dict(d or {}))
 
     # --- derived views the cohort and renderer use -------------------------------------------------
     def targets(self) -> dict[str, float] | None:

@@ -381,14 +381,15 @@ def cli(argv: list[str] | None = None) -> int:
     ap.add_argument("--layout", required=True, choices=LAYOUTS)
     ap.add_argument("--out", required=True, help="output folder (becomes dataset.root)")
     ap.add_argument("--res", type=int, default=64, help="image size, a power of two up to 1024")
-    ap.add_argument("--n-patients", type=int, default=PhantomConfig.n_patients)
-    ap.add_argument("--max-studies", type=int, default=PhantomConfig.max_studies)
-    ap.add_argument("--seed", type=int, default=PhantomConfig.seed)
+    ap.add_argument("--n-patients", type=int, default=None, help="default: the schema's dataset.phantom.n_patients")
+    ap.add_argument("--max-studies", type=int, default=None, help="default: the schema's dataset.phantom.max_studies")
+    ap.add_argument("--seed", type=int, default=None, help="default: the schema's dataset.phantom.seed")
     ap.add_argument("--workers", type=int, default=1)
     args = ap.parse_args(argv)
     setup_logging()
     try:
-        cfg = PhantomConfig(n_patients=args.n_patients, max_studies=args.max_studies, seed=args.seed)
+        given = {"n_patients": args.n_patients, "max_studies": args.max_studies, "seed": args.seed}
+        cfg = PhantomConfig.from_section({k: v for k, v in given.items() if v is not None})
         root = write_layout(args.out, args.layout, cfg, _check_res(args.res), workers=args.workers)
     except (ValueError, TypeError) as exc:
         ap.error(str(exc).replace("dataset.phantom.", "--").replace("_", "-"))
