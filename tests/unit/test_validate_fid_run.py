@@ -103,3 +103,72 @@ def test_run_fid_missing_manifest_is_clear(tmp_path, tiny_prepared):
     with pytest.raises(FileNotFoundError, match="finalize_archive"):
         run_fid(FidConfig.from_section({"device": "cpu"}), tiny_prepared, tmp_path, tmp_path / "f.json", tmp_path / "f.png",
                 extractor=classifier_extractor(Feat()))
+
+
+def test_metrics_jsonl_and_the_feature_cache(tmp_path):
+    """One JSONL line per evaluation; the real features are read back from the cache on the next run, and
+    the numbers do not move; validate.metrics picks what is evaluated."""
+    prep_dir = write_prepared(tmp_path / "prep", n=120, max_res=RES, seed=3)
+    arch = tmp_path / "archive"
+    rng = np.random.default_rng(1)
+    imgs = rng.integers(0, 256, (30, RES, RES), dtype=np.uint8)
+    write_release(arch, imgs, np.zeros((30, len(PHANTOM_LABELS))), list(PHANTOM_LABELS), [f"s{i}" for i in range(30)], sealed=False)
+    torch.manual_seed(0)
+    net = Feat()
+    calls = []
+
+    class Counting(nn.Module):
+        input_res = RES
+
+        def features(self, x):
+            calls.append(len(x))
+            return net.features(x)
+
+    ext = classifier_extractor(Counting())
+    cfg = FidConfig.from_section(dict(max_real=1000, kid_subsets=3, kid_subset_size=10, seed=1, device="cpu",
+                                      metrics=["fid", "kid"]), batch_size=16)
+    runs = []
+    for k in range(2):
+        calls.clear()
+        out = run_fid(cfg, prep_dir, arch, tmp_path / f"v{k}" / "fid.json", tmp_path / f"v{k}" / "c.png", extractor=ext,
+                      out_jsonl=tmp_path / f"v{k}" / "metrics.jsonl", cache_dir=tmp_path / "cache")
+        runs.append((out, sum(calls)))
+    (a, seen_a), (b, seen_b) = runs
+    assert seen_a == 30 + 120 and seen_b == 30  # the second run embeds the release only
+    assert len(list((tmp_path / "cache").glob("features-*.npz"))) == 2  # train and held-out
+    assert a["generated_vs_train"] == b["generated_vs_train"] and a["heldout_vs_train"] == b["heldout_vs_train"]
+    assert set(a["generated_vs_train"]) == {"fid", "kid_mean", "kid_std"}  # only the configured metrics
+    lines = [json.loads(x) for x in (tmp_path / "v0" / "metrics.jsonl").read_text().splitlines()]
+    assert [(x["comparison"], x["metric"]) for x in lines] == [
+        ("generated_vs_train", "fid"), ("generated_vs_train", "kid"), ("heldout_vs_train", "fid"), ("heldout_vs_train", "kid")]
+    assert lines[0]["values"]["fid"] == a["generated_vs_train"]["fid"] and lines[0]["n"] == a["n_generated"]
+    assert lines[0]["extractor"]["name"] == "checker" and lines[0]["seconds"] >= 0 and lines[0]["n_real"] == a["reference"]["n"]
+
+
+def test_registry_adds_metrics_by_name_and_refuses_unknown_ones():
+    from synthcxr.config import ConfigError
+    from synthcxr.metrics import registry as reg
+
+    assert {"fid", "kid", "prdc", "fid_infinity"} <= set(reg.metric_names())
+
+    @reg.register_metric("mean_gap", "distance between the two feature means")
+    def mean_gap(real, other, options):
+        return {"mean_gap": float(np.linalg.norm(real.mean(0) - other.mean(0)))}
+
+    try:
+        rng = np.random.default_rng(0)
+        real, other = rng.normal(size=(50, 4)), rng.normal(1.0, size=(40, 4))
+        seen = []
+        opts = reg.MetricOptions(seed=0, kid_subsets=2, kid_subset_size=20, pr_k=3, fid_n_points=1)
+        out = reg.evaluate(["fid", "mean_gap"], real, other, opts, seen.append)
+        assert out["fid"] == pytest.approx(fid_from_features(other, real)) and out["mean_gap"] == pytest.approx(np.linalg.norm(real.mean(0) - other.mean(0)))
+        assert [s["metric"] for s in seen] == ["fid", "mean_gap"] and seen[1]["n"] == 40 and seen[1]["n_real"] == 50
+        assert FidConfig.from_section({"metrics": ["fid", "mean_gap"]}).metrics == ["fid", "mean_gap"]
+        with pytest.raises(ValueError, match="already registered"):
+            reg.register_metric("mean_gap", "again")(lambda r, o, p: {})
+    finally:
+        reg._METRICS.pop("mean_gap", None)
+    with pytest.raises(ConfigError, match=r"'validate\.metrics': unknown metric 'mean_gap'"):
+        FidConfig.from_section({"metrics": ["fid", "mean_gap"]})
+    with pytest.raises(ConfigError, match=r"validate\.metrics"):
+        FidConfig.from_section({"metrics": ["kid"]})  # fid is always one

@@ -5,7 +5,9 @@ from synthcxr.validate.fid_run import FidConfig
 
 
 rule validate_fid:
-    """FID/KID/precision-recall of the release, real-vs-real baseline, FID over snapshots."""
+    """The distribution metrics of validate.metrics (FID, KID, precision/recall/density/coverage, FID_inf) of
+    the release and of held-out real scans against the train scans, FID over snapshots; metrics.jsonl has a
+    line per evaluation."""
     input:
         manifest=f"{REL}/manifest.parquet",
         info=f"{REL}/archive.json",
@@ -16,9 +18,12 @@ rule validate_fid:
     output:
         fid=f"{VAL}/fid.json",
         curve=f"{VAL}/fid_curve.json",
+        jsonl=f"{VAL}/metrics.jsonl",
         png=report(f"{VAL}/fid_curve.png", caption="../report/fid.rst", category="Fidelity"),
     params:
         cfg=stage("validate", keys_for(FidConfig, "validate")),
+        # real images' features, keyed by dataset, extractor and options: shared by every archive's run
+        cache=f"results/validate/feature-cache/{DATASET}",
     log:
         f"{ALOGS}/validate_fid.log",
     threads: 2

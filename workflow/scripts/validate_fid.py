@@ -1,4 +1,4 @@
-"""Rule validate_fid: finalised archive + real images -> fid.json, fid_curve.json, fid_curve.png."""
+"""Rule validate_fid: finalised archive + real images -> fid.json, fid_curve.json, metrics.jsonl, fid_curve.png."""
 
 from pathlib import Path
 
@@ -14,5 +14,7 @@ run_fid(
     generator_path=sm.input.generator,
     checker_path=str(sm.input.checker) if sm.input.checker else None,
     out_curve_json=sm.output.curve,
+    out_jsonl=sm.output.jsonl,
+    cache_dir=sm.params.cache,
     log_file=sm.log[0],
 )

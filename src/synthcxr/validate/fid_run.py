@@ -13,10 +13,11 @@ the same N, after resizing their (lower-resolution) output to the archive's.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,17 +27,17 @@ import pandas as pd
 import torch
 
 from ..archive.reader import open_archive
-from ..config import build
+from ..config import ConfigError, build
 from ..data.store import PreparedDataset
 from ..imaging import float_to_uint8, resize_batch, uint8_to_float
 from ..metrics.features import FeatureExtractor, get_extractor
-from ..metrics.fid import fid_from_features, fid_infinity, sample_sizes
-from ..metrics.kid import kid
-from ..metrics.prdc import precision_recall
-from ..utils.atomic import write_json
+from ..metrics.fid import fid_from_features
+from ..metrics.registry import MetricOptions, evaluate, get_metric
+from ..utils.atomic import write_json, write_text
 from ..utils.runtime import progress, resolve_device, seed_everything, setup_logging
 from . import figures
 from .common import iter_real
+from .feature_cache import cache_key, cached_features, dataset_identity
 
 log = logging.getLogger("synthcxr")
 
@@ -61,6 +62,7 @@ class FidConfig:
     resize: str
     feature_res: int
     fid_n_points: int
+    metrics: list[str]
     seed: int
     device: str
     batch_size: int
@@ -68,7 +70,13 @@ class FidConfig:
     @classmethod
     def from_section(cls, sec: Mapping[str, Any], **tuning: Any) -> "FidConfig":
         """From the ``validate`` section (or part of it); ``tuning`` overrides :data:`FID_TUNING`."""
-        return build(cls, "validate", sec, **{**FID_TUNING, **tuning})
+        cfg = build(cls, "validate", sec, **{**FID_TUNING, **tuning})
+        for name in cfg.metrics:
+            try:
+                get_metric(name)
+            except KeyError as exc:
+                raise ConfigError(f"'validate.metrics': {exc.args[0]}") from None
+        return cfg
 
 
 def real_sets(table: pd.DataFrame, max_images: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -87,16 +95,12 @@ def real_sets(table: pd.DataFrame, max_images: int, seed: int) -> tuple[np.ndarr
     return out[0], out[1]
 
 
-def distribution_metrics(real: np.ndarray, other: np.ndarray, cfg: FidConfig) -> dict:
-    """FID, FID_inf, KID (mean, std), precision, recall, density and coverage of ``other`` against ``real``."""
-    kid_mean, kid_std = kid(real, other, cfg.kid_subsets, cfg.kid_subset_size, cfg.seed)
-    pr = precision_recall(real, other, k=min(cfg.pr_k, len(real) - 1, len(other) - 1))
-    out = {"fid": fid_from_features(other, real), "kid_mean": kid_mean, "kid_std": kid_std, **pr}
-    sizes = sample_sizes(len(other), cfg.fid_n_points)
-    if len(sizes) >= 2:
-        inf, slope, pts = fid_infinity(other, real, sizes, cfg.seed)
-        out.update(fid_infinity=inf, fid_slope=slope, fid_by_n=pts)
-    return out
+def distribution_metrics(real: np.ndarray, other: np.ndarray, cfg: FidConfig,
+                         record: Callable[[Mapping[str, Any]], None] | None = None) -> dict:
+    """The metrics of ``validate.metrics`` (:mod:`synthcxr.metrics.registry`) of ``other`` against ``real``,
+    their values merged; ``record`` receives each evaluation."""
+    options = MetricOptions(cfg.seed, cfg.kid_subsets, cfg.kid_subset_size, cfg.pr_k, cfg.fid_n_points)
+    return evaluate(cfg.metrics, real, other, options, record)
 
 
 def snapshot_files(folder: str | os.PathLike) -> list[tuple[float, Path]]:
@@ -182,8 +186,13 @@ def run_fid(
     out_curve_json: str | os.PathLike | None = None,
     log_file: str | os.PathLike | None = None,
     extractor: FeatureExtractor | None = None,
+    out_jsonl: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
 ) -> dict:
-    """Stage entry point: writes fid.json, fid_curve.json and fid_curve.png; returns fid.json's content."""
+    """Stage entry point: writes fid.json, fid_curve.json and fid_curve.png; returns fid.json's content.
+
+    ``out_jsonl`` gets one line per metric evaluation (metric, comparison, extractor, N, seconds, values);
+    ``cache_dir`` keeps the real images' features (:mod:`.feature_cache`) for the next run."""
     setup_logging(log_file)
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
@@ -202,11 +211,14 @@ def run_fid(
 
     ref_rows, held_rows = real_sets(prep.table, cfg.max_real, cfg.seed)
     feats = {}
+    ident = dataset_identity(prepared_dir) if cache_dir is not None else None
     for name, rows in (("train", ref_rows), ("held-out", held_rows)):
-        feats[name] = extractor.from_batches(
+        key = {"dataset": ident, "extractor": extractor.describe(), "res": res, "batch_size": cfg.batch_size,
+               "rows": cache_key(rows=np.asarray(rows).tolist())}
+        feats[name] = cached_features(cache_dir, key, lambda rows=rows, name=name: extractor.from_batches(
             (uint8_to_float(b).unsqueeze(1) for b in iter_real(prep, rows, res, cfg.batch_size)),
             total=-(-len(rows) // cfg.batch_size), desc=f"real {name}",
-        )
+        ))
     ref = feats["train"]
     n = min(len(gen), len(feats["held-out"]))
     rng = np.random.default_rng(cfg.seed)
@@ -216,9 +228,17 @@ def run_fid(
     log.info("FID: %s features at %d px (%s resize); %d generated and %d held-out real vs %d train real",
              extractor.name, res, extractor.resize, n, len(held_n), len(ref))
 
-    g_vs_r = distribution_metrics(ref, gen_n, cfg)
-    h_vs_r = distribution_metrics(ref, held_n, cfg)
+    lines: list[dict[str, Any]] = []
+    described = extractor.describe()
+
+    def record(comparison: str):
+        return lambda ev: lines.append({"comparison": comparison, "extractor": described, "resolution": int(res), **ev})
+
+    g_vs_r = distribution_metrics(ref, gen_n, cfg, record("generated_vs_train"))
+    h_vs_r = distribution_metrics(ref, held_n, cfg, record("heldout_vs_train"))
     curve = fid_curve(generator_path, ref, n, res, extractor, cfg, device)
+    lines += [{"comparison": "snapshot_vs_train", "extractor": described, "resolution": int(res), "metric": "fid",
+               "kimg": c["kimg"], "values": {"fid": c["fid"]}, "n": int(n), "n_real": int(len(ref))} for c in curve]
     result = {
         "extractor": extractor.describe(),
         "resize": extractor.resize,
@@ -234,14 +254,20 @@ def run_fid(
         "generated_above_heldout": bool(g_vs_r["fid"] > h_vs_r["fid"]),
     }
     write_json(out_json, result)
+    if out_jsonl is not None:
+        write_text(out_jsonl, "".join(json.dumps(line, sort_keys=True, default=float) + "\n" for line in lines))
     if out_curve_json is not None:
         write_json(out_curve_json, {"extractor": extractor.describe(), "n": int(n), "n_real": int(len(ref)), "curve": curve})
     figures.fid_curve(result["curve"], out_png, h_vs_r["fid"], g_vs_r["fid"], extractor.name)
-    inf = g_vs_r.get("fid_infinity")
-    msg = (f"FID ({extractor.name}, {extractor.resize}): generated vs train {g_vs_r['fid']:.3f}"
-           + (f" (FID_inf {inf:.3f})" if inf is not None else "")
-           + f" | held-out real vs train {h_vs_r['fid']:.3f} | KID {g_vs_r['kid_mean']:.4f}+-{g_vs_r['kid_std']:.4f}"
-           f" | precision {g_vs_r['precision']:.3f} recall {g_vs_r['recall']:.3f} | n={n}")
+    msg = f"FID ({extractor.name}, {extractor.resize}): generated vs train {g_vs_r['fid']:.3f}"
+    if "fid_infinity" in g_vs_r:
+        msg += f" (FID_inf {g_vs_r['fid_infinity']:.3f})"
+    msg += f" | held-out real vs train {h_vs_r['fid']:.3f}"
+    if "kid_mean" in g_vs_r:
+        msg += f" | KID {g_vs_r['kid_mean']:.4f}+-{g_vs_r['kid_std']:.4f}"
+    if "precision" in g_vs_r:
+        msg += f" | precision {g_vs_r['precision']:.3f} recall {g_vs_r['recall']:.3f}"
+    msg += f" | n={n}"
     log.info(msg)
     print(msg)
     return result
