@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,6 +35,28 @@ class Results:
     gave_up: np.ndarray  # [n] bool: retries skipped, give_up_after strong attempts of its combination having failed
 
 
+@dataclass
+class Anchor:
+    """What each row's latent is kept near while it is optimised (a paired counterfactual's base): the
+    loss adds ``latent_weight * |z - z_base|^2 / d`` and, with an embedding, ``embed_weight * (1 - cos)``
+    between the embeddings of the image and of the base image (``embed_base``, unit rows)."""
+
+    z: torch.Tensor  # [n, d]: the base latent of every row
+    latent_weight: float
+    embed: Callable[[torch.Tensor], torch.Tensor] | None = None  # images -> unit embeddings
+    embed_base: torch.Tensor | None = None  # [n, e]
+    embed_weight: float = 0.0
+
+    def penalty(self, zi: torch.Tensor, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """The per-row proximity term of latents ``zi`` rendering images ``x``, for rows ``rows``."""
+        d = zi.shape[1]
+        out = self.latent_weight * (zi - self.z.index_select(0, rows)).pow(2).sum(1) / d
+        if self.embed is not None and self.embed_weight > 0:
+            e = self.embed(x.float())
+            out = out + self.embed_weight * (1.0 - (e * self.embed_base.index_select(0, rows)).sum(1))
+        return out
+
+
 def optimise_stream(
     G: torch.nn.Module,
     C: torch.nn.Module,
@@ -49,6 +72,7 @@ def optimise_stream(
     step_batch: int,
     score_chunk: int,
     bar=None,
+    anchor: Anchor | None = None,
 ) -> None:
     """Adam on z for every queued (row, attempt, start) with continuous batching.
 
@@ -58,6 +82,8 @@ def optimise_stream(
     next attempt (a fresh seed, started from the best of ``cfg.init_candidates`` draws) joins the end of
     the queue while attempts remain. Freed slots are refilled from the queue at once, which keeps the
     batch full instead of letting a few slow samples run a nearly empty batch to the step limit.
+    With an ``anchor`` each row's update also pulls it towards its base (:class:`Anchor`); the accept
+    rule and the patience rule read the target loss alone.
     """
     d = int(G.latent_dim)
     used = space.used
@@ -147,7 +173,8 @@ def optimise_stream(
             continue
         zi = z.detach().requires_grad_(True)
         with autocast(device, cfg.amp):
-            logits = C(G(zi)).float().index_select(1, idx)
+            x = G(zi)
+            logits = C(x).float().index_select(1, idx)
         p = torch.sigmoid(logits)
         tgt = tgt_all[torch.as_tensor(rows, device=device)]
         ok = accept_rule(p.detach(), tgt, thr, margins).cpu().numpy()
@@ -168,6 +195,8 @@ def optimise_stream(
             per_sample = target
             if cfg.prior_weight > 0:
                 per_sample = per_sample + cfg.prior_weight * (zi.pow(2).sum(1) / d - 1.0).pow(2)
+            if anchor is not None:
+                per_sample = per_sample + anchor.penalty(zi, x, torch.as_tensor(rows, device=device))
             keep_t = torch.as_tensor(cont, device=device)
             (grad,) = torch.autograd.grad(per_sample[keep_t].sum(), zi)
             out.grad_steps[rows] += 1  # the backward runs over the whole batch

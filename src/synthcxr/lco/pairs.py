@@ -1,0 +1,107 @@
+"""Paired counterfactuals: from an optimised base latent (the synthetic "patient"), variants that add or
+remove exactly one finding each, optimised from the base with a proximity term so everything else stays.
+
+A variant's target is its base's with one finding flipped (No_Finding follows: on once no finding is
+left, off once one is added). It starts at the base latent and runs one attempt of the batched
+optimiser (:func:`~.stream.optimise_stream`) with an :class:`~.stream.Anchor`: the loss adds
+``latent_weight * |z - z_base|^2 / d`` and, given a patient-verifier embedding, ``embed_weight * (1 - cos)``
+between the variant's and the base's embeddings. The accept rule is the one every sample meets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..labels import NO_FINDING
+from .accept import LabelSpace, unmet_reason
+from .config import LCOConfig
+from .memory import plan_chunks
+from .starts import module_device
+from .stream import Anchor, Results, optimise_stream
+
+
+def edit_target(target: np.ndarray, labels: Sequence[str], finding: str) -> tuple[np.ndarray, str]:
+    """``target`` with ``finding`` flipped and the edit's name (``+Effusion`` adds, ``-Effusion`` removes)."""
+    labels = list(labels)
+    if finding not in labels or finding == NO_FINDING:
+        raise ValueError(f"archive.pairs.findings: {finding!r} is not one of the findings in labels ({', '.join(n for n in labels if n != NO_FINDING)})")
+    out = np.asarray(target, dtype=np.float32).copy()
+    j = labels.index(finding)
+    add = out[j] < 0.5
+    out[j] = 1.0 if add else 0.0
+    if NO_FINDING in labels:
+        others = [k for k, n in enumerate(labels) if n != NO_FINDING]
+        out[labels.index(NO_FINDING)] = 0.0 if out[others].max(initial=0.0) >= 0.5 else 1.0
+    return out, f"{'+' if add else '-'}{finding}"
+
+
+def variant_targets(base_targets: np.ndarray, labels: Sequence[str], findings: Sequence[str]) -> pd.DataFrame:
+    """One row per (base row, finding): ``base_row``, ``edit`` and the variant's ``target_<label>`` columns."""
+    rows = []
+    for i, t in enumerate(np.asarray(base_targets, dtype=np.float32)):
+        for f in findings:
+            v, edit = edit_target(t, labels, f)
+            rows.append({"base_row": i, "edit": edit, **{f"target_{n}": int(x) for n, x in zip(labels, v)}})
+    return pd.DataFrame(rows, columns=["base_row", "edit", *[f"target_{n}" for n in labels]])
+
+
+@torch.no_grad()
+def _embed_all(G: torch.nn.Module, embed: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, chunk: int) -> torch.Tensor:
+    return torch.cat([embed(G(z[s : s + chunk]).float()) for s in range(0, len(z), chunk)]) if len(z) else z.new_zeros(0, 0)
+
+
+def optimise_variants(
+    G: torch.nn.Module,
+    C: torch.nn.Module,
+    space: LabelSpace,
+    base_z: np.ndarray,
+    variants: pd.DataFrame,
+    cfg: LCOConfig,
+    latent_weight: float,
+    embed: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    embed_weight: float = 0.0,
+) -> pd.DataFrame:
+    """Optimise every row of ``variants`` (:func:`variant_targets`) from ``base_z[base_row]``.
+
+    Returns ``variants`` with z, prob_<label>, steps, g_evals, grad_steps, success, reason and the
+    proximity reached: ``latent_dist`` (``|z - z_base| / sqrt(d)``) and, with ``embed``, ``embed_dist``
+    (``1 - cos`` of the two images' embeddings).
+    """
+    labels = cfg.labels
+    targets = variants[[f"target_{n}" for n in labels]].to_numpy(np.float32)
+    base_rows = variants["base_row"].to_numpy(np.int64)
+    n, d = len(targets), int(G.latent_dim)
+    G.eval()
+    C.eval()
+    device = module_device(G, cfg.device)
+    chunks = plan_chunks(G, C, device, cfg.batch_size, cfg.memory_mb, cfg.amp)
+    start = torch.as_tensor(np.asarray(base_z, dtype=np.float32)[base_rows], device=device)
+    e_base = _embed_all(G, embed, start, chunks.score_chunk) if embed is not None else None
+    anchor = Anchor(start, float(latent_weight), embed, e_base, float(embed_weight))
+    res = Results(z=np.zeros((n, d), np.float32), probs=np.full((n, len(labels)), np.nan, np.float32),
+                  steps=np.zeros(n, np.int64), g_evals=np.zeros(n), grad_steps=np.zeros(n, np.int64),
+                  attempts=np.zeros(n, np.int64), seed=np.zeros(n, np.int64), success=np.zeros(n, bool),
+                  gave_up=np.zeros(n, bool))
+    one_try = dataclasses.replace(cfg, retries=0, topup_rounds=0)  # a variant starts at its base, or not at all
+    work = [(i, 0, start[i]) for i in range(n)]
+    combo = np.unique(targets, axis=0, return_inverse=True)[1].reshape(-1) if n else np.zeros(0, np.int64)
+    optimise_stream(G, C, space, targets, res.seed, one_try, device, work, res, combo, np.zeros(n, bool),
+                    chunks.step_batch, chunks.score_chunk, anchor=anchor)
+    out = variants.copy()
+    out["z"] = list(res.z)
+    for j, name in enumerate(labels):
+        out[f"prob_{name}"] = res.probs[:, j]
+    out["steps"], out["g_evals"], out["grad_steps"], out["success"] = res.steps, res.g_evals, res.grad_steps, res.success
+    out["reason"] = ["" if res.success[i] else unmet_reason(res.probs[i], targets[i], space, 1, cfg.steps) for i in range(n)]
+    zt = torch.as_tensor(res.z, device=device)
+    out["latent_dist"] = ((zt - start).pow(2).sum(1) / d).sqrt().cpu().numpy() if n else np.zeros(0)
+    if embed is not None:
+        e = _embed_all(G, embed, zt, chunks.score_chunk)
+        out["embed_dist"] = (1.0 - (e * e_base).sum(1)).cpu().numpy()
+        out["g_evals"] = out["g_evals"] + 2.0  # the base's and the variant's embedding
+    return out
