@@ -14,8 +14,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-#: keys whose numbers measure the run, not its result (wall times, rates, dates)
-UNSTABLE = re.compile(r"(^|_)(seconds|secs|time|times|elapsed|wall|duration|created|date|per_s|rate_s|s)$|_per_s(_|$)")
+#: keys whose numbers measure the run, not its result: wall times, dates, and LCO's measured cost of a
+#: backward pass against a forward one (backward_ratio) with the forward-equivalents derived from it
+UNSTABLE = re.compile(r"(^|_)(seconds|secs|time|times|elapsed|wall|duration|created|date|s)$|_per_s(_|$)"
+                      r"|^backward_ratio$|^backward_timing$|^fe_per_success$")
 
 
 def platform_key() -> dict[str, str]:
