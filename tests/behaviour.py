@@ -20,6 +20,11 @@ UNSTABLE = re.compile(r"(^|_)(seconds|secs|time|times|elapsed|wall|duration|crea
                       r"|^backward_ratio$|^backward_timing$|^fe_per_success$")
 
 
+#: release files that quote when the release was made: archive.json is compared by its numbers instead, the
+#: card and croissant.json (rendered from it and the validation files) not at all
+STAMPED = ("archive.json", "README.md", "croissant.json")
+
+
 def platform_key() -> dict[str, str]:
     import numpy
     import torch
@@ -48,8 +53,10 @@ def record(work: Path, archive: str) -> dict[str, Any]:
     sums = {}
     for line in (rel / "SHA256SUMS").read_text().splitlines():
         digest, name = line.split(maxsplit=1)
-        sums[name.lstrip("*")] = digest
+        if name.lstrip("*") not in STAMPED:
+            sums[name.lstrip("*")] = digest
     numbers: dict[str, float | None] = {}
+    _numbers(json.loads((rel / "archive.json").read_text()), "release/archive.json", numbers)
     for f in sorted((work / "results" / "validate" / archive).glob("*.json")):
         _numbers(json.loads(f.read_text()), f.name, numbers)
     return {"platform": platform_key(), "sha256sums": sums, "numbers": numbers}
