@@ -56,7 +56,9 @@ def record(work: Path, archive: str) -> dict[str, Any]:
         if name.lstrip("*") not in STAMPED:
             sums[name.lstrip("*")] = digest
     numbers: dict[str, float | None] = {}
-    _numbers(json.loads((rel / "archive.json").read_text()), "release/archive.json", numbers)
+    info = json.loads((rel / "archive.json").read_text())
+    info.pop("config", None)  # the config the run was given (a new schema default is not a new result)
+    _numbers(info, "release/archive.json", numbers)
     for f in sorted((work / "results" / "validate" / archive).glob("*.json")):
         _numbers(json.loads(f.read_text()), f.name, numbers)
     return {"platform": platform_key(), "sha256sums": sums, "numbers": numbers}
