@@ -7,7 +7,8 @@ from synthcxr.config import ConfigError, keys_for, section, validate_config
 from synthcxr.utils.runtime import prepend_pythonpath
 from synthcxr.validate.oracle import has_oracle
 
-SRC = str(Path(workflow.basedir) / "src")
+# this file is workflow/rules/common.smk of the checkout (also when another Snakefile includes it)
+SRC = str(Path(workflow.current_basedir).resolve().parents[1] / "src")
 # The rules and their scripts must run the same code: this checkout's package (make install: pip install -e .).
 if Path(synthcxr.__file__).resolve().parent != (Path(SRC) / "synthcxr").resolve():
     raise WorkflowError(
