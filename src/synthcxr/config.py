@@ -102,6 +102,16 @@ def _cross_checks(config: dict) -> None:
     total = split["train"] + split["val"] + split["test"]
     if abs(total - 1.0) > 1e-6:
         raise ConfigError(f"'dataset.split': train+val+test must sum to 1, got {total:g}")
+    pairs = config["archive"]["pairs"]
+    findings = [n for n in config["labels"] if n != "No_Finding"]
+    for f in pairs["findings"]:
+        if f not in findings:
+            raise ConfigError(f"'archive.pairs.findings': {f!r} is not one of the findings in labels ({', '.join(findings)})")
+    if pairs["share"] > 0 and not pairs["findings"]:
+        raise ConfigError("'archive.pairs.share': pairs need at least one finding to edit in 'archive.pairs.findings'")
+    if pairs["share"] > 0 and config["lco"]["shard_size"] < len(pairs["findings"]) + 1:
+        raise ConfigError(f"'lco.shard_size': {config['lco']['shard_size']} cannot hold a base and its "
+                          f"{len(pairs['findings'])} variant(s) (archive.pairs.findings); a pair never spans two shards")
     if config["pggan"]["resolution"] > res:
         raise ConfigError(
             f"'pggan.resolution': {config['pggan']['resolution']} exceeds 'dataset.max_res' {res}; "

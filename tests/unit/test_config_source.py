@@ -22,6 +22,7 @@ from synthcxr.config import GLOBAL_KEYS, ConfigError, build, load_schema, sectio
 from synthcxr.data.phantom import PhantomConfig
 from synthcxr.data.settings import PrepareConfig, SplitConfig
 from synthcxr.lco.config import LCOConfig
+from synthcxr.lco.pair_plan import PairsConfig
 from synthcxr.lco.plan import PlanConfig
 from synthcxr.pggan.config import PGGANConfig
 from synthcxr.reader_study.kit import ReaderStudyConfig
@@ -37,7 +38,8 @@ SCHEMA = load_schema()
 BUILT = [
     (LCOConfig, "lco", set(LCOConfig.NESTED), set()),
     (PlanConfig, "lco.plan", set(), {"shard_size"}),
-    (ArchiveConfig, "archive", set(), set()),
+    (ArchiveConfig, "archive", set(ArchiveConfig.NESTED), set()),
+    (PairsConfig, "archive.pairs", set(), set()),
     (ReaderStudyConfig, "reader_study", set(), set()),
     (PGGANConfig, "pggan", set(), set()),
     (PrepareConfig, "dataset", set(), set()),

@@ -6,11 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from test_lco import LABELS, THR, QuadrantClassifier, TinyGen, _cfg, _probs_of, optimise_latents
 
 from synthcxr.lco.accept import accept_rule, resolve_label_space
 from synthcxr.lco.config import LCOConfig
-from synthcxr.lco.pairs import edit_target, optimise_variants, variant_targets
-from test_lco import LABELS, THR, QuadrantClassifier, TinyGen, _cfg, _probs_of, optimise_latents
+from synthcxr.lco.pair_plan import edit_target, variant_targets
+from synthcxr.lco.pairs import optimise_variants
 
 
 @pytest.fixture(scope="module")
@@ -77,3 +78,40 @@ def test_the_embedding_proximity_term_keeps_variant_images_nearer_their_base(bas
     both = free["success"].to_numpy() & near["success"].to_numpy()
     assert both.sum() >= 0.5 * len(free)
     assert near["embed_dist"][both].mean() < 0.8 * free["embed_dist"][both].mean()
+
+
+def test_a_shard_with_pairs_optimises_variants_from_their_bases_and_writes_the_pair_columns(bases, tmp_path):
+    """The plan's pairs through optimise_shard: bases first, then each variant from its base's latent; a variant
+    whose base failed fails with a reason; the latents shard carries pair_id, base_sample_id, edit, latent_dist."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    from synthcxr.lco.pair_plan import PairsConfig
+    from synthcxr.lco.plan import make_plan
+    from synthcxr.lco.run import optimise_shard
+
+    G, C, _, _ = bases
+    real = pd.DataFrame({"split": ["train"] * 40, "Cardiomegaly": [0.0] * 40, "Effusion": [1.0] * 10 + [0.0] * 30,
+                         "Nodule": [0.0] * 40, "No_Finding": [0.0] * 40})
+    pairs = PairsConfig.from_section({"share": 0.5, "findings": ["Effusion"], "latent_weight": 1.0})
+    plan = make_plan({"plan": {"mode": "match_real", "n_samples": 24}, "shard_size": 24}, LABELS, real, seed=3, pairs=pairs)
+    assert (plan["edit"] != "").sum() == 6
+    cfg = LCOConfig.from_section(_cfg(steps=80, margin=0.5, retries=1))
+    # one base made impossible to meet: its variant must fail with it
+    hard = plan.index[(plan["pair_id"] == 0) & (plan["edit"] == "")][0]
+    plan.loc[hard, ["Cardiomegaly", "Effusion", "Nodule", "No_Finding"]] = [1, 1, 1, 1]
+    res = optimise_shard(plan, 0, G, C, THR, cfg, tmp_path / "shard-00000.parquet", pairs=pairs)
+    assert res["sample_id"].tolist() == plan["sample_id"].tolist()
+    var = res[res["edit"] != ""]
+    dead = var[var["base_sample_id"] == plan.loc[hard, "sample_id"]]
+    assert len(dead) == 1 and not dead["success"].iloc[0] and "was not met" in dead["reason"].iloc[0]
+    live = var[var["base_sample_id"] != plan.loc[hard, "sample_id"]]
+    assert live["success"].mean() >= 0.6 and (live.loc[live["success"], "latent_dist"] > 0).all()
+    assert res.loc[res["edit"] == "", "latent_dist"].isna().all()
+    # every met variant's probabilities are its latent's, and meet its edited target
+    ok = live[live["success"]]
+    p = _probs_of(G, C, np.stack(ok["z"].to_numpy()))
+    assert accept_rule(p, ok[[f"target_{n}" for n in LABELS]].to_numpy(), [THR[n] for n in LABELS], 0.5).all()
+    t = pq.read_table(tmp_path / "shard-00000.parquet")
+    assert {"pair_id", "base_sample_id", "edit", "latent_dist"} <= set(t.column_names)
+    assert t.column("edit").to_pylist() == plan["edit"].tolist()

@@ -275,3 +275,57 @@ def test_findings_the_checker_cannot_verify_are_left_out_of_the_plan(tmp_path, c
     assert "Effusion left out: the checker calls it on 50 % of the real test scans" in msgs and "Nodule left out: no real test scan" in msgs
     with pytest.raises(ValueError, match="needs the checker's metrics.json"):
         build_plan(prep / "labels.parquet", cfg, LABELS, 1, tmp_path / "p2.parquet")
+
+
+def _pairs(share, findings, weight=1.0):
+    from synthcxr.lco.pair_plan import PairsConfig
+
+    return PairsConfig.from_section({"share": share, "findings": findings, "latent_weight": weight})
+
+
+def test_pairs_group_a_base_with_one_variant_per_finding_inside_one_shard():
+    from synthcxr.lco.pair_plan import edit_target
+
+    real = _real_table()
+    cfg = {"plan": {"mode": "match_real", "n_samples": 300}, "shard_size": 32}
+    plain = make_plan(cfg, LABELS, real, seed=5)
+    assert make_plan(cfg, LABELS, real, seed=5, pairs=_pairs(0.0, [])).equals(plain)  # no pairs: the plan of before
+    assert "pair_id" not in plain.columns
+    plan = make_plan(cfg, LABELS, real, seed=5, pairs=_pairs(0.3, ["Effusion", "Nodule"]))
+    assert len(plan) == 300 and plan["sample_id"].is_unique
+    members = plan[plan["pair_id"] >= 0]
+    assert plan["pair_id"].max() + 1 == 30 and len(members) == 90  # int(0.3 * 300) // 3 groups of 3
+    for gid, grp in members.groupby("pair_id"):
+        base = grp[grp["edit"] == ""]
+        assert len(base) == 1 and grp["shard"].nunique() == 1  # a pair never spans two shards
+        assert len(grp) == 3 and sorted(e[1:] for e in grp["edit"] if e) == ["Effusion", "Nodule"]
+        assert set(grp.loc[grp["edit"] != "", "base_sample_id"]) == {base["sample_id"].iloc[0]}
+        b = base[LABELS].to_numpy()[0]
+        for _, v in grp[grp["edit"] != ""].iterrows():
+            want, edit = edit_target(b, LABELS, v["edit"][1:])
+            assert edit == v["edit"] and v[LABELS].to_numpy().tolist() == want.tolist()
+    assert (plan.loc[plan["pair_id"] < 0, "base_sample_id"] == "").all() and (plan.loc[plan["pair_id"] < 0, "edit"] == "").all()
+    assert plan["pair_id"].ge(0).groupby(plan["shard"]).any().sum() >= 8  # pairs spread over the shards
+    # deterministic, and the non-pair rows keep the plan's frequencies (match_real on the rest)
+    assert make_plan(cfg, LABELS, real, seed=5, pairs=_pairs(0.3, ["Effusion", "Nodule"])).equals(plan)
+
+
+def test_pairs_that_cannot_be_laid_out_or_name_a_finding_outside_labels_are_errors():
+    real = _real_table()
+    with pytest.raises(ValueError, match=r"archive\.pairs: .* lco\.shard_size 4"):
+        make_plan({"plan": {"mode": "match_real", "n_samples": 40}, "shard_size": 4}, LABELS, real, seed=1,
+                  pairs=_pairs(0.9, ["Effusion", "Nodule"]))
+    with pytest.raises(ValueError, match="quotas"):
+        make_plan({"plan": {"mode": "quotas", "n_samples": 10, "quotas": {"Effusion": 10}}, "shard_size": 8}, LABELS, real,
+                  seed=1, pairs=_pairs(0.5, ["Effusion"]))
+    from pathlib import Path
+
+    from synthcxr.config import validate_config
+
+    base = load_config(Path(__file__).resolve().parents[2] / "config" / "config.yaml")
+    for pairs, match in (({"share": 0.2, "findings": ["Hernia"]}, r"'archive\.pairs\.findings': 'Hernia' is not one of the findings"),
+                         ({"share": 0.2, "findings": ["No_Finding"]}, r"'archive\.pairs\.findings': 'No_Finding'"),
+                         ({"share": 0.2, "findings": []}, r"'archive\.pairs\.share': pairs need at least one finding")):
+        cfg = {**base, "archive": {**base["archive"], "pairs": pairs}}
+        with pytest.raises(ConfigError, match=match):
+            validate_config(cfg)

@@ -3,6 +3,11 @@
 # of one shard reproduces it exactly.
 
 
+# With paired counterfactuals (archive.pairs.share > 0) the plan and LCO also read archive.pairs; without,
+# their params are the lco section alone, as they were before pairs existed.
+LCO_PARAMS = {**stage("lco"), **({"archive_pairs": config["archive"]["pairs"]} if config["archive"]["pairs"]["share"] > 0 else {})}
+
+
 rule plan:
     input:
         labels=f"{PREP}/labels.parquet",
@@ -13,7 +18,7 @@ rule plan:
     output:
         plan=f"{ARCH}/plan.parquet",
     params:
-        cfg=stage("lco"),
+        cfg=LCO_PARAMS,
     log:
         f"{ALOGS}/plan.log",
     conda:
@@ -53,7 +58,7 @@ rule lco:
     output:
         latents=f"{WORK}/latents/shard-{{shard}}.parquet",
     params:
-        cfg=stage("lco"),
+        cfg=LCO_PARAMS,
     log:
         f"{ALOGS}/lco/shard-{{shard}}.log",
     wildcard_constraints:

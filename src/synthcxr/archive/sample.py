@@ -62,6 +62,9 @@ class ArchiveConfig:
     license: str
     min_delivery: float
 
+    #: keys of the section that belong to another class (``archive.pairs``: :class:`~synthcxr.lco.pair_plan.PairsConfig`)
+    NESTED = ("pairs",)
+
     def __post_init__(self) -> None:
         self.formats = canonical_formats(self.formats)
 

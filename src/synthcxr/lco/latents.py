@@ -36,8 +36,14 @@ OPTIONAL = ("attempts", "steps", "g_evals", "grad_steps")
 _MISSING = "{path} missing: run the lco stage first (snakemake lco)"
 
 
-def latents_schema(labels: Sequence[str], latent_dim: int) -> pa.Schema:
-    """Arrow schema of a latents shard (z is a fixed-size list of float32)."""
+#: Columns of a shard whose plan holds paired counterfactuals (:mod:`synthcxr.lco.pair_plan`).
+PAIR_COLUMNS = ("pair_id", "base_sample_id", "edit", "latent_dist")
+
+
+def latents_schema(labels: Sequence[str], latent_dim: int, pairs: bool = False) -> pa.Schema:
+    """Arrow schema of a latents shard (z is a fixed-size list of float32); with ``pairs``, the pair columns:
+    ``pair_id`` (-1: not in a pair), ``base_sample_id`` and ``edit`` ("" for a base or a single sample) and
+    ``latent_dist`` (a variant's |z - z_base| / sqrt(d); NaN otherwise)."""
     fields = [
         pa.field("sample_id", pa.string()),
         pa.field("shard", pa.int64()),
@@ -55,6 +61,9 @@ def latents_schema(labels: Sequence[str], latent_dim: int) -> pa.Schema:
         pa.field("success", pa.bool_()),
         pa.field("reason", pa.string()),
     ]
+    if pairs:
+        fields += [pa.field("pair_id", pa.int64()), pa.field("base_sample_id", pa.string()), pa.field("edit", pa.string()),
+                   pa.field("latent_dist", pa.float32())]
     return pa.schema(fields)
 
 
@@ -66,7 +75,7 @@ def write_latents(table: pd.DataFrame, labels: Sequence[str], path: str | os.Pat
     """
     z = np.stack(table["z"].to_list()).astype(np.float32) if len(table) else np.zeros((0, 0), np.float32)
     d = z.shape[1] if len(table) else int((meta or {}).get("latent_dim", 0))
-    schema = latents_schema(labels, d)
+    schema = latents_schema(labels, d, pairs="pair_id" in table.columns)
     cols = []
     for f in schema:
         if f.name == "z":

@@ -11,43 +11,17 @@ between the variant's and the base's embeddings. The accept rule is the one ever
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
 import torch
 
-from ..labels import NO_FINDING
 from .accept import LabelSpace, unmet_reason
 from .config import LCOConfig
 from .memory import plan_chunks
 from .starts import module_device
 from .stream import Anchor, Results, optimise_stream
-
-
-def edit_target(target: np.ndarray, labels: Sequence[str], finding: str) -> tuple[np.ndarray, str]:
-    """``target`` with ``finding`` flipped and the edit's name (``+Effusion`` adds, ``-Effusion`` removes)."""
-    labels = list(labels)
-    if finding not in labels or finding == NO_FINDING:
-        raise ValueError(f"archive.pairs.findings: {finding!r} is not one of the findings in labels ({', '.join(n for n in labels if n != NO_FINDING)})")
-    out = np.asarray(target, dtype=np.float32).copy()
-    j = labels.index(finding)
-    add = out[j] < 0.5
-    out[j] = 1.0 if add else 0.0
-    if NO_FINDING in labels:
-        others = [k for k, n in enumerate(labels) if n != NO_FINDING]
-        out[labels.index(NO_FINDING)] = 0.0 if out[others].max(initial=0.0) >= 0.5 else 1.0
-    return out, f"{'+' if add else '-'}{finding}"
-
-
-def variant_targets(base_targets: np.ndarray, labels: Sequence[str], findings: Sequence[str]) -> pd.DataFrame:
-    """One row per (base row, finding): ``base_row``, ``edit`` and the variant's ``target_<label>`` columns."""
-    rows = []
-    for i, t in enumerate(np.asarray(base_targets, dtype=np.float32)):
-        for f in findings:
-            v, edit = edit_target(t, labels, f)
-            rows.append({"base_row": i, "edit": edit, **{f"target_{n}": int(x) for n, x in zip(labels, v)}})
-    return pd.DataFrame(rows, columns=["base_row", "edit", *[f"target_{n}" for n in labels]])
 
 
 @torch.no_grad()

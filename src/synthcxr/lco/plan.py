@@ -30,6 +30,7 @@ Each sample's seed is a 63-bit hash of (config seed, sample position), independe
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -43,6 +44,7 @@ import pandas as pd
 from ..config import build
 from ..labels import NO_FINDING, check_labels, combo_key, findings_of, parse_combo
 from ..utils.atomic import atomic_path
+from .pair_plan import lay_out_pairs
 
 log = logging.getLogger("synthcxr")
 
@@ -299,22 +301,34 @@ def plan_counts(cfg: PlanConfig, labels: Sequence[str], real_table: pd.DataFrame
 
 
 def make_plan(cfg: Mapping[str, Any], labels: Sequence[str], real_table: pd.DataFrame | None, seed: int,
-              drop: Sequence[str] = ()) -> pd.DataFrame:
+              drop: Sequence[str] = (), pairs: Any = None) -> pd.DataFrame:
     """Build the plan table: sample_id, shard, index, seed and one int8 column per label.
 
     ``cfg`` is the ``lco`` config section (or a :class:`PlanConfig`); ``real_table`` is the prepared
     dataset's label table (only its train split is used, in ``match_real`` and ``augment`` modes);
-    ``drop`` the findings no sample may hold.
+    ``drop`` the findings no sample may hold. With ``pairs`` (a :class:`~.pairs.PairsConfig` whose share is
+    above 0) the first bases of the shuffled plan get one variant per edited finding each (columns
+    ``pair_id``, ``base_sample_id``, ``edit``; :func:`pair_layout`); the other targets fill the rest of
+    ``n_samples``.
     """
     pc = PlanConfig.from_section(cfg)
     labels = check_labels(labels, where="labels")
-    counts = plan_counts(pc, labels, real_table, drop)
+    g = pairs.groups(pc.n_samples) if pairs is not None else 0
+    k = len(pairs.findings) if g else 0
+    if g and pc.mode == "quotas":
+        raise ValueError("archive.pairs: plan mode quotas counts every sample itself; use match_real, balanced or augment with pairs")
+    base_pc = dataclasses.replace(pc, n_samples=pc.n_samples - g * k) if g else pc
+    counts = plan_counts(base_pc, labels, real_table, drop)
     keys = sorted(counts)
-    vectors = np.array([_vector(k, labels) for k in keys], dtype=np.int8).reshape(len(keys), len(labels))
-    which = np.repeat(np.arange(len(keys)), [counts[k] for k in keys])
+    vectors = np.array([_vector(k_, labels) for k_ in keys], dtype=np.int8).reshape(len(keys), len(labels))
+    which = np.repeat(np.arange(len(keys)), [counts[k_] for k_ in keys])
     rng = np.random.default_rng(derive_seed(seed, _TAG_SHUFFLE))
     which = which[rng.permutation(len(which))]
-    n = len(which)
+    targets = vectors[which]
+    edits: list[str] = [""] * len(targets)
+    if g:
+        targets, edits, group = lay_out_pairs(targets, labels, pairs, g, pc.shard_size)
+    n = len(targets)
     pos = np.arange(n, dtype=np.int64)
     plan = pd.DataFrame(
         {
@@ -325,7 +339,13 @@ def make_plan(cfg: Mapping[str, Any], labels: Sequence[str], real_table: pd.Data
         }
     )
     for j, name in enumerate(labels):
-        plan[name] = vectors[which, j].astype(np.int8)
+        plan[name] = targets[:, j].astype(np.int8)
+    if g:
+        base_id = {int(grp): sid for sid, grp, e in zip(plan["sample_id"], group, edits) if grp >= 0 and e == ""}
+        plan["pair_id"] = group
+        plan["base_sample_id"] = [base_id[int(grp)] if grp >= 0 and e else "" for grp, e in zip(group, edits)]
+        plan["edit"] = edits
+        log.info("plan pairs: %d base(s) with %d variant(s) each (%s), %d of %d samples", g, k, ", ".join(pairs.findings), g * (k + 1), n)
     log.info("plan (%s): %d samples, %d combinations, %d shard(s)", pc.mode, n, len(keys), int(plan["shard"].max()) + 1)
     return plan
 
@@ -349,7 +369,7 @@ def read_plan(path: str | os.PathLike, labels: Sequence[str]) -> pd.DataFrame:
 
 
 def build_plan(labels_path: str | os.PathLike, cfg: Mapping[str, Any], labels: Sequence[str], seed: int, out_path: str | os.PathLike,
-               checker_metrics: str | os.PathLike | None = None) -> pd.DataFrame:
+               checker_metrics: str | os.PathLike | None = None, pairs: Any = None) -> pd.DataFrame:
     """Workflow entry point: read the prepared dataset's labels, make the plan, write it atomically.
 
     With ``lco.plan.min_checker_sensitivity`` > 0 and the checker's ``metrics.json``, findings the checker
@@ -368,6 +388,11 @@ def build_plan(labels_path: str | os.PathLike, cfg: Mapping[str, Any], labels: S
         for name, tpr in drop.items():
             seen = "no real test scan shows it" if tpr is None else f"the checker calls it on {100 * tpr:.0f} % of the real test scans that show it"
             log.warning("plan: %s left out: %s, below lco.plan.min_checker_sensitivity %g", name, seen, floor)
-    plan = make_plan(cfg, labels, real, seed, drop=list(drop))
+    if pairs is not None:
+        gone = [f for f in pairs.findings if f in drop]
+        if gone and pairs.share > 0:
+            raise ValueError(f"archive.pairs.findings: {', '.join(gone)} left out of the plan (lco.plan.min_checker_sensitivity); "
+                             "a pair must not edit a finding nobody can verify: remove it from archive.pairs.findings")
+    plan = make_plan(cfg, labels, real, seed, drop=list(drop), pairs=pairs)
     write_plan(plan, out_path)
     return plan

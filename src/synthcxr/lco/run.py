@@ -23,6 +23,8 @@ from .config import LCOConfig
 from .latents import write_latents
 from .margins import read_margins
 from .optimize import optimise_latents
+from .pair_plan import PairsConfig
+from .pairs import optimise_variants
 from .plan import pool_seed, read_plan
 from .starts import module_device
 
@@ -39,6 +41,7 @@ def run_shard(
     out_path: str | os.PathLike,
     log_file: str | os.PathLike | None = None,
     margins_path: str | os.PathLike | None = None,
+    pairs: PairsConfig | None = None,
 ) -> pd.DataFrame:
     """Optimise the latents of one shard of the plan and write ``latents/shard-XXXXX.parquet``.
 
@@ -65,7 +68,56 @@ def run_shard(
     C = load_classifier(classifier_path, device)
     space = resolve_label_space(lc.labels, C.label_names, read_thresholds(thresholds_path), where=os.fspath(thresholds_path))
     space = space.with_margins(lc.margin if margins_path is None else read_margins(margins_path, lc.labels))
-    return optimise_shard(rows, shard, G, C, space, lc, out_path, pool_seed=pool_seed(lc.seed, shard))
+    return optimise_shard(rows, shard, G, C, space, lc, out_path, pool_seed=pool_seed(lc.seed, shard), pairs=pairs)
+
+
+def _with_variants(rows: pd.DataFrame, single: pd.DataFrame, res: pd.DataFrame, G: Any, C: Any, space: LabelSpace,
+                   lc: LCOConfig, pairs: PairsConfig | None) -> pd.DataFrame:
+    """``res`` (the non-variant rows) with the shard's variants optimised from their bases, in plan order."""
+    if pairs is None:
+        raise ValueError("the plan holds paired counterfactuals (an 'edit' column): pass the archive.pairs settings")
+    res = res.reset_index(drop=True)
+    where = {sid: i for i, sid in enumerate(single["sample_id"])}
+    var = rows[rows["edit"] != ""].reset_index(drop=True)
+    base_i = np.array([where[b] for b in var["base_sample_id"]], dtype=np.int64)
+    base_ok = res["success"].to_numpy()[base_i]
+    variants = pd.DataFrame({"base_row": base_i, "edit": var["edit"].to_numpy()})
+    for n in lc.labels:
+        variants[f"target_{n}"] = var[n].to_numpy(np.int8)
+    base_z = np.stack(res["z"].to_numpy()) if len(res) else np.zeros((0, int(G.latent_dim)), np.float32)
+    done = optimise_variants(G, C, space, base_z, variants[base_ok].reset_index(drop=True), lc, pairs.latent_weight)
+    ok = np.flatnonzero(base_ok)  # variants optimised: done's rows, in order
+
+    def filled(col: str, missing: Any, dtype: Any) -> np.ndarray:
+        arr = np.full(len(var), missing, dtype=dtype)
+        arr[ok] = done[col].to_numpy()
+        return arr
+
+    z = list(base_z[base_i])  # a variant whose base failed keeps the base's latent, unmet
+    for j, i in enumerate(ok):
+        z[i] = done["z"].iloc[j]
+    vres = pd.DataFrame({"seed": var["seed"].to_numpy(np.int64), "attempts": base_ok.astype(np.int64), "z": z})
+    for n in lc.labels:
+        vres[f"target_{n}"] = var[n].to_numpy(np.int8)
+    for n in lc.labels:
+        vres[f"prob_{n}"] = filled(f"prob_{n}", np.nan, np.float32)
+    vres["steps"], vres["g_evals"] = filled("steps", 0, np.int64), filled("g_evals", 0.0, np.float64)
+    vres["grad_steps"], vres["success"] = filled("grad_steps", 0, np.int64), filled("success", False, bool)
+    vres["reason"] = filled("reason", "", object)
+    vres.loc[~base_ok, "reason"] = [f"its base {b} was not met" for b in var.loc[~base_ok, "base_sample_id"]]
+    vres["latent_dist"] = filled("latent_dist", np.nan, np.float32)
+    res["latent_dist"] = np.float32(np.nan)
+    out = pd.concat([res, vres], ignore_index=True)
+    order = {sid: i for i, sid in enumerate(rows["sample_id"])}
+    ids = list(single["sample_id"]) + list(var["sample_id"])
+    out = out.iloc[np.argsort([order[s] for s in ids], kind="stable")].reset_index(drop=True)
+    out["pair_id"] = rows["pair_id"].to_numpy(np.int64)
+    out["base_sample_id"] = rows["base_sample_id"].astype(str).to_numpy()
+    out["edit"] = rows["edit"].astype(str).to_numpy()
+    log.info("lco pairs: %d of %d variant(s) met (%d had a base that was not), mean latent distance %.3f",
+             int(out.loc[out["edit"] != "", "success"].sum()), len(var), int((~base_ok).sum()),
+             float(np.nanmean(out["latent_dist"])) if ok.size else float("nan"))
+    return out
 
 
 def optimise_shard(
@@ -77,20 +129,30 @@ def optimise_shard(
     cfg: LCOConfig,
     out_path: str | os.PathLike,
     pool_seed: int | None = None,
+    pairs: PairsConfig | None = None,
 ) -> pd.DataFrame:
     """Optimise the given plan rows (one shard) with loaded models and write the latents shard.
 
     ``pool_seed`` seeds the shard's prior pool in pool mode (the lco rule derives it from the config
-    seed and the shard number, so a rerun of one shard reproduces its latents).
+    seed and the shard number, so a rerun of one shard reproduces its latents). Rows of paired
+    counterfactuals (the plan's ``edit`` column) are optimised after the rest, each variant from its
+    base's latent with ``pairs.latent_weight`` (:func:`~.pairs.optimise_variants`); a variant whose base
+    failed fails too.
     """
     lc = cfg
     device = module_device(G, lc.device)
     log.info("lco shard %d: %d samples on %s (mode %s, latent_dim %d, %d steps, %d retries, amp %s)", shard, len(rows), device, lc.mode, G.latent_dim, lc.steps, lc.retries, lc.amp)
     t0 = time.perf_counter()
+    paired = "edit" in rows.columns and bool((rows["edit"] != "").any())
+    if paired and not isinstance(thresholds, LabelSpace):
+        thresholds = resolve_label_space(lc.labels, list(C.label_names), thresholds).with_margins(lc.margin)
+    single = rows[rows["edit"] == ""] if paired else rows
     res = optimise_latents(
-        G, C, thresholds, rows[lc.labels].to_numpy(), rows["seed"].to_numpy(), lc, classifier_labels=list(C.label_names), pool_seed=pool_seed
+        G, C, thresholds, single[lc.labels].to_numpy(), single["seed"].to_numpy(), lc, classifier_labels=list(C.label_names), pool_seed=pool_seed
     )
     pool, chunks = res.attrs.get("pool"), res.attrs.get("chunks")
+    if paired:
+        res = _with_variants(rows, single, res, G, C, thresholds, lc, pairs)
     res.insert(0, "index", rows["index"].to_numpy(dtype=np.int64))
     res.insert(0, "shard", np.full(len(rows), shard, dtype=np.int64))
     res.insert(0, "sample_id", rows["sample_id"].astype(str).to_numpy())
