@@ -32,12 +32,13 @@ import pyarrow.parquet as pq
 
 from .. import __version__
 from ..labels import combo_key, findings_of
-from ..lco.latents import OPTIONAL, ShardLatents, read_latents
+from ..lco.latents import OPTIONAL, PAIR_COLUMNS, ShardLatents, read_latents
 from ..utils.atomic import atomic_path, is_temporary, write_json
 from ..utils.hashing import sha256_file
 from ..utils.runtime import progress
 from .contract import ROLE_RELEASE, ROLE_WORK, read_shard_attrs, read_shard_ids
 from .delivery import delivery_table, enforce_delivery, summary_line
+from .gates import pair_counts, pair_mask, release_mask
 from .layout import (
     ARCHIVE_JSON,
     CARD,
@@ -46,6 +47,7 @@ from .layout import (
     FORMAT_VERSION,
     FORMATS,
     MANIFEST,
+    PAIR_FIELDS,
     PNG_COMPRESS_LEVEL,
     RELEASE_LATENTS,
     SUMS,
@@ -54,7 +56,6 @@ from .layout import (
     shard_formats,
     work_shard_relpath,
 )
-from .gates import release_mask
 from .release_shard import ShardJob, write_release_shard
 from .sample import ArchiveConfig
 
@@ -98,6 +99,9 @@ def rendered_frame(lat: ShardLatents, label_names: Sequence[str]) -> pd.DataFram
     cols["combination"] = [combo_key(v, label_names) for v in lat.targets]
     cols["seed"] = t["seed"].to_numpy(dtype=np.int64)
     for c in OPTIONAL:
+        if c in t.columns:
+            cols[c] = t[c].to_numpy()
+    for c in PAIR_COLUMNS:
         if c in t.columns:
             cols[c] = t[c].to_numpy()
     cols["success"] = t["success"].to_numpy(dtype=bool)
@@ -221,6 +225,8 @@ def finalize_archive(
     if full["sample_id"].duplicated().any():
         raise ValueError(f"{work}: sample_id {full.loc[full['sample_id'].duplicated(), 'sample_id'].iloc[0]!r} appears in two shards")
     released, failed, flagged, matched = release_mask(full, memorization_path, reid_path)
+    unpaired = pair_mask(full, released)
+    released &= ~unpaired
     delivery = delivery_table(full, names, released, failed)
     write_json(work / DELIVERY_JSON, delivery)  # kept for the operator even when the floor stops the release
     short = enforce_delivery(delivery, cfg.min_delivery, str(release))
@@ -258,6 +264,7 @@ def finalize_archive(
             formats=list(cfg.formats), work_formats=wfmts, compression=cfg.compression, resolution=res, attrs=attrs,
             row_group_rows=row_group_rows, dicom_uid_root=cfg.dicom_uid_root if "dicom" in cfg.formats else None,
             archive_name=cfg.name,
+            pairs={c: manifest[c].to_numpy()[lo:hi] for c in PAIR_FIELDS} if "pair_id" in manifest.columns else None,
         ))
     latents = _LatentsWriter(release / RELEASE_LATENTS, max((lat.z.shape[1] for lat in lats if len(lat)), default=0))
     try:
@@ -323,6 +330,7 @@ def finalize_archive(
             "n_flagged": int(flagged.sum()),
             "n_reid_matched": int(matched.sum()),
             "n_withheld": int((flagged | matched).sum()),
+            **(pair_counts(full, released, unpaired) if "pair_id" in full.columns else {}),
             # released counts, as the delivery table has them (combinations with none released left out)
             "per_finding": {n: r["released"] for n, r in delivery["per_finding"].items()},
             "per_combination": {k: r["released"] for k, r in delivery["per_combination"].items() if r["released"]},

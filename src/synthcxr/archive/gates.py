@@ -2,7 +2,8 @@
 
 A sample is released when its label optimisation succeeded and neither the memorisation audit
 (``validate.memorization.gate``) nor the re-identification audit (``validate.reid.gate``) marked it;
-every successful sample must have been audited.
+every successful sample must have been audited. Paired counterfactuals are released as whole groups
+(:func:`pair_mask`).
 """
 
 from __future__ import annotations
@@ -56,3 +57,38 @@ def release_mask(
     if reid_path is not None:
         matched = _audit_mask(full, failed, reid_path, "matched", "re-identification audit", "validate.reid.gate")
     return ~failed & ~flagged & ~matched, failed, flagged, matched
+
+
+def pair_mask(full: pd.DataFrame, released: np.ndarray) -> np.ndarray:
+    """Rows withheld because of their pair: a group (``pair_id``: a base and its variants) is released whole.
+
+    A variant whose optimisation failed was never made and leaves the group; any other member not released
+    (the base failed, or a gate withheld a member) withholds the group, and so does a base left with no
+    variant. Without a ``pair_id`` column nothing is withheld.
+    """
+    out = np.zeros(len(full), dtype=bool)
+    if "pair_id" not in full.columns:
+        return out
+    gid = full["pair_id"].to_numpy(np.int64)
+    variant = (full["edit"].astype(str) != "").to_numpy()
+    failed = ~full["success"].to_numpy(dtype=bool)
+    for g in np.unique(gid[gid >= 0]):
+        rows = np.flatnonzero(gid == g)
+        members = rows[~(variant[rows] & failed[rows])]  # failed variants were never made
+        whole = released[members].all() and variant[members].any()
+        if not whole:
+            out[members[released[members]]] = True
+    return out
+
+
+def pair_counts(full: pd.DataFrame, released: np.ndarray, unpaired: np.ndarray) -> dict[str, int]:
+    """Planned and released pairs (groups), released variants, and samples withheld with their pair."""
+    gid = full["pair_id"].to_numpy(np.int64)
+    variant = (full["edit"].astype(str) != "").to_numpy()
+    return {
+        "n_pairs_planned": int(len(np.unique(gid[gid >= 0]))),
+        "n_pairs_released": int(len(np.unique(gid[(gid >= 0) & released]))),
+        "n_variants_planned": int(variant.sum()),
+        "n_variants_released": int((variant & released).sum()),
+        "n_withheld_with_pair": int(unpaired.sum()),
+    }

@@ -146,3 +146,8 @@ def shard_index_of(path: str | os.PathLike) -> int:
     if not m:
         raise ValueError(f"{path}: file name must look like shard-00000.parquet / shard-00000.h5 / shard-00000.tar")
     return int(m.group(1))
+
+
+#: Per-sample columns of a release whose plan holds paired counterfactuals, in every shard format and the
+#: manifest: the group (-1: not in a pair), the variant's base ("" for a base) and its edit ("+Effusion").
+PAIR_FIELDS = ("pair_id", "base_sample_id", "edit")

@@ -165,6 +165,17 @@ class Archive:
         return Archive(self.root, self.manifest[keep], self.info, self._full, self.sealed,
                        [*self.require, *require], [*self.exclude, *exclude])
 
+    def pairs(self) -> pd.DataFrame:
+        """The released paired counterfactuals, one row per variant: pair_id, base_sample_id, sample_id (the
+        variant) and edit (``+Effusion`` adds the finding to the base, ``-Effusion`` removes it); empty when the
+        release holds no pairs. Read both images with :meth:`read`."""
+        cols = ["pair_id", "base_sample_id", "sample_id", "edit"]
+        man = self.manifest
+        if "pair_id" not in man.columns:
+            return pd.DataFrame(columns=cols)
+        v = man[(man["pair_id"] >= 0) & (man["edit"] != "")]
+        return v[cols].sort_values(["pair_id", "sample_id"]).reset_index(drop=True)
+
     def shard_images(self, shard: int) -> ShardImages:
         """Image access for one shard, checked against the manifest (cached; safe across DataLoader worker forks)."""
         if shard not in self._shards:

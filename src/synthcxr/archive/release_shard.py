@@ -53,6 +53,7 @@ class ShardJob:
     row_group_rows: int
     dicom_uid_root: str | None = None  # set when the release exports DICOM
     archive_name: str = ""
+    pairs: dict[str, np.ndarray] | None = None  # PAIR_FIELDS columns [n] when the release holds pairs
 
     def __len__(self) -> int:
         return len(self.sample_ids)
@@ -134,26 +135,27 @@ def write_release_shard(job: ShardJob) -> list[str]:
                                                        job.dicom_uid_root))
         if "h5" in job.formats:
             h5w = stack.enter_context(H5ShardWriter(root / release_shard_relpath(job.shard, "h5"), n, job.resolution,
-                                                    job.label_names, job.compression, attrs))
+                                                    job.label_names, job.compression, attrs, pairs=job.pairs is not None))
         if "parquet" in job.formats:
             pqw = stack.enter_context(ParquetShardWriter(root / release_shard_relpath(job.shard, "parquet"), n,
-                                                         job.label_names, attrs, job.row_group_rows))
+                                                         job.label_names, attrs, job.row_group_rows, pairs=job.pairs is not None))
         if "webdataset" in job.formats:
             wdw = stack.enter_context(WdsShardWriter(root / release_shard_relpath(job.shard, "webdataset"), n,
                                                      job.label_names, job.shard))
         for blk in _blocks(job):
             lo, hi = blk.lo, blk.lo + len(blk.pixels)
             ids, lab, prob, seeds = job.sample_ids[lo:hi], job.labels[lo:hi], job.probs[lo:hi], job.seeds[lo:hi]
+            pr = {c: v[lo:hi] for c, v in job.pairs.items()} if job.pairs is not None else None
             for px in blk.pixels:
                 if px.shape != (job.resolution, job.resolution):
                     raise ValueError(f"{job.work_dir}: a working image has shape {px.shape}, expected {job.resolution} px")
             if h5w is not None:
                 chunks = blk.chunks if h5w.direct and blk.chunks is not None else None
-                h5w.write(lo, None if chunks is not None else np.stack(blk.pixels), lab.astype(np.uint8), prob, ids, chunks=chunks)
+                h5w.write(lo, None if chunks is not None else np.stack(blk.pixels), lab.astype(np.uint8), prob, ids, chunks=chunks, pairs=pr)
             if pqw is not None:
-                pqw.write(lo, blk.pngs, lab, prob, ids, seeds)
+                pqw.write(lo, blk.pngs, lab, prob, ids, seeds, pairs=pr)
             if wdw is not None:
-                wdw.write(lo, blk.pngs, lab, prob, ids, seeds)
+                wdw.write(lo, blk.pngs, lab, prob, ids, seeds, pairs=pr)
             if dcw is not None:
                 dcw.write(blk.pixels, lab, ids)
             hashes += [pixel_sha256(px) for px in blk.pixels]

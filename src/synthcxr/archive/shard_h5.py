@@ -24,6 +24,7 @@ import h5py
 import numpy as np
 
 from ..utils.atomic import atomic_path, finish_rows
+from .layout import PAIR_FIELDS
 
 #: zlib level of gzip-compressed HDF5 shards.
 GZIP_LEVEL = 4
@@ -88,6 +89,7 @@ class H5ShardWriter:
         label_names: Sequence[str],
         compression: str = "gzip",
         attrs: dict[str, Any] | None = None,
+        pairs: bool = False,
     ):
         if compression not in _COMPRESSION:
             raise ValueError(f"archive.compression: {compression!r} not one of {sorted(_COMPRESSION)}")
@@ -97,6 +99,7 @@ class H5ShardWriter:
         self.label_names = list(label_names)
         self.compression = compression
         self.attrs = dict(attrs or {})
+        self.pairs = bool(pairs)
         self._filled = np.zeros(self.n, dtype=bool)
         self._stack: contextlib.ExitStack | None = None
         self._f: h5py.File | None = None
@@ -113,12 +116,16 @@ class H5ShardWriter:
         f.create_dataset("labels", shape=(n, L), dtype=np.uint8, track_times=False)
         f.create_dataset("probs", shape=(n, L), dtype=np.float32, track_times=False)
         f.create_dataset("sample_id", shape=(n,), dtype=h5py.string_dtype("utf-8"), track_times=False)
+        if self.pairs:  # paired counterfactuals: the group, the variant's base and its edit
+            f.create_dataset("pair_id", shape=(n,), dtype=np.int64, track_times=False)
+            f.create_dataset("base_sample_id", shape=(n,), dtype=h5py.string_dtype("utf-8"), track_times=False)
+            f.create_dataset("edit", shape=(n,), dtype=h5py.string_dtype("utf-8"), track_times=False)
         f["labels"].attrs["label_names"] = self.label_names
         f["probs"].attrs["label_names"] = self.label_names
         for k, v in {**self.attrs, "count": n, "resolution": R, "label_names": self.label_names}.items():
             f.attrs[k] = v
         self._stack, self._f = stack, f
-        self._ds = {k: f[k] for k in ("images", "labels", "probs", "sample_id")}  # looked up once, not per write
+        self._ds = {k: f[k] for k in ("images", "labels", "probs", "sample_id", *(PAIR_FIELDS if self.pairs else ()))}  # looked up once
         return self
 
     @property
@@ -134,6 +141,7 @@ class H5ShardWriter:
         probs: np.ndarray,
         sample_ids: Sequence[str],
         chunks: Sequence[bytes] | None = None,
+        pairs: dict[str, np.ndarray] | None = None,
     ) -> None:
         """Fill rows ``[start, start + len(sample_ids))`` from ``images`` or from their stored ``chunks``."""
         stop = start + len(sample_ids)
@@ -156,6 +164,10 @@ class H5ShardWriter:
         ds["labels"][start:stop] = labels
         ds["probs"][start:stop] = probs
         ds["sample_id"][start:stop] = list(sample_ids)
+        if self.pairs:
+            ds["pair_id"][start:stop] = np.asarray(pairs["pair_id"], dtype=np.int64)
+            ds["base_sample_id"][start:stop] = [str(x) for x in pairs["base_sample_id"]]
+            ds["edit"][start:stop] = [str(x) for x in pairs["edit"]]
         self._filled[start:stop] = True
 
     def __exit__(self, exc_type, exc, tb) -> bool:

@@ -46,16 +46,18 @@ def decode_png(data: bytes) -> np.ndarray:
         return np.asarray(im, dtype=np.uint8)
 
 
-def hf_features(label_names: Sequence[str]) -> dict[str, Any]:
+def hf_features(label_names: Sequence[str], pairs: bool = False) -> dict[str, Any]:
     """``datasets`` feature description of a shard, stored as Parquet schema metadata."""
     value = lambda dtype: {"dtype": dtype, "_type": "Value"}  # noqa: E731
     feats: dict[str, Any] = {"sample_id": value("string"), "image": {"_type": "Image"}, "index": value("int32"), "seed": value("int64")}
     feats.update({n: value("int8") for n in label_names})
     feats.update({f"prob_{n}": value("float32") for n in label_names})
+    if pairs:
+        feats.update({"pair_id": value("int64"), "base_sample_id": value("string"), "edit": value("string")})
     return feats
 
 
-def shard_schema(label_names: Sequence[str], attrs: dict[str, Any] | None = None) -> pa.Schema:
+def shard_schema(label_names: Sequence[str], attrs: dict[str, Any] | None = None, pairs: bool = False) -> pa.Schema:
     fields = [
         pa.field("sample_id", pa.string(), nullable=False),
         pa.field("image", IMAGE_TYPE),
@@ -63,9 +65,10 @@ def shard_schema(label_names: Sequence[str], attrs: dict[str, Any] | None = None
         pa.field("seed", pa.int64()),
         *(pa.field(n, pa.int8()) for n in label_names),
         *(pa.field(f"prob_{n}", pa.float32()) for n in label_names),
+        *((pa.field("pair_id", pa.int64()), pa.field("base_sample_id", pa.string()), pa.field("edit", pa.string())) if pairs else ()),
     ]
     meta = {
-        b"huggingface": json.dumps({"info": {"features": hf_features(label_names)}}, sort_keys=True).encode(),
+        b"huggingface": json.dumps({"info": {"features": hf_features(label_names, pairs)}}, sort_keys=True).encode(),
         PARQUET_META_KEY: json.dumps(dict(attrs or {}), sort_keys=True).encode(),
     }
     return pa.schema(fields, metadata=meta)
@@ -82,6 +85,7 @@ class ParquetShardWriter:
         attrs: dict[str, Any] | None = None,
         row_group_rows: int | None = None,
         row_group_bytes: int | None = None,
+        pairs: bool = False,
     ):
         """Row groups of ``row_group_rows`` rows, or of whole writes until ``row_group_bytes`` of PNG bytes
         (the writer does not know image sizes in advance), or one per write when neither is given.
@@ -94,7 +98,8 @@ class ParquetShardWriter:
         self.path = Path(path)
         self.n = int(n)
         self.label_names = list(label_names)
-        self.schema = shard_schema(self.label_names, {**(attrs or {}), "count": self.n})
+        self.pairs = bool(pairs)
+        self.schema = shard_schema(self.label_names, {**(attrs or {}), "count": self.n}, self.pairs)
         self.row_group_rows = None if row_group_rows is None else max(1, int(row_group_rows))
         self.row_group_bytes = None if row_group_bytes is None else max(1, int(row_group_bytes))
         self._buffer: list[pa.Table] = []
@@ -120,6 +125,7 @@ class ParquetShardWriter:
         probs: np.ndarray,
         sample_ids: Sequence[str],
         seeds: Sequence[int],
+        pairs: dict[str, np.ndarray] | None = None,
     ) -> None:
         """Append rows ``[start, start + len(png))``; rows must arrive in index order."""
         if start != self._written:
@@ -138,6 +144,9 @@ class ParquetShardWriter:
             *(pa.array(np.asarray(labels[:, j], dtype=np.int8)) for j in range(len(self.label_names))),
             *(pa.array(np.asarray(probs[:, j], dtype=np.float32)) for j in range(len(self.label_names))),
         ]
+        if self.pairs:
+            cols += [pa.array(np.asarray(pairs["pair_id"], dtype=np.int64)), pa.array([str(x) for x in pairs["base_sample_id"]], pa.string()),
+                     pa.array([str(x) for x in pairs["edit"]], pa.string())]
         table = pa.Table.from_arrays(cols, schema=self.schema)
         self._written += b
         if self.row_group_rows is None and self.row_group_bytes is None:

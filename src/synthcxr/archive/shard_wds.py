@@ -26,8 +26,9 @@ _OWNER, _MTIME = "synthcxr", 0
 
 
 def sample_json(sample_id: str, label_names: Sequence[str], labels: np.ndarray, probs: np.ndarray, seed: int,
-                shard: int, index: int) -> bytes:
-    """The ``.json`` member of one sample (sorted keys, compact: same content, same bytes)."""
+                shard: int, index: int, pair: dict[str, Any] | None = None) -> bytes:
+    """The ``.json`` member of one sample (sorted keys, compact: same content, same bytes); ``pair`` adds
+    pair_id, base_sample_id and edit."""
     obj = {
         "sample_id": str(sample_id),
         "labels": {n: int(v) for n, v in zip(label_names, labels)},
@@ -35,6 +36,7 @@ def sample_json(sample_id: str, label_names: Sequence[str], labels: np.ndarray, 
         "seed": int(seed),
         "shard": int(shard),
         "index": int(index),
+        **({"pair_id": int(pair["pair_id"]), "base_sample_id": str(pair["base_sample_id"]), "edit": str(pair["edit"])} if pair else {}),
     }
     return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
 
@@ -62,7 +64,7 @@ class WdsShardWriter:
         return self
 
     def write(self, start: int, png: Sequence[bytes], labels: np.ndarray, probs: np.ndarray,
-              sample_ids: Sequence[str], seeds: Sequence[int]) -> None:
+              sample_ids: Sequence[str], seeds: Sequence[int], pairs: dict[str, np.ndarray] | None = None) -> None:
         """Append rows ``[start, start + len(png))``; rows must arrive in index order."""
         if start != self._written:
             raise ValueError(f"{self.path}: rows must be written in order; expected start {self._written}, got {start}")
@@ -72,7 +74,8 @@ class WdsShardWriter:
             sid = str(sid)
             if "." in sid or "/" in sid:
                 raise ValueError(f"{self.path}: sample_id {sid!r} contains '.' or '/', which WebDataset keys cannot")
-            meta = sample_json(sid, self.label_names, labels[k], probs[k], int(seeds[k]), self.shard, start + k)
+            pair = {c: pairs[c][k] for c in pairs} if pairs is not None else None
+            meta = sample_json(sid, self.label_names, labels[k], probs[k], int(seeds[k]), self.shard, start + k, pair)
             self._tar.write({"__key__": sid, "png": bytes(data), "json": meta})
         self._written += len(png)
 

@@ -166,9 +166,28 @@ def check_manifest(man: pd.DataFrame, info: Mapping[str, Any]) -> list[Check]:
     labels = man[list(info["label_names"])].to_numpy()
     if len(labels) and not np.isin(labels, (0, 1)).all():
         problems.append("label columns must hold 0/1")
+    if "pair_id" in man.columns:
+        problems += pair_problems(man)
     if problems:
         return [Check(MANIFEST, False, "; ".join(problems))]
     return [Check(MANIFEST, True, f"{len(man)} released samples")]
+
+
+def pair_problems(man: pd.DataFrame) -> list[str]:
+    """Released pairs are whole: each group has one base (no edit) and at least one variant, and every
+    variant names its group's base."""
+    out = []
+    for g, rows in man[man["pair_id"] >= 0].groupby("pair_id"):
+        base = rows.loc[rows["edit"] == "", "sample_id"].tolist()
+        variants = rows[rows["edit"] != ""]
+        if len(base) != 1 or variants.empty:
+            out.append(f"pair {int(g)} is not whole: {len(base)} base(s) and {len(variants)} variant(s) released")
+        elif (variants["base_sample_id"] != base[0]).any():
+            out.append(f"pair {int(g)}: a variant names base {variants['base_sample_id'].iloc[0]!r}, the pair's base is {base[0]!r}")
+    stray = man[(man["pair_id"] < 0) & ((man["edit"] != "") | (man["base_sample_id"] != ""))]
+    if len(stray):
+        out.append(f"{stray['sample_id'].iloc[0]!r} has an edit or a base but no pair_id")
+    return out[:5]
 
 
 def check_latents(root: Path, man: pd.DataFrame) -> list[Check]:
