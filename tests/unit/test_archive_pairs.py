@@ -143,3 +143,59 @@ def test_archive_pairs_lists_each_released_variant_with_its_base(release):
         assert a.shape == b.shape and not np.array_equal(a, b)
     plain = open_archive(rel).filter(require=["Effusion"])
     assert set(plain.pairs()["sample_id"]) <= set(plain.manifest["sample_id"])
+
+
+def test_flip_table_and_equal_error_threshold_by_hand():
+    from sklearn.metrics import roc_curve
+
+    from synthcxr.validate.pairs import equal_error_threshold, flip_table
+
+    names = LABELS  # Cardiomegaly, Effusion, Nodule, No_Finding
+    base = np.array([[0, 0, 0, 1], [0, 1, 0, 0], [0, 0, 0, 1], [1, 0, 0, 0]], bool)
+    var = np.array([[0, 1, 0, 0], [0, 0, 0, 1], [0, 1, 1, 0], [1, 0, 0, 0]], bool)
+    t = flip_table(base, var, ["+Effusion", "-Effusion", "+Effusion", "-Cardiomegaly"], names)
+    assert t["flipped"].tolist() == [True, True, True, False]
+    assert t["others_unchanged"].tolist() == [True, True, False, True]  # pair 3 also gained Nodule
+    rng = np.random.default_rng(0)
+    same, diff = rng.normal(0.7, 0.1, 400), rng.normal(0.4, 0.1, 400)
+    t_eer = equal_error_threshold(same, diff)
+    assert abs((same <= t_eer).mean() - (diff > t_eer).mean()) < 0.01
+    # sklearn's ROC: at the EER cut the false-positive rate equals the false-negative rate
+    fpr, tpr, cuts = roc_curve(np.r_[np.ones(400), np.zeros(400)], np.r_[same, diff])
+    k = int(np.argmin(np.abs(fpr - (1 - tpr))))
+    assert abs(cuts[k] - t_eer) < 0.02
+
+
+def test_run_pairs_reports_flips_and_same_patient_rates(release, tmp_path, tiny_prepared):
+    import json
+
+    import torch
+
+    from synthcxr.classifier.models import Classifier, default_arch
+    from synthcxr.utils.atomic import torch_save, write_json
+    from synthcxr.validate.pairs import run_pairs
+    from synthcxr.validate.reid import save_verifier
+    from synthcxr.validate.verifier import Verifier
+
+    rel, _, _ = release
+    torch.manual_seed(0)
+    arch = default_arch("small_cnn", len(LABELS), 16, 4)
+    clf = Classifier(arch, LABELS, 16)
+    torch_save({"arch": arch, "state_dict": clf.state_dict(), "meta": {"label_names": LABELS, "input_res": 16}}, tmp_path / "model.pt")
+    write_json(tmp_path / "thresholds.json", {n: 0.5 for n in LABELS})
+    save_verifier(tmp_path / "verifier.pt", Verifier(res=16, width=4, embed_dim=8).eval(), {"threshold": 0.9})
+    out = run_pairs(rel, tiny_prepared, tmp_path / "model.pt", tmp_path / "thresholds.json", tmp_path / "verifier.pt",
+                    tmp_path / "pairs.json", tmp_path / "g.png", device="cpu", align=1)
+    js = json.loads((tmp_path / "pairs.json").read_text())
+    assert js == json.loads(json.dumps(out)) and js["n_variants"] == 3 and js["n_pairs"] == 2
+    assert 0 <= js["checker"]["flipped"] <= 1 and set(js["checker"]["per_edit"]) <= {"+Cardiomegaly", "+Effusion"}
+    v = js["verifier"]
+    for part in ("pairs", "real_followups", "real_different_patients"):
+        assert 0 <= v[part]["same_at_audit"] <= 1 and 0 <= v[part]["same_at_eer"] <= 1
+    assert v["audit_threshold"] == 0.9 and (tmp_path / "g.png").stat().st_size > 1000
+    from synthcxr.archive.card import render_card
+    from synthcxr.archive.verify import read_info
+
+    card = render_card(read_info(rel), pairs=tmp_path / "pairs.json")
+    assert "### Paired counterfactuals" in card and "2 of 4 planned pairs are released, with 3 of 8 variants" in card
+    assert ".pairs()" in card and "of real follow-up studies" in card

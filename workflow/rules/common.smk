@@ -51,6 +51,8 @@ SHARDS = [f"{i:05d}" for i in range(N_SHARDS)]
 ORACLE_ON = has_oracle(config)
 # The re-identification audit (gates.smk) runs unless validate.reid.enabled is false.
 REID_ON = bool(config["validate"]["reid"]["enabled"])
+# Paired counterfactuals (archive.pairs.share > 0): validate_pairs checks them (validate.smk).
+PAIRS_ON = config["archive"]["pairs"]["share"] > 0
 # Relative to the rule files in workflow/rules/.
 CONDA_ENV = "../../envs/synthcxr.yaml"
 

@@ -11,6 +11,7 @@ rule release:
         lco_agreement=f"{VAL}/lco_agreement.json",
         reid=[f"{VAL}/reid.json"] if REID_ON else [],
         oracle=[f"{VAL}/oracle.json"] if ORACLE_ON else [],
+        pairs=[f"{VAL}/pairs.json"] if PAIRS_ON else [],
     output:
         card=f"{REL}/README.md",
         sums=f"{REL}/SHA256SUMS",

@@ -110,6 +110,33 @@ rule validate_lco:
         "../scripts/validate_lco.py"
 
 
+if PAIRS_ON:
+
+    rule validate_pairs:
+        """Paired counterfactuals: the checker sees each edit and nothing else change; the verifier calls base and
+        variant one patient as often as real follow-ups; pixel changes and a gallery."""
+        input:
+            manifest=f"{REL}/manifest.parquet",
+            info=f"{REL}/archive.json",
+            images=f"{PREP}/images.h5",
+            checker=f"{CLF}/{config['classifier']['checker']['name']}/model.pt",
+            thresholds=f"{CLF}/{config['classifier']['checker']['name']}/thresholds.json",
+            verifier=[f"results/reid/{DATASET}/verifier.pt"] if REID_ON else [],
+        output:
+            pairs=f"{VAL}/pairs.json",
+            gallery=report(f"{VAL}/pairs_gallery.png", caption="../report/pairs.rst", category="Paired counterfactuals"),
+        params:
+            device=config["device"],
+            align=config["validate"]["reid"]["align"],
+        log:
+            f"{ALOGS}/validate_pairs.log",
+        threads: 2
+        conda:
+            CONDA_ENV
+        script:
+            "../scripts/validate_pairs.py"
+
+
 rule validate:
     """Every validation output (run with `snakemake validate`)."""
     input:
@@ -120,4 +147,5 @@ rule validate:
         rules.validate_lco.output,
         rules.validate_reid.output if REID_ON else [],
         rules.validate_oracle.output if ORACLE_ON else [],
+        rules.validate_pairs.output if PAIRS_ON else [],
 

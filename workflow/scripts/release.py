@@ -16,4 +16,5 @@ seal_release(
     jobs=sm.threads,
     reid=sm.input.reid[0] if sm.input.reid else None,
     oracle=sm.input.oracle[0] if sm.input.oracle else None,
+    pairs=sm.input.pairs[0] if sm.input.pairs else None,
 )

@@ -18,6 +18,7 @@ import pandas as pd
 import yaml
 
 from ..validate.oracle import card_section as oracle_card_section
+from ..validate.pairs import card_section as pairs_card_section
 from .delivery import card_section
 from .layout import FORMATS, stream_format
 from .shard_parquet import hf_features
@@ -227,6 +228,7 @@ def render_card(
     lco_agreement: Path | None = None,
     reid: Path | None = None,
     oracle: Path | None = None,
+    pairs: Path | None = None,
 ) -> str:
     """The card's Markdown text for archive.json contents ``info`` and optional validation files."""
     c = info["counts"]
@@ -335,6 +337,7 @@ def render_card(
         _memorization_section(memorization) if memorization else None,
         _reid_section(reid, bool(info.get("reid_gate"))) if reid else None,
         _oracle_section(oracle, info),
+        pairs_card_section(info, json.loads(pairs.read_text()) if pairs else None),
     ]
     val = [v for v in val if v]
     parts += val if val else ["No validation results were available when this card was written.", ""]

@@ -41,6 +41,7 @@ def seal_release(
     jobs: int = 1,
     reid: str | os.PathLike | None = None,
     oracle: str | os.PathLike | None = None,
+    pairs: str | os.PathLike | None = None,
 ) -> str:
     """Verify the unsealed release, write README.md and SHA256SUMS; returns the card text.
 
@@ -56,7 +57,7 @@ def seal_release(
         raise ValueError(f"{root}: refusing to seal a release that fails its checks:\n" + "\n".join(c.line() for c in bad))
     info = read_info(root)
     opt = lambda q: Path(q) if q is not None and Path(q).exists() else None  # noqa: E731
-    text = render_card(info, opt(fid), opt(tstr), opt(memorization), opt(lco_agreement), opt(reid), opt(oracle))
+    text = render_card(info, opt(fid), opt(tstr), opt(memorization), opt(lco_agreement), opt(reid), opt(oracle), opt(pairs))
     write_text(root / CARD, text)
     write_json(root / CROISSANT, croissant_metadata(info, root))
     write_sums(root, sorted(expected_files(info, root) - {SUMS}), jobs)

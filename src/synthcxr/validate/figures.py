@@ -186,6 +186,18 @@ def pair_gallery(
     _image_rows(rows, path, f"{title} (flag threshold {threshold:g})")
 
 
+def counterfactual_gallery(pairs: Sequence[tuple], path: str | os.PathLike, title: str = "Paired counterfactuals") -> None:
+    """Rows of (base, variant, |variant - base|) for ``pairs`` of ``(base, variant, edit)`` uint8 images."""
+    import numpy as np
+
+    rows = []
+    for base, var, edit in pairs:
+        diff = np.abs(var.astype(np.int16) - base.astype(np.int16))
+        scaled = (255.0 * diff / max(int(diff.max()), 1)).astype(np.uint8)
+        rows.append([(base, "base", "black"), (var, f"variant {edit}", "black"), (scaled, f"|difference| (max {int(diff.max())})", "black")])
+    _image_rows(rows, path, f"{title}: base, variant, difference (brightest = largest change)")
+
+
 def match_gallery(
     rows: Sequence[Mapping], path: str | os.PathLike, threshold: float, title: str = "Samples closest to a training patient"
 ) -> None:
