@@ -193,6 +193,7 @@ def test_run_pairs_reports_flips_and_same_patient_rates(release, tmp_path, tiny_
     for part in ("pairs", "real_followups", "real_different_patients"):
         assert 0 <= v[part]["same_at_audit"] <= 1 and 0 <= v[part]["same_at_eer"] <= 1
     assert v["audit_threshold"] == 0.9 and (tmp_path / "g.png").stat().st_size > 1000
+    assert js["cost_per_variant"] == {"forwards": 3.0, "backwards": 2.0} and js["latent_dist_median"] == pytest.approx(0.3)
     from synthcxr.archive.card import render_card
     from synthcxr.archive.verify import read_info
 

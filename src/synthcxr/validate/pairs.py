@@ -123,6 +123,11 @@ def run_pairs(archive_dir: str | os.PathLike, prepared_dir: str | os.PathLike, c
                     "others_unchanged": float(ft.loc[g.index, "others_unchanged"].mean())} for e, g in pairs.groupby("edit")}
     result["checker"] = {"flipped": float(ft["flipped"].mean()), "others_unchanged": float(ft["others_unchanged"].mean()),
                          "flipped_and_unchanged": float((ft["flipped"] & ft["others_unchanged"]).mean()), "per_edit": per_edit}
+    man = arc.manifest.set_index("sample_id").loc[pairs["sample_id"]]
+    if {"g_evals", "grad_steps"} <= set(man.columns):  # a variant's own optimisation, from its base's latent
+        result["cost_per_variant"] = {"forwards": float(man["g_evals"].mean()), "backwards": float(man["grad_steps"].mean())}
+    if "latent_dist" in man.columns:
+        result["latent_dist_median"] = float(np.nanmedian(man["latent_dist"].to_numpy(np.float64)))
     result["pixels"] = {"mean_abs_diff": float(diff.mean()), "per_pair_mean_abs_diff_median": float(np.median(diff.mean(axis=(1, 2))))}
     if verifier_path is not None:
         from .reid import load_verifier
