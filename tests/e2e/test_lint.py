@@ -93,3 +93,18 @@ def test_a_package_from_another_checkout_is_refused(tmp_path):
     assert proc.returncode != 0
     assert f"synthcxr is imported from {other / 'synthcxr'}" in out and "make install" in out, out[-3000:]
     assert not (tmp_path / "results").exists()
+
+
+def test_a_missing_package_is_an_error_that_says_how_to_install_it(tmp_path):
+    """Snakemake run from a Python without the package: one clear error, not a traceback from an import."""
+    import os
+
+    fake = tmp_path / "p" / "synthcxr"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text('raise ModuleNotFoundError("No module named \'synthcxr\'")\n')
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "p")}
+    proc = run_group([SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(tmp_path / "w"), "-n", "--cores", "1"],
+                     timeout=600, cwd=REPO, env=env)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "the synthcxr package is not installed in the Python that runs snakemake" in out and "make install" in out, out[-3000:]

@@ -2,13 +2,19 @@
 import math
 from pathlib import Path
 
-import synthcxr
-from synthcxr.config import ConfigError, keys_for, section, validate_config
-from synthcxr.utils.runtime import prepend_pythonpath
-from synthcxr.validate.oracle import has_oracle
-
 # this file is workflow/rules/common.smk of the checkout (also when another Snakefile includes it)
 SRC = str(Path(workflow.current_basedir).resolve().parents[1] / "src")
+try:
+    import synthcxr
+except ModuleNotFoundError:
+    raise WorkflowError(
+        f"the synthcxr package is not installed in the Python that runs snakemake: install this checkout there "
+        f"(make install, or pip install -e {Path(SRC).parent}) or run with PYTHONPATH={SRC}"
+    ) from None
+from synthcxr.config import ConfigError, keys_for, section, validate_config  # noqa: E402
+from synthcxr.utils.runtime import prepend_pythonpath  # noqa: E402
+from synthcxr.validate.oracle import has_oracle  # noqa: E402
+
 # The rules and their scripts must run the same code: this checkout's package (make install: pip install -e .).
 if Path(synthcxr.__file__).resolve().parent != (Path(SRC) / "synthcxr").resolve():
     raise WorkflowError(
