@@ -135,17 +135,7 @@ def optimise_latents(
     chunks = plan_chunks(G, C, device, lc.batch_size, lc.memory_mb, lc.amp)
     n, d = len(targets), int(G.latent_dim)
     used = space.used
-    res = Results(
-        z=np.zeros((n, d), dtype=np.float32),
-        probs=np.full((n, len(labels)), np.nan, dtype=np.float32),
-        steps=np.zeros(n, dtype=np.int64),
-        g_evals=np.zeros(n, dtype=np.float64),
-        grad_steps=np.zeros(n, dtype=np.int64),
-        attempts=np.zeros(n, dtype=np.int64),
-        seed=seeds.copy(),
-        success=np.zeros(n, dtype=bool),
-        gave_up=np.zeros(n, dtype=bool),
-    )
+    res = Results.empty(seeds, d, len(labels))
     bar = progress(total=n, desc="lco", unit="sample")
     stats = None
     weak = np.zeros(n, dtype=bool)  # first attempt starts from a pool member worse than a fresh best-of-k start

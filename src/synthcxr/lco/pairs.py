@@ -57,10 +57,7 @@ def optimise_variants(
     start = torch.as_tensor(np.asarray(base_z, dtype=np.float32)[base_rows], device=device)
     e_base = _embed_all(G, embed, start, chunks.score_chunk) if embed is not None else None
     anchor = Anchor(start, float(latent_weight), embed, e_base, float(embed_weight))
-    res = Results(z=np.zeros((n, d), np.float32), probs=np.full((n, len(labels)), np.nan, np.float32),
-                  steps=np.zeros(n, np.int64), g_evals=np.zeros(n), grad_steps=np.zeros(n, np.int64),
-                  attempts=np.zeros(n, np.int64), seed=np.zeros(n, np.int64), success=np.zeros(n, bool),
-                  gave_up=np.zeros(n, bool))
+    res = Results.empty(np.zeros(n, dtype=np.int64), d, len(labels))  # no fresh draws: every start is the base
     one_try = dataclasses.replace(cfg, retries=0, topup_rounds=0)  # a variant starts at its base, or not at all
     work = [(i, 0, start[i]) for i in range(n)]
     combo = np.unique(targets, axis=0, return_inverse=True)[1].reshape(-1) if n else np.zeros(0, np.int64)

@@ -88,7 +88,7 @@ def _with_variants(rows: pd.DataFrame, single: pd.DataFrame, res: pd.DataFrame, 
     done = optimise_variants(G, C, space, base_z, variants[base_ok].reset_index(drop=True), lc, pairs.latent_weight)
     ok = np.flatnonzero(base_ok)  # variants optimised: done's rows, in order
 
-    def filled(col: str, missing: Any, dtype: Any) -> np.ndarray:
+    def scattered(col: str, missing: Any, dtype: Any) -> np.ndarray:
         arr = np.full(len(var), missing, dtype=dtype)
         arr[ok] = done[col].to_numpy()
         return arr
@@ -100,12 +100,12 @@ def _with_variants(rows: pd.DataFrame, single: pd.DataFrame, res: pd.DataFrame, 
     for n in lc.labels:
         vres[f"target_{n}"] = var[n].to_numpy(np.int8)
     for n in lc.labels:
-        vres[f"prob_{n}"] = filled(f"prob_{n}", np.nan, np.float32)
-    vres["steps"], vres["g_evals"] = filled("steps", 0, np.int64), filled("g_evals", 0.0, np.float64)
-    vres["grad_steps"], vres["success"] = filled("grad_steps", 0, np.int64), filled("success", False, bool)
-    vres["reason"] = filled("reason", "", object)
+        vres[f"prob_{n}"] = scattered(f"prob_{n}", np.nan, np.float32)
+    vres["steps"], vres["g_evals"] = scattered("steps", 0, np.int64), scattered("g_evals", 0.0, np.float64)
+    vres["grad_steps"], vres["success"] = scattered("grad_steps", 0, np.int64), scattered("success", False, bool)
+    vres["reason"] = scattered("reason", "", object)
     vres.loc[~base_ok, "reason"] = [f"its base {b} was not met" for b in var.loc[~base_ok, "base_sample_id"]]
-    vres["latent_dist"] = filled("latent_dist", np.nan, np.float32)
+    vres["latent_dist"] = scattered("latent_dist", np.nan, np.float32)
     res["latent_dist"] = np.float32(np.nan)
     out = pd.concat([res, vres], ignore_index=True)
     order = {sid: i for i, sid in enumerate(rows["sample_id"])}

@@ -34,6 +34,15 @@ class Results:
     success: np.ndarray  # [n] bool
     gave_up: np.ndarray  # [n] bool: retries skipped, give_up_after strong attempts of its combination having failed
 
+    @classmethod
+    def empty(cls, seeds: np.ndarray, latent_dim: int, n_labels: int) -> "Results":
+        """Nothing done yet for ``len(seeds)`` rows: zeros, NaN probabilities, each row's plan seed."""
+        n = len(seeds)
+        return cls(z=np.zeros((n, latent_dim), dtype=np.float32), probs=np.full((n, n_labels), np.nan, dtype=np.float32),
+                   steps=np.zeros(n, dtype=np.int64), g_evals=np.zeros(n, dtype=np.float64), grad_steps=np.zeros(n, dtype=np.int64),
+                   attempts=np.zeros(n, dtype=np.int64), seed=np.array(seeds, dtype=np.int64), success=np.zeros(n, dtype=bool),
+                   gave_up=np.zeros(n, dtype=bool))
+
 
 @dataclass
 class Anchor:
