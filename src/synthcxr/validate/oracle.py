@@ -173,7 +173,7 @@ def real_test_scores(truth: np.ndarray, probs: np.ndarray, thresholds: np.ndarra
     return out
 
 
-def _load(model_path: str | os.PathLike, names: Sequence[str], device):
+def load_for_labels(model_path: str | os.PathLike, names: Sequence[str], device):
     """A saved classifier, checked to have an output for every label in ``names``."""
     from ..classifier import load_classifier
 
@@ -184,7 +184,7 @@ def _load(model_path: str | os.PathLike, names: Sequence[str], device):
     return model
 
 
-def _model_probs(model, images: np.ndarray, names: Sequence[str], device, batch_size: int) -> np.ndarray:
+def model_probs(model, images: np.ndarray, names: Sequence[str], device, batch_size: int) -> np.ndarray:
     """Probabilities ``[n, F]`` of a loaded classifier over ``names``, for uint8 images at any resolution."""
     from ..classifier.evaluate import predict
     from ..classifier.sources import MemoryImageDataset
@@ -239,12 +239,12 @@ def oracle_report(
     names = [n for n in labels if n in FINDINGS]
     oracle_thr = load_thresholds(Path(oracle_model).parent / "thresholds.json", names)
     checker_thr = load_thresholds(checker_thresholds, names)
-    oracle = _load(oracle_model, names, dev)
+    oracle = load_for_labels(oracle_model, names, dev)
 
     images, lab = _release_images(release, names)
     res = int(images.shape[-1])
-    o_probs = _model_probs(oracle, images, names, dev, batch_size)
-    c_probs = _model_probs(_load(checker_model, names, dev), images, names, dev, batch_size)
+    o_probs = model_probs(oracle, images, names, dev, batch_size)
+    c_probs = model_probs(load_for_labels(checker_model, names, dev), images, names, dev, batch_size)
     o_calls, c_calls = (o_probs >= oracle_thr).astype(int), (c_probs >= checker_thr).astype(int)
     released = released_agreement(lab, o_calls, c_calls, names)
 
@@ -261,8 +261,8 @@ def oracle_report(
     truth = truth_all.loc[ids, names].to_numpy()
     reported = ds.label_matrix(rows, names)
     real = read_real(ds, rows["row"].to_numpy(), res)
-    o_real = _model_probs(oracle, real, names, dev, batch_size)
-    s_real = _model_probs(_load(steering_model, names, dev), real, names, dev, batch_size)
+    o_real = model_probs(oracle, real, names, dev, batch_size)
+    s_real = model_probs(load_for_labels(steering_model, names, dev), real, names, dev, batch_size)
     steering = {}
     for j, name in enumerate(names):
         y_rep, y_true = reported[:, j], truth[:, j]

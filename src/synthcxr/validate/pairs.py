@@ -26,27 +26,14 @@ import torch
 from ..archive.reader import open_archive
 from ..classifier.evaluate import read_thresholds
 from ..data.store import PreparedDataset
-from ..imaging import uint8_to_float
 from ..labels import NO_FINDING
 from ..utils.atomic import write_json
 from ..utils.runtime import resolve_device, setup_logging
 from . import figures
+from .oracle import load_for_labels, model_probs
 from .verifier import eligible_patients, embed_views
 
 log = logging.getLogger("synthcxr")
-
-
-def checker_calls(C: torch.nn.Module, images: np.ndarray, names: Sequence[str], thresholds: dict[str, float],
-                  device: torch.device, batch: int = 128) -> np.ndarray:
-    """bool ``[n, L]``: the checker's call of each of ``names`` on uint8 ``images``."""
-    idx = [list(C.label_names).index(n) for n in names]
-    out = []
-    with torch.no_grad():
-        for s in range(0, len(images), batch):
-            x = uint8_to_float(torch.from_numpy(images[s : s + batch])).unsqueeze(1).to(device)
-            out.append(torch.sigmoid(C(x)).float().cpu().numpy()[:, idx])
-    p = np.concatenate(out) if out else np.zeros((0, len(idx)), np.float32)
-    return p >= np.array([thresholds[n] for n in names], dtype=np.float32)
 
 
 def flip_table(base_calls: np.ndarray, var_calls: np.ndarray, edits: Sequence[str], names: Sequence[str]) -> pd.DataFrame:
@@ -99,8 +86,6 @@ def run_pairs(archive_dir: str | os.PathLike, prepared_dir: str | os.PathLike, c
               log_file: str | os.PathLike | None = None) -> dict[str, Any]:
     """Stage entry point: pairs.json and the gallery for a release's paired counterfactuals; ``align`` is the
     audit's shift tolerance (``validate.reid.align``); without ``verifier_path`` the same-patient part is left out."""
-    from ..classifier import load_classifier
-
     setup_logging(log_file)
     dev = resolve_device(device)
     arc = open_archive(archive_dir, sealed=False)
@@ -115,9 +100,9 @@ def run_pairs(archive_dir: str | os.PathLike, prepared_dir: str | os.PathLike, c
         return result
     base = np.stack([arc.read(s) for s in pairs["base_sample_id"]])
     var = np.stack([arc.read(s) for s in pairs["sample_id"]])
-    C = load_classifier(checker_path, dev)
-    thr = read_thresholds(checker_thresholds)
-    ft = flip_table(checker_calls(C, base, names, thr, dev), checker_calls(C, var, names, thr, dev), pairs["edit"].tolist(), names)
+    C = load_for_labels(checker_path, names, dev)
+    cut = np.array([read_thresholds(checker_thresholds)[n] for n in names], dtype=np.float32)
+    ft = flip_table(model_probs(C, base, names, dev, 128) >= cut, model_probs(C, var, names, dev, 128) >= cut, pairs["edit"].tolist(), names)
     diff = np.abs(var.astype(np.int16) - base.astype(np.int16))
     per_edit = {e: {"n": int(len(g)), "flipped": float(ft.loc[g.index, "flipped"].mean()),
                     "others_unchanged": float(ft.loc[g.index, "others_unchanged"].mean())} for e, g in pairs.groupby("edit")}
