@@ -31,7 +31,7 @@ from ..utils.atomic import write_json
 from ..utils.runtime import resolve_device, setup_logging
 from . import figures
 from .oracle import load_for_labels, model_probs
-from .verifier import eligible_patients, embed_views
+from .verifier import best_scores, eligible_patients, embed_views
 
 log = logging.getLogger("synthcxr")
 
@@ -47,11 +47,6 @@ def flip_table(base_calls: np.ndarray, var_calls: np.ndarray, edits: Sequence[st
         flipped.append(bool(v[j] and not b[j]) if add else bool(b[j] and not v[j]))
         unchanged.append(all(b[cols[o]] == v[cols[o]] for o in findings if o != f))
     return pd.DataFrame({"flipped": flipped, "others_unchanged": unchanged})
-
-
-def best_scores(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
-    """Per row, the best cosine between the views ``[V, n, d]`` of ``a`` and the unshifted ``b[0]``."""
-    return (a * b[0][None]).sum(dim=2).max(dim=0).values.numpy().astype(np.float64)
 
 
 def equal_error_threshold(same: np.ndarray, different: np.ndarray) -> float:
@@ -73,7 +68,7 @@ def followup_scores(model: torch.nn.Module, prep: PreparedDataset, res: int, ali
         raise ValueError(f"{prep.labels_path}: fewer than two held-out patients with two studies; no follow-up pairs to compare with")
     first = np.array([patients[k][0] for k in keys])
     second = np.array([patients[k][1] for k in keys])
-    a = embed_views(model, prep.read_images(res, first), align, device)
+    a = embed_views(model, prep.read_images(res, first), 0, device)[0]  # the reference: unshifted
     b = embed_views(model, prep.read_images(res, second), align, device)
     same = best_scores(b, a)
     diff = best_scores(torch.roll(b, 1, dims=1), a)
@@ -119,7 +114,7 @@ def run_pairs(archive_dir: str | os.PathLike, prepared_dir: str | os.PathLike, c
 
         model, meta = load_verifier(verifier_path, dev)
         res = int(model.arch["res"])
-        scores = best_scores(embed_views(model, var, align, dev), embed_views(model, base, align, dev))
+        scores = best_scores(embed_views(model, var, align, dev), embed_views(model, base, 0, dev)[0])
         same, different = followup_scores(model, PreparedDataset(prepared_dir), res, align, dev)
         audit, eer = float(meta["threshold"]), equal_error_threshold(same, different)
         result["verifier"] = {

@@ -42,6 +42,7 @@ from .common import iter_real, read_real
 from .memorization import NearestIndex
 from .shards import iter_shards, pick_format, read_samples
 from .verifier import (
+    best_scores,
     Verifier,
     VerifierConfig,
     embed_rows,
@@ -178,7 +179,7 @@ def followup_reid(views: torch.Tensor, patient: np.ndarray, index: NearestIndex,
     enrolled = views[0][[first[k] for k in keys]]
     probes = views[:, [probe[k] for k in keys]]
     g_best, _ = best_match(index, probes)
-    own = (probes * enrolled[None]).sum(dim=2).max(dim=0).values.numpy().astype(np.float64)
+    own = best_scores(probes, enrolled)
     others = torch.einsum("vnd,md->vnm", probes, enrolled).max(dim=0).values
     others.fill_diagonal_(-2.0)
     o_best = others.max(dim=1).values.numpy().astype(np.float64)

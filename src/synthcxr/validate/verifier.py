@@ -227,6 +227,11 @@ def embed_views(model: Verifier, images: np.ndarray, align: int, device: torch.d
     return torch.stack([model(v).float().cpu() for v in shifted_views(x, align)])
 
 
+def best_scores(views: torch.Tensor, ref: torch.Tensor) -> np.ndarray:
+    """Per row, the best cosine between the aligned views ``[V, n, d]`` of an image and ``ref[n]`` (``[n, d]``)."""
+    return (views * ref[None]).sum(dim=2).max(dim=0).values.numpy().astype(np.float64)
+
+
 def embed_rows(model: Verifier, prep: PreparedDataset, rows: np.ndarray, cfg: VerifierConfig, device: torch.device,
                desc: str = "embedding") -> torch.Tensor:
     """Embeddings of prepared images ``rows`` (read at the verifier's resolution)."""
