@@ -390,13 +390,15 @@ def test_open_filter_read(arch):
 def test_torch_dataset_values_and_resize(arch):
     a = open_archive(arch["release"])
     ds = a.torch_dataset()
-    x, y = ds[3]
+    item = ds[3]
+    x, y = item["image"], item["labels"]
     row = a.manifest.iloc[3]
+    assert set(item) == {"sample_id", "image", "labels"} and item["sample_id"] == row["sample_id"]
     assert x.shape == (1, RES, RES) and x.dtype == torch.float32 and y.dtype == torch.float32
     img = a.read(row["sample_id"])
     torch.testing.assert_close(x[0], torch.from_numpy(img.astype(np.float32) / 127.5 - 1.0))
     np.testing.assert_array_equal(y.numpy(), row[LABELS].to_numpy(dtype=np.float32))
-    small, _ = a.torch_dataset(res=8)[3]
+    small = a.torch_dataset(res=8)[3]["image"]
     ref = (img.astype(np.float64) / 127.5 - 1.0).reshape(8, 2, 8, 2).mean(axis=(1, 3))
     np.testing.assert_allclose(small[0].numpy(), ref, atol=1e-6)
 
@@ -409,7 +411,7 @@ def test_parquet_only_release_serves_same_pixels(arch, arch_pq):
     assert len(common) > 5
     for sid in common:  # same seed, same generator: the same pixels whichever format was read
         np.testing.assert_array_equal(b.read(sid), a.read(sid))
-    x, _ = b.torch_dataset()[5]
+    x = b.torch_dataset()[5]["image"]
     torch.testing.assert_close(x, uint8_to_float(b.read(b.manifest["sample_id"].iloc[5]))[None])
     assert len([it["image"] for it in b.iterable_dataset()]) == len(b)
     assert all(c.ok for c in verify_release(arch_pq["release"]))

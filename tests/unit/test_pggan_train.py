@@ -71,7 +71,7 @@ def test_tiny_growth_to_16px_writes_all_outputs(tiny_run, tiny_prepared):
 
     # it learned something: the fakes' mean image is far closer to the real mean than at init
     G = load_generator(path)
-    real = torch.stack([x for x, _ in PreparedDataset(tiny_prepared).torch_dataset("train", 16)])
+    real = torch.stack([it["image"] for it in PreparedDataset(tiny_prepared).images("train", 16)])
     with torch.no_grad():
         fake = G(torch.randn(256, 32, generator=torch.Generator().manual_seed(0)))
         init = Generator(16, 32, 256, 64)(torch.randn(256, 32))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import struct
-import types
 from pathlib import Path
 
 import numpy as np
@@ -146,8 +145,8 @@ def test_png_folder_source_and_cli_build(tmp_path, tiny_prepared, capsys):
     for i, a in enumerate(arr):
         Image.fromarray(a).save(folder / f"gen{i:03d}.png")
     src = png_folder_source(folder)
-    assert src.ids == [f"gen{i:03d}" for i in range(10)]
-    assert np.array_equal(src.read("gen004"), arr[4])
+    assert list(src.ids) == [f"gen{i:03d}" for i in range(10)]
+    assert np.array_equal(src.select_ids(["gen004"]).read()[0], arr[4])
     out = tmp_path / "study"
     rc = cli(["build", "--prepared", tiny_prepared, "--pngs", str(folder), "--out", str(out),
               "--n-real", "5", "--n-fake", "5", "--seed", "1", "--labels", "Nodule"])
@@ -157,22 +156,19 @@ def test_png_folder_source_and_cli_build(tmp_path, tiny_prepared, capsys):
     assert manifest(out / "reader_kit")["labels"] == ["Nodule"]
 
 
-def test_archive_source_uses_archive_open(tmp_path, tiny_prepared, monkeypatch):
-    arc_dir = tmp_path / "archive"
-    arc_dir.mkdir()
-    pd.DataFrame({"sample_id": np.arange(12)}).to_parquet(arc_dir / "manifest.parquet")
-    arr = fakes(12)
-    opened = types.SimpleNamespace(manifest=pd.DataFrame({"sample_id": np.arange(12)}), read=lambda sid: arr[int(sid)])
-    import synthcxr.archive as archive_pkg
+def test_build_study_reads_an_archive_folder(tmp_path, tiny_prepared):
+    from archive_fixtures import write_release
 
-    monkeypatch.setattr(archive_pkg, "open", lambda path, sealed=True: opened, raising=False)
+    arr = fakes(12)
+    ids = [f"s{i:03d}" for i in range(12)]
+    arc_dir = write_release(tmp_path / "archive", arr, np.tile([0, 1], (12, 1)), ["Effusion", "No_Finding"], ids, sealed=False)
     cfg = ReaderStudyConfig.from_section(dict(labels=[], n_real=4, n_fake=4, seed=0))
     key = build_study(tiny_prepared, arc_dir, tmp_path / "s" / "reader_kit", tmp_path / "s" / "key" / "key.csv", cfg)
     fake_rows = key[key.truth == "fake"]
     assert len(fake_rows) == 4
     for _, row in fake_rows.iterrows():
         px = np.asarray(Image.open(tmp_path / "s" / "reader_kit" / "images" / row["image"]))
-        assert np.array_equal(px, arr[int(row["source"])])
+        assert np.array_equal(px, arr[ids.index(str(row["source"]))])
 
 
 def test_bad_inputs(tmp_path, tiny_prepared):
@@ -184,9 +180,12 @@ def test_bad_inputs(tmp_path, tiny_prepared):
     big = np.zeros((4, 64, 64), np.uint8)
     with pytest.raises(ValueError, match="below the generated resolution 64"):
         build(tmp_path / "c", tiny_prepared, n_fake=2, source=array_source(big))
-    mixed = srcmod.ImageSource(["a", "b"], lambda s: np.zeros((8, 8) if s == "a" else (16, 16), np.uint8), "gen")
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(mixed / "a.png")
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(mixed / "b.png")
     with pytest.raises(ValueError, match="differ in size"):
-        build(tmp_path / "d", tiny_prepared, n_fake=2, source=mixed)
+        build(tmp_path / "d", tiny_prepared, n_fake=2, source=png_folder_source(mixed))
     with pytest.raises(ValueError, match="png_compress_level"):
         ReaderStudyConfig.from_section(dict(labels=[], png_compress_level=12))
     with pytest.raises(FileNotFoundError, match="no \\*.png"):
@@ -204,5 +203,5 @@ def test_archive_source_reads_a_finalised_archive(tmp_path, tiny_prepared):
     ids = [f"s{i:03d}" for i in range(6)]
     root = write_release(tmp_path / "arch", arr, np.tile([0, 1], (6, 1)), names, ids, sealed=False)  # before the seal
     src = srcmod.archive_source(root)
-    assert src.ids == ids
-    assert np.array_equal(src.read("s004"), arr[4])
+    assert list(src.ids) == ids
+    assert np.array_equal(src.select_ids(["s004"]).read()[0], arr[4])

@@ -1,36 +1,35 @@
-"""Map-style torch dataset over an :class:`~synthcxr.archive.reader.Archive` view, for shuffled random access
-(HDF5 shards make that cheap). Streaming (any fsspec URL, workers and ranks) is :mod:`.streaming`.
+"""A release as an :class:`~synthcxr.imagesets.ImageSet`: map-style random access to an
+:class:`~synthcxr.archive.reader.Archive` view (HDF5 shards make it cheap). Streaming from any fsspec URL,
+across workers and ranks, is :mod:`.streaming`; both yield the same ``{"sample_id", "image", "labels"}`` items.
 """
 
 from __future__ import annotations
 
 import numpy as np
-import torch
-from torch.utils.data import Dataset
 
-from ..imaging import resize_batch, uint8_to_float
+from ..imagesets import ImageSet
 
 
-def to_tensor(img: np.ndarray, res: int | None) -> torch.Tensor:
-    x = uint8_to_float(img)[None]  # [1, R, R]
-    if res is not None and res != x.shape[-1]:
-        x = resize_batch(x[None], res)[0]
-    return x
-
-
-class ArchiveDataset(Dataset):
-    """``archive[i]`` -> ``(float [1, res, res] in [-1, 1], float32 [L] labels)``; shards opened lazily."""
+class ArchiveImages(ImageSet):
+    """``archive[i]`` -> ``{"sample_id", "image": float [1, res, res] in [-1, 1], "labels": float32 [L]}``;
+    shards are opened lazily (safe across DataLoader worker forks)."""
 
     def __init__(self, archive, res: int | None = None):
         self.archive = archive
-        self.res = res
         self.shard = archive.manifest["shard"].to_numpy(dtype=np.int64)
         self.index = archive.manifest["index"].to_numpy(dtype=np.int64)
-        self.labels = torch.from_numpy(archive.labels())
+        super().__init__(archive.manifest["sample_id"].astype(str).to_numpy(), archive.labels(), archive.label_names,
+                         origin=str(archive.root), res=res)
 
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        img = self.archive.shard_images(int(self.shard[i])).get(int(self.index[i]))
-        return to_tensor(img, self.res), self.labels[i]
+    def native(self, positions: np.ndarray) -> np.ndarray:
+        pos = np.asarray(positions, dtype=np.int64)
+        out: list[np.ndarray | None] = [None] * len(pos)
+        for shard in np.unique(self.shard[pos]):
+            sel = np.flatnonzero(self.shard[pos] == shard)
+            where = {int(self.index[pos[j]]): [] for j in sel}
+            for j in sel:
+                where[int(self.index[pos[j]])].append(j)
+            for ix, img in self.archive.shard_images(int(shard)).iter_rows(sorted(where)):
+                for j in where[ix]:
+                    out[j] = img
+        return np.stack(out)

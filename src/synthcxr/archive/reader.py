@@ -233,10 +233,11 @@ class Archive:
                 yield ids, np.stack(imgs)
 
     def torch_dataset(self, res: int | None = None):
-        """Map-style dataset yielding ``(float [1, res, res] in [-1, 1], float32 labels [L])``."""
-        from .dataset import ArchiveDataset
+        """This view as a map-style :class:`~synthcxr.imagesets.ImageSet` of ``{"sample_id", "image": float
+        [1, res, res] in [-1, 1], "labels": float32 [L]}`` items (the stream's items, with random access)."""
+        from .dataset import ArchiveImages
 
-        return ArchiveDataset(self, res)
+        return ArchiveImages(self, res)
 
     def iterable_dataset(self, shuffle: int = 0, seed: int = 0, res: int | None = None, **kwargs: Any):
         """This view streamed (:func:`synthcxr.archive.stream`): ``{"sample_id", "image", "labels"}`` items, each

@@ -38,6 +38,7 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from ..imagesets import image_tensor
 from ..utils.hashing import pixel_sha256
 from .contract import attr_problems, path_column_problems, shard_file_problems
 from .layout import ARCHIVE_JSON, FORMAT_VERSION, MANIFEST, SUMS, dicom_folder, stream_format
@@ -317,9 +318,7 @@ class ReleaseStream(IterableDataset):
         if self.decode == "uint8":
             image: Any = img
         else:
-            from .dataset import to_tensor
-
-            image = to_tensor(img, self.res)
+            image = image_tensor(img, self.res)
         return {"sample_id": sid, "image": image, "labels": torch.from_numpy(np.array(labels, dtype=np.float32))}
 
     def partition(self, rank: int, world: int, worker: int = 0, num_workers: int = 1) -> Iterator[dict[str, Any]]:

@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from scipy.special import expit, logit
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
+from ..imagesets import ImageSet
 from ..labels import NO_FINDING, combo_key
 from ..metrics.auroc import auroc, mean_auroc, roc_curve, youden_threshold
 from ..metrics.bootstrap import bootstrap_distribution, percentile_interval
@@ -44,14 +45,15 @@ _P_EPS = 1e-7
 
 @torch.no_grad()
 def predict(
-    model: torch.nn.Module, dataset: Dataset, batch_size: int = 128, device: torch.device | str = "cpu", workers: int = 0
+    model: torch.nn.Module, dataset: ImageSet, batch_size: int = 128, device: torch.device | str = "cpu", workers: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``(probabilities [n, L], labels [n, L])`` for a dataset of ``(image, label vector)`` pairs."""
+    """``(probabilities [n, L], labels [n, L])`` over an image set's ``{"image", "labels"}`` items."""
     model.eval()
     cuda = torch.device(device).type == "cuda"
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=cuda)
     probs, labs = [], []
-    for x, y in loader:
+    for batch in loader:
+        x, y = batch["image"], batch["labels"]
         probs.append(torch.sigmoid(model(x.to(device, non_blocking=cuda))).float().cpu().numpy())
         labs.append(np.asarray(y, dtype=np.float32))
     return np.concatenate(probs).astype(np.float64), np.concatenate(labs)

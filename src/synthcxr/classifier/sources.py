@@ -7,8 +7,9 @@ the validation stage's utility measure), so the two kinds of folders are told ap
 - an *archive* (``manifest.parquet``) supplies training images only; validation and test then come
   from the real ``eval_source``'s val and test splits, so model selection never sees synthetic data.
 
-Every split is returned as a torch ``Dataset`` of ``(float [-1, 1] image [1, R, R], float32 label
-vector over the requested labels, NaN = unknown)`` plus its label matrix (for prevalence/pos_weight).
+Every split is an :class:`~synthcxr.imagesets.ImageSet` of ``{"sample_id", "image": float [-1, 1] [1, R, R],
+"labels": float32 over the requested labels, NaN = unknown}`` items, with its label matrix (for
+prevalence/pos_weight) and patient keys.
 """
 
 from __future__ import annotations
@@ -21,11 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch.utils.data import Dataset
 
 from ..data.store import PreparedDataset
-from ..imaging import uint8_to_float
+from ..imagesets import ImageSet, merge
 
 log = logging.getLogger("synthcxr")
 
@@ -50,43 +49,24 @@ def source_kind(path: str | os.PathLike) -> str:
     )
 
 
-class MemoryImageDataset(Dataset):
-    """uint8 images held in memory, converted to float [-1, 1] per item."""
-
-    def __init__(self, images: np.ndarray, labels: np.ndarray):
-        self.images = torch.from_numpy(np.array(images, dtype=np.uint8, copy=True))
-        self.labels = np.array(labels, dtype=np.float32, copy=True)
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int):
-        return uint8_to_float(self.images[i]).unsqueeze(0), torch.from_numpy(self.labels[i])
-
-
-class LabelSelect(Dataset):
-    """Reorders/selects the label vector of a wrapped dataset to the requested label names."""
-
-    def __init__(self, base: Dataset, columns: Sequence[int]):
-        self.base = base
-        self.columns = torch.as_tensor(list(columns), dtype=torch.long)
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def __getitem__(self, i: int):
-        img, lab = self.base[i]
-        return img, torch.as_tensor(lab, dtype=torch.float32)[self.columns]
-
-
 @dataclass
 class SplitData:
-    """One split: the dataset, its ``[n, L]`` label matrix (NaN unknown) and where it came from."""
+    """One split: its images, their ``[n, L]`` label matrix (NaN unknown), patient keys and where they came from."""
 
-    dataset: Dataset
-    labels: np.ndarray
-    origin: str
-    groups: np.ndarray | None = None  # patient key per image (prepared splits), for patient-level CIs
+    dataset: ImageSet
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.dataset.labels
+
+    @property
+    def origin(self) -> str:
+        return self.dataset.origin
+
+    @property
+    def groups(self) -> np.ndarray | None:
+        """The patient key of each image (prepared splits), for patient-level intervals."""
+        return self.dataset.groups
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -135,18 +115,14 @@ def prepared_split(ds: PreparedDataset, split: str, labels: Sequence[str], res: 
     rows = ds.split(split)
     if len(rows) == 0:
         raise ValueError(f"{ds.labels_path}: split '{split}' is empty; check dataset.split fractions")
-    origin = f"{ds.folder} [{split}]"
     if fraction < 1:
         if "patient_key" not in rows.columns:
             raise ValueError(f"{ds.labels_path}: no patient_key column; a real fraction is drawn by patient")
         rows = rows[patient_subset(rows["patient_key"].to_numpy(), fraction, fraction_seed)]
-        origin = f"{ds.folder} [{split}, {fraction:g} of patients]"
-    lab = ds.label_matrix(rows, labels)
-    groups = rows["patient_key"].to_numpy() if "patient_key" in rows.columns else None
-    if len(rows) * res * res <= IN_MEMORY_BYTES:
-        imgs = ds.read_images(res, rows["row"].to_numpy())
-        return SplitData(MemoryImageDataset(imgs, lab), lab, origin, groups)
-    return SplitData(ds.torch_dataset(split, res, labels), lab, origin, groups)
+    images = ds.images(split, res, labels, rows=rows)
+    if fraction < 1:
+        images.origin = f"{ds.folder} [{split}, {fraction:g} of patients]"
+    return SplitData(images.in_memory() if len(rows) * res * res <= IN_MEMORY_BYTES else images)
 
 
 def archive_split(path: str | os.PathLike, labels: Sequence[str], res: int) -> SplitData:
@@ -158,21 +134,13 @@ def archive_split(path: str | os.PathLike, labels: Sequence[str], res: int) -> S
     except (ImportError, AttributeError) as exc:
         raise RuntimeError(f"{path} is an archive but synthcxr.archive.open is unavailable ({exc})") from exc
     arc = open_archive(path, sealed=False)  # TSTR trains on the release before it is sealed
-    names = [str(n) for n in getattr(arc, "label_names")]
+    names = [str(n) for n in arc.label_names]
     missing = [n for n in labels if n not in names]
     if missing:
         raise KeyError(f"{Path(path) / 'manifest.parquet'}: archive lacks label(s) {missing}; it has {names}")
-    dataset = arc.torch_dataset(res=res)
-    cols = [names.index(n) for n in labels]
-    if cols != list(range(len(names))):
-        dataset = LabelSelect(dataset, cols)
-    if hasattr(arc, "labels"):  # [n, L] in archive label order, aligned with the dataset
-        lab = np.asarray(arc.labels(), dtype=np.float32)[:, cols]
-    else:  # read the label vectors through the dataset itself
-        lab = np.stack([np.asarray(dataset[i][1], dtype=np.float32) for i in range(len(dataset))])
-    if len(lab) != len(dataset):
-        raise ValueError(f"{path}: archive lists {len(lab)} label rows but yields {len(dataset)} images")
-    return SplitData(dataset, lab, f"{path} [archive]")
+    images = arc.torch_dataset(res=res).relabel(labels)
+    images.origin = f"{path} [archive]"
+    return SplitData(images)
 
 
 def resolve_sources(
@@ -215,11 +183,7 @@ def resolve_sources(
     if len(parts) == 1:
         train = parts[0]
     else:
-        train = SplitData(
-            torch.utils.data.ConcatDataset([p.dataset for p in parts]),
-            np.concatenate([p.labels for p in parts]),
-            " + ".join(p.origin for p in parts),
-        )
+        train = SplitData(merge(*(p.dataset for p in parts)))
     train_kind = kinds[0] if len(set(kinds)) == 1 else "+".join(kinds)
     val = prepared_split(ev, "val", labels, res_eval)
     test = prepared_split(ev, "test", labels, res_eval)

@@ -266,8 +266,8 @@ def train_classifier(
         model.train()
         total, count = 0.0, 0
         bar = progress(loader, desc=f"{cfg.name} epoch {epoch}/{cfg.epochs}", leave=False)
-        for x, y in bar:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        for batch in bar:
+            x, y = batch["image"].to(device, non_blocking=True), batch["labels"].to(device, non_blocking=True)
             if cfg.augment.active:
                 x = augment_batch(x, cfg.augment, aug_gen)
             with autocast(device, cfg.amp, "classifier.amp"):

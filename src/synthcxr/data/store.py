@@ -9,10 +9,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pandas as pd
-import torch
-from torch.utils.data import Dataset
 
-from ..imaging import uint8_to_float
+from ..imagesets import ImageSet
 
 
 class PreparedDataset:
@@ -40,10 +38,18 @@ class PreparedDataset:
             raise KeyError(f"{self.labels_path}: no column for label(s) {missing}; available {self.label_names}")
         return rows[list(labels)].to_numpy(dtype=np.float32)
 
-    def torch_dataset(self, split: str | None, res: int, labels: Sequence[str] | None = None) -> "ImageLabelDataset":
-        rows = self.table if split is None else self.split(split)
+    def images(self, split: str | None, level: int, labels: Sequence[str] | None = None,
+               rows: pd.DataFrame | None = None) -> "PreparedImages":
+        """The images of ``split`` (None: all; or the given ``rows`` of the table) at pyramid ``level``, as an
+        :class:`~synthcxr.imagesets.ImageSet` whose labels are ``labels`` (default: all of the dataset's)."""
+        if rows is None:
+            rows = self.table if split is None else self.split(split)
         names = list(labels) if labels is not None else self.label_names
-        return ImageLabelDataset(self.h5_path, rows["row"].to_numpy(), res, self.label_matrix(rows, names))
+        origin = f"{self.folder}" + (f" [{split}]" if split else "")
+        groups = rows["patient_key"].to_numpy() if "patient_key" in rows.columns else None
+        ids = rows["image_id"].to_numpy() if "image_id" in rows.columns else rows["row"].to_numpy()
+        return PreparedImages(self.h5_path, rows["row"].to_numpy(), level, ids,
+                              self.label_matrix(rows, names), names, groups=groups, origin=origin)
 
     def read_images(self, res: int, rows: np.ndarray) -> np.ndarray:
         """uint8 ``[n, res, res]`` for the given ``row`` indices (sorted internally for h5py)."""
@@ -57,38 +63,38 @@ class PreparedDataset:
         return out
 
 
-class ImageLabelDataset(Dataset):
-    """Images at one pyramid level as float [-1, 1] tensors ``[1, R, R]`` with a label vector.
+class PreparedImages(ImageSet):
+    """Rows of a prepared ``images.h5`` at one pyramid level (see :meth:`PreparedDataset.images`).
 
-    The HDF5 file is opened lazily in each DataLoader worker (h5py handles must not cross a fork).
+    The HDF5 file is opened lazily in each process (h5py handles must not cross a DataLoader fork).
     """
 
-    def __init__(self, h5_path: str | os.PathLike, rows: np.ndarray, res: int, labels: np.ndarray | None = None):
+    def __init__(self, h5_path: str | os.PathLike, rows: np.ndarray, level: int, ids: Sequence[str], labels: np.ndarray,
+                 label_names: Sequence[str], *, groups: Sequence[str] | None = None, origin: str | None = None):
         self.h5_path = str(h5_path)
         self.rows = np.asarray(rows, dtype=np.int64)
-        self.res = int(res)
-        self.labels = None if labels is None else np.asarray(labels, dtype=np.float32)
+        self.level = int(level)
         self._file: h5py.File | None = None
         self._pid: int | None = None
         with h5py.File(self.h5_path, "r") as f:
-            if f"images/{self.res}" not in f:
+            if f"images/{self.level}" not in f:
                 have = sorted(int(k) for k in f["images"].keys())
-                raise KeyError(f"{self.h5_path}: no pyramid level {self.res} (have {have}); raise dataset.max_res")
-
-    def __len__(self) -> int:
-        return len(self.rows)
+                raise KeyError(f"{self.h5_path}: no pyramid level {self.level} (have {have}); raise dataset.max_res")
+        super().__init__(ids, labels, label_names, groups=groups, origin=origin or self.h5_path)
 
     def _images(self):
         if self._file is None or self._pid != os.getpid():
             self._file = h5py.File(self.h5_path, "r")
             self._pid = os.getpid()
-        return self._file[f"images/{self.res}"]
+        return self._file[f"images/{self.level}"]
 
-    def __getitem__(self, i: int):
-        img = uint8_to_float(self._images()[self.rows[i]]).unsqueeze(0)
-        if self.labels is None:
-            return img
-        return img, torch.tensor(self.labels[i])
+    def native(self, positions: np.ndarray) -> np.ndarray:
+        rows = self.rows[np.asarray(positions, dtype=np.int64)]
+        ds = self._images()
+        out = np.empty((len(rows), self.level, self.level), dtype=np.uint8)
+        for i in np.argsort(rows, kind="stable"):  # ascending rows read faster from HDF5
+            out[i] = ds[rows[i]]
+        return out
 
     def __getstate__(self):
         state = self.__dict__.copy()

@@ -251,7 +251,7 @@ class _Trainer:
         return {"loss_d": dl.total.detach(), "loss_g": gl.detach(), "gp": dl.gp, "drift": dl.drift, "wdist": dl.wdist}
 
     def loader(self, res: int, batch: int) -> Iterator:
-        ds = self.data.torch_dataset("train", res)
+        ds = self.data.images("train", res)
         sampler = StepBatchSampler(self.stream, self.nimg, batch, self.info.rank, self.info.world_size, self.mbstd_group)
         dl = DataLoader(ds, batch_sampler=sampler, num_workers=self.cfg.workers,
                         pin_memory=self.dev.type == "cuda")
@@ -311,7 +311,7 @@ class _Trainer:
                     it, cur_key = self.loader(pos.res, pos.batch), (pos.res, pos.batch)
                     if info.is_main:
                         log.info("res %d (%s) from %.1f kimg", pos.res, pos.phase.name, self.nimg / 1000)
-                real, _ = next(it)
+                real = next(it)["image"]
                 t0 = time.perf_counter()
                 stats = self.train_step(G_net, D_net, real.to(self.dev, non_blocking=True), pos)
                 prev = self.nimg

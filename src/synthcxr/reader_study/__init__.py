@@ -9,11 +9,11 @@ rating AUC, kappas), ``score`` puts them together; ``cli`` exposes both as ``syn
 from .answers import ReaderStudyInputError, read_answers, read_key
 from .kit import ReaderStudyConfig, build_kit, build_study
 from .score import score, score_files
-from .sources import ImageSource, archive_source, array_source, png_folder_source
+from .sources import PngFolder, archive_source, array_source, png_folder_source
 from .stats import cohen_kappa, fleiss_kappa
 
 __all__ = [
-    "ImageSource",
+    "PngFolder",
     "ReaderStudyConfig",
     "ReaderStudyInputError",
     "archive_source",

@@ -32,11 +32,12 @@ import numpy as np
 import pandas as pd
 
 from ..config import build
+from ..imagesets import ImageSet
 from ..labels import check_labels
 from ..utils.atomic import write_json, write_text
 from ..utils.runtime import progress
 from .page import README_TEXT, encode_png, render_page, study_id
-from .sources import ImageSource, archive_source, pick_real, png_folder_source, study_rngs
+from .sources import archive_source, pick_real, png_folder_source, study_rngs
 
 log = logging.getLogger("synthcxr")
 
@@ -199,30 +200,32 @@ def _replace_dir(src: Path, dst: Path) -> None:
 
 def build_study(
     prepared: str | os.PathLike,
-    generated: ImageSource | str | os.PathLike,
+    generated: ImageSet | str | os.PathLike,
     kit_dir: str | os.PathLike,
     key_path: str | os.PathLike,
     cfg: ReaderStudyConfig,
 ) -> pd.DataFrame:
     """Pick ``n_real`` test-split scans and ``n_fake`` generated ones with ``cfg.seed`` and build the kit.
 
-    ``generated`` is an :class:`ImageSource`, an archive folder (holding ``manifest.parquet``) or a
+    ``generated`` is an :class:`~synthcxr.imagesets.ImageSet`, an archive folder (holding ``manifest.parquet``) or a
     folder of PNGs. Real scans come from the top pyramid level and are area-resized to the generated
     resolution so both groups look alike apart from what the study measures.
     """
     from ..data.store import PreparedDataset
 
     PreparedDataset(prepared)  # fail on a missing prepared dataset before reading any generated image
-    if not isinstance(generated, ImageSource):
+    if not isinstance(generated, ImageSet):
         p = Path(generated)
         generated = archive_source(p) if (p / "manifest.parquet").exists() or p.name == "manifest.parquet" else png_folder_source(p)
     real_rng, fake_rng, _ = study_rngs(cfg.seed)
     if len(generated.ids) < cfg.n_fake:
         raise ValueError(
-            f"{generated.where}: only {len(generated.ids)} generated images but reader_study.n_fake is {cfg.n_fake}"
+            f"{generated.origin}: only {len(generated.ids)} generated images but reader_study.n_fake is {cfg.n_fake}"
         )
     pick = np.sort(fake_rng.choice(len(generated.ids), size=cfg.n_fake, replace=False))
     fake_ids = [generated.ids[i] for i in pick]
-    fake = generated.read_many(fake_ids)
+    fake = generated.select_ids(fake_ids).at(None).read()
+    if fake.ndim != 3 or fake.shape[1] != fake.shape[2]:
+        raise ValueError(f"{generated.origin}: generated images must be square 2-D arrays, got shape {list(fake.shape[1:])}")
     real, real_ids = pick_real(prepared, cfg.n_real, int(fake.shape[-1]), real_rng)
     return build_kit(real, real_ids, fake, fake_ids, kit_dir, key_path, cfg)

@@ -4,73 +4,54 @@ real scans drawn from a prepared dataset, all as square uint8 greyscale at one r
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
+from ..imagesets import ArrayImages, ImageSet
 from ..imaging import float_to_uint8, resize_batch, uint8_to_float
-from ..utils.runtime import progress
 
 
-@dataclass
-class ImageSource:
-    """Anything that lists image ids and reads one as uint8 ``[R, R]``: archive, PNG folder, arrays."""
-
-    ids: list[str]
-    read: Callable[[str], np.ndarray]
-    where: str
-
-    def read_many(self, ids: Sequence[str]) -> np.ndarray:
-        imgs = [np.asarray(self.read(i)) for i in progress(ids, desc="read generated", unit="img")]
-        return _stack_square(imgs, list(ids), self.where)
-
-
-def array_source(images: np.ndarray, ids: Sequence[str] | None = None, where: str = "<arrays>") -> ImageSource:
+def array_source(images: np.ndarray, ids: Sequence[str] | None = None, where: str = "<arrays>") -> ImageSet:
     """Generated images given directly as uint8 ``[N, R, R]`` (tests, notebooks)."""
-    arr = np.asarray(images)
-    if arr.ndim != 3 or arr.dtype != np.uint8:
-        raise ValueError(f"{where}: expected uint8 [N, R, R] images, got {arr.dtype} {list(arr.shape)}")
-    names = [f"gen_{i:06d}" for i in range(len(arr))] if ids is None else [str(i) for i in ids]
-    if len(names) != len(arr) or len(set(names)) != len(names):
-        raise ValueError(f"{where}: need {len(arr)} distinct ids, got {len(names)} ({len(set(names))} distinct)")
-    index = {n: i for i, n in enumerate(names)}
-    return ImageSource(names, lambda sid: arr[index[sid]], where)
+    return ArrayImages(np.asarray(images), ids=ids, origin=where)
 
 
-def png_folder_source(folder: str | os.PathLike) -> ImageSource:
+class PngFolder(ImageSet):
+    """Every ``*.png`` in a folder (sorted), read as 8-bit greyscale; the file stem is the sample id."""
+
+    def __init__(self, folder: str | os.PathLike):
+        root = Path(folder)
+        if not root.is_dir():
+            raise FileNotFoundError(f"{root}: not a folder of generated PNG images")
+        self.files = sorted(root.glob("*.png"))
+        if not self.files:
+            raise FileNotFoundError(f"{root}: no *.png files found; point --pngs at a folder of generated images")
+        super().__init__([p.stem for p in self.files], None, [], origin=str(root))
+
+    def native(self, positions: np.ndarray) -> np.ndarray:
+        pos = [int(i) for i in positions]
+        return _stack_square([_read_gray_png(self.files[i]) for i in pos], [self.ids[i] for i in pos], self.origin)
+
+
+def png_folder_source(folder: str | os.PathLike) -> ImageSet:
     """Every ``*.png`` in ``folder`` (sorted); the file stem is the source id in the answer key."""
-    root = Path(folder)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root}: not a folder of generated PNG images")
-    files = sorted(root.glob("*.png"))
-    if not files:
-        raise FileNotFoundError(f"{root}: no *.png files found; point --pngs at a folder of generated images")
-    by_id = {p.stem: p for p in files}
-    return ImageSource(list(by_id), lambda sid: _read_gray_png(by_id[sid]), str(root))
+    return PngFolder(folder)
 
 
-def archive_source(path: str | os.PathLike) -> ImageSource:
+def archive_source(path: str | os.PathLike) -> ImageSet:
     """Samples of a synthetic archive (folder holding ``manifest.parquet``), read by ``synthcxr.archive``."""
     root = Path(path)
     if root.name == "manifest.parquet":
         root = root.parent
     if not (root / "manifest.parquet").exists():
         raise FileNotFoundError(f"{root / 'manifest.parquet'} missing: not a release folder (run snakemake finalize_archive)")
-    from .. import archive as archive_mod
+    from ..archive import open_archive
 
-    opener = getattr(archive_mod, "open", None)
-    if opener is None:
-        raise ImportError("synthcxr.archive.open is not available; build the kit from a PNG folder (--pngs) instead")
-    arc = opener(root, sealed=False)  # the kit is built before the release is sealed
-    manifest = arc.manifest
-    if "sample_id" not in manifest.columns:
-        raise KeyError(f"{root / 'manifest.parquet'}: no 'sample_id' column")
-    ids = [str(s) for s in manifest["sample_id"].tolist()]
-    return ImageSource(ids, lambda sid: np.asarray(arc.read(sid)), str(root))
+    return open_archive(root, sealed=False).torch_dataset()  # the kit is built before the release is sealed
 
 
 def _read_gray_png(path: Path) -> np.ndarray:

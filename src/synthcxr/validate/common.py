@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import numpy as np
+import pandas as pd
 import torch
 
 from ..data.store import PreparedDataset
-from ..imaging import float_to_uint8, resize_batch, uint8_to_float
+from ..imagesets import ImageSet
+from ..imaging import uint8_to_float
 
 
 def pyramid_level_for(prep: PreparedDataset, res: int) -> int:
@@ -20,21 +22,20 @@ def pyramid_level_for(prep: PreparedDataset, res: int) -> int:
     return min(larger) if larger else max(prep.resolutions)
 
 
-def iter_real(prep: PreparedDataset, rows: np.ndarray, res: int, batch_size: int = 256) -> Iterator[np.ndarray]:
-    """uint8 ``[b, res, res]`` batches of prepared images ``rows`` (in the given order) at ``res``."""
-    level = pyramid_level_for(prep, res)
+def real_images(prep: PreparedDataset, rows: np.ndarray, res: int) -> ImageSet:
+    """The prepared images of ``rows`` (``row`` indices, in the order given, repeats allowed) read at ``res``:
+    from :func:`pyramid_level_for` and resized. Batches: ``real_images(...).batches(n)``; all: ``.read()``."""
     rows = np.asarray(rows, dtype=np.int64)
-    for s in range(0, len(rows), batch_size):
-        imgs = prep.read_images(level, rows[s : s + batch_size])
-        if level != res:
-            imgs = float_to_uint8(resize_batch(uint8_to_float(imgs).unsqueeze(1), res)).squeeze(1).numpy()
-        yield imgs
+    table = prep.table
+    at = pd.Index(table["row"].to_numpy()).get_indexer(rows)
+    if (at < 0).any():
+        raise KeyError(f"{prep.labels_path}: no row(s) {rows[at < 0][:5].tolist()}")
+    return prep.images(None, pyramid_level_for(prep, res), labels=[], rows=table.iloc[at]).at(res)
 
 
-def read_real(prep: PreparedDataset, rows: np.ndarray, res: int) -> np.ndarray:
-    """All of :func:`iter_real` concatenated (use for small sets: figures, demo sizes)."""
-    parts = list(iter_real(prep, rows, res))
-    return np.concatenate(parts) if parts else np.zeros((0, res, res), np.uint8)
+def real_batches(prep: PreparedDataset, rows: np.ndarray, res: int, batch_size: int = 256) -> Iterator[np.ndarray]:
+    """The uint8 ``[b, res, res]`` images of :func:`real_images`, batch by batch."""
+    return (b["image"] for b in real_images(prep, rows, res).batches(batch_size))
 
 
 def to_float(images: np.ndarray) -> torch.Tensor:

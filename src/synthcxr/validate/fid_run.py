@@ -36,7 +36,7 @@ from ..metrics.registry import MetricOptions, evaluate, get_metric
 from ..utils.atomic import write_json, write_text
 from ..utils.runtime import progress, resolve_device, seed_everything, setup_logging
 from . import figures
-from .common import iter_real
+from .common import real_batches
 from .feature_cache import cache_key, cached_features, dataset_identity
 
 log = logging.getLogger("synthcxr")
@@ -216,7 +216,7 @@ def run_fid(
         key = {"dataset": ident, "extractor": extractor.describe(), "res": res, "batch_size": cfg.batch_size,
                "rows": cache_key(rows=np.asarray(rows).tolist())}
         feats[name] = cached_features(cache_dir, key, lambda rows=rows, name=name: extractor.from_batches(
-            (uint8_to_float(b).unsqueeze(1) for b in iter_real(prep, rows, res, cfg.batch_size)),
+            (uint8_to_float(b).unsqueeze(1) for b in real_batches(prep, rows, res, cfg.batch_size)),
             total=-(-len(rows) // cfg.batch_size), desc=f"real {name}",
         ))
     ref = feats["train"]

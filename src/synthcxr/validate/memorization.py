@@ -38,8 +38,8 @@ from ..metrics.features import FeatureExtractor, get_extractor
 from ..utils.atomic import atomic_path, write_json
 from ..utils.runtime import progress, resolve_device, seed_everything, setup_logging
 from . import figures
-from .common import iter_real, read_real, to_float
-from .shards import iter_shards, pick_format, read_samples
+from .common import real_batches, real_images, to_float
+from .shards import WorkingShards
 
 log = logging.getLogger("synthcxr")
 
@@ -172,23 +172,20 @@ def audit(
 ) -> tuple[pd.DataFrame, dict]:
     """Run the audit; returns the per-sample table and a summary (counts, held-out reference)."""
     device = resolve_device(cfg.device)
-    shards = pick_format(shard_files)
-    res = None
-    for _, imgs in iter_shards(shards[:1], batch_size=1):
-        res = int(imgs.shape[-1])
-        break
-    if res is None:
-        raise ValueError(f"{shards[0]}: empty shard; nothing to audit")
+    generated = WorkingShards(shard_files)
+    if not len(generated):
+        raise ValueError(f"{generated.paths[0]}: empty shard; nothing to audit")
+    res = int(generated.read([0]).shape[-1])
     train = prep.split("train")
     if train.empty:
         raise ValueError(f"{prep.labels_path}: no rows with split == 'train'; the audit needs the training images")
     train_rows = train["row"].to_numpy()
     log.info("memorisation: %d training images at %d px, pixel space %d px, threshold %.3f",
              len(train_rows), res, cfg.pixel_res, cfg.threshold)
-    feat_index, pix_index = build_indexes(iter_real(prep, train_rows, res, cfg.batch_size), train_rows, extractor, cfg, device)
+    feat_index, pix_index = build_indexes(real_batches(prep, train_rows, res, cfg.batch_size), train_rows, extractor, cfg, device)
 
     expected = _ids_from_latents(latent_paths) if latent_paths else None
-    df = search(iter_shards(shards, cfg.batch_size), extractor, feat_index, pix_index, cfg)
+    df = search(((b["sample_id"], b["image"]) for b in generated.batches(cfg.batch_size)), extractor, feat_index, pix_index, cfg)
     if expected is not None:
         got = set(df["sample_id"])
         if got != expected:
@@ -206,7 +203,7 @@ def audit(
     if len(held):
         hrows = held["row"].to_numpy()
         batches = ((list(map(str, hrows[s : s + cfg.batch_size])), b)
-                   for s, b in zip(range(0, len(hrows), cfg.batch_size), iter_real(prep, hrows, res, cfg.batch_size)))
+                   for s, b in zip(range(0, len(hrows), cfg.batch_size), real_batches(prep, hrows, res, cfg.batch_size)))
         held_df = search(batches, extractor, feat_index, pix_index, cfg, desc="held-out reference")
     summary = _summary(df, held_df, cfg, len(train_rows))
     summary["extractor"] = extractor.describe()
@@ -249,10 +246,11 @@ def gallery_pairs(df: pd.DataFrame, shard_files: Sequence[str | os.PathLike], pr
     if df.empty or n <= 0:
         return []
     top = df.assign(_s=np.maximum(df["feature_sim"], df["pixel_sim"])).nlargest(n, "_s")
-    gen = read_samples(shard_files, top["sample_id"].tolist())
+    ids = top["sample_id"].tolist()
+    gen = dict(zip(ids, WorkingShards(shard_files).select_ids(ids).read()))
     res = next(iter(gen.values())).shape[-1]
     real_rows = np.unique(np.r_[top["nn_feature_row"].to_numpy(), top["nn_pixel_row"].to_numpy()])
-    real = dict(zip(real_rows.tolist(), read_real(prep, real_rows, res)))
+    real = dict(zip(real_rows.tolist(), real_images(prep, real_rows, res).read()))
     return [
         {
             "sample_id": r.sample_id, "generated": gen[r.sample_id], "feature_nn": real[int(r.nn_feature_row)],
@@ -286,7 +284,7 @@ def run_memorization(
     df, summary = audit(shard_files, prep, extractor, cfg, latent_files)
     with atomic_path(out_parquet) as tmp:
         df.to_parquet(tmp, index=False)
-    figures.pair_gallery(gallery_pairs(df, pick_format(shard_files), prep, cfg.gallery), out_gallery, cfg.threshold)
+    figures.pair_gallery(gallery_pairs(df, shard_files, prep, cfg.gallery), out_gallery, cfg.threshold)
     if out_summary is not None:
         write_json(out_summary, summary)
     ref = summary.get("heldout_reference", {})

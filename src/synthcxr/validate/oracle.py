@@ -187,13 +187,12 @@ def load_for_labels(model_path: str | os.PathLike, names: Sequence[str], device)
 def model_probs(model, images: np.ndarray, names: Sequence[str], device, batch_size: int) -> np.ndarray:
     """Probabilities ``[n, F]`` of a loaded classifier over ``names``, for uint8 images at any resolution."""
     from ..classifier.evaluate import predict
-    from ..classifier.sources import MemoryImageDataset
+    from ..imagesets import ArrayImages
 
     have = list(model.label_names)
     if not len(images):
         return np.zeros((0, len(names)))
-    dummy = np.zeros((len(images), len(have)), dtype=np.float32)
-    probs, _ = predict(model, MemoryImageDataset(images, dummy), batch_size=batch_size, device=device)
+    probs, _ = predict(model, ArrayImages(images), batch_size=batch_size, device=device)
     return probs[:, [have.index(n) for n in names]]
 
 
@@ -233,7 +232,7 @@ def oracle_report(
     the share of synthetic labels that are true, and the steering classifier against reported and drawn labels."""
     from ..classifier.evaluate import load_thresholds
     from ..utils.runtime import resolve_device
-    from .common import read_real  # torch: imported by the rule's job, not by the card or the Snakefile
+    from .common import real_images  # torch: imported by the rule's job, not by the card or the Snakefile
 
     dev = resolve_device(device)
     names = [n for n in labels if n in FINDINGS]
@@ -260,7 +259,7 @@ def oracle_report(
         )
     truth = truth_all.loc[ids, names].to_numpy()
     reported = ds.label_matrix(rows, names)
-    real = read_real(ds, rows["row"].to_numpy(), res)
+    real = real_images(ds, rows["row"].to_numpy(), res).read()
     o_real = model_probs(oracle, real, names, dev, batch_size)
     s_real = model_probs(load_for_labels(steering_model, names, dev), real, names, dev, batch_size)
     steering = {}

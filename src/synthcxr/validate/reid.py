@@ -38,9 +38,9 @@ from ..utils.atomic import atomic_path, torch_save, write_json
 from ..utils.hashing import sha256_file
 from ..utils.runtime import progress, resolve_device, seed_everything, setup_logging
 from . import figures
-from .common import iter_real, read_real
+from .common import real_batches, real_images
 from .memorization import NearestIndex
-from .shards import iter_shards, pick_format, read_samples
+from .shards import WorkingShards
 from .verifier import (
     best_scores,
     Verifier,
@@ -131,7 +131,7 @@ def view_rows(model: Verifier, prep: PreparedDataset, rows: np.ndarray, cfg: Rei
     """``[V, n, d]`` aligned-view embeddings of prepared images ``rows`` (held-out sets: a few thousand)."""
     vc = cfg.verifier
     parts = [embed_views(model, b, vc.align, device)
-             for b in progress(iter_real(prep, rows, vc.res, vc.batch_size), total=math.ceil(len(rows) / vc.batch_size),
+             for b in progress(real_batches(prep, rows, vc.res, vc.batch_size), total=math.ceil(len(rows) / vc.batch_size),
                                desc=desc, leave=False)]
     return torch.cat(parts, dim=1)
 
@@ -255,9 +255,9 @@ def audit_samples(shard_files: Sequence[str | os.PathLike], model: Verifier, ind
     memory is one batch's views plus the training gallery)."""
     ids: list[str] = []
     best, rows = [], []
-    for b_ids, imgs in progress(iter_shards(shard_files, cfg.verifier.batch_size), desc="re-id audit", leave=False):
-        b, r = best_match(index, embed_views(model, imgs, cfg.verifier.align, device))
-        ids += b_ids
+    for batch in progress(WorkingShards(shard_files).batches(cfg.verifier.batch_size), desc="re-id audit", leave=False):
+        b, r = best_match(index, embed_views(model, batch["image"], cfg.verifier.align, device))
+        ids += batch["sample_id"]
         best.append(b)
         rows.append(r)
     best_a = np.concatenate(best) if best else np.zeros(0)
@@ -289,14 +289,15 @@ def gallery_rows(df: pd.DataFrame, shard_files: Sequence[str | os.PathLike], pre
     if df.empty or n <= 0:
         return []
     top = df.nlargest(n, "score")
-    gen = read_samples(shard_files, top["sample_id"].tolist())
+    ids = top["sample_id"].tolist()
+    gen = dict(zip(ids, WorkingShards(shard_files).select_ids(ids).read()))
     res = next(iter(gen.values())).shape[-1]
     table = prep.table
     out = []
     for r in top.itertuples():
         others = table.loc[(table["patient_key"] == r.nn_patient) & (table["row"] != r.nn_row), "row"].to_numpy()
         rows = [int(r.nn_row)] + ([int(others.min())] if len(others) else [])
-        imgs = read_real(prep, np.asarray(rows), res)
+        imgs = real_images(prep, np.asarray(rows), res).read()
         out.append({"sample_id": r.sample_id, "generated": gen[r.sample_id], "nearest": imgs[0],
                     "other_study": imgs[1] if len(imgs) > 1 else None, "score": float(r.score),
                     "matched": bool(r.matched), "nn_row": int(r.nn_row), "combination": str(r.combination)})
@@ -321,7 +322,7 @@ def run_reid(
     prep = PreparedDataset(prepared_dir)
     model, meta = load_verifier(verifier_path, device)
     threshold = float(meta["threshold"])
-    shards = pick_format(shard_files)
+    shards = list(shard_files)
     index = training_index(model, prep, cfg, device)
     df = audit_samples(shards, model, index, threshold, prep, cfg, device)
     combos = _combinations(latent_files, cfg.labels)

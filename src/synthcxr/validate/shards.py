@@ -10,10 +10,14 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
 import pyarrow.parquet as pq
+
+from ..archive.shard_parquet import decode_png
+from ..imagesets import ImageSet
 
 
 def _decode_ids(values) -> list[str]:
@@ -31,53 +35,79 @@ def pick_format(paths: Sequence[str | os.PathLike]) -> list[Path]:
     return [by_stem[k] for k in sorted(by_stem)]
 
 
-def iter_shard(path: str | os.PathLike, batch_size: int = 256) -> Iterator[tuple[list[str], np.ndarray]]:
-    """``(sample_ids, uint8 [b, R, R])`` batches of one shard, in stored order."""
-    path = Path(path)
+class WorkingShards(ImageSet):
+    """The rendered samples of working shards (one file per shard, :func:`pick_format`) as an
+    :class:`~synthcxr.imagesets.ImageSet` (ids, no labels). :meth:`batches` reads each shard in stored
+    order and never mixes two shards in a batch; random access (:meth:`~ImageSet.select_ids`) reads rows."""
+
+    def __init__(self, paths: Sequence[str | os.PathLike]):
+        self.paths = pick_format(paths)
+        ids, shard, index = [], [], []
+        for k, path in enumerate(self.paths):
+            got = _shard_ids(path)
+            ids += got
+            shard.append(np.full(len(got), k, np.int64))
+            index.append(np.arange(len(got), dtype=np.int64))
+        self.shard = np.concatenate(shard) if shard else np.zeros(0, np.int64)
+        self.index = np.concatenate(index) if index else np.zeros(0, np.int64)
+        self._pngs: tuple[int, list[bytes]] | None = None
+        where = str(self.paths[0].parent) if self.paths else "<no shards>"
+        super().__init__(ids, None, [], origin=where)
+
+    def native(self, positions: np.ndarray) -> np.ndarray:
+        pos = np.asarray(positions, dtype=np.int64)
+        out: list[np.ndarray | None] = [None] * len(pos)
+        for k in np.unique(self.shard[pos]):
+            sel = np.flatnonzero(self.shard[pos] == k)
+            path = self.paths[int(k)]
+            if path.suffix == ".h5":
+                with h5py.File(path, "r") as f:
+                    for j in sel:
+                        out[j] = np.asarray(f["images"][int(self.index[pos[j]])], np.uint8)
+            else:
+                if self._pngs is None or self._pngs[0] != k:
+                    col = pq.read_table(path, columns=["image"]).column("image").combine_chunks()
+                    self._pngs = (int(k), col.field("bytes").to_pylist())
+                for j in sel:
+                    out[j] = decode_png(self._pngs[1][int(self.index[pos[j]])])
+        return np.stack(out)
+
+    def batches(self, batch_size: int = 256) -> Iterator[dict[str, Any]]:
+        """``{"sample_id", "image": uint8 [b, R, R], "labels": [b, 0]}`` shard by shard, in stored order."""
+        start = 0
+        for path in self.paths:
+            for b_ids, imgs in _iter_file(path, batch_size):
+                if b_ids != [str(i) for i in self.ids[start : start + len(b_ids)]]:
+                    raise ValueError(f"{path}: its sample ids changed while it was read; rerun the sample stage")
+                start += len(b_ids)
+                yield {"sample_id": b_ids, "image": imgs, "labels": np.zeros((len(b_ids), 0), np.float32)}
+
+
+def _shard_ids(path: Path) -> list[str]:
+    """The sample ids of one shard, in stored order; raises naming a file not in the archive format."""
     if path.suffix == ".h5":
         with h5py.File(path, "r") as f:
             for key in ("images", "sample_id"):
                 if key not in f:
                     raise KeyError(f"{path}: dataset /{key} missing; the shard is not in the archive format")
+            return _decode_ids(f["sample_id"][:])
+    pf = pq.ParquetFile(path)
+    missing = [c for c in ("sample_id", "image") if c not in pf.schema_arrow.names]
+    if missing:
+        raise KeyError(f"{path}: column(s) {missing} missing; the shard is not in the archive format")
+    return _decode_ids(pf.read(columns=["sample_id"]).column("sample_id").to_pylist())
+
+
+def _iter_file(path: Path, batch_size: int) -> Iterator[tuple[list[str], np.ndarray]]:
+    """``(sample_ids, uint8 [b, R, R])`` batches of one shard file, in stored order."""
+    if path.suffix == ".h5":
+        with h5py.File(path, "r") as f:
             n = f["images"].shape[0]
             for s in range(0, n, batch_size):
                 yield _decode_ids(f["sample_id"][s : s + batch_size]), np.asarray(f["images"][s : s + batch_size], np.uint8)
-    elif path.suffix == ".parquet":
-        from ..archive.shard_parquet import decode_png
-
-        pf = pq.ParquetFile(path)
-        missing = [c for c in ("sample_id", "image") if c not in pf.schema_arrow.names]
-        if missing:
-            raise KeyError(f"{path}: column(s) {missing} missing; the shard is not in the archive format")
-        for rb in pf.iter_batches(batch_size=batch_size, columns=["sample_id", "image"]):
-            ids = _decode_ids(rb.column("sample_id").to_pylist())
-            imgs = [decode_png(d["bytes"]) for d in rb.column("image").to_pylist()]
-            yield ids, (np.stack(imgs) if imgs else np.zeros((0, 0, 0), np.uint8))
-    else:
-        raise ValueError(f"{path}: not an archive shard (expected .h5 or .parquet)")
-
-
-def iter_shards(
-    paths: Sequence[str | os.PathLike], batch_size: int = 256, keep: set[str] | None = None
-) -> Iterator[tuple[list[str], np.ndarray]]:
-    """Batches over several shards; with ``keep`` only those sample ids are yielded."""
-    for p in pick_format(paths):
-        for ids, imgs in iter_shard(p, batch_size):
-            if keep is not None:
-                mask = np.array([i in keep for i in ids], dtype=bool)
-                if not mask.any():
-                    continue
-                ids, imgs = [i for i, m in zip(ids, mask) if m], imgs[mask]
-            yield ids, imgs
-
-
-def read_samples(paths: Sequence[str | os.PathLike], sample_ids: Sequence[str]) -> dict[str, np.ndarray]:
-    """The images of the given sample ids (for figures); raises naming ids that no shard holds."""
-    want = set(sample_ids)
-    out: dict[str, np.ndarray] = {}
-    for ids, imgs in iter_shards(paths, keep=want):
-        out.update(zip(ids, imgs))
-    missing = want - set(out)
-    if missing:
-        raise KeyError(f"sample id(s) {sorted(missing)[:5]} not found in shards {[str(p) for p in paths][:3]}...")
-    return out
+        return
+    pf = pq.ParquetFile(path)
+    for rb in pf.iter_batches(batch_size=batch_size, columns=["sample_id", "image"]):
+        ids = _decode_ids(rb.column("sample_id").to_pylist())
+        imgs = [decode_png(d["bytes"]) for d in rb.column("image").to_pylist()]
+        yield ids, (np.stack(imgs) if imgs else np.zeros((0, 0, 0), np.uint8))

@@ -55,7 +55,7 @@ def predict_split(
     """``(labels [n, L], probabilities [n, L])`` of ``model`` on a prepared split (model's input res)."""
     res = int(getattr(model, "input_res"))
     level = res if res in prep.resolutions else max(prep.resolutions)
-    ds = prep.torch_dataset(split, level, labels)
+    ds = prep.images(split, level, labels)
     p, y = predict(model, ds, batch_size, device)
     return y.astype(np.float64), p
 

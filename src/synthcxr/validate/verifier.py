@@ -33,7 +33,7 @@ from ..data.store import PreparedDataset
 from ..imaging import resize_batch
 from ..metrics.auroc import auroc
 from ..utils.runtime import progress
-from .common import iter_real, to_float
+from .common import real_batches, real_images, to_float
 
 log = logging.getLogger("synthcxr")
 
@@ -162,7 +162,7 @@ class PairSampler:
 
 
 def _read(prep: PreparedDataset, rows: np.ndarray, res: int) -> np.ndarray:
-    return np.concatenate(list(iter_real(prep, rows, res, batch_size=max(len(rows), 1))))
+    return real_images(prep, rows, res).read()
 
 
 def train_verifier(prep: PreparedDataset, cfg: VerifierConfig, device: torch.device) -> tuple[Verifier, dict[str, Any]]:
@@ -235,7 +235,7 @@ def best_scores(views: torch.Tensor, ref: torch.Tensor) -> np.ndarray:
 def embed_rows(model: Verifier, prep: PreparedDataset, rows: np.ndarray, cfg: VerifierConfig, device: torch.device,
                desc: str = "embedding") -> torch.Tensor:
     """Embeddings of prepared images ``rows`` (read at the verifier's resolution)."""
-    return embed_batches(model, iter_real(prep, rows, cfg.res, cfg.batch_size), device,
+    return embed_batches(model, real_batches(prep, rows, cfg.res, cfg.batch_size), device,
                          total=math.ceil(len(rows) / cfg.batch_size), desc=desc)
 
 
