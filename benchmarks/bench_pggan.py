@@ -88,14 +88,14 @@ def main(argv: list[str] | None = None) -> None:
             tr.nimg = ph.start_nimg
             it = tr.loader(pos.res, pos.batch)
             for _ in range(2):
-                tr.train_step(tr.G, tr.D, next(it)[0].to(dev), pos)
+                tr.train_step(tr.G, tr.D, next(it)["image"].to(dev), pos)
             block_rates = []
             for _ in range(a.repeats):
                 if dev.type == "cuda":
                     torch.cuda.synchronize()
                 t0 = time.perf_counter()
                 for _ in range(a.steps):
-                    tr.train_step(tr.G, tr.D, next(it)[0].to(dev), pos)
+                    tr.train_step(tr.G, tr.D, next(it)["image"].to(dev), pos)
                     tr.step += 1
                 if dev.type == "cuda":
                     torch.cuda.synchronize()

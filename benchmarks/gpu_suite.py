@@ -128,7 +128,7 @@ def part_pggan(args, dev: torch.device, clock_s: float, sz: dict, tmp: Path) -> 
             tr.nimg = ph.start_nimg
             trainers[mode], loaders[mode] = tr, tr.loader(pos.res, pos.batch)
             for _ in range(2):  # warm-up (cudnn.benchmark picks its kernels here)
-                tr.train_step(tr.G, tr.D, next(loaders[mode])[0].to(dev, non_blocking=True), pos)
+                tr.train_step(tr.G, tr.D, next(loaders[mode])["image"].to(dev, non_blocking=True), pos)
         steps = 2 if args.smoke else 4
         secs, peaks = {"fp32": [], "amp": []}, {"fp32": 0.0, "amp": 0.0}
         clock = Clock(per_res)
@@ -139,7 +139,7 @@ def part_pggan(args, dev: torch.device, clock_s: float, sz: dict, tmp: Path) -> 
                     synchronize(dev)
                     t0 = time.perf_counter()
                     for _ in range(steps):
-                        tr.train_step(tr.G, tr.D, next(loaders[mode])[0].to(dev, non_blocking=True), pos)
+                        tr.train_step(tr.G, tr.D, next(loaders[mode])["image"].to(dev, non_blocking=True), pos)
                     synchronize(dev)
                     secs[mode].append(time.perf_counter() - t0)
                     peaks[mode] = max(peaks[mode], peak_mib(dev) or 0.0)

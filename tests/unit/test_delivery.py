@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from archive_fixtures import LABELS, build_archive
 
-from synthcxr.archive.delivery import DeliveryError, delivery_table, finding_mix_tv, shortfalls
+from synthcxr.archive.delivery import DeliveryError, card_section, delivery_table, finding_mix_tv, shortfalls
 from synthcxr.archive.finalize import finalize_archive
 from synthcxr.archive.sample import ArchiveConfig
 from synthcxr.archive.seal import seal_release
@@ -43,6 +43,23 @@ def test_delivery_table_against_a_hand_count():
     assert [x.split()[0] for x in short] == ["Effusion", "No_Finding"]  # combinations planned < 3 times never warn
     below, short = shortfalls(d, 0.0)
     assert below == [] and "Mass 0 of 2 (0 %; 2 failed LCO, 0 withheld by audits)" in short
+
+
+def test_delivery_counts_samples_withheld_with_their_pair_apart_from_the_audits():
+    names = ["Effusion", "No_Finding"]
+    t = pd.DataFrame({"Effusion": [0, 1, 0, 1, 1], "No_Finding": [1, 0, 1, 0, 0]})
+    t["combination"] = ["No_Finding", "Effusion", "No_Finding", "Effusion", "Effusion"]
+    released = np.array([0, 0, 1, 1, 0], bool)
+    failed = np.array([0, 0, 0, 0, 1], bool)
+    with_pair = np.array([0, 1, 0, 0, 0], bool)  # row 0 withheld by an audit took its variant (row 1) with it
+    d = delivery_table(t, names, released, failed, with_pair)
+    assert d["per_finding"]["Effusion"] == {"planned": 3, "released": 1, "failed": 1, "withheld": 0, "share": 0.333333,
+                                            "withheld_with_pair": 1}
+    assert d["per_finding"]["No_Finding"]["withheld"] == 1 and d["per_finding"]["No_Finding"]["withheld_with_pair"] == 0
+    _, short = shortfalls(d, 0.0)
+    assert "Effusion 1 of 3 (33 %; 1 failed LCO, 0 withheld by audits, 1 withheld with their pair)" in short
+    assert "withheld with pair |" in "\n".join(card_section(d, {}))
+    assert "withheld_with_pair" not in delivery_table(t, names, released, failed)["per_finding"]["Effusion"]
 
 
 def _expected(arch) -> dict[str, tuple[int, int]]:

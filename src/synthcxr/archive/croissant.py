@@ -81,6 +81,9 @@ def _describe(column: str, labels: list[str]) -> str:
         "index": "the sample's row in its shard",
         "seed": "the seed of its latent's last optimisation attempt",
         "pixel_sha256": "SHA-256 of the image's uint8 pixels, row-major",
+        "pair_id": "paired counterfactuals: the pair (group of one base and its variants) the sample belongs to, -1 for none",
+        "base_sample_id": "paired counterfactuals: the base a variant was edited from (empty for a base or a single sample)",
+        "edit": "paired counterfactuals: the one finding a variant adds (+Name) or removes (-Name) from its base, else empty",
     }.get(column, f"{column[:-5]} shard path of the sample" if column.endswith("_path") else column)
 
 

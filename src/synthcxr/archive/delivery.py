@@ -52,20 +52,29 @@ def finding_mix_tv(planned: Mapping[str, int], released: Mapping[str, int]) -> f
 
 
 def delivery_table(
-    targets: pd.DataFrame, names: Sequence[str], released: np.ndarray, failed: np.ndarray
+    targets: pd.DataFrame, names: Sequence[str], released: np.ndarray, failed: np.ndarray,
+    with_pair: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Planned, released, failed (LCO) and withheld (audits) per finding and per label combination.
 
     ``targets`` holds one row per planned sample with a 0/1 column per label and ``combination``;
-    ``released`` and ``failed`` are boolean masks over its rows (withheld = neither).
+    ``released`` and ``failed`` are boolean masks over its rows (withheld = neither). ``with_pair`` (releases
+    with paired counterfactuals) marks the rows withheld only because another member of their pair was not
+    released; they are counted as ``withheld_with_pair``, apart from what the audits withheld.
     """
     released, failed = np.asarray(released, bool), np.asarray(failed, bool)
     withheld = ~released & ~failed
+    paired = None if with_pair is None else np.asarray(with_pair, bool) & withheld
+    if paired is not None:
+        withheld &= ~paired
 
     def row(m: np.ndarray) -> dict[str, Any]:
         planned, got = int(m.sum()), int((m & released).sum())
-        return {"planned": planned, "released": got, "failed": int((m & failed).sum()), "withheld": int((m & withheld).sum()),
-                "share": round(got / planned, 6) if planned else None}
+        out = {"planned": planned, "released": got, "failed": int((m & failed).sum()), "withheld": int((m & withheld).sum()),
+               "share": round(got / planned, 6) if planned else None}
+        if paired is not None:
+            out["withheld_with_pair"] = int((m & paired).sum())
+        return out
 
     per_finding = {n: row(targets[n].to_numpy() == 1) for n in names}
     combos = targets["combination"].astype(str).to_numpy()
@@ -82,7 +91,9 @@ def delivery_table(
 
 
 def _fmt(name: str, row: Mapping[str, Any]) -> str:
-    return f"{name} {row['released']} of {row['planned']} ({100 * row['share']:.0f} %; {row['failed']} failed LCO, {row['withheld']} withheld by audits)"
+    pair = f", {row['withheld_with_pair']} withheld with their pair" if row.get("withheld_with_pair") else ""
+    return (f"{name} {row['released']} of {row['planned']} ({100 * row['share']:.0f} %; {row['failed']} failed LCO, "
+            f"{row['withheld']} withheld by audits{pair})")
 
 
 def shortfalls(delivery: Mapping[str, Any], min_delivery: float) -> tuple[list[str], list[str]]:
@@ -159,9 +170,11 @@ def card_section(delivery: Mapping[str, Any], plan: Mapping[str, Any] | None = N
     if short:
         lines += [f"**Short of plan:** {', '.join(short)}. A model trained on this release sees fewer of these "
                   "than planned; absent findings are absent.", ""]
-    lines += ["| finding | planned | released | delivered | failed | withheld |", "|---|---|---|---|---|---|"]
+    paired = any("withheld_with_pair" in r for r in delivery["per_finding"].values())
+    lines += ["| finding | planned | released | delivered | failed | withheld |" + (" withheld with pair |" if paired else ""),
+              "|---|---|---|---|---|---|" + ("---|" if paired else "")]
     lines += [f"| {n} | {r['planned']} | {r['released']} | {pct(r)} | {r['failed']} | {r['withheld']} |"
-              for n, r in delivery["per_finding"].items()]
+              + (f" {r.get('withheld_with_pair', 0)} |" if paired else "") for n, r in delivery["per_finding"].items()]
     lines += ["", "| label combination | planned | released | delivered |", "|---|---|---|---|"]
     combos = sorted(delivery["per_combination"].items(), key=lambda kv: (-kv[1]["planned"], kv[0]))
     lines += [f"| {c} | {r['planned']} | {r['released']} | {pct(r)} |" for c, r in combos]

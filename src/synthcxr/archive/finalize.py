@@ -227,7 +227,7 @@ def finalize_archive(
     released, failed, flagged, matched = release_mask(full, memorization_path, reid_path)
     unpaired = pair_mask(full, released)
     released &= ~unpaired
-    delivery = delivery_table(full, names, released, failed)
+    delivery = delivery_table(full, names, released, failed, unpaired if "pair_id" in full.columns else None)
     write_json(work / DELIVERY_JSON, delivery)  # kept for the operator even when the floor stops the release
     short = enforce_delivery(delivery, cfg.min_delivery, str(release))
     manifest = full[released].drop(columns=["success"]).reset_index(drop=True)

@@ -231,6 +231,9 @@ def delivery_bars(delivery: Mapping[str, object], path: str | os.PathLike) -> No
     ax.bar(x, released, 0.6, label="released", color="tab:green")
     ax.bar(x, failed, 0.6, bottom=released, label="failed (LCO)", color="tab:red")
     ax.bar(x, withheld, 0.6, bottom=released + failed, label="withheld (audits)", color="tab:orange")
+    if any("withheld_with_pair" in per[n] for n in names):
+        paired = np.array([per[n].get("withheld_with_pair", 0) for n in names], float)
+        ax.bar(x, paired, 0.6, bottom=released + failed + withheld, label="withheld with their pair", color="tab:purple")
     for i, n in enumerate(names):
         share = per[n]["share"]
         ax.text(i, planned[i], f"{100 * share:.0f} %", ha="center", va="bottom", fontsize=8)
