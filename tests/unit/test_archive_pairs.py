@@ -185,7 +185,8 @@ def test_run_pairs_reports_flips_and_same_patient_rates(release, tmp_path, tiny_
     write_json(tmp_path / "thresholds.json", {n: 0.5 for n in LABELS})
     save_verifier(tmp_path / "verifier.pt", Verifier(res=16, width=4, embed_dim=8).eval(), {"threshold": 0.9})
     out = run_pairs(rel, tiny_prepared, tmp_path / "model.pt", tmp_path / "thresholds.json", tmp_path / "verifier.pt",
-                    tmp_path / "pairs.json", tmp_path / "g.png", device="cpu", align=1)
+                    tmp_path / "pairs.json", tmp_path / "g.png", device="cpu", align=1,
+                    phantom={"n_patients": 60, "max_studies": 2, "seed": 1})
     js = json.loads((tmp_path / "pairs.json").read_text())
     assert js == json.loads(json.dumps(out)) and js["n_variants"] == 3 and js["n_pairs"] == 2
     assert 0 <= js["checker"]["flipped"] <= 1 and set(js["checker"]["per_edit"]) <= {"+Cardiomegaly", "+Effusion"}
@@ -200,3 +201,8 @@ def test_run_pairs_reports_flips_and_same_patient_rates(release, tmp_path, tiny_
     card = render_card(read_info(rel), pairs=tmp_path / "pairs.json")
     assert "### Paired counterfactuals" in card and "2 of 4 planned pairs are released, with 3 of 8 variants" in card
     assert ".pairs()" in card and "of real follow-up studies" in card
+    reg = js["region"]  # the region check runs on the phantom's atlas at the release's resolution
+    assert reg["mass"] == 0.9 and set(reg["per_edit"]) == set(js["checker"]["per_edit"])
+    for r in reg["per_edit"].values():
+        assert 0 < r["region_area"] < 1 and (r["inside_median"] is None or 0 <= r["inside_median"] <= 1)
+    assert "inside the edited finding's region" in card

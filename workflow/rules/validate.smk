@@ -128,6 +128,7 @@ if PAIRS_ON:
         params:
             device=config["device"],
             align=config["validate"]["reid"]["align"],
+            phantom=config["dataset"]["phantom"] if config["dataset"]["format"] == "phantom" else None,  # region check
         log:
             f"{ALOGS}/validate_pairs.log",
         threads: 2

@@ -15,5 +15,6 @@ run_pairs(
     out_gallery=sm.output.gallery,
     device=sm.params.device,
     align=int(sm.params.align),
+    phantom=sm.params.phantom,
     log_file=sm.log[0],
 )

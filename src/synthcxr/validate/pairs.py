@@ -9,7 +9,10 @@ still the same synthetic patient as its base?
   held-out patient) and for held-out pairs of different patients. Both are reported as the share called
   "same patient" at the audit threshold and at the verifier's equal-error threshold on those held-out pairs.
 - **Where the pixels changed.** Mean absolute difference per pair, and a gallery of base, variant and
-  difference image.
+  difference image. On the phantom, which knows where it draws each finding, also the share of each
+  pair's pixel change that falls inside the edited finding's region (:func:`region_shares`; the region
+  holds ``REGION_MASS`` of the change that drawing the finding makes to phantom studies), beside the
+  region's share of the image, which is what a change spread evenly would put inside it.
 """
 
 from __future__ import annotations
@@ -75,12 +78,44 @@ def followup_scores(model: torch.nn.Module, prep: PreparedDataset, res: int, ali
     return same, diff
 
 
+#: Share of a finding's mean pixel change (phantom atlas) that its region holds.
+REGION_MASS = 0.9
+
+
+def region_shares(base: np.ndarray, var: np.ndarray, edits: Sequence[str], atlas: Mapping[str, np.ndarray],
+                  mass: float = REGION_MASS) -> dict[str, Any]:
+    """Per edit: the share of each pair's ``|variant - base|`` inside the finding's region (median, mean), the
+    region's share of the image, and their ratio (1: no more inside than an even spread would put there)."""
+    from ..data.phantom.atlas import region
+
+    change = np.abs(var.astype(np.float64) - base.astype(np.float64))
+    total = change.sum(axis=(1, 2))
+    finding = np.array([e[1:] for e in edits])
+    out: dict[str, Any] = {"mass": mass, "per_edit": {}}
+    inside_all = np.full(len(edits), np.nan)
+    for f in sorted(set(finding)):
+        sel = np.flatnonzero(finding == f)
+        mask = region(atlas[f], mass)
+        inside = np.where(total[sel] > 0, change[sel][:, mask].sum(axis=1) / np.maximum(total[sel], 1e-12), np.nan)
+        inside_all[sel] = inside
+        for e in sorted({edits[i] for i in sel}):
+            k = [j for j, i in enumerate(sel) if edits[i] == e]
+            med = float(np.nanmedian(inside[k])) if np.isfinite(inside[k]).any() else None
+            out["per_edit"][e] = {"n": len(k), "region_area": float(mask.mean()), "inside_median": med,
+                                  "inside_mean": float(np.nanmean(inside[k])) if med is not None else None,
+                                  "enrichment": None if med is None else med / float(mask.mean())}
+    ok = np.isfinite(inside_all)
+    out["inside_median"] = float(np.median(inside_all[ok])) if ok.any() else None
+    return out
+
+
 def run_pairs(archive_dir: str | os.PathLike, prepared_dir: str | os.PathLike, checker_path: str | os.PathLike,
               checker_thresholds: str | os.PathLike, verifier_path: str | os.PathLike | None, out_json: str | os.PathLike,
               out_gallery: str | os.PathLike, device: str = "auto", gallery: int = 8, align: int = 1,
-              log_file: str | os.PathLike | None = None) -> dict[str, Any]:
+              phantom: Mapping[str, Any] | None = None, log_file: str | os.PathLike | None = None) -> dict[str, Any]:
     """Stage entry point: pairs.json and the gallery for a release's paired counterfactuals; ``align`` is the
-    audit's shift tolerance (``validate.reid.align``); without ``verifier_path`` the same-patient part is left out."""
+    audit's shift tolerance (``validate.reid.align``); without ``verifier_path`` the same-patient part is left out;
+    ``phantom`` (the ``dataset.phantom`` section, when the phantom is the dataset) adds the finding-region check."""
     setup_logging(log_file)
     dev = resolve_device(device)
     arc = open_archive(archive_dir, sealed=False)
@@ -109,6 +144,13 @@ def run_pairs(archive_dir: str | os.PathLike, prepared_dir: str | os.PathLike, c
     if "latent_dist" in man.columns:
         result["latent_dist_median"] = float(np.nanmedian(man["latent_dist"].to_numpy(np.float64)))
     result["pixels"] = {"mean_abs_diff": float(diff.mean()), "per_pair_mean_abs_diff_median": float(np.median(diff.mean(axis=(1, 2))))}
+    if phantom is not None:
+        from ..data.phantom import PhantomConfig
+        from ..data.phantom.atlas import finding_atlas
+
+        edited = sorted({e[1:] for e in pairs["edit"]})
+        atlas = finding_atlas(PhantomConfig.from_section(phantom), edited, int(base.shape[-1]))
+        result["region"] = region_shares(base, var, pairs["edit"].tolist(), atlas)
     if verifier_path is not None:
         from .reid import load_verifier
 
@@ -166,4 +208,10 @@ def card_section(info: Mapping[str, Any], result: Mapping[str, Any] | None) -> s
                   f"of pairs at the audit threshold ({100 * v['real_followups']['same_at_audit']:.1f} % of real follow-up studies of "
                   f"one patient) and on {100 * v['pairs']['same_at_eer']:.1f} % at its equal-error threshold "
                   f"({100 * v['real_followups']['same_at_eer']:.1f} %)"]
+    if result and result.get("region"):
+        per = result["region"]["per_edit"]
+        lines += ["- share of each pair's pixel change inside the edited finding's region on the phantom (median; the "
+                  "region's share of the image in brackets): " + ", ".join(
+                      f"{e} {100 * r['inside_median']:.0f} % ({100 * r['region_area']:.0f} %)" for e, r in per.items()
+                      if r["inside_median"] is not None)]
     return "\n".join(lines + [""])
