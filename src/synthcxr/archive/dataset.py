@@ -23,6 +23,8 @@ class ArchiveImages(ImageSet):
 
     def native(self, positions: np.ndarray) -> np.ndarray:
         pos = np.asarray(positions, dtype=np.int64)
+        if len(pos) == 1:  # an item: the shard reader caches the row group it last read
+            return self.archive.shard_images(int(self.shard[pos[0]])).get(int(self.index[pos[0]]))[None]
         out: list[np.ndarray | None] = [None] * len(pos)
         for shard in np.unique(self.shard[pos]):
             sel = np.flatnonzero(self.shard[pos] == shard)
