@@ -33,6 +33,26 @@ def test_wilson_matches_scipy(k, n):
     assert orc.wilson(0, 0) is None
 
 
+def test_wilson_interval_holds_its_own_proportion():
+    """All k of n confirmed: the upper bound is 1 exactly, not 1 - 1e-16 (which once made the oracle figure's
+    error bar negative and failed validate_oracle on 6 of 6)."""
+    for n in range(1, 60):
+        for k in range(n + 1):
+            lo, hi = orc.wilson(k, n)
+            assert lo <= k / n <= hi
+    assert orc.wilson(6, 6)[1] == 1.0 and orc.wilson(0, 6)[0] == 0.0
+
+
+def test_oracle_bars_draws_a_finding_confirmed_on_every_sample(tmp_path):
+    from synthcxr.validate.figures import oracle_bars
+
+    rate = lambda k, n: {"k": k, "n": n, "rate": k / n, "ci95": list(orc.wilson(k, n))}  # noqa: E731
+    per = {"Cardiomegaly": {"n_requested": 6, "oracle": rate(6, 6), "checker": rate(6, 6), "checker_fooled": False},
+           "Mass": {"n_requested": 18, "oracle": rate(13, 18), "checker": rate(4, 18), "checker_fooled": True}}
+    oracle_bars({"released": {"per_finding": per}}, tmp_path / "o.png")
+    assert (tmp_path / "o.png").stat().st_size > 1000
+
+
 def test_released_agreement_flags_a_fooled_checker():
     names = ["Nodule", "Effusion"]
     lab = np.array([[1, 0]] * 20 + [[0, 1]] * 20)

@@ -290,7 +290,7 @@ def oracle_bars(result: Mapping[str, object], path: str | os.PathLike) -> None:
     for k, (who, colour) in enumerate((("oracle", "tab:purple"), ("checker", "tab:gray"))):
         rate = np.array([per[n][who]["rate"] for n in names], float)
         ci = np.array([per[n][who]["ci95"] for n in names], float).reshape(-1, 2)
-        err = np.vstack([rate - ci[:, 0], ci[:, 1] - rate]) if len(names) else None
+        err = np.maximum(np.vstack([rate - ci[:, 0], ci[:, 1] - rate]), 0.0) if len(names) else None
         ax.bar(x + (k - 0.5) * 0.38, rate, 0.38, yerr=err, capsize=3, color=colour, label=f"{who} confirms")
     for i, n in enumerate(names):
         note = f"n={per[n]['n_requested']}" + ("\nchecker fooled" if per[n]["checker_fooled"] else "")

@@ -108,7 +108,7 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float] | None:
     den = 1.0 + z * z / n
     mid = (p + z * z / (2 * n)) / den
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return max(0.0, mid - half), min(1.0, mid + half)
+    return max(0.0, min(p, mid - half)), min(1.0, max(p, mid + half))  # holds p despite rounding (k = 0 or n)
 
 
 def _rate(k: int, n: int) -> dict[str, Any]:
