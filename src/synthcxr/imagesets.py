@@ -21,14 +21,14 @@ through float and back to uint8. A source subclass implements only :meth:`ImageS
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .imaging import float_to_uint8, resize_batch, uint8_to_float
+from .imaging import resize_batch, resize_uint8, uint8_to_float
 
 #: The keys of every item (and of every batch of :meth:`ImageSet.batches`).
 ITEM_KEYS = ("sample_id", "image", "labels")
@@ -72,24 +72,26 @@ class ImageSet(Dataset):
     def __repr__(self) -> str:
         return f"{type(self).__name__}({len(self)} images, {len(self.label_names)} labels, from {self.origin})"
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
+    def _position(self, i: int) -> int:
+        """Item index ``i`` (negative counts from the end) as a position; IndexError naming the set."""
         i = int(i)
         if not -len(self) <= i < len(self):
             raise IndexError(f"{self.origin}: index {i} out of range for {len(self)} images")
-        i %= len(self)
+        return i % len(self)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        i = self._position(i)
         x = image_tensor(self.native(np.array([i]))[0], self.res)
         return {"sample_id": str(self.ids[i]), "image": x, "labels": torch.from_numpy(self.labels[i].copy())}
 
     def read(self, positions: Iterable[int] | None = None) -> np.ndarray:
         """uint8 ``[b, R, R]`` of ``positions`` (all when None), resized to ``res`` when it is set."""
-        pos = np.arange(len(self)) if positions is None else np.asarray(list(positions) if not isinstance(positions, np.ndarray) else positions, dtype=np.int64)
+        pos = np.arange(len(self)) if positions is None else np.fromiter(positions, dtype=np.int64)
         if len(pos) == 0:
             r = self.res or 0
             return np.zeros((0, r, r), np.uint8)
         imgs = np.asarray(self.native(pos), dtype=np.uint8)
-        if self.res is not None and imgs.shape[-1] != self.res:
-            imgs = float_to_uint8(resize_batch(uint8_to_float(imgs).unsqueeze(1), self.res)).squeeze(1).numpy()
-        return imgs
+        return imgs if self.res is None else resize_uint8(imgs, self.res)
 
     def batches(self, batch_size: int = 256) -> Iterator[dict[str, Any]]:
         """``{"sample_id": [b] str, "image": uint8 [b, R, R], "labels": float32 [b, L]}`` in order."""
@@ -172,11 +174,9 @@ class View(ImageSet):
     def __getitem__(self, i: int) -> dict[str, Any]:
         if self.res != self.base.res:
             return super().__getitem__(i)
-        i = int(i)
-        if not -len(self) <= i < len(self):
-            raise IndexError(f"{self.origin}: index {i} out of range for {len(self)} images")
-        item = self.base[int(self.positions[i % len(self)])]  # the base's own reading
-        item["labels"] = torch.from_numpy(self.labels[i % len(self)].copy())
+        i = self._position(i)
+        item = self.base[int(self.positions[i])]  # the base's own reading
+        item["labels"] = torch.from_numpy(self.labels[i].copy())
         return item
 
 
@@ -221,25 +221,28 @@ class Merged(ImageSet):
         return np.searchsorted(self.offsets, pos, side="right") - 1
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        i = int(i)
-        if not -len(self) <= i < len(self):
-            raise IndexError(f"{self.origin}: index {i} out of range for {len(self)} images")
-        i %= len(self)
+        i = self._position(i)
         k = int(self._locate(np.array([i]))[0])
         return self.parts[k][i - int(self.offsets[k])]  # each part's own reading, resizing included
 
     def native(self, positions: np.ndarray) -> np.ndarray:
         pos = np.asarray(positions, dtype=np.int64)
-        part = self._locate(pos)
-        out: list[np.ndarray | None] = [None] * len(pos)
-        for k in np.unique(part):
-            sel = np.flatnonzero(part == k)
-            for j, img in zip(sel, self.parts[k].read(pos[sel] - self.offsets[k])):
-                out[j] = img
+        out = gather(self._locate(pos), lambda k, sel: self.parts[k].read(pos[sel] - self.offsets[k]))
         shapes = {o.shape for o in out}
         if len(shapes) > 1:
             raise ValueError(f"{self.origin}: its parts hold images of sizes {sorted(shapes)}; read them with .at(res)")
         return np.stack(out)
+
+
+def gather(parts: np.ndarray, read: Callable[[int, np.ndarray], Iterable[np.ndarray]]) -> list[np.ndarray]:
+    """Images of positions held by several parts (shards, merged sets), read one part at a time: ``parts[j]`` is
+    position j's part and ``read(k, sel)`` yields the images of the positions ``sel`` of part k, in that order."""
+    out: list[np.ndarray | None] = [None] * len(parts)
+    for k in np.unique(parts):
+        sel = np.flatnonzero(parts == k)
+        for j, img in zip(sel, read(int(k), sel)):
+            out[j] = img
+    return out  # type: ignore[return-value]
 
 
 def merge(*sets: ImageSet) -> ImageSet:

@@ -30,3 +30,11 @@ def resize_batch(x: torch.Tensor, res: int) -> torch.Tensor:
     if h > res:
         return F.adaptive_avg_pool2d(x, res) if h % res else F.avg_pool2d(x, h // res)
     return F.interpolate(x, size=(res, res), mode="bilinear", align_corners=False)
+
+
+def resize_uint8(x: np.ndarray, res: int) -> np.ndarray:
+    """uint8 ``[N, H, W]`` -> ``[N, res, res]`` through float (:func:`resize_batch`) and back (:func:`float_to_uint8`)."""
+    if x.shape[-1] == res:
+        return x
+    with torch.no_grad():
+        return float_to_uint8(resize_batch(uint8_to_float(x).unsqueeze(1), res)).squeeze(1).numpy()

@@ -139,6 +139,7 @@ def test_archive_images_match_the_stream_item_for_item(tmp_path):
         item = ds[i]
         torch.testing.assert_close(item["image"], streamed[item["sample_id"]]["image"], rtol=0, atol=0)
         torch.testing.assert_close(item["labels"], torch.as_tensor(streamed[item["sample_id"]]["labels"]), rtol=0, atol=0)
+    np.testing.assert_array_equal(ds.at(None).read([7, 2, 7]), imgs[[7, 2, 7]])  # any order, repeats
     eff = arc.filter(require=["Effusion"]).torch_dataset()
     assert list(eff.ids) == list(ds.filter(require=["Effusion"]).ids)
 
@@ -171,7 +172,7 @@ def test_working_shards_batch_within_a_shard_and_read_any_sample(tmp_path, fmt):
     got = list(ws.batches(3))
     assert [b["sample_id"] for b in got] == [ids[0:3], ids[3:5], ids[5:8], ids[8:10], ids[10:11]]  # never across shards
     np.testing.assert_array_equal(np.concatenate([b["image"] for b in got]), imgs)
-    np.testing.assert_array_equal(ws.select_ids(["s009", "s001"]).read(), imgs[[9, 1]])
+    np.testing.assert_array_equal(ws.select_ids(["s009", "s001", "s009", "s006"]).read(), imgs[[9, 1, 9, 6]])
     with pytest.raises(KeyError, match="s999"):
         ws.select_ids(["s999"])
 

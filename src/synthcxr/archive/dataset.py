@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..imagesets import ImageSet
+from ..imagesets import ImageSet, gather
 
 
 class ArchiveImages(ImageSet):
@@ -23,15 +23,4 @@ class ArchiveImages(ImageSet):
 
     def native(self, positions: np.ndarray) -> np.ndarray:
         pos = np.asarray(positions, dtype=np.int64)
-        if len(pos) == 1:  # an item: the shard reader caches the row group it last read
-            return self.archive.shard_images(int(self.shard[pos[0]])).get(int(self.index[pos[0]]))[None]
-        out: list[np.ndarray | None] = [None] * len(pos)
-        for shard in np.unique(self.shard[pos]):
-            sel = np.flatnonzero(self.shard[pos] == shard)
-            where = {int(self.index[pos[j]]): [] for j in sel}
-            for j in sel:
-                where[int(self.index[pos[j]])].append(j)
-            for ix, img in self.archive.shard_images(int(shard)).iter_rows(sorted(where)):
-                for j in where[ix]:
-                    out[j] = img
-        return np.stack(out)
+        return np.stack(gather(self.shard[pos], lambda k, sel: self.archive.shard_images(k).rows(self.index[pos[sel]])))

@@ -82,10 +82,26 @@ class ShardImages:
             fh = self._tar.extractfile(self._members[name])
             return decode_png(fh.read())
         rg = int(np.searchsorted(self._bounds, index, side="right") - 1)
+        return decode_png(self._row_group(rg)[index - int(self._bounds[rg])])
+
+    def _row_group(self, rg: int) -> list[bytes]:
+        """The PNG bytes of Parquet row group ``rg``; the last one read is kept for the next call."""
         if self._cache is None or self._cache[0] != rg:
             col = self._pf.read_row_group(rg, columns=["image"]).column("image").combine_chunks()
             self._cache = (rg, col.field("bytes").to_pylist())
-        return decode_png(self._cache[1][index - int(self._bounds[rg])])
+        return self._cache[1]
+
+    def rows(self, indices: Iterable[int]) -> list[np.ndarray]:
+        """uint8 ``[R, R]`` images at shard positions ``indices``, in the order given (repeats allowed); HDF5
+        reads only those rows, Parquet each row group holding one once."""
+        idx = [int(i) for i in indices]
+        want = sorted(set(idx))
+        self._open()
+        if self._h5 is not None:
+            got = dict(zip(want, self._h5["images"][want])) if want else {}
+        else:
+            got = dict(self.iter_rows(want))
+        return [got[i] for i in idx]
 
     def iter_rows(self, indices: Iterable[int], block: int = 256) -> Iterator[tuple[int, np.ndarray]]:
         """Stream ``(index, image)`` for sorted ``indices``, reading at most ``block`` rows (or one row group) at a time."""
@@ -108,9 +124,9 @@ class ShardImages:
             lo, hi = int(self._bounds[rg]), int(self._bounds[rg + 1])
             part = wanted[(wanted >= lo) & (wanted < hi)]
             if len(part):
-                pngs = self._pf.read_row_group(rg, columns=["image"]).column("image").combine_chunks().field("bytes")
+                pngs = self._row_group(rg)
                 for i in part:
-                    yield int(i), decode_png(pngs[int(i) - lo].as_py())
+                    yield int(i), decode_png(pngs[int(i) - lo])
 
     def close(self) -> None:
         if self._pid == os.getpid():

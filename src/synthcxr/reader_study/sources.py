@@ -8,11 +8,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 from ..imagesets import ArrayImages, ImageSet
-from ..imaging import float_to_uint8, resize_batch, uint8_to_float
+from ..imaging import resize_uint8
 
 
 def array_source(images: np.ndarray, ids: Sequence[str] | None = None, where: str = "<arrays>") -> ImageSet:
@@ -104,17 +103,5 @@ def pick_real(prepared: str | os.PathLike, n: int, res: int, rng: np.random.Gene
         )
     chosen = np.sort(rng.choice(len(test), size=n, replace=False))
     rows = test.iloc[chosen]
-    imgs = ds.read_images(top, rows["row"].to_numpy())
-    return resize_uint8(imgs, res), [str(s) for s in rows["image_id"].tolist()]
+    return resize_uint8(ds.read_images(top, rows["row"].to_numpy()), res), [str(s) for s in rows["image_id"].tolist()]
 
-
-def resize_uint8(imgs: np.ndarray, res: int) -> np.ndarray:
-    """uint8 ``[N, H, H]`` -> ``[N, res, res]`` with area averaging (the project's pixel conventions)."""
-    if imgs.shape[-1] == res:
-        return imgs
-    out = np.empty((len(imgs), res, res), dtype=np.uint8)
-    for s in range(0, len(imgs), 64):
-        x = uint8_to_float(imgs[s : s + 64]).unsqueeze(1)
-        with torch.no_grad():
-            out[s : s + 64] = float_to_uint8(resize_batch(x, res))[:, 0].numpy()
-    return out

@@ -90,22 +90,22 @@ def region_shares(base: np.ndarray, var: np.ndarray, edits: Sequence[str], atlas
 
     change = np.abs(var.astype(np.float64) - base.astype(np.float64))
     total = change.sum(axis=(1, 2))
-    finding = np.array([e[1:] for e in edits])
+    edits = np.asarray(edits, dtype=str)
+    masks = {f: region(atlas[f], mass) for f in sorted({e[1:] for e in edits})}
+    inside = np.full(len(edits), np.nan)
+    for j, e in enumerate(edits):
+        if total[j] > 0:
+            inside[j] = change[j][masks[e[1:]]].sum() / total[j]
     out: dict[str, Any] = {"mass": mass, "per_edit": {}}
-    inside_all = np.full(len(edits), np.nan)
-    for f in sorted(set(finding)):
-        sel = np.flatnonzero(finding == f)
-        mask = region(atlas[f], mass)
-        inside = np.where(total[sel] > 0, change[sel][:, mask].sum(axis=1) / np.maximum(total[sel], 1e-12), np.nan)
-        inside_all[sel] = inside
-        for e in sorted({edits[i] for i in sel}):
-            k = [j for j, i in enumerate(sel) if edits[i] == e]
-            med = float(np.nanmedian(inside[k])) if np.isfinite(inside[k]).any() else None
-            out["per_edit"][e] = {"n": len(k), "region_area": float(mask.mean()), "inside_median": med,
-                                  "inside_mean": float(np.nanmean(inside[k])) if med is not None else None,
-                                  "enrichment": None if med is None else med / float(mask.mean())}
-    ok = np.isfinite(inside_all)
-    out["inside_median"] = float(np.median(inside_all[ok])) if ok.any() else None
+    for e in sorted(set(edits)):
+        got = inside[edits == e]
+        area = float(masks[e[1:]].mean())
+        med = float(np.nanmedian(got)) if np.isfinite(got).any() else None
+        out["per_edit"][e] = {"n": int(len(got)), "region_area": area, "inside_median": med,
+                              "inside_mean": None if med is None else float(np.nanmean(got)),
+                              "enrichment": None if med is None else med / area}
+    ok = np.isfinite(inside)
+    out["inside_median"] = float(np.median(inside[ok])) if ok.any() else None
     return out
 
 

@@ -17,7 +17,8 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from ..archive.shard_parquet import decode_png
-from ..imagesets import ImageSet
+from ..archive.reader import ShardImages
+from ..imagesets import ImageSet, gather
 
 
 def _decode_ids(values) -> list[str]:
@@ -50,27 +51,13 @@ class WorkingShards(ImageSet):
             index.append(np.arange(len(got), dtype=np.int64))
         self.shard = np.concatenate(shard) if shard else np.zeros(0, np.int64)
         self.index = np.concatenate(index) if index else np.zeros(0, np.int64)
-        self._pngs: tuple[int, list[bytes]] | None = None
+        self._readers = [ShardImages(p, "h5" if p.suffix == ".h5" else "parquet") for p in self.paths]
         where = str(self.paths[0].parent) if self.paths else "<no shards>"
         super().__init__(ids, None, [], origin=where)
 
     def native(self, positions: np.ndarray) -> np.ndarray:
         pos = np.asarray(positions, dtype=np.int64)
-        out: list[np.ndarray | None] = [None] * len(pos)
-        for k in np.unique(self.shard[pos]):
-            sel = np.flatnonzero(self.shard[pos] == k)
-            path = self.paths[int(k)]
-            if path.suffix == ".h5":
-                with h5py.File(path, "r") as f:
-                    for j in sel:
-                        out[j] = np.asarray(f["images"][int(self.index[pos[j]])], np.uint8)
-            else:
-                if self._pngs is None or self._pngs[0] != k:
-                    col = pq.read_table(path, columns=["image"]).column("image").combine_chunks()
-                    self._pngs = (int(k), col.field("bytes").to_pylist())
-                for j in sel:
-                    out[j] = decode_png(self._pngs[1][int(self.index[pos[j]])])
-        return np.stack(out)
+        return np.stack(gather(self.shard[pos], lambda k, sel: self._readers[k].rows(self.index[pos[sel]])))
 
     def batches(self, batch_size: int = 256) -> Iterator[dict[str, Any]]:
         """``{"sample_id", "image": uint8 [b, R, R], "labels": [b, 0]}`` shard by shard, in stored order."""
