@@ -267,6 +267,11 @@ def test_nothing_left_to_do(tiny_run: Path):
 
 
 def _planned_rules(work: Path, extra: dict) -> set[str]:
+    return set(re.findall(r"^\s*(?:local)?rule (\w+):", _dry_run(work, extra), flags=re.M))
+
+
+def _dry_run(work: Path, extra: dict) -> str:
+    """What ``snakemake -n`` plans after merging ``extra`` (one level deep) over the tiny config."""
     cfg = work / "edited.yaml"
     merged = yaml.safe_load(TINY.read_text())
     for section, values in extra.items():
@@ -278,7 +283,7 @@ def _planned_rules(work: Path, extra: dict) -> set[str]:
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr
-    return set(re.findall(r"^\s*(?:local)?rule (\w+):", proc.stdout + proc.stderr, flags=re.M))
+    return proc.stdout + proc.stderr
 
 
 def test_config_edit_reruns_stage_and_downstream_only(tiny_run: Path):
@@ -303,6 +308,13 @@ def test_config_edit_reruns_stage_and_downstream_only(tiny_run: Path):
     assert not steps_edit & {"validate_memorization", "train_classifier", "lco"}
     gan_edit = _planned_rules(tiny_run, {"pggan": {"lr": 0.002}})
     assert "train_pggan" in gan_edit and not gan_edit & {"prepare", "train_classifier"}
+    # pairs kept near their base in the verifier's embedding: LCO reads the trained verifier, never retrains it
+    pairs = {"share": 0.25, "findings": ["Effusion"], "latent_weight": 1.0, "embed_weight": 1.0}
+    plan = _dry_run(tiny_run, {"archive": {"pairs": pairs}})
+    lco_jobs = [block for block in re.split(r"\n(?=\S*\s*rule \w+:)", plan) if re.search(r"rule lco:", block)]
+    assert len(lco_jobs) == 2 and all("results/reid/tiny/verifier.pt" in job for job in lco_jobs)
+    pair_edit = set(re.findall(r"^\s*(?:local)?rule (\w+):", plan, flags=re.M))
+    assert {"plan", "lco", "validate_pairs"} <= pair_edit and not pair_edit & {"train_reid_verifier", "train_classifier"}
 
 
 CROSS_KERNEL = """

@@ -46,6 +46,7 @@ def _frame(groups: list[tuple[bool, list[bool]]], singles: int) -> pd.DataFrame:
     out["reason"] = np.where(out["success"], "", "target not met")
     out["pair_id"], out["base_sample_id"], out["edit"] = df["pair_id"], df["base_sample_id"], df["edit"]
     out["latent_dist"] = np.where(df["edit"] != "", 0.3, np.nan).astype(np.float32)
+    out["embed_dist"] = np.where(df["edit"] != "", 0.05, np.nan).astype(np.float32)
     return out
 
 
@@ -195,6 +196,7 @@ def test_run_pairs_reports_flips_and_same_patient_rates(release, tmp_path, tiny_
         assert 0 <= v[part]["same_at_audit"] <= 1 and 0 <= v[part]["same_at_eer"] <= 1
     assert v["audit_threshold"] == 0.9 and (tmp_path / "g.png").stat().st_size > 1000
     assert js["cost_per_variant"] == {"forwards": 3.0, "backwards": 2.0} and js["latent_dist_median"] == pytest.approx(0.3)
+    assert js["embed_dist_median"] == pytest.approx(0.05)
     from synthcxr.archive.card import render_card
     from synthcxr.archive.verify import read_info
 

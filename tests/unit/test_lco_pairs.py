@@ -115,3 +115,49 @@ def test_a_shard_with_pairs_optimises_variants_from_their_bases_and_writes_the_p
     t = pq.read_table(tmp_path / "shard-00000.parquet")
     assert {"pair_id", "base_sample_id", "edit", "latent_dist"} <= set(t.column_names)
     assert t.column("edit").to_pylist() == plan["edit"].tolist()
+
+
+def test_a_shard_kept_near_its_bases_in_the_patient_verifiers_embedding(bases, tmp_path):
+    """archive.pairs.embed_weight through optimise_shard with a real (saved and reloaded) patient verifier: the
+    latents shard records each variant's 1 - cos to its base, equal to the verifier's own embeddings of the
+    written latents, and the term lowers it against the same shard without it."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    from synthcxr.lco.pair_plan import PairsConfig
+    from synthcxr.lco.plan import make_plan
+    from synthcxr.lco.run import optimise_shard
+    from synthcxr.validate.reid import load_verifier, save_verifier
+    from synthcxr.validate.verifier import Verifier
+
+    G, C, _, _ = bases
+    torch.manual_seed(11)
+    save_verifier(tmp_path / "verifier.pt", Verifier(res=8, width=4, embed_dim=16), {"threshold": 0.9})
+    ver, _ = load_verifier(tmp_path / "verifier.pt", torch.device("cpu"))
+    ver.requires_grad_(False)
+    real = pd.DataFrame({"split": ["train"] * 40, "Cardiomegaly": [0.0] * 40, "Effusion": [1.0] * 10 + [0.0] * 30,
+                         "Nodule": [0.0] * 40, "No_Finding": [0.0] * 40})
+    cfg = LCOConfig.from_section(_cfg(steps=80, margin=0.5, retries=1))
+    out = {}
+    for w in (0.0, 300.0):  # a random verifier puts every image within ~0.002 of 1 - cos: the weight matches that scale
+        pairs = PairsConfig.from_section({"share": 0.5, "findings": ["Effusion"], "latent_weight": 0.0, "embed_weight": w})
+        plan = make_plan({"plan": {"mode": "match_real", "n_samples": 24}, "shard_size": 24}, LABELS, real, seed=3, pairs=pairs)
+        optimise_shard(plan, 0, G, C, THR, cfg, tmp_path / f"w{w}.parquet", pairs=pairs, embed=ver if w else None)
+        out[w] = pq.read_table(tmp_path / f"w{w}.parquet").to_pandas()
+
+    def dist(t: pd.DataFrame) -> np.ndarray:
+        """1 - cos between each variant's and its base's verifier embeddings, from the written latents."""
+        z = t.set_index("sample_id")["z"]
+        var = t[t["edit"] != ""]
+        with torch.no_grad():
+            e_v = ver(G(torch.as_tensor(np.stack(var["z"].to_numpy()))))
+            e_b = ver(G(torch.as_tensor(np.stack(z.loc[var["base_sample_id"]].to_numpy()))))
+        return (1.0 - (e_v * e_b).sum(1)).numpy()
+
+    near, free = out[300.0], out[0.0]
+    assert near.loc[near["edit"] == "", "embed_dist"].isna().all() and free["embed_dist"].isna().all()
+    nv, fv = near[near["edit"] != ""], free[free["edit"] != ""]
+    np.testing.assert_allclose(nv["embed_dist"].to_numpy(), dist(near), atol=1e-4)
+    both = nv["success"].to_numpy() & fv["success"].to_numpy()
+    assert both.sum() >= 3
+    assert dist(near)[both].mean() < 0.8 * dist(free)[both].mean()  # 0.29 of it here

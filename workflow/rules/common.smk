@@ -40,6 +40,7 @@ ARCHIVE = config["archive"]["name"]
 PREP = f"results/prepared/{DATASET}"
 PGGAN = f"results/pggan/{RUN}"
 CLF = "results/classifier"
+REID = f"results/reid/{DATASET}"  # the patient verifier (gates.smk), trained once per dataset
 ARCH = f"results/archive/{ARCHIVE}"
 # The working area (every LCO latent and rendered sample, the operator's) and the release (only released
 # samples: what is handed to consumers). docs/archive-format.md is the release's contract.

@@ -34,8 +34,7 @@ rule validate_memorization:
 
 
 # The re-identification audit: a patient-verification network trained on the real training patients
-# (results/reid/{dataset}/), then every rendered sample matched against them; gated like memorisation.
-REID = f"results/reid/{DATASET}"
+# ({REID}), then every rendered sample matched against them; gated like memorisation.
 # Keys that do not change the verifier (gate, gallery, enabled; the label list) are left out so editing them
 # never retrains it. stage() sorts keys: Snakemake compares params as text.
 _REID_STAGE = stage("validate", ["reid"])

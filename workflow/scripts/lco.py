@@ -17,4 +17,5 @@ run_shard(
     log_file=sm.log[0],
     margins_path=sm.input.margins,
     pairs=pairs,
+    verifier_path=sm.input.verifier[0] if sm.input.verifier else None,
 )

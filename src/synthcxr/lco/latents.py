@@ -37,13 +37,14 @@ _MISSING = "{path} missing: run the lco stage first (snakemake lco)"
 
 
 #: Columns of a shard whose plan holds paired counterfactuals (:mod:`synthcxr.lco.pair_plan`).
-PAIR_COLUMNS = ("pair_id", "base_sample_id", "edit", "latent_dist")
+PAIR_COLUMNS = ("pair_id", "base_sample_id", "edit", "latent_dist", "embed_dist")
 
 
 def latents_schema(labels: Sequence[str], latent_dim: int, pairs: bool = False) -> pa.Schema:
     """Arrow schema of a latents shard (z is a fixed-size list of float32); with ``pairs``, the pair columns:
     ``pair_id`` (-1: not in a pair), ``base_sample_id`` and ``edit`` ("" for a base or a single sample) and
-    ``latent_dist`` (a variant's |z - z_base| / sqrt(d); NaN otherwise)."""
+    ``latent_dist`` (a variant's |z - z_base| / sqrt(d); NaN otherwise) and ``embed_dist`` (a variant's 1 - cos
+    between its and its base's patient-verifier embeddings when LCO used that proximity term; NaN otherwise)."""
     fields = [
         pa.field("sample_id", pa.string()),
         pa.field("shard", pa.int64()),
@@ -63,7 +64,7 @@ def latents_schema(labels: Sequence[str], latent_dim: int, pairs: bool = False) 
     ]
     if pairs:
         fields += [pa.field("pair_id", pa.int64()), pa.field("base_sample_id", pa.string()), pa.field("edit", pa.string()),
-                   pa.field("latent_dist", pa.float32())]
+                   pa.field("latent_dist", pa.float32()), pa.field("embed_dist", pa.float32())]
     return pa.schema(fields)
 
 

@@ -17,11 +17,12 @@ from ..labels import NO_FINDING
 @dataclass
 class PairsConfig:
     """The ``archive.pairs`` section: how much of the plan is pairs, which findings they edit, and the
-    proximity weight of a variant's optimisation."""
+    proximity weights of a variant's optimisation (latent distance; patient-verifier embedding distance)."""
 
     share: float
     findings: list[str]
     latent_weight: float
+    embed_weight: float = 0.0
 
     @classmethod
     def from_section(cls, sec: Mapping[str, Any] | None) -> "PairsConfig":

@@ -42,11 +42,14 @@ def run_shard(
     log_file: str | os.PathLike | None = None,
     margins_path: str | os.PathLike | None = None,
     pairs: PairsConfig | None = None,
+    verifier_path: str | os.PathLike | None = None,
 ) -> pd.DataFrame:
     """Optimise the latents of one shard of the plan and write ``latents/shard-XXXXX.parquet``.
 
     ``cfg`` is the ``lco`` section with the global keys (``synthcxr.config.section(config, 'lco')``);
-    ``margins_path`` the lco_margins rule's ``margins.json`` (default: ``lco.margin`` for every label and side).
+    ``margins_path`` the lco_margins rule's ``margins.json`` (default: ``lco.margin`` for every label and side);
+    ``verifier_path`` the patient verifier whose embedding keeps a variant near its base when
+    ``pairs.embed_weight`` > 0.
     """
     if log_file is not None:
         setup_logging(log_file)
@@ -68,12 +71,21 @@ def run_shard(
     C = load_classifier(classifier_path, device)
     space = resolve_label_space(lc.labels, C.label_names, read_thresholds(thresholds_path), where=os.fspath(thresholds_path))
     space = space.with_margins(lc.margin if margins_path is None else read_margins(margins_path, lc.labels))
-    return optimise_shard(rows, shard, G, C, space, lc, out_path, pool_seed=pool_seed(lc.seed, shard), pairs=pairs)
+    embed = None
+    if pairs is not None and pairs.embed_weight > 0:
+        if verifier_path is None:
+            raise ValueError("archive.pairs.embed_weight > 0 needs the patient verifier (validate.reid): pass its verifier.pt")
+        from ..validate.reid import load_verifier  # the verifier belongs to the re-identification audit
+
+        embed, _ = load_verifier(verifier_path, device)
+        embed.requires_grad_(False)
+    return optimise_shard(rows, shard, G, C, space, lc, out_path, pool_seed=pool_seed(lc.seed, shard), pairs=pairs, embed=embed)
 
 
 def _with_variants(rows: pd.DataFrame, single: pd.DataFrame, res: pd.DataFrame, G: Any, C: Any, space: LabelSpace,
-                   lc: LCOConfig, pairs: PairsConfig | None) -> pd.DataFrame:
-    """``res`` (the non-variant rows) with the shard's variants optimised from their bases, in plan order."""
+                   lc: LCOConfig, pairs: PairsConfig | None, embed: Any = None) -> pd.DataFrame:
+    """``res`` (the non-variant rows) with the shard's variants optimised from their bases, in plan order;
+    ``embed`` (images -> unit embeddings) adds the embedding proximity term at ``pairs.embed_weight``."""
     if pairs is None:
         raise ValueError("the plan holds paired counterfactuals (an 'edit' column): pass the archive.pairs settings")
     res = res.reset_index(drop=True)
@@ -85,7 +97,10 @@ def _with_variants(rows: pd.DataFrame, single: pd.DataFrame, res: pd.DataFrame, 
     for n in lc.labels:
         variants[f"target_{n}"] = var[n].to_numpy(np.int8)
     base_z = np.stack(res["z"].to_numpy()) if len(res) else np.zeros((0, int(G.latent_dim)), np.float32)
-    done = optimise_variants(G, C, space, base_z, variants[base_ok].reset_index(drop=True), lc, pairs.latent_weight)
+    if pairs.embed_weight <= 0:
+        embed = None
+    done = optimise_variants(G, C, space, base_z, variants[base_ok].reset_index(drop=True), lc, pairs.latent_weight,
+                             embed=embed, embed_weight=pairs.embed_weight if embed is not None else 0.0)
     ok = np.flatnonzero(base_ok)  # variants optimised: done's rows, in order
 
     def scattered(col: str, missing: Any, dtype: Any) -> np.ndarray:
@@ -106,7 +121,8 @@ def _with_variants(rows: pd.DataFrame, single: pd.DataFrame, res: pd.DataFrame, 
     vres["reason"] = scattered("reason", "", object)
     vres.loc[~base_ok, "reason"] = [f"its base {b} was not met" for b in var.loc[~base_ok, "base_sample_id"]]
     vres["latent_dist"] = scattered("latent_dist", np.nan, np.float32)
-    res["latent_dist"] = np.float32(np.nan)
+    vres["embed_dist"] = scattered("embed_dist", np.nan, np.float32) if embed is not None else np.float32(np.nan)
+    res["latent_dist"] = res["embed_dist"] = np.float32(np.nan)
     out = pd.concat([res, vres], ignore_index=True)
     order = {sid: i for i, sid in enumerate(rows["sample_id"])}
     ids = list(single["sample_id"]) + list(var["sample_id"])
@@ -114,9 +130,10 @@ def _with_variants(rows: pd.DataFrame, single: pd.DataFrame, res: pd.DataFrame, 
     out["pair_id"] = rows["pair_id"].to_numpy(np.int64)
     out["base_sample_id"] = rows["base_sample_id"].astype(str).to_numpy()
     out["edit"] = rows["edit"].astype(str).to_numpy()
-    log.info("lco pairs: %d of %d variant(s) met (%d had a base that was not), mean latent distance %.3f",
+    log.info("lco pairs: %d of %d variant(s) met (%d had a base that was not), mean latent distance %.3f, mean embedding distance %s",
              int(out.loc[out["edit"] != "", "success"].sum()), len(var), int((~base_ok).sum()),
-             float(np.nanmean(out["latent_dist"])) if ok.size else float("nan"))
+             float(np.nanmean(out["latent_dist"])) if ok.size else float("nan"),
+             f"{float(np.nanmean(out['embed_dist'])):.3f}" if ok.size and embed is not None else "(not used)")
     return out
 
 
@@ -130,6 +147,7 @@ def optimise_shard(
     out_path: str | os.PathLike,
     pool_seed: int | None = None,
     pairs: PairsConfig | None = None,
+    embed: Any = None,
 ) -> pd.DataFrame:
     """Optimise the given plan rows (one shard) with loaded models and write the latents shard.
 
@@ -137,7 +155,8 @@ def optimise_shard(
     seed and the shard number, so a rerun of one shard reproduces its latents). Rows of paired
     counterfactuals (the plan's ``edit`` column) are optimised after the rest, each variant from its
     base's latent with ``pairs.latent_weight`` (:func:`~.pairs.optimise_variants`); a variant whose base
-    failed fails too.
+    failed fails too. ``embed`` (images -> unit embeddings: the patient verifier) adds the embedding
+    proximity term at ``pairs.embed_weight``.
     """
     lc = cfg
     device = module_device(G, lc.device)
@@ -152,7 +171,7 @@ def optimise_shard(
     )
     pool, chunks = res.attrs.get("pool"), res.attrs.get("chunks")
     if paired:
-        res = _with_variants(rows, single, res, G, C, thresholds, lc, pairs)
+        res = _with_variants(rows, single, res, G, C, thresholds, lc, pairs, embed)
     res.insert(0, "index", rows["index"].to_numpy(dtype=np.int64))
     res.insert(0, "shard", np.full(len(rows), shard, dtype=np.int64))
     res.insert(0, "sample_id", rows["sample_id"].astype(str).to_numpy())
@@ -165,6 +184,7 @@ def optimise_shard(
         "prior_weight": lc.prior_weight,
         "retries": lc.retries,
         "topup_rounds": lc.topup_rounds,
+        "pairs": None if not paired or pairs is None else {"latent_weight": pairs.latent_weight, "embed_weight": pairs.embed_weight if embed is not None else 0.0},
         "objective": lc.objective,
         "margin": lc.margin,
         "margins": None if not isinstance(thresholds, LabelSpace) else {

@@ -141,8 +141,10 @@ def run_pairs(archive_dir: str | os.PathLike, prepared_dir: str | os.PathLike, c
     man = arc.manifest.set_index("sample_id").loc[pairs["sample_id"]]
     if {"g_evals", "grad_steps"} <= set(man.columns):  # a variant's own optimisation, from its base's latent
         result["cost_per_variant"] = {"forwards": float(man["g_evals"].mean()), "backwards": float(man["grad_steps"].mean())}
-    if "latent_dist" in man.columns:
-        result["latent_dist_median"] = float(np.nanmedian(man["latent_dist"].to_numpy(np.float64)))
+    for col in ("latent_dist", "embed_dist"):  # the proximity LCO reached (embed_dist: only with archive.pairs.embed_weight)
+        vals = man[col].to_numpy(np.float64) if col in man.columns else np.zeros(0)
+        if np.isfinite(vals).any():
+            result[f"{col}_median"] = float(np.nanmedian(vals))
     result["pixels"] = {"mean_abs_diff": float(diff.mean()), "per_pair_mean_abs_diff_median": float(np.median(diff.mean(axis=(1, 2))))}
     if phantom is not None:
         from ..data.phantom import PhantomConfig
