@@ -66,6 +66,19 @@ def test_the_latent_proximity_term_keeps_variants_nearer_their_base(bases):
     np.testing.assert_array_equal(np.stack(again["z"].to_numpy()), np.stack(near["z"].to_numpy()))
 
 
+def test_a_variant_runs_every_step_it_has_whatever_the_patience(bases):
+    """Patience ends a stalled attempt early to fund a fresh one; a variant gets no other attempt, so it keeps
+    its steps: the same latents with lco.patience 3 as with none, and every unmet variant ran all 80 steps
+    (margin 1 and a strong proximity weight leave about half of them unmet, stalled after ~9 steps)."""
+    G, C, z, t = bases
+    space = resolve_label_space(LABELS, C.label_names, THR).with_margins(1.0)
+    runs = [optimise_variants(G, C, space, z, variant_targets(t, LABELS, ["Effusion"]),
+                              LCOConfig.from_section(_cfg(steps=80, margin=1.0, patience=p)), 5.0) for p in (3, None)]
+    np.testing.assert_array_equal(np.stack(runs[0]["z"].to_numpy()), np.stack(runs[1]["z"].to_numpy()))
+    failed = runs[0][~runs[0]["success"]]
+    assert len(failed) >= 3 and (failed["steps"] == 80).all()
+
+
 def test_the_embedding_proximity_term_keeps_variant_images_nearer_their_base(bases):
     torch.manual_seed(3)
     proj = torch.randn(64, 16)

@@ -3,7 +3,8 @@ remove exactly one finding each, optimised from the base with a proximity term s
 
 A variant's target is its base's with one finding flipped (No_Finding follows: on once no finding is
 left, off once one is added). It starts at the base latent and runs one attempt of the batched
-optimiser (:func:`~.stream.optimise_stream`) with an :class:`~.stream.Anchor`: the loss adds
+optimiser (:func:`~.stream.optimise_stream`), up to ``lco.steps`` updates whatever ``lco.patience`` says, with an
+:class:`~.stream.Anchor`: the loss adds
 ``latent_weight * |z - z_base|^2 / d`` and, given a patient-verifier embedding, ``embed_weight * (1 - cos)``
 between the variant's and the base's embeddings. The accept rule is the one every sample meets.
 """
@@ -58,7 +59,9 @@ def optimise_variants(
     e_base = _embed_all(G, embed, start, chunks.score_chunk) if embed is not None else None
     anchor = Anchor(start, float(latent_weight), embed, e_base, float(embed_weight))
     res = Results.empty(np.zeros(n, dtype=np.int64), d, len(labels))  # no fresh draws: every start is the base
-    one_try = dataclasses.replace(cfg, retries=0, topup_rounds=0)  # a variant starts at its base, or not at all
+    # A variant starts at its base or not at all: one attempt, no top-up, and no patience, which cuts a stalled
+    # attempt short only to fund a fresh start that a variant never gets (it would forfeit steps, not move them).
+    one_try = dataclasses.replace(cfg, retries=0, topup_rounds=0, patience=None)
     work = [(i, 0, start[i]) for i in range(n)]
     combo = np.unique(targets, axis=0, return_inverse=True)[1].reshape(-1) if n else np.zeros(0, np.int64)
     optimise_stream(G, C, space, targets, res.seed, one_try, device, work, res, combo, np.zeros(n, bool),
