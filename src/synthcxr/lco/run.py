@@ -184,7 +184,6 @@ def optimise_shard(
         "prior_weight": lc.prior_weight,
         "retries": lc.retries,
         "topup_rounds": lc.topup_rounds,
-        "pairs": None if not paired or pairs is None else {"latent_weight": pairs.latent_weight, "embed_weight": pairs.embed_weight if embed is not None else 0.0},
         "objective": lc.objective,
         "margin": lc.margin,
         "margins": None if not isinstance(thresholds, LabelSpace) else {
@@ -197,6 +196,8 @@ def optimise_shard(
         "device": str(device),
         "cpu_threads": int(torch.get_num_threads()),
     }
+    if paired:  # the proximity weights the variants were optimised with (only in shards holding pairs)
+        meta["pairs"] = {"latent_weight": pairs.latent_weight, "embed_weight": pairs.embed_weight if embed is not None else 0.0}
     res.attrs.clear()
     write_latents(res, lc.labels, out_path, meta)
     log.info(
