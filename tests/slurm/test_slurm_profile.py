@@ -40,10 +40,9 @@ def test_dag_runs_through_sbatch_and_matches_local(cluster: SlurmCluster, tiny_r
         "SYNTHCXR_SLURM_GPUS": "0",  # the test node has no GPUs: GPU rules run on its CPUs
         "SYNTHCXR_SLURM_PARTITION": "debug",
     }
-    # train_pggan stops at a 6 s time budget and is resubmitted until its schedule is done: a few allocations
-    # of the tiny GAN's ~20 s of training (each allocation pays sbatch, a Python start and a checkpoint load)
+    # train_pggan stops at a ~1 s time budget and is resubmitted until its schedule is done
     budget = tmp_path / "budget.yaml"
-    budget.write_text("pggan: {job_minutes: 0.1, allocations: 30}\n")
+    budget.write_text("pggan: {job_minutes: 0.02, allocations: 30}\n")
     proc = snakemake(
         tmp_path,
         "--profile", "slurm",  # as users type it: resolves to the repo root's slurm/ (-> profiles/slurm)
