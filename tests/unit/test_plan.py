@@ -329,3 +329,8 @@ def test_pairs_that_cannot_be_laid_out_or_name_a_finding_outside_labels_are_erro
         cfg = {**base, "archive": {**base["archive"], "pairs": pairs}}
         with pytest.raises(ConfigError, match=match):
             validate_config(cfg)
+    # the embedding proximity needs the patient verifier, which the re-identification audit trains
+    no_reid = {**base, "archive": {**base["archive"], "pairs": {"share": 0.2, "findings": ["Effusion"], "embed_weight": 1.0}},
+               "validate": {**base["validate"], "reid": {**base["validate"]["reid"], "enabled": False}}}
+    with pytest.raises(ConfigError, match=r"'archive\.pairs\.embed_weight': .*validate\.reid\.enabled"):
+        validate_config(no_reid)
