@@ -110,8 +110,8 @@ def _cross_checks(config: dict) -> None:
     if pairs["share"] > 0 and not pairs["findings"]:
         raise ConfigError("'archive.pairs.share': pairs need at least one finding to edit in 'archive.pairs.findings'")
     if pairs["share"] > 0 and pairs["embed_weight"] > 0 and not config["validate"]["reid"]["enabled"]:
-        raise ConfigError("'archive.pairs.embed_weight': the embedding proximity needs the patient verifier; "
-                          "set validate.reid.enabled: true or archive.pairs.embed_weight: 0")
+        raise ConfigError("'archive.pairs.embed_weight': the embedding proximity is steered and graded with patient verifiers "
+                          "trained from validate.reid; set validate.reid.enabled: true or archive.pairs.embed_weight: 0")
     if pairs["share"] > 0 and config["lco"]["shard_size"] < len(pairs["findings"]) + 1:
         raise ConfigError(f"'lco.shard_size': {config['lco']['shard_size']} cannot hold a base and its "
                           f"{len(pairs['findings'])} variant(s) (archive.pairs.findings); a pair never spans two shards")

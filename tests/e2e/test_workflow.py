@@ -308,13 +308,15 @@ def test_config_edit_reruns_stage_and_downstream_only(tiny_run: Path):
     assert not steps_edit & {"validate_memorization", "train_classifier", "lco"}
     gan_edit = _planned_rules(tiny_run, {"pggan": {"lr": 0.002}})
     assert "train_pggan" in gan_edit and not gan_edit & {"prepare", "train_classifier"}
-    # pairs kept near their base in the verifier's embedding: LCO reads the trained verifier, never retrains it
+    # pairs kept near their base in a verifier's embedding: LCO reads a second verifier (the next seed), so the
+    # audit's is neither retrained nor steered with
     pairs = {"share": 0.25, "findings": ["Effusion"], "latent_weight": 1.0, "embed_weight": 1.0}
     plan = _dry_run(tiny_run, {"archive": {"pairs": pairs}})
     lco_jobs = [block for block in re.split(r"\n(?=\S*\s*rule \w+:)", plan) if re.search(r"rule lco:", block)]
-    assert len(lco_jobs) == 2 and all("results/reid/tiny/verifier.pt" in job for job in lco_jobs)
+    assert len(lco_jobs) == 2 and all("results/reid/tiny/steer/verifier.pt" in job for job in lco_jobs)
     pair_edit = set(re.findall(r"^\s*(?:local)?rule (\w+):", plan, flags=re.M))
-    assert {"plan", "lco", "validate_pairs"} <= pair_edit and not pair_edit & {"train_reid_verifier", "train_classifier"}
+    assert {"train_pair_verifier", "plan", "lco", "validate_pairs"} <= pair_edit
+    assert not pair_edit & {"train_reid_verifier", "train_classifier"}
 
 
 CROSS_KERNEL = """

@@ -66,6 +66,26 @@ rule train_reid_verifier:
         "../scripts/train_reid_verifier.py"
 
 
+rule train_pair_verifier:
+    """The patient verifier that keeps pair variants near their base (archive.pairs.embed_weight > 0): trained
+    like the audit's but from the next seed, so the audit and validate_pairs never grade what LCO optimised."""
+    input:
+        images=f"{PREP}/images.h5",
+        labels=f"{PREP}/labels.parquet",
+    output:
+        model=f"{REID}/steer/verifier.pt",
+        metrics=f"{REID}/steer/verifier.json",
+    params:
+        cfg={**REID_TRAIN_PARAMS, "seed": REID_TRAIN_PARAMS["seed"] + 1},
+    log:
+        f"{LOGS}/train_pair_verifier-{DATASET}.log",
+    threads: 2
+    conda:
+        CONDA_ENV
+    script:
+        "../scripts/train_reid_verifier.py"
+
+
 rule validate_reid:
     """Best-matching training patient of every rendered sample; runs before finalize_archive, which withholds
     matched samples when validate.reid.gate is true."""

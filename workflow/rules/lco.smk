@@ -55,8 +55,8 @@ rule lco:
         classifier=f"{CLF}/{config['classifier']['name']}/model.pt",
         thresholds=f"{CLF}/{config['classifier']['name']}/thresholds.json",
         margins=f"{WORK}/margins.json",
-        # only when pair variants keep near their base in the patient verifier's embedding
-        verifier=[f"{REID}/verifier.pt"]
+        # only when pair variants keep near their base in a patient verifier's embedding (not the audit's)
+        verifier=[f"{REID}/steer/verifier.pt"]
         if config["archive"]["pairs"]["share"] > 0 and config["archive"]["pairs"]["embed_weight"] > 0
         else [],
     output:
