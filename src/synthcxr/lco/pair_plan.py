@@ -22,7 +22,7 @@ class PairsConfig:
     share: float
     findings: list[str]
     latent_weight: float
-    embed_weight: float = 0.0
+    embed_weight: float
 
     @classmethod
     def from_section(cls, sec: Mapping[str, Any] | None) -> "PairsConfig":
