@@ -157,6 +157,8 @@ def test_a_shard_kept_near_its_bases_in_the_patient_verifiers_embedding(bases, t
         plan = make_plan({"plan": {"mode": "match_real", "n_samples": 24}, "shard_size": 24}, LABELS, real, seed=3, pairs=pairs)
         optimise_shard(plan, 0, G, C, THR, cfg, tmp_path / f"w{w}.parquet", pairs=pairs, embed=ver if w else None)
         out[w] = pq.read_table(tmp_path / f"w{w}.parquet").to_pandas()
+    with pytest.raises(ValueError, match="embed_weight > 0 needs the steering patient verifier"):
+        optimise_shard(plan, 0, G, C, THR, cfg, tmp_path / "none.parquet", pairs=pairs)  # the weight without a verifier
 
     def dist(t: pd.DataFrame) -> np.ndarray:
         """1 - cos between each variant's and its base's verifier embeddings, from the written latents."""

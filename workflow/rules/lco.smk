@@ -57,7 +57,7 @@ rule lco:
         margins=f"{WORK}/margins.json",
         # only when pair variants keep near their base in a patient verifier's embedding (not the audit's)
         verifier=[f"{REID}/steer/verifier.pt"]
-        if config["archive"]["pairs"]["share"] > 0 and config["archive"]["pairs"]["embed_weight"] > 0
+        if PAIRS_ON and config["archive"]["pairs"]["embed_weight"] > 0
         else [],
     output:
         latents=f"{WORK}/latents/shard-{{shard}}.parquet",

@@ -48,8 +48,7 @@ def run_shard(
 
     ``cfg`` is the ``lco`` section with the global keys (``synthcxr.config.section(config, 'lco')``);
     ``margins_path`` the lco_margins rule's ``margins.json`` (default: ``lco.margin`` for every label and side);
-    ``verifier_path`` the patient verifier whose embedding keeps a variant near its base when
-    ``pairs.embed_weight`` > 0.
+    ``verifier_path`` the steering patient verifier (rule train_pair_verifier), read when ``pairs.embed_weight`` > 0.
     """
     if log_file is not None:
         setup_logging(log_file)
@@ -72,10 +71,8 @@ def run_shard(
     space = resolve_label_space(lc.labels, C.label_names, read_thresholds(thresholds_path), where=os.fspath(thresholds_path))
     space = space.with_margins(lc.margin if margins_path is None else read_margins(margins_path, lc.labels))
     embed = None
-    if pairs is not None and pairs.embed_weight > 0:
-        if verifier_path is None:
-            raise ValueError("archive.pairs.embed_weight > 0 needs the patient verifier (validate.reid): pass its verifier.pt")
-        from ..validate.reid import load_verifier  # the verifier belongs to the re-identification audit
+    if pairs is not None and pairs.embed_weight > 0 and verifier_path is not None:
+        from ..validate.reid import load_verifier  # verifiers belong to the re-identification stage
 
         embed, _ = load_verifier(verifier_path, device)
         embed.requires_grad_(False)
@@ -97,10 +94,8 @@ def _with_variants(rows: pd.DataFrame, single: pd.DataFrame, res: pd.DataFrame, 
     for n in lc.labels:
         variants[f"target_{n}"] = var[n].to_numpy(np.int8)
     base_z = np.stack(res["z"].to_numpy()) if len(res) else np.zeros((0, int(G.latent_dim)), np.float32)
-    if pairs.embed_weight <= 0:
-        embed = None
     done = optimise_variants(G, C, space, base_z, variants[base_ok].reset_index(drop=True), lc, pairs.latent_weight,
-                             embed=embed, embed_weight=pairs.embed_weight if embed is not None else 0.0)
+                             embed=embed, embed_weight=pairs.embed_weight)
     ok = np.flatnonzero(base_ok)  # variants optimised: done's rows, in order
 
     def scattered(col: str, missing: Any, dtype: Any) -> np.ndarray:
@@ -155,16 +150,20 @@ def optimise_shard(
     seed and the shard number, so a rerun of one shard reproduces its latents). Rows of paired
     counterfactuals (the plan's ``edit`` column) are optimised after the rest, each variant from its
     base's latent with ``pairs.latent_weight`` (:func:`~.pairs.optimise_variants`); a variant whose base
-    failed fails too. ``embed`` (images -> unit embeddings: the patient verifier) adds the embedding
-    proximity term at ``pairs.embed_weight``.
+    failed fails too. ``embed`` (images -> unit embeddings: the steering patient verifier) adds the embedding
+    proximity term at ``pairs.embed_weight``, which then needs it.
     """
     lc = cfg
+    embed = embed if pairs is not None and pairs.embed_weight > 0 else None  # no term, no embedding
     device = module_device(G, lc.device)
     log.info("lco shard %d: %d samples on %s (mode %s, latent_dim %d, %d steps, %d retries, amp %s)", shard, len(rows), device, lc.mode, G.latent_dim, lc.steps, lc.retries, lc.amp)
     t0 = time.perf_counter()
     paired = "edit" in rows.columns and bool((rows["edit"] != "").any())
     if paired and not isinstance(thresholds, LabelSpace):
         thresholds = resolve_label_space(lc.labels, list(C.label_names), thresholds).with_margins(lc.margin)
+    if paired and pairs is not None and pairs.embed_weight > 0 and embed is None:
+        raise ValueError("archive.pairs.embed_weight > 0 needs the steering patient verifier: pass embed "
+                         "(run_shard: verifier_path, the train_pair_verifier rule's verifier.pt)")
     single = rows[rows["edit"] == ""] if paired else rows
     res = optimise_latents(
         G, C, thresholds, single[lc.labels].to_numpy(), single["seed"].to_numpy(), lc, classifier_labels=list(C.label_names), pool_seed=pool_seed
@@ -197,7 +196,7 @@ def optimise_shard(
         "cpu_threads": int(torch.get_num_threads()),
     }
     if paired:  # the proximity weights the variants were optimised with (only in shards holding pairs)
-        meta["pairs"] = {"latent_weight": pairs.latent_weight, "embed_weight": pairs.embed_weight if embed is not None else 0.0}
+        meta["pairs"] = {"latent_weight": pairs.latent_weight, "embed_weight": pairs.embed_weight}
     res.attrs.clear()
     write_latents(res, lc.labels, out_path, meta)
     log.info(
