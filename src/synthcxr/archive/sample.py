@@ -172,7 +172,12 @@ def sample_shard(
         raise ValueError(f"outputs {sorted(outputs)} must be the working formats {want} of archive.formats {cfg.formats}")
     lat = read_latents(latents_path, cfg.labels)
     res = generator_resolution(G)
-    if lat.z.shape[0] and lat.z.shape[1] != getattr(G, "latent_dim", lat.z.shape[1]):
+    if lat.z.shape[0] and hasattr(G, "offset_res"):
+        try:  # the latent length, or it plus one block's feature offset (lco.feature_res)
+            G.offset_res(lat.z.shape[1])
+        except ValueError as exc:
+            raise ValueError(f"{latents_path}: {exc}; rerun lco with this generator") from None
+    elif lat.z.shape[0] and lat.z.shape[1] != getattr(G, "latent_dim", lat.z.shape[1]):
         raise ValueError(f"{latents_path}: latents have length {lat.z.shape[1]} but the generator expects {G.latent_dim}")
     dev = next((p.device.type for p in G.parameters()), "cpu")
     attrs = shard_attrs(lat.shard, generator_sha256, cfg.batch_size, dev, res, torch.get_num_threads(), cfg.png_level)

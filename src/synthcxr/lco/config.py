@@ -25,6 +25,9 @@ class LCOConfig:
     steps: int
     lr: float
     prior_weight: float
+    feature_res: int | None
+    feature_weight: float
+    feature_lr: float
     batch_size: int
     retries: int
     margin: float

@@ -156,7 +156,7 @@ def agreement(
     used = np.flatnonzero(space.used)
     prior = None
     if prior_samples > 0:
-        dim = int(z.shape[1])
+        dim = int(getattr(generator, "latent_dim", z.shape[1]))  # random latents carry no feature offset
         z_prior = initial_latents([seed], dim, prior_samples).reshape(prior_samples, dim).numpy()
         pp = checker_probs(generator, checker, space, z_prior, batch_size)
         prior = pp >= space.thresholds[used].astype(pp.dtype)[None, :]

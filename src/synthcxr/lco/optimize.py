@@ -80,7 +80,7 @@ from .config import LCOConfig
 from .memory import plan_chunks
 from .plan import _TAG_POOL, derive_seed
 from .pool import draw_pool
-from .starts import module_device
+from .starts import latent_length, module_device
 from .stream import Results, optimise_stream
 
 log = logging.getLogger("synthcxr")
@@ -103,7 +103,8 @@ def optimise_latents(
     ``targets`` is ``[N, L]`` 0/1 over ``cfg.labels`` (or a DataFrame holding those columns); ``seeds``
     the per-sample seeds from the plan; ``pool_seed`` the seed of the shard's prior pool in pool mode
     (default: derived from the first sample seed under the plan's pool tag). ``classifier_labels`` defaults to ``C.label_names``.
-    Columns of the result: seed (of the last attempt), attempts, z (float32 array per row),
+    Columns of the result: seed (of the last attempt), attempts, z (float32 array per row: the latent, followed
+    by its feature offset with ``cfg.feature_res``),
     target_<label>, prob_<label> (NaN for a label the classifier lacks), steps, g_evals (float: forward
     evaluations incl. the sample's share of the pool), grad_steps, success, reason ('' on success).
     ``result.attrs["pool"]`` holds the :class:`PoolStats` in pool mode and ``attrs["chunks"]`` the
@@ -135,7 +136,7 @@ def optimise_latents(
     chunks = plan_chunks(G, C, device, lc.batch_size, lc.memory_mb, lc.amp)
     n, d = len(targets), int(G.latent_dim)
     used = space.used
-    res = Results.empty(seeds, d, len(labels))
+    res = Results.empty(seeds, latent_length(G, lc.feature_res), len(labels))
     bar = progress(total=n, desc="lco", unit="sample")
     stats = None
     weak = np.zeros(n, dtype=bool)  # first attempt starts from a pool member worse than a fresh best-of-k start
@@ -153,7 +154,7 @@ def optimise_latents(
             members = np.concatenate([acc[u], st[u]])
             for j, (i, mbr) in enumerate(zip(rows, members)):
                 if j < len(acc[u]):
-                    res.z[i] = pool_z[mbr].numpy()
+                    res.z[i, :d] = pool_z[mbr].numpy()  # accepted as drawn: no feature offset
                     res.probs[i, np.flatnonzero(used)] = pool_p[mbr]
                     res.success[i] = True
                     res.attempts[i] = 1

@@ -21,7 +21,7 @@ import torch
 from .accept import LabelSpace, unmet_reason
 from .config import LCOConfig
 from .memory import plan_chunks
-from .starts import module_device
+from .starts import latent_length, module_device
 from .stream import Anchor, Results, optimise_stream
 
 
@@ -44,7 +44,7 @@ def optimise_variants(
     """Optimise every row of ``variants`` (:func:`variant_targets`) from ``base_z[base_row]``.
 
     Returns ``variants`` with z, prob_<label>, steps, g_evals, grad_steps, success, reason and the
-    proximity reached: ``latent_dist`` (``|z - z_base| / sqrt(d)``) and, with ``embed``, ``embed_dist``
+    proximity reached: ``latent_dist`` (``|z - z_base| / sqrt(d)`` over the latent part, a feature offset aside) and, with ``embed``, ``embed_dist``
     (``1 - cos`` of the two images' embeddings).
     """
     labels = cfg.labels
@@ -57,8 +57,9 @@ def optimise_variants(
     chunks = plan_chunks(G, C, device, cfg.batch_size, cfg.memory_mb, cfg.amp)
     start = torch.as_tensor(np.asarray(base_z, dtype=np.float32)[base_rows], device=device)
     e_base = _embed_all(G, embed, start, chunks.score_chunk) if embed is not None else None
-    anchor = Anchor(start, float(latent_weight), embed, e_base, float(embed_weight))
-    res = Results.empty(np.zeros(n, dtype=np.int64), d, len(labels))  # no fresh draws: every start is the base
+    anchor = Anchor(start, float(latent_weight), embed, e_base, float(embed_weight), dim=d)
+    # no fresh draws: every start is the base, feature offset (lco.feature_res) included
+    res = Results.empty(np.zeros(n, dtype=np.int64), latent_length(G, cfg.feature_res), len(labels))
     # A variant starts at its base or not at all: one attempt, no top-up, and no patience, which cuts a stalled
     # attempt short only to fund a fresh start that a variant never gets (it would forfeit steps, not move them).
     one_try = dataclasses.replace(cfg, retries=0, topup_rounds=0, patience=None)
@@ -73,7 +74,7 @@ def optimise_variants(
     out["steps"], out["g_evals"], out["grad_steps"], out["success"] = res.steps, res.g_evals, res.grad_steps, res.success
     out["reason"] = ["" if res.success[i] else unmet_reason(res.probs[i], targets[i], space, 1, cfg.steps) for i in range(n)]
     zt = torch.as_tensor(res.z, device=device)
-    out["latent_dist"] = ((zt - start).pow(2).sum(1) / d).sqrt().cpu().numpy() if n else np.zeros(0)
+    out["latent_dist"] = ((zt[:, :d] - start[:, :d]).pow(2).sum(1) / d).sqrt().cpu().numpy() if n else np.zeros(0)
     if embed is not None:
         e = _embed_all(G, embed, zt, chunks.score_chunk)
         out["embed_dist"] = (1.0 - (e * e_base).sum(1)).cpu().numpy()

@@ -195,6 +195,8 @@ def optimise_shard(
         "device": str(device),
         "cpu_threads": int(torch.get_num_threads()),
     }
+    if lc.feature_res is not None:  # latents longer than latent_dim carry this block's feature offset
+        meta["features"] = {"res": lc.feature_res, "weight": lc.feature_weight, "lr": lc.feature_lr}
     if paired:  # the proximity weights the variants were optimised with (only in shards holding pairs)
         meta["pairs"] = {"latent_weight": pairs.latent_weight, "embed_weight": pairs.embed_weight}
     res.attrs.clear()

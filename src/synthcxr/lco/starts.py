@@ -17,6 +17,19 @@ from .accept import target_loss
 from .plan import derive_seed
 
 
+def latent_length(G: torch.nn.Module, feature_res: int | None) -> int:
+    """Numbers per optimised latent: ``G.latent_dim``, plus the feature offset of block ``feature_res``
+    (``lco.feature_res``; every start's offset is zero). Raises naming the key when G has no such block."""
+    d = int(G.latent_dim)
+    if feature_res is None:
+        return d
+    dims = G.offset_dims() if hasattr(G, "offset_dims") else {}
+    if int(feature_res) not in dims:
+        raise ValueError(f"lco.feature_res: {feature_res} is not a block below this generator's output resolution "
+                         f"(offsets are possible at {sorted(dims)}); set one of those or null")
+    return d + int(dims[int(feature_res)])
+
+
 def initial_latents(seeds: Sequence[int], latent_dim: int, candidates: int = 1) -> torch.Tensor:
     """``[n, latent_dim]`` (or ``[n, candidates, latent_dim]`` when candidates > 1) float32 on CPU.
 

@@ -50,16 +50,17 @@ class Anchor:
     loss adds ``latent_weight * |z - z_base|^2 / d`` and, with an embedding, ``embed_weight * (1 - cos)``
     between the embeddings of the image and of the base image (``embed_base``, unit rows)."""
 
-    z: torch.Tensor  # [n, d]: the base latent of every row
+    z: torch.Tensor  # [n, d] (or [n, d + offset]): the base latent of every row
     latent_weight: float
     embed: Callable[[torch.Tensor], torch.Tensor] | None = None  # images -> unit embeddings
     embed_base: torch.Tensor | None = None  # [n, e]
     embed_weight: float = 0.0
+    dim: int | None = None  # the latent part's length d (None: the whole row); a feature offset after it has its own term
 
     def penalty(self, zi: torch.Tensor, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """The per-row proximity term of latents ``zi`` rendering images ``x``, for rows ``rows``."""
-        d = zi.shape[1]
-        out = self.latent_weight * (zi - self.z.index_select(0, rows)).pow(2).sum(1) / d
+        d = zi.shape[1] if self.dim is None else self.dim
+        out = self.latent_weight * (zi[:, :d] - self.z.index_select(0, rows)[:, :d]).pow(2).sum(1) / d
         if self.embed is not None and self.embed_weight > 0:
             e = self.embed(x.float())
             out = out + self.embed_weight * (1.0 - (e * self.embed_base.index_select(0, rows)).sum(1))
@@ -85,6 +86,10 @@ def optimise_stream(
 ) -> None:
     """Adam on z for every queued (row, attempt, start) with continuous batching.
 
+    ``out.z``'s width says what is optimised: ``G.latent_dim`` numbers, or those followed by a feature
+    offset (``lco.feature_res``) that starts at zero, has its own learning rate (``feature_lr``) and is
+    pulled towards zero by ``feature_weight`` times its mean square.
+
     Up to ``step_batch`` attempts run side by side, each with its own Adam moments and step count, so a
     sample's trajectory does not depend on its neighbours (up to floating-point reduction order). When
     a sample clears the accept rule it leaves the batch; when it fails after ``cfg.steps`` updates its
@@ -95,6 +100,9 @@ def optimise_stream(
     rule and the patience rule read the target loss alone.
     """
     d = int(G.latent_dim)
+    width = out.z.shape[1]  # d, or d + a feature offset
+    lr = torch.full((width,), float(cfg.lr), device=device)
+    lr[d:] = float(cfg.feature_lr)
     used = space.used
     cols = np.flatnonzero(used)
     idx = torch.as_tensor(np.asarray(space.clf_index)[used], dtype=torch.long, device=device)
@@ -118,9 +126,9 @@ def optimise_stream(
     t = np.empty(0, dtype=np.int64)
     best = np.empty(0, dtype=np.float64)  # lowest target loss of the attempt so far
     stale = np.empty(0, dtype=np.int64)  # steps since it last fell by 1 %
-    z = torch.empty(0, d, device=device)
-    m = torch.empty(0, d, device=device)
-    v = torch.empty(0, d, device=device)
+    z = torch.empty(0, width, device=device)
+    m = torch.empty(0, width, device=device)
+    v = torch.empty(0, width, device=device)
 
     def fill():
         nonlocal rows, att, t, best, stale, z, m, v
@@ -140,19 +148,19 @@ def optimise_stream(
             return
         r = np.array([w[0] for w in new], dtype=np.int64)
         a = np.array([w[1] for w in new], dtype=np.int64)
-        zs = torch.empty(len(new), d, device=device)
+        zs = torch.zeros(len(new), width, device=device)  # a feature offset starts at zero
         fresh = [j for j, w in enumerate(new) if w[2] is None]
         for j, w in enumerate(new):
             if w[2] is not None:
-                zs[j] = w[2].to(device=device, dtype=torch.float32)
+                zs[j, : len(w[2])] = w[2].to(device=device, dtype=torch.float32)
         if fresh:
             fr = r[fresh]
             sd = [attempt_seed(int(seeds[i]), int(a[j])) for i, j in zip(fr, fresh)]
             out.seed[fr] = sd
             if k == 1:
-                zs[fresh] = initial_latents(sd, d).to(device)
+                zs[fresh, :d] = initial_latents(sd, d).to(device)
             else:
-                zs[fresh] = best_of_candidates(G, C, initial_latents(sd, d, k).to(device), tgt_all[fr], idx, score_chunk, cfg.amp, cuts)
+                zs[fresh, :d] = best_of_candidates(G, C, initial_latents(sd, d, k).to(device), tgt_all[fr], idx, score_chunk, cfg.amp, cuts)
                 out.g_evals[fr] += k  # choosing the start costs k generator evaluations
         out.attempts[r] = a + 1
         rows, att, t = np.concatenate([rows, r]), np.concatenate([att, a]), np.concatenate([t, np.zeros(len(r), np.int64)])
@@ -203,7 +211,9 @@ def optimise_stream(
         if cont.any():
             per_sample = target
             if cfg.prior_weight > 0:
-                per_sample = per_sample + cfg.prior_weight * (zi.pow(2).sum(1) / d - 1.0).pow(2)
+                per_sample = per_sample + cfg.prior_weight * (zi[:, :d].pow(2).sum(1) / d - 1.0).pow(2)
+            if width > d and cfg.feature_weight > 0:
+                per_sample = per_sample + cfg.feature_weight * zi[:, d:].pow(2).mean(1)
             if anchor is not None:
                 per_sample = per_sample + anchor.penalty(zi, x, torch.as_tensor(rows, device=device))
             keep_t = torch.as_tensor(cont, device=device)
@@ -215,7 +225,7 @@ def optimise_stream(
             vi = v[keep_t].mul_(_BETA2).addcmul_(g, g, value=1 - _BETA2)
             tt = torch.as_tensor(t[cont] + 1, dtype=torch.float32, device=device)[:, None]
             step = (mi / (1 - _BETA1**tt)) / ((vi / (1 - _BETA2**tt)).sqrt() + _EPS)
-            zc = z[keep_t] - cfg.lr * step
+            zc = z[keep_t] - lr * step
         done = ~cont
         # a first attempt from a weak pool start failing says little about its combination
         np.add.at(fails, combo[rows[failed & ((att > 0) | ~weak[rows])]], 1)

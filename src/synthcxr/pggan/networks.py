@@ -47,6 +47,7 @@ class _GBlock(nn.Module):
 
     def __init__(self, c_in: int, c_out: int):
         super().__init__()
+        self.c_out = c_out
         self.conv0 = EqualizedConv2d(c_in, c_out, 3)
         self.conv1 = EqualizedConv2d(c_out, c_out, 3)
         self.act = nn.LeakyReLU(0.2)
@@ -63,7 +64,7 @@ class _GFirst(nn.Module):
 
     def __init__(self, latent_dim: int, c: int):
         super().__init__()
-        self.c = c
+        self.c = self.c_out = c
         # gain sqrt(2)/4 as in the reference: the dense layer plays the role of a 4x4 deconv
         self.dense = EqualizedLinear(latent_dim, c * 16, gain=SQRT2 / 4)
         self.conv = EqualizedConv2d(c, c, 3)
@@ -77,7 +78,14 @@ class _GFirst(nn.Module):
 
 
 class Generator(nn.Module):
-    """Maps ``z ~ N(0, I)`` to a ``[N, 1, R, R]`` image in about [-1, 1] (linear output)."""
+    """Maps ``z ~ N(0, I)`` to a ``[N, 1, R, R]`` image in about [-1, 1] (linear output).
+
+    A latent may also carry an additive offset to the features of one block (intermediate-layer
+    optimisation, Daras et al. 2021): ``latent_dim + offset_dims()[r]`` numbers, the latent followed by
+    the ``[C_r, r, r]`` offset added to block r's output (after its pixel norm), flattened. The length
+    alone says which block, so latents files, rendering and re-rendering need no other field. An all-zero
+    offset renders exactly the image of the plain latent.
+    """
 
     def __init__(self, resolution: int, latent_dim: int = 512, fmap_base: int = 8192, fmap_max: int = 512):
         super().__init__()
@@ -100,6 +108,22 @@ class Generator(nn.Module):
                 self.blocks.append(_GBlock(nf(s - 1), nf(s)))
             self.to_rgb.append(EqualizedConv2d(nf(s), 1, 1, gain=1.0))
 
+    def offset_dims(self) -> dict[int, int]:
+        """``{r: C_r * r * r}``: the offset length each block below the output resolution accepts."""
+        return {r: self.blocks[i].c_out * r * r for i, r in enumerate(self.res_list[:-1])}
+
+    def offset_res(self, length: int) -> int | None:
+        """The block a latent of ``length`` numbers offsets (None: a plain latent); raises on any other length."""
+        extra = int(length) - self.latent_dim
+        if extra == 0:
+            return None
+        for r, n in self.offset_dims().items():
+            if n == extra:
+                return r
+        accepted = [self.latent_dim, *(self.latent_dim + n for n in self.offset_dims().values())]
+        raise ValueError(f"latents must have one of the lengths {accepted} (latent_dim {self.latent_dim}, or it plus one "
+                         f"block's feature offset), got {length}")
+
     @property
     def arch(self) -> dict:
         """JSON-able constructor kwargs, stored beside the weights."""
@@ -117,15 +141,18 @@ class Generator(nn.Module):
         res = self.resolution if res is None else int(res)
         if res not in self.res_list:
             raise ValueError(f"res {res} not in this generator's resolutions {self.res_list}")
-        if z.ndim != 2 or z.shape[1] != self.latent_dim:
+        if z.ndim != 2:
             raise ValueError(f"z must be [N, {self.latent_dim}], got {list(z.shape)}")
+        at = self.offset_res(z.shape[1])
         k = self.res_list.index(res)
-        x = z
+        x, offset = z[:, : self.latent_dim], z[:, self.latent_dim :]
         prev = None
         for i in range(k + 1):
             if i == k and k > 0 and alpha < 1.0:
                 prev = x
             x = self.blocks[i](x)
+            if at == self.res_list[i]:
+                x = x + offset.reshape(x.shape)
         out = self.to_rgb[k](x)
         if prev is not None:
             out = lerp(upsample2x(self.to_rgb[k - 1](prev)), out, alpha)
