@@ -115,6 +115,10 @@ def _cross_checks(config: dict) -> None:
     if pairs["share"] > 0 and config["lco"]["shard_size"] < len(pairs["findings"]) + 1:
         raise ConfigError(f"'lco.shard_size': {config['lco']['shard_size']} cannot hold a base and its "
                           f"{len(pairs['findings'])} variant(s) (archive.pairs.findings); a pair never spans two shards")
+    fres, gres = config["lco"]["feature_res"], config["pggan"]["resolution"]
+    if fres is not None and (fres & (fres - 1) or fres >= gres):
+        raise ConfigError(f"'lco.feature_res': {fres} is not a generator block below its output (powers of two from 4 "
+                          f"to {gres // 2} at pggan.resolution {gres}); set one of those or null")
     if config["pggan"]["resolution"] > res:
         raise ConfigError(
             f"'pggan.resolution': {config['pggan']['resolution']} exceeds 'dataset.max_res' {res}; "

@@ -462,6 +462,11 @@ def test_dataset_card(arch, tmp_path):
     assert "No validation results were available" in render_card(_info(arch))
     # the sealed release's README.md is this card (with what seal_release was given)
     assert (arch["release"] / "README.md").read_text() == render_card(_info(arch), memorization=arch["mem"])
+    # a release whose LCO also offset the generator's features says so, and where the offsets are
+    info = _info(arch)
+    assert "offset to the generator" not in render_card(info)
+    info.setdefault("config", {}).setdefault("lco", {}).update(feature_res=8, feature_weight=1.0)
+    assert "an additive offset to the generator's 8 x 8 features (weight 1.0), stored after the latent in `latents.parquet`" in render_card(info)
 
 
 def test_card_front_matter_is_generated_from_the_release(arch):

@@ -62,6 +62,14 @@ def test_wrong_type_deep_key(raw):
     assert "'classifier.augment.hflip'" in _error(raw)
 
 
+@pytest.mark.parametrize("res", [12, 64, 128])
+def test_feature_res_must_be_a_block_below_the_generator_output(raw, res):
+    raw["pggan"]["resolution"] = 64
+    raw["lco"]["feature_res"] = res
+    msg = _error(raw)
+    assert "'lco.feature_res'" in msg and f"{res} is not a generator block" in msg and "4 to 32" in msg
+
+
 def test_enum_violation(raw):
     raw["dataset"]["format"] = "png-folder"
     msg = _error(raw)
