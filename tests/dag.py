@@ -72,13 +72,13 @@ def run_group(
 
 
 def snakemake(workdir: Path, *args: str, env: dict | None = None, timeout: int = 1200,
-              config: Path | Sequence[Path] = TINY) -> subprocess.CompletedProcess:
+              config: Path | Sequence[Path] = TINY, launcher: Sequence[str] = (SNAKEMAKE,)) -> subprocess.CompletedProcess:
     """Run the repo's Snakefile in ``workdir`` with ``config`` (default: the tiny one; several are merged in order)
-    over the default.
+    over the default. ``launcher`` is the command that takes snakemake's arguments (default: ``snakemake``).
 
     The command runs from the repo root, as users type it (``--profile slurm`` resolves there).
     """
     configs = [config] if isinstance(config, (str, os.PathLike)) else list(config)
-    cmd = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--configfile", *map(str, configs), *args]
+    cmd = [*launcher, "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--configfile", *map(str, configs), *args]
     run_env = dict(os.environ, SYNTHCXR_NO_PROGRESS="1", OMP_NUM_THREADS="1", **(env or {}))
     return run_group(cmd, timeout=timeout, env=run_env, cwd=REPO)

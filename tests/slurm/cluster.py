@@ -14,10 +14,13 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 SYSTEM_CONF = Path("/etc/slurm/slurm.conf")
+#: snakemake's command with the SLURM executor's status checks at the pace the command line asks (polling.py)
+POLLING = (sys.executable, str(Path(__file__).with_name("polling.py")))
 BINARIES = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "sinfo", "scontrol")
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from cluster import SlurmCluster, start_or_skip
+from cluster import POLLING, SlurmCluster, start_or_skip
 from dag import TINY, snakemake
 from pggan_logs import assert_same_losses
 
@@ -36,10 +36,10 @@ def test_gan_trains_on_two_nodes_with_the_losses_of_one_process(two_nodes: Slurm
     nodes.write_text("pggan: {nodes: 2}\n")
     proc = snakemake(
         tmp_path, "--profile", "slurm", "--jobs", "1", "--max-threads", "2",
-        "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "2",
+        "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "1",
         "--seconds-between-status-checks", "1", "results/pggan/tiny/generator.pt",
         env={"SLURM_CONF": str(two_nodes.conf), "SYNTHCXR_SLURM_GPUS": "0", "SYNTHCXR_SLURM_PARTITION": "debug"},
-        timeout=1800, config=[TINY, nodes],
+        timeout=1800, config=[TINY, nodes], launcher=POLLING,
     )
     out = proc.stdout + proc.stderr
     train_log = tmp_path / "results/logs/train_pggan-tiny.log"

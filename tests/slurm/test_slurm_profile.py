@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from cluster import SlurmCluster, start_or_skip
+from cluster import POLLING, SlurmCluster, start_or_skip
 from dag import TINY, snakemake
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -50,9 +50,10 @@ def test_dag_runs_through_sbatch_and_matches_local(cluster: SlurmCluster, tiny_r
         # Same thread counts as the local --cores 2 run, so floating-point results are comparable.
         "--max-threads", "2",
         "--slurm-status-command", "squeue",
-        "--slurm-init-seconds-before-status-checks", "2",
+        "--slurm-init-seconds-before-status-checks", "1",
         "--seconds-between-status-checks", "1",  # job turnaround, not the jobs, dominated this test at the default 10 s
         env=env,
+        launcher=POLLING,  # ... and so did the plugin's back-off between status checks (polling.py)
         timeout=2400,
         config=[TINY, budget],
     )
