@@ -107,6 +107,11 @@ def test_the_feature_offset_reaches_targets_the_latent_alone_does_not(models):
     rms = [float(np.sqrt((np.stack(optimise_latents(G, C, never, targets[:4], seeds[:4], _cfg(feature_res=8, feature_weight=w, feature_lr=0.05))["z"])[:, 8:] ** 2).mean()))
            for w in (0.0, 1.0, 10.0)]
     assert rms[0] > rms[1] > rms[2] > 0, rms
+    # feature_radius bounds every row's offset (root mean square) however long it runs
+    bounded = np.stack(optimise_latents(G, C, never, targets[:4], seeds[:4], _cfg(feature_res=8, feature_weight=0.0, feature_lr=0.05,
+                                                                                 feature_radius=0.05))["z"])[:, 8:]
+    row_rms = np.sqrt((bounded**2).mean(1))
+    assert rms[0] > 0.05 and np.all(row_rms <= 0.05 * (1 + 1e-5)) and np.all(row_rms > 0.04), row_rms
     # a row's result does not depend on the batch it ran in
     alone = optimise_latents(G, C, thr, targets[:3], seeds[:3], _cfg(feature_res=8, feature_weight=0.1, feature_lr=0.05, batch_size=2))
     np.testing.assert_allclose(np.stack(alone["z"]), z[:3], atol=1e-4)
@@ -139,4 +144,4 @@ def test_pool_accepts_carry_a_zero_offset_and_the_shard_records_the_block(models
     import pyarrow.parquet as pq
 
     meta = json.loads(pq.read_schema(out).metadata[b"synthcxr"])
-    assert meta["features"] == {"res": 4, "weight": 0.5, "lr": 0.05} and meta["latent_dim"] == 8
+    assert meta["features"] == {"res": 4, "weight": 0.5, "lr": 0.05, "radius": None} and meta["latent_dim"] == 8

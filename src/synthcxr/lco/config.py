@@ -28,6 +28,7 @@ class LCOConfig:
     feature_res: int | None
     feature_weight: float
     feature_lr: float
+    feature_radius: float | None
     batch_size: int
     retries: int
     margin: float

@@ -196,7 +196,7 @@ def optimise_shard(
         "cpu_threads": int(torch.get_num_threads()),
     }
     if lc.feature_res is not None:  # latents longer than latent_dim carry this block's feature offset
-        meta["features"] = {"res": lc.feature_res, "weight": lc.feature_weight, "lr": lc.feature_lr}
+        meta["features"] = {"res": lc.feature_res, "weight": lc.feature_weight, "lr": lc.feature_lr, "radius": lc.feature_radius}
     if paired:  # the proximity weights the variants were optimised with (only in shards holding pairs)
         meta["pairs"] = {"latent_weight": pairs.latent_weight, "embed_weight": pairs.embed_weight}
     res.attrs.clear()

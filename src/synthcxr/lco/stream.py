@@ -88,7 +88,8 @@ def optimise_stream(
 
     ``out.z``'s width says what is optimised: ``G.latent_dim`` numbers, or those followed by a feature
     offset (``lco.feature_res``) that starts at zero, has its own learning rate (``feature_lr``) and is
-    pulled towards zero by ``feature_weight`` times its mean square.
+    pulled towards zero by ``feature_weight`` times its mean square; with ``feature_radius`` each update is
+    projected back onto the ball of that root mean square (intermediate-layer optimisation's range constraint).
 
     Up to ``step_batch`` attempts run side by side, each with its own Adam moments and step count, so a
     sample's trajectory does not depend on its neighbours (up to floating-point reduction order). When
@@ -226,6 +227,9 @@ def optimise_stream(
             tt = torch.as_tensor(t[cont] + 1, dtype=torch.float32, device=device)[:, None]
             step = (mi / (1 - _BETA1**tt)) / ((vi / (1 - _BETA2**tt)).sqrt() + _EPS)
             zc = z[keep_t] - lr * step
+            if width > d and cfg.feature_radius is not None:  # project the offset back inside its ball
+                rms = zc[:, d:].pow(2).mean(1, keepdim=True).sqrt()
+                zc[:, d:] *= (cfg.feature_radius / rms.clamp_min(1e-12)).clamp(max=1.0)
         done = ~cont
         # a first attempt from a weak pool start failing says little about its combination
         np.add.at(fails, combo[rows[failed & ((att > 0) | ~weak[rows])]], 1)
