@@ -59,8 +59,6 @@ rule lco:
         verifier=[f"{REID}/steer/verifier.pt"]
         if PAIRS_ON and config["archive"]["pairs"]["embed_weight"] > 0
         else [],
-        # only with the realism term: the GAN's own critic
-        critic=[f"{PGGAN}/critic.pt"] if config["lco"]["realism_weight"] > 0 else [],
     output:
         latents=f"{WORK}/latents/shard-{{shard}}.parquet",
     params:

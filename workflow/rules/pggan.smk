@@ -32,18 +32,3 @@ rule train_pggan:
         CONDA_ENV
     script:
         "../scripts/train_pggan.py"
-
-
-# The critic of the training state that wrote generator.pt, for LCO's realism term (lco.realism_weight > 0):
-# checkpoint.pt beside the generator holds it (not an output: it must survive a failed training job).
-rule export_critic:
-    input:
-        generator=f"{PGGAN}/generator.pt",
-    output:
-        critic=f"{PGGAN}/critic.pt",
-    log:
-        f"{LOGS}/export_critic-{RUN}.log",
-    conda:
-        CONDA_ENV
-    script:
-        "../scripts/export_critic.py"

@@ -18,5 +18,4 @@ run_shard(
     margins_path=sm.input.margins,
     pairs=pairs,
     verifier_path=sm.input.verifier[0] if sm.input.verifier else None,
-    critic_path=sm.input.critic[0] if sm.input.critic else None,
 )

@@ -29,7 +29,6 @@ class LCOConfig:
     feature_weight: float
     feature_lr: float
     feature_radius: float | None
-    realism_weight: float
     batch_size: int
     retries: int
     margin: float

@@ -95,7 +95,6 @@ def optimise_latents(
     cfg: LCOConfig,
     classifier_labels: Sequence[str] | None = None,
     pool_seed: int | None = None,
-    realism=None,
 ) -> pd.DataFrame:
     """Optimise one latent per target row; returns one row per target, in order.
 
@@ -103,8 +102,7 @@ def optimise_latents(
     of every label) or a :class:`LabelSpace` carrying its own margins (:mod:`synthcxr.lco.margins`).
     ``targets`` is ``[N, L]`` 0/1 over ``cfg.labels`` (or a DataFrame holding those columns); ``seeds``
     the per-sample seeds from the plan; ``pool_seed`` the seed of the shard's prior pool in pool mode
-    (default: derived from the first sample seed under the plan's pool tag); ``realism`` an optional
-    :class:`~.realism.CriticTerm` added to every update's loss. ``classifier_labels`` defaults to ``C.label_names``.
+    (default: derived from the first sample seed under the plan's pool tag). ``classifier_labels`` defaults to ``C.label_names``.
     Columns of the result: seed (of the last attempt), attempts, z (float32 array per row: the latent, followed
     by its feature offset with ``cfg.feature_res``),
     target_<label>, prob_<label> (NaN for a label the classifier lacks), steps, g_evals (float: forward
@@ -173,8 +171,7 @@ def optimise_latents(
                  "(%d of them as good as a best-of-%d start)", stats.size, stats.blocks, stats.accepted, n, stats.started, stats.strong, lc.init_candidates)
     else:
         work = [(i, 0, None) for i in range(n)]
-    optimise_stream(G, C, space, targets, seeds, lc, device, work, res, inverse, weak, chunks.step_batch, chunks.score_chunk, bar,
-                    realism=realism)
+    optimise_stream(G, C, space, targets, seeds, lc, device, work, res, inverse, weak, chunks.step_batch, chunks.score_chunk, bar)
     bar.close()
     log.info("lco: %d targets, success %.3f", n, res.success.mean() if n else float("nan"))
     z_out, probs_out, steps_out, evals_out, grads_out = res.z, res.probs, res.steps, res.g_evals, res.grad_steps

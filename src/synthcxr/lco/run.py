@@ -25,11 +25,10 @@ from .margins import read_margins
 from .optimize import optimise_latents
 from .pair_plan import PairsConfig
 from .pairs import optimise_variants
-from .plan import derive_seed, pool_seed, read_plan
+from .plan import pool_seed, read_plan
 from .starts import module_device
 
 log = logging.getLogger("synthcxr")
-_TAG_CRITIC = 0x43524954  # "CRIT": the realism term's reference and floor draws, one seed for every shard
 
 
 def run_shard(
@@ -44,14 +43,12 @@ def run_shard(
     margins_path: str | os.PathLike | None = None,
     pairs: PairsConfig | None = None,
     verifier_path: str | os.PathLike | None = None,
-    critic_path: str | os.PathLike | None = None,
 ) -> pd.DataFrame:
     """Optimise the latents of one shard of the plan and write ``latents/shard-XXXXX.parquet``.
 
     ``cfg`` is the ``lco`` section with the global keys (``synthcxr.config.section(config, 'lco')``);
     ``margins_path`` the lco_margins rule's ``margins.json`` (default: ``lco.margin`` for every label and side);
-    ``verifier_path`` the steering patient verifier (rule train_pair_verifier), read when ``pairs.embed_weight`` > 0;
-    ``critic_path`` the GAN's critic (rule export_critic), needed when ``lco.realism_weight`` > 0.
+    ``verifier_path`` the steering patient verifier (rule train_pair_verifier), read when ``pairs.embed_weight`` > 0.
     """
     if log_file is not None:
         setup_logging(log_file)
@@ -79,19 +76,7 @@ def run_shard(
 
         embed, _ = load_verifier(verifier_path, device)
         embed.requires_grad_(False)
-    realism = None
-    if lc.realism_weight > 0:
-        if critic_path is None:
-            raise ValueError("lco.realism_weight > 0 needs the GAN's critic: pass critic_path (the export_critic rule's critic.pt)")
-        from ..pggan.checkpoint import load_critic
-        from .realism import critic_term
-
-        D = load_critic(critic_path, device)
-        D.requires_grad_(False)
-        realism = critic_term(G, D, lc.realism_weight, derive_seed(lc.seed, _TAG_CRITIC))
-        log.info("lco realism: critic %s, floor %.4f (median score of prior draws), weight %g", critic_path, realism.floor, lc.realism_weight)
-    return optimise_shard(rows, shard, G, C, space, lc, out_path, pool_seed=pool_seed(lc.seed, shard), pairs=pairs, embed=embed,
-                          realism=realism)
+    return optimise_shard(rows, shard, G, C, space, lc, out_path, pool_seed=pool_seed(lc.seed, shard), pairs=pairs, embed=embed)
 
 
 def _with_variants(rows: pd.DataFrame, single: pd.DataFrame, res: pd.DataFrame, G: Any, C: Any, space: LabelSpace,
@@ -158,7 +143,6 @@ def optimise_shard(
     pool_seed: int | None = None,
     pairs: PairsConfig | None = None,
     embed: Any = None,
-    realism: Any = None,
 ) -> pd.DataFrame:
     """Optimise the given plan rows (one shard) with loaded models and write the latents shard.
 
@@ -182,8 +166,7 @@ def optimise_shard(
                          "(run_shard: verifier_path, the train_pair_verifier rule's verifier.pt)")
     single = rows[rows["edit"] == ""] if paired else rows
     res = optimise_latents(
-        G, C, thresholds, single[lc.labels].to_numpy(), single["seed"].to_numpy(), lc, classifier_labels=list(C.label_names), pool_seed=pool_seed,
-        realism=realism,
+        G, C, thresholds, single[lc.labels].to_numpy(), single["seed"].to_numpy(), lc, classifier_labels=list(C.label_names), pool_seed=pool_seed
     )
     pool, chunks = res.attrs.get("pool"), res.attrs.get("chunks")
     if paired:
@@ -212,8 +195,6 @@ def optimise_shard(
         "device": str(device),
         "cpu_threads": int(torch.get_num_threads()),
     }
-    if realism is not None:  # the critic's floor every update was held to
-        meta["realism"] = {"weight": lc.realism_weight, "floor": realism.floor}
     if lc.feature_res is not None:  # latents longer than latent_dim carry this block's feature offset
         meta["features"] = {"res": lc.feature_res, "weight": lc.feature_weight, "lr": lc.feature_lr, "radius": lc.feature_radius}
     if paired:  # the proximity weights the variants were optimised with (only in shards holding pairs)

@@ -83,7 +83,6 @@ def optimise_stream(
     score_chunk: int,
     bar=None,
     anchor: Anchor | None = None,
-    realism=None,
 ) -> None:
     """Adam on z for every queued (row, attempt, start) with continuous batching.
 
@@ -99,8 +98,7 @@ def optimise_stream(
     the queue while attempts remain. Freed slots are refilled from the queue at once, which keeps the
     batch full instead of letting a few slow samples run a nearly empty batch to the step limit.
     With an ``anchor`` each row's update also pulls it towards its base (:class:`Anchor`); the accept
-    rule and the patience rule read the target loss alone, as they do with ``realism``
-    (:class:`~.realism.CriticTerm`: the GAN critic's charge for an image less real than a typical prior draw).
+    rule and the patience rule read the target loss alone.
     """
     d = int(G.latent_dim)
     width = out.z.shape[1]  # d, or d + a feature offset
@@ -219,8 +217,6 @@ def optimise_stream(
                 per_sample = per_sample + cfg.feature_weight * zi[:, d:].pow(2).mean(1)
             if anchor is not None:
                 per_sample = per_sample + anchor.penalty(zi, x, torch.as_tensor(rows, device=device))
-            if realism is not None and realism.weight > 0:
-                per_sample = per_sample + realism.penalty(x.float())
             keep_t = torch.as_tensor(cont, device=device)
             (grad,) = torch.autograd.grad(per_sample[keep_t].sum(), zi)
             out.grad_steps[rows] += 1  # the backward runs over the whole batch

@@ -1,4 +1,4 @@
-"""Saving and loading: the resumable training checkpoint and the small generator (and critic) files.
+"""Saving and loading: the resumable training checkpoint and the small generator files.
 
 Everything stored is tensors, numbers, strings, lists and dicts, so both files load with
 ``torch.load(..., weights_only=True)``; nothing is unpickled as an arbitrary object.
@@ -16,7 +16,7 @@ import torch
 
 from .. import __version__
 from ..utils.atomic import torch_save
-from .networks import Discriminator, Generator
+from .networks import Generator
 
 CHECKPOINT_FORMAT = 1
 
@@ -96,35 +96,3 @@ def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu") 
     G.load_state_dict(obj["state_dict"])
     G.meta = dict(obj.get("meta", {}))
     return G.to(device).eval()
-
-
-def export_critic(checkpoint_path: str | os.PathLike, generator_path: str | os.PathLike, out_path: str | os.PathLike) -> Path:
-    """Write the critic of the training state that wrote ``generator_path`` as ``{"arch", "state_dict", "meta"}``.
-
-    ``checkpoint.pt`` lives beside the generator and holds the critic; it must be the state the generator
-    file was written from (same kimg), else the critic would judge images of another generator.
-    """
-    ck = load_checkpoint(checkpoint_path)
-    gen = torch.load(generator_path, map_location="cpu", weights_only=True)
-    kimg = float(gen.get("meta", {}).get("kimg", float("nan")))
-    if abs(ck["nimg"] / 1000.0 - kimg) > 1e-6:
-        raise RuntimeError(f"{checkpoint_path} is at {ck['nimg'] / 1000:g} kimg but {generator_path} was written at {kimg:g}; "
-                           "rerun train_pggan to finish the schedule (the critic must be the generator's own)")
-    cfg = ck["config"]
-    arch = {"resolution": int(cfg["resolution"]), "fmap_base": int(cfg["fmap_base"]), "fmap_max": int(cfg["fmap_max"])}
-    sd = {k: v.detach().to("cpu").clone() for k, v in ck["D"].items()}
-    torch_save({"arch": arch, "state_dict": sd, "meta": {"version": __version__, "kimg": kimg}}, out_path)
-    return Path(out_path)
-
-
-def load_critic(path: str | os.PathLike, device: str | torch.device = "cpu") -> Discriminator:
-    """The critic written by :func:`export_critic`, in eval mode (parameters keep ``requires_grad``)."""
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"{p} missing: run the export_critic rule (snakemake {p})")
-    obj = torch.load(p, map_location="cpu", weights_only=True)
-    if not isinstance(obj, dict) or "arch" not in obj or "state_dict" not in obj:
-        raise ValueError(f"{p}: not a critic file (expected keys 'arch' and 'state_dict')")
-    D = Discriminator(**obj["arch"])
-    D.load_state_dict(obj["state_dict"])
-    return D.to(device).eval()
