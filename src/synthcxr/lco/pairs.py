@@ -57,7 +57,7 @@ def optimise_variants(
     chunks = plan_chunks(G, C, device, cfg.batch_size, cfg.memory_mb, cfg.amp)
     start = torch.as_tensor(np.asarray(base_z, dtype=np.float32)[base_rows], device=device)
     e_base = _embed_all(G, embed, start, chunks.score_chunk) if embed is not None else None
-    anchor = Anchor(start, float(latent_weight), embed, e_base, float(embed_weight), dim=d)
+    anchor = Anchor(start, float(latent_weight), embed, e_base, float(embed_weight))
     # no fresh draws: every start is the base, feature offset (lco.feature_res) included
     res = Results.empty(np.zeros(n, dtype=np.int64), latent_length(G, cfg.feature_res), len(labels))
     # A variant starts at its base or not at all: one attempt, no top-up, and no patience, which cuts a stalled

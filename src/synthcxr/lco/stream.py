@@ -55,11 +55,10 @@ class Anchor:
     embed: Callable[[torch.Tensor], torch.Tensor] | None = None  # images -> unit embeddings
     embed_base: torch.Tensor | None = None  # [n, e]
     embed_weight: float = 0.0
-    dim: int | None = None  # the latent part's length d (None: the whole row); a feature offset after it has its own term
 
-    def penalty(self, zi: torch.Tensor, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """The per-row proximity term of latents ``zi`` rendering images ``x``, for rows ``rows``."""
-        d = zi.shape[1] if self.dim is None else self.dim
+    def penalty(self, zi: torch.Tensor, x: torch.Tensor, rows: torch.Tensor, d: int) -> torch.Tensor:
+        """The per-row proximity term of latents ``zi`` rendering images ``x``, for rows ``rows``; the latent
+        distance is over the first ``d`` numbers (a feature offset after them has its own term)."""
         out = self.latent_weight * (zi[:, :d] - self.z.index_select(0, rows)[:, :d]).pow(2).sum(1) / d
         if self.embed is not None and self.embed_weight > 0:
             e = self.embed(x.float())
@@ -216,7 +215,7 @@ def optimise_stream(
             if width > d and cfg.feature_weight > 0:
                 per_sample = per_sample + cfg.feature_weight * zi[:, d:].pow(2).mean(1)
             if anchor is not None:
-                per_sample = per_sample + anchor.penalty(zi, x, torch.as_tensor(rows, device=device))
+                per_sample = per_sample + anchor.penalty(zi, x, torch.as_tensor(rows, device=device), d)
             keep_t = torch.as_tensor(cont, device=device)
             (grad,) = torch.autograd.grad(per_sample[keep_t].sum(), zi)
             out.grad_steps[rows] += 1  # the backward runs over the whole batch
