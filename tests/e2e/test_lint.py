@@ -78,6 +78,23 @@ def test_the_plan_waits_for_the_checker_only_when_it_leaves_out_what_the_checker
     assert "results/classifier/check" not in off
 
 
+def test_lco_reads_the_realism_gate_only_when_it_is_on(tmp_path):
+    """``lco.realism_quantile`` makes lco_margins write realism.npz and every lco job read it; null leaves both out."""
+    def lco_jobs(extra: str) -> str:
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(extra)
+        proc = _run("-n", "--cores", "1", "results/archive/demo/work/latents/shard-00000.parquet", "--configfile", str(cfg), cwd=tmp_path)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return proc.stdout
+
+    on = lco_jobs("lco: {realism_quantile: 0.95}\n")
+    off = lco_jobs("lco: {realism_quantile: null}\n")
+    gate = "results/archive/demo/work/realism.npz"
+    assert re.search(r"rule lco_margins:\s*\n(.*\n)*?\s*output: [^\n]*" + re.escape(gate), on)
+    assert re.search(r"rule lco:\s*\n\s*input: [^\n]*" + re.escape(gate), on)
+    assert gate not in off
+
+
 def test_a_package_from_another_checkout_is_refused(tmp_path):
     """The rules and their scripts run one copy of the code: a synthcxr imported from elsewhere is an error
     that says how to install this checkout, not a run that mixes two versions."""

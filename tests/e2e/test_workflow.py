@@ -146,6 +146,39 @@ def test_lco_shard_rerun_with_other_cores_is_byte_identical(tiny_run: Path, tmp_
     assert sha256_file(tmp_path / rel) == sha256_file(tiny_run / rel)
 
 
+def test_realism_gate_reruns_the_margins_job_and_holds_every_met_target(tiny_run: Path, tmp_path: Path):
+    """Turning lco.realism_quantile on reruns lco_margins (which fits the gate) and the LCO shard asked for,
+    and every target that shard meets renders inside the gate (re-rendered here from its latent)."""
+    from synthcxr.classifier import load_classifier
+    from synthcxr.lco.latents import read_latents
+    from synthcxr.lco.realism import load_gate
+    from synthcxr.pggan import load_generator
+
+    shutil.copytree(tiny_run / "results", tmp_path / "results")
+    on = tmp_path / "realism.yaml"
+    on.write_text("lco: {realism_quantile: 0.9, realism_weight: 1.0}\n")
+    rel = "results/archive/tiny/work/latents/shard-00000.parquet"
+    proc = snakemake(tmp_path, "--cores", "1", rel, "--rerun-triggers", "mtime", "params", "input", config=[TINY, on])
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    assert re.search(r"^rule lco_margins:", out, flags=re.M) and re.search(r"^rule lco:", out, flags=re.M), out[-3000:]
+    assert not re.search(r"^rule (sample|train_\w+|prepare):", out, flags=re.M), out[-3000:]
+    work = tmp_path / "results" / "archive" / "tiny" / "work"
+    gate = load_gate(work / "realism.npz")
+    assert json.loads((work / "margins.json").read_text())["realism"]["threshold"] == gate.threshold
+    labels = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["labels"]
+    lat = read_latents(tmp_path / rel, labels)
+    meta = json.loads(pq.read_schema(tmp_path / rel).metadata[b"synthcxr"])
+    assert meta["realism"]["threshold"] == gate.threshold and meta["realism"]["quantile"] == 0.9
+    met = lat.table["success"].to_numpy()
+    assert met.any()
+    G = load_generator(tmp_path / "results" / "pggan" / "tiny" / "generator.pt", "cpu")
+    C = load_classifier(tmp_path / "results" / "classifier" / "real" / "model.pt", "cpu")
+    with torch.no_grad():
+        d = gate.distance(C.features(G(torch.as_tensor(lat.z[met])))).numpy()
+    assert (d <= gate.threshold * (1 + 1e-4)).all(), d
+
+
 def test_dicom_export_carries_nothing_of_the_source_collection(tiny_run: Path):
     """Every released sample's DICOM file is a valid synthetic object whose values never repeat an identifier
     of the real collection (image ids, patient keys, source paths)."""

@@ -70,6 +70,12 @@ def test_feature_res_must_be_a_block_below_the_generator_output(raw, res):
     assert "'lco.feature_res'" in msg and f"{res} is not a generator block" in msg and "4 to 32" in msg
 
 
+@pytest.mark.parametrize("key, value", [("realism_quantile", 1.0), ("realism_quantile", 0), ("realism_weight", -0.5)])
+def test_realism_gate_keys_are_checked_by_name(raw, key, value):
+    raw["lco"][key] = value
+    assert f"'lco.{key}'" in _error(raw)
+
+
 def test_enum_violation(raw):
     raw["dataset"]["format"] = "png-folder"
     msg = _error(raw)

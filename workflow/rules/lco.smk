@@ -6,6 +6,8 @@
 # With paired counterfactuals (archive.pairs.share > 0) the plan and LCO also read archive.pairs; without,
 # their params are the lco section alone, as they were before pairs existed.
 LCO_PARAMS = {**stage("lco"), **({"archive_pairs": config["archive"]["pairs"]} if config["archive"]["pairs"]["share"] > 0 else {})}
+# With lco.realism_quantile, lco_margins also fits the realism gate (real scans' steering features) that LCO reads.
+REALISM_ON = config["lco"]["realism_quantile"] is not None
 
 
 rule plan:
@@ -37,8 +39,9 @@ rule lco_margins:
         labels=f"{PREP}/labels.parquet",
     output:
         margins=f"{WORK}/margins.json",
+        **({"realism": f"{WORK}/realism.npz"} if REALISM_ON else {}),
     params:
-        cfg=stage("lco", ["margin", "margin_quantile"]),
+        cfg=stage("lco", ["margin", "margin_quantile"] + (["realism_quantile", "realism_weight"] if REALISM_ON else [])),
     log:
         f"{ALOGS}/lco_margins.log",
     threads: 2
@@ -55,6 +58,7 @@ rule lco:
         classifier=f"{CLF}/{config['classifier']['name']}/model.pt",
         thresholds=f"{CLF}/{config['classifier']['name']}/thresholds.json",
         margins=f"{WORK}/margins.json",
+        realism=[f"{WORK}/realism.npz"] if REALISM_ON else [],
         # only when pair variants keep near their base in a patient verifier's embedding (not the audit's)
         verifier=[f"{REID}/steer/verifier.pt"]
         if PAIRS_ON and config["archive"]["pairs"]["embed_weight"] > 0

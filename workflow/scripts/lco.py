@@ -18,4 +18,5 @@ run_shard(
     margins_path=sm.input.margins,
     pairs=pairs,
     verifier_path=sm.input.verifier[0] if sm.input.verifier else None,
+    realism_path=sm.input.realism[0] if sm.input.realism else None,
 )

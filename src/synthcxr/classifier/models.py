@@ -49,8 +49,12 @@ class SmallCNN(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return torch.flatten(F.adaptive_avg_pool2d(self.body(x), 1), 1)
 
+    def classify(self, f: torch.Tensor) -> torch.Tensor:
+        """Logits from :meth:`features`' output."""
+        return self.head(self.dropout(f))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.dropout(self.features(x)))
+        return self.classify(self.features(x))
 
 
 class _DenseLayer(nn.Module):
@@ -139,8 +143,12 @@ class DenseNet121(nn.Module):
         y = F.relu(self.norm_final(self.blocks(self.stem(x))))
         return torch.flatten(F.adaptive_avg_pool2d(y, 1), 1)
 
+    def classify(self, f: torch.Tensor) -> torch.Tensor:
+        """Logits from :meth:`features`' output."""
+        return self.head(f)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+        return self.classify(self.features(x))
 
 
 ARCHS = ("small_cnn", "densenet121")
@@ -198,6 +206,11 @@ class Classifier(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Penultimate-layer features ``[N, F]`` after global pooling (for FID-style metrics)."""
         return self.net.features(self._prepare(x))
+
+    def logits_and_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logits [N, L], features [N, F])`` from one forward (LCO's realism gate reads both)."""
+        f = self.net.features(self._prepare(x))
+        return self.net.classify(f), f
 
     @property
     def n_features(self) -> int:

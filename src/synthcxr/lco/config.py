@@ -29,6 +29,8 @@ class LCOConfig:
     feature_weight: float
     feature_lr: float
     feature_radius: float | None
+    realism_quantile: float | None
+    realism_weight: float
     batch_size: int
     retries: int
     margin: float

@@ -32,6 +32,7 @@ import numpy as np
 from ..utils.atomic import write_json
 from .accept import prob_logit
 from .config import LCOConfig
+from .realism import calibrate_gate, save_gate
 
 log = logging.getLogger("synthcxr")
 
@@ -119,10 +120,13 @@ def run_margins(
     prepared: str | os.PathLike,
     out_path: str | os.PathLike,
     log_file: str | os.PathLike | None = None,
+    realism_path: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
-    """Rule lco_margins: write ``margins.json`` for the steering classifier (scores real val scans when calibrating).
+    """Rule lco_margins: write ``margins.json`` for the steering classifier (scores real val scans when calibrating)
+    and, with ``lco.realism_quantile``, the realism gate to ``realism_path`` (:mod:`.realism`).
 
-    ``cfg`` holds ``margin``, ``margin_quantile``, ``labels`` and ``device`` (the ``lco`` section).
+    ``cfg`` holds ``margin``, ``margin_quantile``, ``labels`` and ``device`` (the ``lco`` section), and the
+    ``realism_*`` keys when the gate is on.
     """
     from ..classifier import load_classifier
     from ..classifier.evaluate import load_thresholds, predict
@@ -161,6 +165,12 @@ def run_margins(
         "rule": RULE.format(min_count=MIN_COUNT),
         "labels": {n: table[n] for n in labels},
     }
+    if lc.realism_quantile is not None:
+        if realism_path is None:
+            raise ValueError("lco.realism_quantile is set: pass realism_path (the lco_margins rule's realism.npz output)")
+        gate = calibrate_gate(C, prepared, {"realism_quantile": lc.realism_quantile, "realism_weight": lc.realism_weight}, dev, lc.seed)
+        save_gate(gate, realism_path)
+        out["realism"] = {**gate.summary(), "file": os.fspath(realism_path)}
     write_json(out_path, out)
     for n in labels:
         r = table[n]

@@ -80,6 +80,7 @@ from .config import LCOConfig
 from .memory import plan_chunks
 from .plan import _TAG_POOL, derive_seed
 from .pool import draw_pool
+from .realism import RealismGate
 from .starts import latent_length, module_device
 from .stream import Results, optimise_stream
 
@@ -95,6 +96,7 @@ def optimise_latents(
     cfg: LCOConfig,
     classifier_labels: Sequence[str] | None = None,
     pool_seed: int | None = None,
+    gate: RealismGate | None = None,
 ) -> pd.DataFrame:
     """Optimise one latent per target row; returns one row per target, in order.
 
@@ -103,6 +105,7 @@ def optimise_latents(
     ``targets`` is ``[N, L]`` 0/1 over ``cfg.labels`` (or a DataFrame holding those columns); ``seeds``
     the per-sample seeds from the plan; ``pool_seed`` the seed of the shard's prior pool in pool mode
     (default: derived from the first sample seed under the plan's pool tag). ``classifier_labels`` defaults to ``C.label_names``.
+    With a realism ``gate`` (:mod:`.realism`) a target is met only by an image within the gate's distance too.
     Columns of the result: seed (of the last attempt), attempts, z (float32 array per row: the latent, followed
     by its feature offset with ``cfg.feature_res``),
     target_<label>, prob_<label> (NaN for a label the classifier lacks), steps, g_evals (float: forward
@@ -145,7 +148,7 @@ def optimise_latents(
     if lc.mode == "pool" and n:
         pseed = int(pool_seed) if pool_seed is not None else derive_seed(int(seeds[0]), _TAG_POOL)
         demand = np.bincount(inverse, minlength=len(combos))
-        pool, stats = draw_pool(G, C, space, combos.astype(np.float32), demand, pseed, lc, chunks.score_chunk)
+        pool, stats = draw_pool(G, C, space, combos.astype(np.float32), demand, pseed, lc, chunks.score_chunk, gate)
         pool_z, pool_p, acc, st = pool.z, pool.probs, pool.accepted, pool.starts
         res.g_evals += stats.size / n
         work = []
@@ -158,6 +161,8 @@ def optimise_latents(
                     res.probs[i, np.flatnonzero(used)] = pool_p[mbr]
                     res.success[i] = True
                     res.attempts[i] = 1
+                    if pool.distance is not None:
+                        res.distance[i] = pool.distance[mbr]
                 else:
                     work.append((int(i), 0, pool_z[mbr]))
                     weak[i] = not pool.strong[u][j - len(acc[u])]
@@ -171,13 +176,14 @@ def optimise_latents(
                  "(%d of them as good as a best-of-%d start)", stats.size, stats.blocks, stats.accepted, n, stats.started, stats.strong, lc.init_candidates)
     else:
         work = [(i, 0, None) for i in range(n)]
-    optimise_stream(G, C, space, targets, seeds, lc, device, work, res, inverse, weak, chunks.step_batch, chunks.score_chunk, bar)
+    optimise_stream(G, C, space, targets, seeds, lc, device, work, res, inverse, weak, chunks.step_batch, chunks.score_chunk, bar, gate=gate)
     bar.close()
     log.info("lco: %d targets, success %.3f", n, res.success.mean() if n else float("nan"))
     z_out, probs_out, steps_out, evals_out, grads_out = res.z, res.probs, res.steps, res.g_evals, res.grad_steps
     attempts_out, seed_out, success_out = res.attempts, res.seed, res.success
     reasons = [
-        "" if success_out[i] else unmet_reason(probs_out[i], targets[i], space, int(attempts_out[i]), lc.steps, bool(res.gave_up[i]))
+        "" if success_out[i] else gate.reason(res.distance[i], int(attempts_out[i]), lc.steps) if res.unreal[i]
+        else unmet_reason(probs_out[i], targets[i], space, int(attempts_out[i]), lc.steps, bool(res.gave_up[i]))
         for i in range(n)
     ]
     out = pd.DataFrame({"seed": seed_out, "attempts": attempts_out, "z": list(z_out)})
@@ -191,5 +197,6 @@ def optimise_latents(
     out["success"] = success_out
     out["reason"] = reasons
     out.attrs["pool"] = stats
+    out.attrs["unreal"] = int((res.unreal & ~success_out).sum())
     out.attrs["chunks"] = chunks
     return out

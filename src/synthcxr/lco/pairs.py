@@ -22,6 +22,7 @@ from .accept import LabelSpace, unmet_reason
 from .config import LCOConfig
 from .memory import plan_chunks
 from .starts import latent_length, module_device
+from .realism import RealismGate
 from .stream import Anchor, Results, optimise_stream
 
 
@@ -40,8 +41,10 @@ def optimise_variants(
     latent_weight: float,
     embed: Callable[[torch.Tensor], torch.Tensor] | None = None,
     embed_weight: float = 0.0,
+    gate: RealismGate | None = None,
 ) -> pd.DataFrame:
-    """Optimise every row of ``variants`` (:func:`variant_targets`) from ``base_z[base_row]``.
+    """Optimise every row of ``variants`` (:func:`variant_targets`) from ``base_z[base_row]`` (with a realism
+    ``gate``, a variant is met only within its distance too, as any sample).
 
     Returns ``variants`` with z, prob_<label>, steps, g_evals, grad_steps, success, reason and the
     proximity reached: ``latent_dist`` (``|z - z_base| / sqrt(d)`` over the latent part, a feature offset aside) and, with ``embed``, ``embed_dist``
@@ -66,13 +69,14 @@ def optimise_variants(
     work = [(i, 0, start[i]) for i in range(n)]
     combo = np.unique(targets, axis=0, return_inverse=True)[1].reshape(-1) if n else np.zeros(0, np.int64)
     optimise_stream(G, C, space, targets, res.seed, one_try, device, work, res, combo, np.zeros(n, bool),
-                    chunks.step_batch, chunks.score_chunk, anchor=anchor)
+                    chunks.step_batch, chunks.score_chunk, anchor=anchor, gate=gate)
     out = variants.copy()
     out["z"] = list(res.z)
     for j, name in enumerate(labels):
         out[f"prob_{name}"] = res.probs[:, j]
     out["steps"], out["g_evals"], out["grad_steps"], out["success"] = res.steps, res.g_evals, res.grad_steps, res.success
-    out["reason"] = ["" if res.success[i] else unmet_reason(res.probs[i], targets[i], space, 1, cfg.steps) for i in range(n)]
+    out["reason"] = ["" if res.success[i] else gate.reason(res.distance[i], 1, cfg.steps) if res.unreal[i]
+                     else unmet_reason(res.probs[i], targets[i], space, 1, cfg.steps) for i in range(n)]
     zt = torch.as_tensor(res.z, device=device)
     out["latent_dist"] = ((zt[:, :d] - start[:, :d]).pow(2).sum(1) / d).sqrt().cpu().numpy() if n else np.zeros(0)
     if embed is not None:

@@ -10,7 +10,8 @@ from scipy.special import expit
 
 from .accept import LabelSpace, accept_rule, loss_cuts, target_loss
 from .config import LCOConfig
-from .starts import module_device, pool_block_latents, score_latents
+from .realism import RealismGate
+from .starts import module_device, pool_block_latents, score_latents, score_with_distance
 
 
 def _pool_losses(logits: np.ndarray, combos: np.ndarray, cuts: np.ndarray) -> np.ndarray:
@@ -30,12 +31,15 @@ def match_pool(
     margin,
     fresh_k: int = 1,
     cuts: np.ndarray | None = None,
+    realistic: np.ndarray | None = None,
 ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
     """Assign pool members to targets, rarest combination first; each member is used at most once.
 
     ``probs``/``logits`` are the pool's ``[P, Lu]``, ``combos`` the distinct targets ``[U, Lu]`` wanted
     ``demand[u]`` times; ``margin`` is a number or ``[2, Lu]`` logits (see :func:`~.accept.margin_thresholds`).
-    Returns, per combination, the members that clear it by ``margin`` (accepted
+    ``realistic`` (``[P]`` bool, a realism gate's verdict) keeps the members outside the gate from being
+    accepted as drawn; they may still start an optimisation. Returns, per combination, the members that
+    clear it by ``margin`` (accepted
     as they are) and the lowest-loss members (:func:`~.accept.target_loss` from ``cuts``, default
     zeros: mean BCE) that will start an optimisation for the rest. Rarity is
     clearing members per requested sample (ties: the combination listed first), so a rare combination is
@@ -48,6 +52,8 @@ def match_pool(
     """
     P, U = len(probs), len(combos)
     clear = np.stack([accept_rule(probs, np.broadcast_to(c, probs.shape), thresholds, margin) for c in combos]) if U else np.zeros((0, P), bool)
+    if realistic is not None:
+        clear &= np.asarray(realistic, dtype=bool)[None, :]
     loss = _pool_losses(logits, combos, np.zeros((2, combos.shape[1])) if cuts is None else cuts) if P else np.zeros((U, 0))
     used = np.zeros(P, dtype=bool)
     accepted: list[np.ndarray] = [np.empty(0, np.int64)] * U
@@ -80,6 +86,7 @@ class PoolDraw:
     accepted: list[np.ndarray]
     starts: list[np.ndarray]
     strong: list[np.ndarray]  # per start: as good as a best-of-init_candidates start
+    distance: np.ndarray | None = None  # [P] float32: the realism gate's distance (None: no gate)
 
 
 @dataclass
@@ -103,13 +110,15 @@ def draw_pool(
     seed: int,
     cfg: LCOConfig,
     score_chunk: int,
+    gate: RealismGate | None = None,
 ) -> tuple[PoolDraw, PoolStats]:
     """Draw and score the shard's prior pool block by block, matching it to the targets after each block.
 
     ``combos`` are the distinct targets ``[U, Lu]`` over the used labels, wanted ``demand[u]`` times.
     Blocks of ``cfg.pool_block`` (at most the number of targets) are drawn until the pool holds at least
     one latent per target and every target has a member clearing it by the margin or the last block
-    added no new clearing match, or until it holds ``cfg.pool_factor`` latents per target.
+    added no new clearing match, or until it holds ``cfg.pool_factor`` latents per target. With a realism
+    ``gate`` a member clears a target only within the gate's distance too.
     """
     used = space.used
     idx = torch.as_tensor(np.asarray(space.clf_index)[used], dtype=torch.long, device=module_device(G, cfg.device))
@@ -117,7 +126,7 @@ def draw_pool(
     cuts = loss_cuts(space, cfg.objective)
     n = int(demand.sum())
     cap = cfg.pool_factor * n
-    zs, logit_blocks = [], []
+    zs, logit_blocks, dist_blocks = [], [], []
     d = int(G.latent_dim)
     matched = 0
     stats = PoolStats()
@@ -125,16 +134,23 @@ def draw_pool(
     while stats.size < cap:
         size = min(block, cap - stats.size)
         zb = pool_block_latents(seed, stats.blocks, size, d)
-        logit_blocks.append(score_latents(G, C, zb, idx, score_chunk, cfg.amp).cpu().numpy())
+        if gate is None:
+            logit_blocks.append(score_latents(G, C, zb, idx, score_chunk, cfg.amp).cpu().numpy())
+        else:
+            lb, db = score_with_distance(G, C, zb, idx, score_chunk, cfg.amp, gate)
+            logit_blocks.append(lb.cpu().numpy())
+            dist_blocks.append(db.cpu().numpy())
         zs.append(zb)
         stats.size += size
         stats.blocks += 1
         logits = np.concatenate(logit_blocks)
         probs = expit(logits.astype(np.float64)).astype(np.float32)
-        acc, st, sg = match_pool(probs, logits, combos, demand, thr, space.margins[:, used], fresh_k=cfg.init_candidates, cuts=cuts)
+        dist = np.concatenate(dist_blocks) if gate is not None else None
+        acc, st, sg = match_pool(probs, logits, combos, demand, thr, space.margins[:, used], fresh_k=cfg.init_candidates, cuts=cuts,
+                                 realistic=None if dist is None else gate.passes(dist))
         now = sum(len(a) for a in acc)
         # at least one latent per target, so every target has a start of its own
         if stats.size >= n and (now == n or now == matched):
             break
         matched = now
-    return PoolDraw(torch.cat(zs), probs, acc, st, sg), stats
+    return PoolDraw(torch.cat(zs), probs, acc, st, sg, dist), stats

@@ -26,6 +26,7 @@ from .optimize import optimise_latents
 from .pair_plan import PairsConfig
 from .pairs import optimise_variants
 from .plan import pool_seed, read_plan
+from .realism import RealismGate, load_gate
 from .starts import module_device
 
 log = logging.getLogger("synthcxr")
@@ -43,12 +44,14 @@ def run_shard(
     margins_path: str | os.PathLike | None = None,
     pairs: PairsConfig | None = None,
     verifier_path: str | os.PathLike | None = None,
+    realism_path: str | os.PathLike | None = None,
 ) -> pd.DataFrame:
     """Optimise the latents of one shard of the plan and write ``latents/shard-XXXXX.parquet``.
 
     ``cfg`` is the ``lco`` section with the global keys (``synthcxr.config.section(config, 'lco')``);
     ``margins_path`` the lco_margins rule's ``margins.json`` (default: ``lco.margin`` for every label and side);
-    ``verifier_path`` the steering patient verifier (rule train_pair_verifier), read when ``pairs.embed_weight`` > 0.
+    ``verifier_path`` the steering patient verifier (rule train_pair_verifier), read when ``pairs.embed_weight`` > 0;
+    ``realism_path`` the lco_margins rule's ``realism.npz``, which ``lco.realism_quantile`` needs.
     """
     if log_file is not None:
         setup_logging(log_file)
@@ -70,17 +73,25 @@ def run_shard(
     C = load_classifier(classifier_path, device)
     space = resolve_label_space(lc.labels, C.label_names, read_thresholds(thresholds_path), where=os.fspath(thresholds_path))
     space = space.with_margins(lc.margin if margins_path is None else read_margins(margins_path, lc.labels))
+    gate = None
+    if lc.realism_quantile is not None:
+        if realism_path is None:
+            raise ValueError("lco.realism_quantile is set: pass realism_path, the lco_margins rule's realism.npz")
+        gate = load_gate(realism_path)
+        if len(gate.mean) != C.n_features:
+            raise ValueError(f"{realism_path}: fitted to {len(gate.mean)} classifier features, but {classifier_path} has {C.n_features}; "
+                             "rerun the lco_margins rule")
     embed = None
     if pairs is not None and pairs.embed_weight > 0 and verifier_path is not None:
         from ..validate.reid import load_verifier  # verifiers belong to the re-identification stage
 
         embed, _ = load_verifier(verifier_path, device)
         embed.requires_grad_(False)
-    return optimise_shard(rows, shard, G, C, space, lc, out_path, pool_seed=pool_seed(lc.seed, shard), pairs=pairs, embed=embed)
+    return optimise_shard(rows, shard, G, C, space, lc, out_path, pool_seed=pool_seed(lc.seed, shard), pairs=pairs, embed=embed, gate=gate)
 
 
 def _with_variants(rows: pd.DataFrame, single: pd.DataFrame, res: pd.DataFrame, G: Any, C: Any, space: LabelSpace,
-                   lc: LCOConfig, pairs: PairsConfig | None, embed: Any = None) -> pd.DataFrame:
+                   lc: LCOConfig, pairs: PairsConfig | None, embed: Any = None, gate: RealismGate | None = None) -> pd.DataFrame:
     """``res`` (the non-variant rows) with the shard's variants optimised from their bases, in plan order;
     ``embed`` (images -> unit embeddings) adds the embedding proximity term at ``pairs.embed_weight``."""
     if pairs is None:
@@ -95,7 +106,7 @@ def _with_variants(rows: pd.DataFrame, single: pd.DataFrame, res: pd.DataFrame, 
         variants[f"target_{n}"] = var[n].to_numpy(np.int8)
     base_z = np.stack(res["z"].to_numpy()) if len(res) else np.zeros((0, int(G.latent_dim)), np.float32)
     done = optimise_variants(G, C, space, base_z, variants[base_ok].reset_index(drop=True), lc, pairs.latent_weight,
-                             embed=embed, embed_weight=pairs.embed_weight)
+                             embed=embed, embed_weight=pairs.embed_weight, gate=gate)
     ok = np.flatnonzero(base_ok)  # variants optimised: done's rows, in order
 
     def scattered(col: str, missing: Any, dtype: Any) -> np.ndarray:
@@ -143,6 +154,7 @@ def optimise_shard(
     pool_seed: int | None = None,
     pairs: PairsConfig | None = None,
     embed: Any = None,
+    gate: RealismGate | None = None,
 ) -> pd.DataFrame:
     """Optimise the given plan rows (one shard) with loaded models and write the latents shard.
 
@@ -151,7 +163,8 @@ def optimise_shard(
     counterfactuals (the plan's ``edit`` column) are optimised after the rest, each variant from its
     base's latent with ``pairs.latent_weight`` (:func:`~.pairs.optimise_variants`); a variant whose base
     failed fails too. ``embed`` (images -> unit embeddings: the steering patient verifier) adds the embedding
-    proximity term at ``pairs.embed_weight``, which then needs it.
+    proximity term at ``pairs.embed_weight``, which then needs it. A realism ``gate`` (:mod:`.realism`) holds
+    every sample, variants included, to its distance as well as to the labels' cuts.
     """
     lc = cfg
     embed = embed if pairs is not None and pairs.embed_weight > 0 else None  # no term, no embedding
@@ -166,11 +179,12 @@ def optimise_shard(
                          "(run_shard: verifier_path, the train_pair_verifier rule's verifier.pt)")
     single = rows[rows["edit"] == ""] if paired else rows
     res = optimise_latents(
-        G, C, thresholds, single[lc.labels].to_numpy(), single["seed"].to_numpy(), lc, classifier_labels=list(C.label_names), pool_seed=pool_seed
+        G, C, thresholds, single[lc.labels].to_numpy(), single["seed"].to_numpy(), lc, classifier_labels=list(C.label_names), pool_seed=pool_seed,
+        gate=gate,
     )
-    pool, chunks = res.attrs.get("pool"), res.attrs.get("chunks")
+    pool, chunks, unreal = res.attrs.get("pool"), res.attrs.get("chunks"), res.attrs.get("unreal", 0)
     if paired:
-        res = _with_variants(rows, single, res, G, C, thresholds, lc, pairs, embed)
+        res = _with_variants(rows, single, res, G, C, thresholds, lc, pairs, embed, gate)
     res.insert(0, "index", rows["index"].to_numpy(dtype=np.int64))
     res.insert(0, "shard", np.full(len(rows), shard, dtype=np.int64))
     res.insert(0, "sample_id", rows["sample_id"].astype(str).to_numpy())
@@ -197,6 +211,9 @@ def optimise_shard(
     }
     if lc.feature_res is not None:  # latents longer than latent_dim carry this block's feature offset
         meta["features"] = {"res": lc.feature_res, "weight": lc.feature_weight, "lr": lc.feature_lr, "radius": lc.feature_radius}
+    if gate is not None:  # what the realism gate was, and how many targets met every label but not it
+        meta["realism"] = {**gate.summary(), "unmet_by_gate": int(unreal)}
+        log.info("lco shard %d: realism gate at distance %.2f; %d target(s) met every label's cut but not the gate", shard, gate.threshold, unreal)
     if paired:  # the proximity weights the variants were optimised with (only in shards holding pairs)
         meta["pairs"] = {"latent_weight": pairs.latent_weight, "embed_weight": pairs.embed_weight}
     res.attrs.clear()

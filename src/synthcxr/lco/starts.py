@@ -67,6 +67,22 @@ def score_latents(
 
 
 @torch.no_grad()
+def score_with_distance(
+    G: torch.nn.Module, C: torch.nn.Module, z: torch.Tensor, idx: torch.Tensor, chunk: int, amp: str, gate
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """As :func:`score_latents`, plus each image's distance ``[n]`` under a realism ``gate`` (:mod:`.realism`)."""
+    device = module_device(G, "cpu")
+    out = torch.empty(len(z), len(idx), device=device)
+    dist = torch.empty(len(z), device=device)
+    for s in range(0, len(z), max(1, int(chunk))):
+        with autocast(device, amp):
+            logits, feats = C.logits_and_features(G(z[s : s + chunk].to(device)))
+        out[s : s + chunk] = logits.float().index_select(1, idx)
+        dist[s : s + chunk] = gate.distance(feats)
+    return out, dist
+
+
+@torch.no_grad()
 def best_of_candidates(
     G: torch.nn.Module,
     C: torch.nn.Module,

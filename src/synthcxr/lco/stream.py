@@ -14,6 +14,7 @@ from ..utils.amp import autocast
 from .accept import LabelSpace, accept_rule, loss_cuts, target_loss
 from .config import LCOConfig
 from .plan import attempt_seed
+from .realism import RealismGate
 from .starts import best_of_candidates, initial_latents
 
 _BETA1, _BETA2, _EPS = 0.9, 0.999, 1e-8
@@ -33,6 +34,8 @@ class Results:
     seed: np.ndarray  # [n] int64: seed of the last attempt
     success: np.ndarray  # [n] bool
     gave_up: np.ndarray  # [n] bool: retries skipped, give_up_after strong attempts of its combination having failed
+    distance: np.ndarray  # [n] float32: the realism gate's distance at the last evaluation (NaN: no gate)
+    unreal: np.ndarray  # [n] bool: the last evaluation met every label's cut but not the realism gate
 
     @classmethod
     def empty(cls, seeds: np.ndarray, latent_dim: int, n_labels: int) -> "Results":
@@ -41,7 +44,7 @@ class Results:
         return cls(z=np.zeros((n, latent_dim), dtype=np.float32), probs=np.full((n, n_labels), np.nan, dtype=np.float32),
                    steps=np.zeros(n, dtype=np.int64), g_evals=np.zeros(n, dtype=np.float64), grad_steps=np.zeros(n, dtype=np.int64),
                    attempts=np.zeros(n, dtype=np.int64), seed=np.array(seeds, dtype=np.int64), success=np.zeros(n, dtype=bool),
-                   gave_up=np.zeros(n, dtype=bool))
+                   gave_up=np.zeros(n, dtype=bool), distance=np.full(n, np.nan, dtype=np.float32), unreal=np.zeros(n, dtype=bool))
 
 
 @dataclass
@@ -82,6 +85,7 @@ def optimise_stream(
     score_chunk: int,
     bar=None,
     anchor: Anchor | None = None,
+    gate: RealismGate | None = None,
 ) -> None:
     """Adam on z for every queued (row, attempt, start) with continuous batching.
 
@@ -97,7 +101,9 @@ def optimise_stream(
     the queue while attempts remain. Freed slots are refilled from the queue at once, which keeps the
     batch full instead of letting a few slow samples run a nearly empty batch to the step limit.
     With an ``anchor`` each row's update also pulls it towards its base (:class:`Anchor`); the accept
-    rule and the patience rule read the target loss alone.
+    rule and the patience rule read the target loss alone. With a realism ``gate`` (:mod:`.realism`) an
+    attempt is met only when its image also lies within the gate's distance, and the gate's penalty joins
+    the target loss, which the patience rule then reads.
     """
     d = int(G.latent_dim)
     width = out.z.shape[1]  # d, or d + a feature offset
@@ -191,15 +197,27 @@ def optimise_stream(
         zi = z.detach().requires_grad_(True)
         with autocast(device, cfg.amp):
             x = G(zi)
-            logits = C(x).float().index_select(1, idx)
+            if gate is None:
+                logits = C(x).float().index_select(1, idx)
+            else:
+                lg, feats = C.logits_and_features(x)
+                logits = lg.float().index_select(1, idx)
+                dist = gate.distance(feats)
         p = torch.sigmoid(logits)
         tgt = tgt_all[torch.as_tensor(rows, device=device)]
         ok = accept_rule(p.detach(), tgt, thr, margins).cpu().numpy()
+        if gate is not None:  # the labels' cuts and the gate, both
+            real = gate.passes(dist.detach()).cpu().numpy()
+            out.distance[rows] = dist.detach().cpu().numpy()
+            out.unreal[rows] = ok & ~real
+            ok = ok & real
         out.g_evals[rows] += 1
         out.probs[np.ix_(rows, cols)] = p.detach().cpu().numpy()
         out.steps[rows] = t
         out.success[rows] = ok
         target = target_loss(logits, tgt, cuts)
+        if gate is not None:
+            target = target + gate.penalty(dist)
         loss_now = target.detach().cpu().numpy().astype(np.float64)
         better = loss_now < best * 0.99
         stale = np.where(better, 0, stale + 1)
