@@ -467,6 +467,10 @@ def test_dataset_card(arch, tmp_path):
     assert "offset to the generator" not in render_card(info)
     info.setdefault("config", {}).setdefault("lco", {}).update(feature_res=8, feature_weight=1.0)
     assert "an additive offset to the generator's 8 x 8 features (weight 1.0), stored after the latent in `latents.parquet`" in render_card(info)
+    # and one held to the realism gate says at which quantile
+    assert "realism gate" not in render_card(info)
+    info["config"]["lco"]["realism_quantile"] = 0.95
+    assert "held inside a realism gate: no farther from real scans in that classifier's features than the 0.95 quantile" in render_card(info)
 
 
 def test_card_front_matter_is_generated_from_the_release(arch):

@@ -283,6 +283,8 @@ def render_card(
         + (f"; {lco.get('steps')} steps, lr {lco.get('lr')}, prior weight {lco.get('prior_weight')}" if lco else "")
         + (f"; with an additive offset to the generator's {lco['feature_res']} x {lco['feature_res']} features "
            f"(weight {lco.get('feature_weight')}), stored after the latent in `latents.parquet`" if lco.get("feature_res") else "")
+        + (f"; every image also held inside a realism gate: no farther from real scans in that classifier's features "
+           f"than the {lco['realism_quantile']:g} quantile of real validation scans" if lco.get("realism_quantile") is not None else "")
         + "). The label of an image is the target of that optimisation, confirmed by the classifier's "
         "probabilities (`prob_<label>` columns), not a radiologist's reading.",
         f"3. Images were rendered in fixed micro-batches of {render.get('batch_size')}; any sample can be recreated "
