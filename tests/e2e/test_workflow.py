@@ -155,6 +155,8 @@ def test_realism_gate_reruns_the_margins_job_and_holds_every_met_target(tiny_run
     from synthcxr.pggan import load_generator
 
     shutil.copytree(tiny_run / "results", tmp_path / "results")
+    # with the run's records, as in the user's own working directory: params then trigger reruns
+    shutil.copytree(tiny_run / ".snakemake" / "metadata", tmp_path / ".snakemake" / "metadata")
     on = tmp_path / "realism.yaml"
     on.write_text("lco: {realism_quantile: 0.9, realism_weight: 1.0}\n")
     rel = "results/archive/tiny/work/latents/shard-00000.parquet"
