@@ -80,6 +80,36 @@ def write_prepared(folder, n: int = 240, max_res: int = 32, seed: int = 0, names
     return str(folder)
 
 
+def quadrant_masks(res: int, k: int):
+    """``[k, res, res]`` torch masks averaging each of the first ``k`` image quadrants (row-major)."""
+    import torch
+
+    masks = torch.zeros(k, res, res)
+    h = res // 2
+    for j in range(k):
+        r, c = divmod(j, 2)
+        masks[j, r * h : (r + 1) * h, c * h : (c + 1) * h] = 1.0 / (h * h)
+    return masks
+
+
+def prepared_with_random_classifier(folder, n: int = 600, res: int = 16, seed: int = 3) -> tuple[str, list[str]]:
+    """A prepared phantom-label dataset in ``folder/prep`` and an untrained (seeded) small_cnn saved as
+    ``folder/model.pt``, as the classifier stage writes it; returns the dataset folder and the label names."""
+    import torch
+
+    from synthcxr.classifier import Classifier
+    from synthcxr.classifier.models import default_arch
+    from synthcxr.utils.atomic import torch_save
+
+    names = list(PHANTOM_LABELS)
+    prep = write_prepared(os.path.join(folder, "prep"), n=n, max_res=res, seed=seed)
+    torch.manual_seed(0)
+    arch = default_arch("small_cnn", len(names), res, 8)
+    torch_save({"arch": arch, "state_dict": Classifier(arch, names, res).state_dict(), "meta": {"label_names": names, "input_res": res}},
+               os.path.join(folder, "model.pt"))
+    return prep, names
+
+
 @pytest.fixture(scope="session")
 def tiny_prepared(tmp_path_factory) -> str:
     """A 240-image prepared dataset at up to 32 px with learnable test patterns (not the phantom)."""

@@ -61,34 +61,31 @@ def test_slurm_profile_resolves_as_users_type_it(tmp_path):
     assert "no profile.yaml" not in out and re.search(r"^train_pggan\s+1$", out, flags=re.M), out[-3000:]
 
 
+def _dry_run(tmp_path, target: str, extra: str) -> str:
+    """The plan ``snakemake -n`` prints for ``target`` with ``extra`` YAML merged over the default config."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(extra)
+    # the target first: --configfile takes every word after it
+    proc = _run("-n", "--cores", "1", target, "--configfile", str(cfg), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
 def test_the_plan_waits_for_the_checker_only_when_it_leaves_out_what_the_checker_cannot_see(tmp_path):
     """``lco.plan.min_checker_sensitivity`` > 0 makes the plan read the checker's metrics.json; 0 keeps the
     plan independent of the classifiers (an edit of the checker then never replans)."""
-    def plan_inputs(extra: str) -> str:
-        cfg = tmp_path / "c.yaml"
-        cfg.write_text(extra)
-        # the target first: --configfile takes every word after it
-        proc = _run("-n", "--cores", "1", "results/archive/demo/plan.parquet", "--configfile", str(cfg), cwd=tmp_path)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        return proc.stdout
-
-    on = plan_inputs("lco:\n  plan: {mode: match_real, n_samples: 1024, min_checker_sensitivity: 0.8}\n")
-    off = plan_inputs("lco:\n  plan: {mode: match_real, n_samples: 1024}\n")
+    plan = "results/archive/demo/plan.parquet"
+    on = _dry_run(tmp_path, plan, "lco:\n  plan: {mode: match_real, n_samples: 1024, min_checker_sensitivity: 0.8}\n")
+    off = _dry_run(tmp_path, plan, "lco:\n  plan: {mode: match_real, n_samples: 1024}\n")
     assert re.search(r"^\s*rule train_classifier:\s*\n(.*\n)*?\s*output: results/classifier/check/", on, flags=re.M)
     assert "results/classifier/check" not in off
 
 
 def test_lco_reads_the_realism_gate_only_when_it_is_on(tmp_path):
     """``lco.realism_quantile`` makes lco_margins write realism.npz and every lco job read it; null leaves both out."""
-    def lco_jobs(extra: str) -> str:
-        cfg = tmp_path / "c.yaml"
-        cfg.write_text(extra)
-        proc = _run("-n", "--cores", "1", "results/archive/demo/work/latents/shard-00000.parquet", "--configfile", str(cfg), cwd=tmp_path)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        return proc.stdout
-
-    on = lco_jobs("lco: {realism_quantile: 0.95}\n")
-    off = lco_jobs("lco: {realism_quantile: null}\n")
+    shard = "results/archive/demo/work/latents/shard-00000.parquet"
+    on = _dry_run(tmp_path, shard, "lco: {realism_quantile: 0.95}\n")
+    off = _dry_run(tmp_path, shard, "lco: {realism_quantile: null}\n")
     gate = "results/archive/demo/work/realism.npz"
     assert re.search(r"rule lco_margins:\s*\n(.*\n)*?\s*output: [^\n]*" + re.escape(gate), on)
     assert re.search(r"rule lco:\s*\n\s*input: [^\n]*" + re.escape(gate), on)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from conftest import quadrant_masks
 
 from synthcxr.classifier.models import default_arch
 from synthcxr.lco.config import LCOConfig
@@ -33,12 +34,7 @@ class Quadrants(nn.Module):
     def __init__(self, G: nn.Module):
         super().__init__()
         self.label_names = list(LABELS)
-        res = G.resolution
-        masks = torch.zeros(3, res, res)
-        h = res // 2
-        for k in range(3):
-            r, c = divmod(k, 2)
-            masks[k, r * h : (r + 1) * h, c * h : (c + 1) * h] = 1.0 / (h * h)
+        masks = quadrant_masks(G.resolution, 3)
         self.register_buffer("masks", masks)
         with torch.no_grad():
             m = torch.einsum("nhw,khw->nk", G(torch.randn(2048, G.latent_dim, generator=torch.Generator().manual_seed(7)))[:, 0], masks)

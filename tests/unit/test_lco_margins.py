@@ -90,22 +90,14 @@ def test_read_margins_errors_name_the_file(tmp_path):
 
 
 def test_run_margins_scores_the_real_val_split(tmp_path):
-    from conftest import write_prepared
+    from conftest import prepared_with_random_classifier
 
-    from synthcxr.classifier import Classifier, load_classifier
+    from synthcxr.classifier import load_classifier
     from synthcxr.classifier.evaluate import predict
-    from synthcxr.classifier.models import default_arch
     from synthcxr.classifier.sources import prepared_split
     from synthcxr.data.store import PreparedDataset
-    from synthcxr.labels import PHANTOM_LABELS
-    from synthcxr.utils.atomic import torch_save
 
-    names = list(PHANTOM_LABELS)
-    folder = write_prepared(tmp_path / "prep", n=600, max_res=16, seed=3)
-    torch.manual_seed(0)
-    arch = default_arch("small_cnn", len(names), 16, 8)
-    torch_save({"arch": arch, "state_dict": Classifier(arch, names, 16).state_dict(), "meta": {"label_names": names, "input_res": 16}},
-               tmp_path / "model.pt")
+    folder, names = prepared_with_random_classifier(tmp_path)
     # independent reference: the model's own val predictions; thresholds at each label's val median
     C = load_classifier(tmp_path / "model.pt", "cpu")
     part = prepared_split(PreparedDataset(folder), "val", names, 16)

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from conftest import quadrant_masks
 from scipy.spatial.distance import mahalanobis
 from sklearn.covariance import LedoitWolf
 
@@ -37,13 +38,7 @@ class QuadrantFeatures(nn.Module):
         super().__init__()
         self.label_names = list(LABELS)
         self.n_features = 5
-        res = G.resolution
-        masks = torch.zeros(4, res, res)
-        h = res // 2
-        for k in range(4):
-            r, c = divmod(k, 2)
-            masks[k, r * h : (r + 1) * h, c * h : (c + 1) * h] = 1.0 / (h * h)
-        self.register_buffer("masks", masks)
+        self.register_buffer("masks", quadrant_masks(G.resolution, 4))
         with torch.no_grad():
             f = self.features(G(prior(2048, G.latent_dim, 7)))
         self.register_buffer("mu", f[:, :3].mean(0))
@@ -191,23 +186,15 @@ def test_pool_accepts_only_members_inside_the_gate(models):
 
 
 def test_run_margins_fits_the_gate_on_train_and_calibrates_it_on_val(tmp_path):
-    from conftest import write_prepared
+    from conftest import prepared_with_random_classifier
 
-    from synthcxr.classifier import Classifier, load_classifier
-    from synthcxr.classifier.models import default_arch
+    from synthcxr.classifier import load_classifier
     from synthcxr.classifier.sources import prepared_split
     from synthcxr.data.store import PreparedDataset
-    from synthcxr.labels import PHANTOM_LABELS
     from synthcxr.lco.margins import run_margins
     from synthcxr.lco.realism import image_features
-    from synthcxr.utils.atomic import torch_save
 
-    names = list(PHANTOM_LABELS)
-    folder = write_prepared(tmp_path / "prep", n=600, max_res=16, seed=3)
-    torch.manual_seed(0)
-    arch = default_arch("small_cnn", len(names), 16, 8)
-    torch_save({"arch": arch, "state_dict": Classifier(arch, names, 16).state_dict(), "meta": {"label_names": names, "input_res": 16}},
-               tmp_path / "model.pt")
+    folder, names = prepared_with_random_classifier(tmp_path)
     (tmp_path / "thresholds.json").write_text(json.dumps({n: 0.5 for n in names}))
     cfg = {"labels": names, "margin": 3.0, "margin_quantile": None, "device": "cpu", "realism_quantile": 0.9, "realism_weight": 2.0}
     out = run_margins(cfg, tmp_path / "model.pt", tmp_path / "thresholds.json", folder, tmp_path / "margins.json",
