@@ -168,7 +168,7 @@ def run_margins(
     if lc.realism_quantile is not None:
         if realism_path is None:
             raise ValueError("lco.realism_quantile is set: pass realism_path (the lco_margins rule's realism.npz output)")
-        gate = calibrate_gate(C, prepared, {"realism_quantile": lc.realism_quantile, "realism_weight": lc.realism_weight}, dev, lc.seed)
+        gate = calibrate_gate(C, prepared, lc.realism_quantile, lc.realism_weight, dev, lc.seed)
         save_gate(gate, realism_path)
         out["realism"] = {**gate.summary(), "file": os.fspath(realism_path)}
     write_json(out_path, out)

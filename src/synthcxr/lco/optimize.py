@@ -75,7 +75,7 @@ import pandas as pd
 import torch
 
 from ..utils.runtime import progress
-from .accept import LabelSpace, resolve_label_space, unmet_reason
+from .accept import LabelSpace, resolve_label_space
 from .config import LCOConfig
 from .memory import plan_chunks
 from .plan import _TAG_POOL, derive_seed
@@ -181,11 +181,7 @@ def optimise_latents(
     log.info("lco: %d targets, success %.3f", n, res.success.mean() if n else float("nan"))
     z_out, probs_out, steps_out, evals_out, grads_out = res.z, res.probs, res.steps, res.g_evals, res.grad_steps
     attempts_out, seed_out, success_out = res.attempts, res.seed, res.success
-    reasons = [
-        "" if success_out[i] else gate.reason(res.distance[i], int(attempts_out[i]), lc.steps) if res.unreal[i]
-        else unmet_reason(probs_out[i], targets[i], space, int(attempts_out[i]), lc.steps, bool(res.gave_up[i]))
-        for i in range(n)
-    ]
+    reasons = [res.reason(i, targets[i], space, lc.steps, gate) for i in range(n)]
     out = pd.DataFrame({"seed": seed_out, "attempts": attempts_out, "z": list(z_out)})
     for j, name in enumerate(labels):
         out[f"target_{name}"] = targets[:, j].astype(np.int8)

@@ -18,11 +18,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .accept import LabelSpace, unmet_reason
+from .accept import LabelSpace
 from .config import LCOConfig
 from .memory import plan_chunks
-from .starts import latent_length, module_device
 from .realism import RealismGate
+from .starts import latent_length, module_device
 from .stream import Anchor, Results, optimise_stream
 
 
@@ -75,8 +75,7 @@ def optimise_variants(
     for j, name in enumerate(labels):
         out[f"prob_{name}"] = res.probs[:, j]
     out["steps"], out["g_evals"], out["grad_steps"], out["success"] = res.steps, res.g_evals, res.grad_steps, res.success
-    out["reason"] = ["" if res.success[i] else gate.reason(res.distance[i], 1, cfg.steps) if res.unreal[i]
-                     else unmet_reason(res.probs[i], targets[i], space, 1, cfg.steps) for i in range(n)]
+    out["reason"] = [res.reason(i, targets[i], space, cfg.steps, gate) for i in range(n)]  # one attempt each
     zt = torch.as_tensor(res.z, device=device)
     out["latent_dist"] = ((zt[:, :d] - start[:, :d]).pow(2).sum(1) / d).sqrt().cpu().numpy() if n else np.zeros(0)
     if embed is not None:

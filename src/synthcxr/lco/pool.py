@@ -11,7 +11,7 @@ from scipy.special import expit
 from .accept import LabelSpace, accept_rule, loss_cuts, target_loss
 from .config import LCOConfig
 from .realism import RealismGate
-from .starts import module_device, pool_block_latents, score_latents, score_with_distance
+from .starts import module_device, pool_block_latents, score_with_distance
 
 
 def _pool_losses(logits: np.ndarray, combos: np.ndarray, cuts: np.ndarray) -> np.ndarray:
@@ -134,11 +134,9 @@ def draw_pool(
     while stats.size < cap:
         size = min(block, cap - stats.size)
         zb = pool_block_latents(seed, stats.blocks, size, d)
-        if gate is None:
-            logit_blocks.append(score_latents(G, C, zb, idx, score_chunk, cfg.amp).cpu().numpy())
-        else:
-            lb, db = score_with_distance(G, C, zb, idx, score_chunk, cfg.amp, gate)
-            logit_blocks.append(lb.cpu().numpy())
+        lb, db = score_with_distance(G, C, zb, idx, score_chunk, cfg.amp, gate)
+        logit_blocks.append(lb.cpu().numpy())
+        if db is not None:
             dist_blocks.append(db.cpu().numpy())
         zs.append(zb)
         stats.size += size

@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,6 +67,11 @@ class RealismGate:
     def penalty(self, distance: torch.Tensor) -> torch.Tensor:
         """``weight * relu(d / threshold - 1)`` per row: zero for a typical image, one weight at twice the threshold."""
         return self.weight * torch.relu(distance / self.threshold - 1.0)
+
+    def judge(self, C: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logits, distance)`` of images ``x`` from one forward of classifier ``C``."""
+        logits, feats = C.logits_and_features(x)
+        return logits, self.distance(feats)
 
     def reason(self, distance: float, attempts: int, steps: int) -> str:
         """Why a target whose labels were all met was not: its image outside the gate."""
@@ -136,10 +140,10 @@ def image_features(C: torch.nn.Module, dataset, batch_size: int = 256, device: t
     return np.concatenate(out) if out else np.zeros((0, int(C.n_features)), np.float32)
 
 
-def calibrate_gate(C: torch.nn.Module, prepared: str | os.PathLike, cfg: Mapping[str, Any], device: torch.device | str, seed: int) -> RealismGate:
+def calibrate_gate(C: torch.nn.Module, prepared: str | os.PathLike, quantile: float, weight: float, device: torch.device | str,
+                   seed: int) -> RealismGate:
     """Fit the gate on a prepared dataset: the Gaussian on its train split (at most :data:`MAX_FIT` scans, a
-    patient subset drawn with ``seed``), the threshold on its val split. ``cfg`` holds ``realism_quantile``
-    and ``realism_weight``."""
+    patient subset drawn with ``seed``), the threshold at ``quantile`` on its val split, the loss term at ``weight``."""
     from ..classifier.sources import pick_res, prepared_split
     from ..data.store import PreparedDataset
 
@@ -150,7 +154,7 @@ def calibrate_gate(C: torch.nn.Module, prepared: str | os.PathLike, cfg: Mapping
     fraction = min(1.0, MAX_FIT / max(n_train, 1))
     fit = image_features(C, prepared_split(ds, "train", names, res, fraction=fraction, fraction_seed=seed).dataset, device=device)
     cal = image_features(C, prepared_split(ds, "val", names, res).dataset, device=device)
-    gate = fit_gate(fit, cal, float(cfg["realism_quantile"]), float(cfg["realism_weight"]))
+    gate = fit_gate(fit, cal, float(quantile), float(weight))
     log.info("realism gate: Gaussian over %d real train scans' %d classifier features; threshold %.2f (the %.2f quantile over %d val scans)",
              gate.n_fit, len(gate.mean), gate.threshold, gate.quantile, gate.n_cal)
     return gate

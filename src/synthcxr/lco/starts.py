@@ -57,28 +57,25 @@ def score_latents(
     G: torch.nn.Module, C: torch.nn.Module, z: torch.Tensor, idx: torch.Tensor, chunk: int, amp: str = "none"
 ) -> torch.Tensor:
     """Float32 logits ``[n, len(idx)]`` of ``C(G(z))`` on the generator's device, ``chunk`` latents at a time."""
-    device = module_device(G, "cpu")
-    out = torch.empty(len(z), len(idx), device=device)
-    for s in range(0, len(z), max(1, int(chunk))):
-        with autocast(device, amp):
-            logits = C(G(z[s : s + chunk].to(device)))
-        out[s : s + chunk] = logits.float().index_select(1, idx)
-    return out
+    return score_with_distance(G, C, z, idx, chunk, amp)[0]
 
 
 @torch.no_grad()
 def score_with_distance(
-    G: torch.nn.Module, C: torch.nn.Module, z: torch.Tensor, idx: torch.Tensor, chunk: int, amp: str, gate
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """As :func:`score_latents`, plus each image's distance ``[n]`` under a realism ``gate`` (:mod:`.realism`)."""
+    G: torch.nn.Module, C: torch.nn.Module, z: torch.Tensor, idx: torch.Tensor, chunk: int, amp: str = "none", gate=None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """As :func:`score_latents`, plus each image's distance ``[n]`` under a realism ``gate`` (:mod:`.realism`;
+    None without one)."""
     device = module_device(G, "cpu")
     out = torch.empty(len(z), len(idx), device=device)
-    dist = torch.empty(len(z), device=device)
+    dist = None if gate is None else torch.empty(len(z), device=device)
     for s in range(0, len(z), max(1, int(chunk))):
         with autocast(device, amp):
-            logits, feats = C.logits_and_features(G(z[s : s + chunk].to(device)))
+            x = G(z[s : s + chunk].to(device))
+            logits, d = (C(x), None) if gate is None else gate.judge(C, x)
         out[s : s + chunk] = logits.float().index_select(1, idx)
-        dist[s : s + chunk] = gate.distance(feats)
+        if dist is not None:
+            dist[s : s + chunk] = d
     return out, dist
 
 

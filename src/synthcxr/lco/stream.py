@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..utils.amp import autocast
-from .accept import LabelSpace, accept_rule, loss_cuts, target_loss
+from .accept import LabelSpace, accept_rule, loss_cuts, target_loss, unmet_reason
 from .config import LCOConfig
 from .plan import attempt_seed
 from .realism import RealismGate
@@ -36,6 +36,14 @@ class Results:
     gave_up: np.ndarray  # [n] bool: retries skipped, give_up_after strong attempts of its combination having failed
     distance: np.ndarray  # [n] float32: the realism gate's distance at the last evaluation (NaN: no gate)
     unreal: np.ndarray  # [n] bool: the last evaluation met every label's cut but not the realism gate
+
+    def reason(self, i: int, target: np.ndarray, space: LabelSpace, steps: int, gate: RealismGate | None = None) -> str:
+        """Why row ``i`` was not met ('' when it was): outside the realism gate, or its labels short of their cuts."""
+        if self.success[i]:
+            return ""
+        if self.unreal[i]:
+            return gate.reason(float(self.distance[i]), int(self.attempts[i]), steps)
+        return unmet_reason(self.probs[i], target, space, int(self.attempts[i]), steps, bool(self.gave_up[i]))
 
     @classmethod
     def empty(cls, seeds: np.ndarray, latent_dim: int, n_labels: int) -> "Results":
@@ -197,12 +205,8 @@ def optimise_stream(
         zi = z.detach().requires_grad_(True)
         with autocast(device, cfg.amp):
             x = G(zi)
-            if gate is None:
-                logits = C(x).float().index_select(1, idx)
-            else:
-                lg, feats = C.logits_and_features(x)
-                logits = lg.float().index_select(1, idx)
-                dist = gate.distance(feats)
+            lg, dist = (C(x), None) if gate is None else gate.judge(C, x)
+            logits = lg.float().index_select(1, idx)
         p = torch.sigmoid(logits)
         tgt = tgt_all[torch.as_tensor(rows, device=device)]
         ok = accept_rule(p.detach(), tgt, thr, margins).cpu().numpy()
