@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 SNAKE  := $(VENV)/bin/snakemake
 CORES  ?= 2
-# make demo: the full phantom demo (~2 h on 2 cores); DEMO=quick: the same DAG, smaller (~20 min);
+# make demo: the full phantom demo (~4 h on 2 cores); DEMO=quick: the same DAG, smaller (~20 min);
 # DEMO=realistic: the same DAG on a phantom as hard as real data, with a ground-truth oracle (~45 min)
 DEMO   ?= full
 ifeq ($(DEMO),quick)
