@@ -70,8 +70,9 @@ def test_feature_res_must_be_a_block_below_the_generator_output(raw, res):
     assert "'lco.feature_res'" in msg and f"{res} is not a generator block" in msg and "4 to 32" in msg
 
 
-@pytest.mark.parametrize("key, value", [("realism_quantile", 1.0), ("realism_quantile", 0), ("realism_weight", -0.5)])
-def test_realism_gate_keys_are_checked_by_name(raw, key, value):
+@pytest.mark.parametrize("key, value", [("realism_quantile", 1.0), ("realism_quantile", 0), ("realism_weight", -0.5),
+                                        ("margin_real_pass", 0), ("margin_real_pass", 1.5)])
+def test_realism_gate_and_margin_keys_are_checked_by_name(raw, key, value):
     raw["lco"][key] = value
     assert f"'lco.{key}'" in _error(raw)
 

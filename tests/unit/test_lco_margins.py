@@ -11,7 +11,7 @@ import torch
 from scipy.special import expit, logit
 
 from synthcxr.lco.accept import accept_rule, margin_thresholds, resolve_label_space, unmet_reason
-from synthcxr.lco.margins import MIN_COUNT, calibrate_margins, read_margins, run_margins
+from synthcxr.lco.margins import MIN_COUNT, calibrate_margins, joint_quantile, margins_array, read_margins, real_pass, run_margins
 
 LABELS = ["Cardiomegaly", "Effusion", "No_Finding"]
 
@@ -120,3 +120,74 @@ def test_run_margins_scores_the_real_val_split(tmp_path):
     assert any(out["labels"][n]["note"] == "calibrated" for n in names)
     fixed = run_margins({**cfg, "margin_quantile": None}, tmp_path / "model.pt", tmp_path / "thresholds.json", folder, tmp_path / "f.json")
     assert fixed["n_val"] == 0 and (read_margins(tmp_path / "f.json", names) == 3.0).all()
+
+
+def test_real_pass_hand_computation():
+    # two labels at threshold 0.5, margins: A 1 logit above / 2 below, B 0.5 above / 1 below
+    m = np.array([[2.0, 1.0], [1.0, 0.5]])
+    lg = np.array([
+        [1.5, -1.5],   # A only: called right, passes (A 1.5 >= 1, B -1.5 <= -1)
+        [0.5, -1.5],   # A only: called right, fails A's 1 logit above
+        [1.5, -0.5],   # A only: called right, fails B's 1 logit below
+        [-0.5, -2.0],  # A only: missed (A under its threshold): not counted
+        [1.2, 0.7],    # A and B: called right, passes both
+        [-3.0, 0.6],   # B only: called right, passes
+        [-1.0, 0.6],   # B only: called right, fails A's 2 logits below
+    ])
+    y = np.array([[1, 0], [1, 0], [1, 0], [1, 0], [1, 1], [0, 1], [0, 1]], dtype=float)
+    y_unknown = np.vstack([y, [[np.nan, 1]]])  # a scan with an unknown label is left out
+    lg_unknown = np.vstack([lg, [[3.0, 3.0]]])
+    out = real_pass(y_unknown, expit(lg_unknown), [0.5, 0.5], ["A", "B"], m, min_count=2)
+    assert out["A"] == {"n": 4, "share": pytest.approx(2 / 4)}  # rows 0, 1, 2, 4 called right; 0 and 4 pass
+    assert out["B"] == {"n": 3, "share": pytest.approx(2 / 3)}  # rows 4, 5, 6; 4 and 5 pass
+    assert real_pass(y, expit(lg), [0.5, 0.5], ["A", "B"], m, min_count=4)["B"] == {"n": 3, "share": None}
+
+
+def test_joint_quantile_is_the_largest_quantile_every_label_passes_at():
+    rng = np.random.default_rng(0)
+    n, labels, thr = 3000, ["A", "B", "C"], [0.5, 0.3, 0.6]
+    y = (rng.random((n, 3)) < [0.3, 0.2, 0.4]).astype(float)
+    lg = np.where(y == 1, 1.0, -1.5) * rng.gamma(2.0, 1.0, (n, 3)) + logit(thr) + rng.normal(0, 0.6, (n, 3))
+    probs = expit(lg)
+    q, table = joint_quantile(y, probs, thr, labels, cap=4.0, quantile=0.6, share=0.5)
+
+    def worst(qq):
+        rows = real_pass(y, probs, thr, labels, margins_array(calibrate_margins(y, probs, thr, labels, 4.0, qq), labels))
+        return min(r["share"] for r in rows.values())
+
+    # independent reference: a grid over the quantile; the answer passes, a hair above it does not
+    assert 0 < q < 0.6 and worst(q) >= 0.5 > worst(q + 1e-6)
+    grid = [g for g in np.linspace(0.001, 0.6, 600) if worst(g) >= 0.5]
+    assert max(grid) <= q < max(grid) + 0.6 / 599
+    assert table == calibrate_margins(y, probs, thr, labels, 4.0, q)
+    # the share only falls as the quantile rises: a laxer target gives a larger quantile; an easy one keeps q
+    assert joint_quantile(y, probs, thr, labels, 4.0, 0.6, 0.3)[0] > q
+    assert joint_quantile(y, probs, thr, labels, 4.0, 0.1, 0.05)[0] == 0.1
+    with pytest.raises(ValueError, match="margin_real_pass"):
+        joint_quantile(y, probs, thr, labels, 4.0, 0.6, 0.0)
+
+
+def test_run_margins_records_the_real_pass_shares_and_lowers_the_quantile(tmp_path, monkeypatch):
+    from conftest import prepared_with_random_classifier
+
+    import synthcxr.classifier.evaluate as evaluate
+
+    folder, names = prepared_with_random_classifier(tmp_path)
+    # the val scans' scores as a classifier that sees every label would give them (the untrained one does not)
+    rng = np.random.default_rng(1)
+    y = (rng.random((2000, len(names))) < 0.25).astype(float)
+    probs = expit(np.where(y == 1, 1.0, -1.5) * rng.gamma(2.0, 1.0, y.shape) + rng.normal(0, 0.6, y.shape))
+    monkeypatch.setattr(evaluate, "predict", lambda *a, **k: (probs, y))
+    (tmp_path / "thresholds.json").write_text(json.dumps({n: 0.5 for n in names}))
+    args = (tmp_path / "model.pt", tmp_path / "thresholds.json", folder)
+    cfg = {"labels": names, "margin": 3.0, "margin_quantile": 0.9, "device": "cpu"}
+    plain = run_margins(cfg, *args, tmp_path / "plain.json")
+    assert plain["quantile"] == 0.9 and plain["real_pass_target"] is None
+    assert plain["real_pass"] == real_pass(y, probs, [0.5] * len(names), names, read_margins(tmp_path / "plain.json", names))
+    assert min(r["share"] for r in plain["real_pass"].values()) < 0.5
+    joint = run_margins({**cfg, "margin_real_pass": 0.5}, *args, tmp_path / "joint.json")
+    q, table = joint_quantile(y, probs, [0.5] * len(names), names, 3.0, 0.9, 0.5)
+    assert joint["quantile_configured"] == 0.9 and joint["quantile"] == q < 0.9 and joint["labels"] == table
+    assert min(r["share"] for r in joint["real_pass"].values()) >= 0.5
+    with pytest.raises(ValueError, match="set margin_quantile too"):
+        run_margins({**cfg, "margin_quantile": None, "margin_real_pass": 0.5}, *args, tmp_path / "x.json")

@@ -41,7 +41,7 @@ rule lco_margins:
         margins=f"{WORK}/margins.json",
         **({"realism": f"{WORK}/realism.npz"} if REALISM_ON else {}),
     params:
-        cfg=stage("lco", ["margin", "margin_quantile"] + (["realism_quantile", "realism_weight"] if REALISM_ON else [])),
+        cfg=stage("lco", ["margin", "margin_quantile", "margin_real_pass"] + (["realism_quantile", "realism_weight"] if REALISM_ON else [])),
     log:
         f"{ALOGS}/lco_margins.log",
     threads: 2

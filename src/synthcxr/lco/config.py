@@ -35,6 +35,7 @@ class LCOConfig:
     retries: int
     margin: float
     margin_quantile: float | None
+    margin_real_pass: float | None
     init_candidates: int
     mode: str
     pool_factor: int
