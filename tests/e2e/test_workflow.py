@@ -323,8 +323,11 @@ def _dry_run(work: Path, extra: dict) -> str:
 
 def test_config_edit_reruns_stage_and_downstream_only(tiny_run: Path):
     lco_edit = _planned_rules(tiny_run, {"lco": {"steps": 21}})
-    assert {"plan", "lco", "sample", "finalize_archive", "validate_fid"} <= lco_edit
-    assert not lco_edit & {"prepare", "train_pggan", "train_classifier", "lco_margins"}  # only margin keys recalibrate
+    assert {"lco", "sample", "finalize_archive", "validate_fid"} <= lco_edit
+    # only margin keys recalibrate, and only lco.plan and lco.shard_size replan
+    assert not lco_edit & {"prepare", "train_pggan", "train_classifier", "lco_margins", "plan"}
+    plan_edit = _planned_rules(tiny_run, {"lco": {"plan": {**yaml.safe_load(TINY.read_text())["lco"]["plan"], "n_samples": 20}}})
+    assert {"plan", "lco", "sample"} <= plan_edit and not plan_edit & {"lco_margins", "train_classifier"}
     q_edit = _planned_rules(tiny_run, {"lco": {"margin_quantile": 0.25}})
     assert {"lco_margins", "lco", "sample"} <= q_edit and not q_edit & {"prepare", "train_pggan", "train_classifier"}
     clf_edit = _planned_rules(tiny_run, {"classifier": {"epochs": 4}})

@@ -4,8 +4,11 @@
 
 
 # With paired counterfactuals (archive.pairs.share > 0) the plan and LCO also read archive.pairs; without,
-# their params are the lco section alone, as they were before pairs existed.
-LCO_PARAMS = {**stage("lco"), **({"archive_pairs": config["archive"]["pairs"]} if config["archive"]["pairs"]["share"] > 0 else {})}
+# their params are their lco keys alone, as they were before pairs existed.
+PAIRS_PARAMS = {"archive_pairs": config["archive"]["pairs"]} if config["archive"]["pairs"]["share"] > 0 else {}
+LCO_PARAMS = {**stage("lco"), **PAIRS_PARAMS}
+# The plan reads only lco.plan and lco.shard_size: an edit of an optimiser key reruns LCO, not the plan.
+PLAN_PARAMS = {**stage("lco", ["plan", "shard_size"]), **PAIRS_PARAMS}
 # With lco.realism_quantile, lco_margins also fits the realism gate (real scans' steering features) that LCO reads.
 REALISM_ON = config["lco"]["realism_quantile"] is not None
 
@@ -20,7 +23,7 @@ rule plan:
     output:
         plan=f"{ARCH}/plan.parquet",
     params:
-        cfg=LCO_PARAMS,
+        cfg=PLAN_PARAMS,
     log:
         f"{ALOGS}/plan.log",
     conda:
