@@ -115,6 +115,9 @@ def _cross_checks(config: dict) -> None:
     if pairs["share"] > 0 and config["lco"]["shard_size"] < len(pairs["findings"]) + 1:
         raise ConfigError(f"'lco.shard_size': {config['lco']['shard_size']} cannot hold a base and its "
                           f"{len(pairs['findings'])} variant(s) (archive.pairs.findings); a pair never spans two shards")
+    if config["lco"]["margin_real_pass"] is not None and config["lco"]["margin_quantile"] is None:
+        raise ConfigError("'lco.margin_real_pass': it lowers lco.margin_quantile from its configured value; set margin_quantile "
+                          "too (e.g. 0.5) or margin_real_pass: null")
     fres, gres = config["lco"]["feature_res"], config["pggan"]["resolution"]
     if fres is not None and (fres & (fres - 1) or fres >= gres):
         raise ConfigError(f"'lco.feature_res': {fres} is not a generator block below its output (powers of two from 4 "

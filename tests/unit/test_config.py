@@ -77,6 +77,15 @@ def test_realism_gate_and_margin_keys_are_checked_by_name(raw, key, value):
     assert f"'lco.{key}'" in _error(raw)
 
 
+def test_margin_real_pass_needs_a_margin_quantile_to_lower(raw):
+    raw["lco"]["margin_real_pass"] = 0.5
+    raw["lco"]["margin_quantile"] = None
+    msg = _error(raw)
+    assert "'lco.margin_real_pass'" in msg and "set margin_quantile too" in msg
+    raw["lco"]["margin_quantile"] = 0.5
+    validate_config(raw)
+
+
 def test_enum_violation(raw):
     raw["dataset"]["format"] = "png-folder"
     msg = _error(raw)

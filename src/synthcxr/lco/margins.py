@@ -143,7 +143,7 @@ def joint_quantile(
             lo = mid
         else:
             hi = mid
-    q = lo if lo > 0 else hi * 0.5 ** iters  # never 0: calibrate_margins takes quantiles in (0, 1)
+    q = lo if lo > 0 else hi  # every quantile tried failed: the smallest (calibrate_margins takes none at 0)
     return q, table_at(q)
 
 
@@ -196,7 +196,7 @@ def run_margins(
         setup_logging(log_file)
     lc = LCOConfig.from_section(cfg)
     labels, cap, q, joint = lc.labels, lc.margin, lc.margin_quantile, lc.margin_real_pass
-    if joint is not None and q is None:
+    if joint is not None and q is None:  # the config check says so first; this guards direct callers
         raise ValueError("lco.margin_real_pass lowers lco.margin_quantile: set margin_quantile too (e.g. 0.5), or margin_real_pass: null")
     dev = resolve_device(lc.device)
     C = load_classifier(classifier_path, dev)
@@ -240,15 +240,15 @@ def run_margins(
         save_gate(gate, realism_path)
         out["realism"] = {**gate.summary(), "file": os.fspath(realism_path)}
     write_json(out_path, out)
-    if joint is not None:
-        log.info("margin quantile %.4g (configured %g), the largest at which every label's real pass share is >= %g", q_used, q, joint)
+    passing = passing or {}
     for n in labels:
-        r = table[n]
-        pr = (passing or {}).get(n) or {}
+        r, pr = table[n], passing.get(n) or {}
         shown = f"; {pr['share']:.0%} of {pr['n']} real val scans with it, called right, pass" if pr.get("share") is not None else ""
         log.info("margin %-14s below %.2f above %.2f logits (%s%s)", n, r["below"], r["above"], r["note"], shown)
-    short = {n: r["share"] for n, r in (passing or {}).items() if joint is not None and r["share"] is not None and r["share"] < joint}
-    if short:
-        log.warning("lco.margin_real_pass %g not reached for %s even at the smallest quantile: a side with too few real val scans "
-                    "keeps lco.margin; lower lco.margin", joint, short)
+    if joint is not None:
+        log.info("margin quantile %.4g (configured %g), the largest at which every label's real pass share is >= %g", q_used, q, joint)
+        short = {n: r["share"] for n, r in passing.items() if r["share"] is not None and r["share"] < joint}
+        if short:
+            log.warning("lco.margin_real_pass %g not reached for %s even at the smallest quantile: a side with too few real val "
+                        "scans keeps lco.margin; lower lco.margin", joint, short)
     return out
