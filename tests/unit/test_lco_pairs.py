@@ -79,6 +79,37 @@ def test_a_variant_runs_every_step_it_has_whatever_the_patience(bases):
     assert len(failed) >= 3 and (failed["steps"] == 80).all()
 
 
+def test_relax_rounds_deliver_the_variants_the_proximity_term_held_short_and_leave_the_rest(bases):
+    """archive.pairs.relax_rounds: a variant met at full proximity weight keeps its latent byte for byte; one
+    left short continues from where it stopped at half the weight, then a quarter, and more are met, each
+    meeting the accept rule; ``attempts`` says which round met it and the extra rounds' evaluations are counted."""
+    G, C, z, t = bases
+    space = resolve_label_space(LABELS, C.label_names, THR).with_margins(1.0)
+    cfg = LCOConfig.from_section(_cfg(steps=80, margin=1.0))
+    vt = variant_targets(t, LABELS, ["Effusion"])
+    one = optimise_variants(G, C, space, z, vt, cfg, 5.0)
+    more = optimise_variants(G, C, space, z, vt, cfg, 5.0, relax_rounds=2, relax_factor=0.5)
+    first = one["success"].to_numpy()
+    assert (one["attempts"] == 1).all() and 3 <= (~first).sum()
+    zs_one, zs_more = np.stack(one["z"].to_numpy()), np.stack(more["z"].to_numpy())
+    np.testing.assert_array_equal(zs_more[first], zs_one[first])
+    assert (more["attempts"].to_numpy()[first] == 1).all() and (more["attempts"].to_numpy()[~first] >= 2).all()
+    relaxed = more["success"].to_numpy() & ~first
+    assert relaxed.sum() >= 0.5 * (~first).sum()
+    assert (more["g_evals"].to_numpy()[~first] > one["g_evals"].to_numpy()[~first]).all()
+    # a relaxed variant moved on from its first attempt's end, further from its base
+    assert (more["latent_dist"].to_numpy()[relaxed] > one["latent_dist"].to_numpy()[relaxed]).all()
+    ok = more["success"].to_numpy()
+    p = _probs_of(G, C, zs_more[ok])
+    assert accept_rule(p, more[[f"target_{n}" for n in LABELS]].to_numpy()[ok], [THR[n] for n in LABELS], 1.0).all()
+    still = more[~more["success"]]
+    assert all("after 3 attempt(s)" in r for r in still["reason"])
+    # relax_factor 0: the relaxed round has no proximity term, so it meets at least as many as a half-weight one
+    free = optimise_variants(G, C, space, z, vt, cfg, 5.0, relax_rounds=1, relax_factor=0.0)
+    half = optimise_variants(G, C, space, z, vt, cfg, 5.0, relax_rounds=1, relax_factor=0.5)
+    assert free["success"].sum() >= half["success"].sum() > one["success"].sum()
+
+
 def test_the_embedding_proximity_term_keeps_variant_images_nearer_their_base(bases):
     torch.manual_seed(3)
     proj = torch.randn(64, 16)

@@ -7,8 +7,10 @@
 # their params are their lco keys alone, as they were before pairs existed.
 PAIRS_PARAMS = {"archive_pairs": config["archive"]["pairs"]} if config["archive"]["pairs"]["share"] > 0 else {}
 LCO_PARAMS = {**stage("lco"), **PAIRS_PARAMS}
-# The plan reads only lco.plan and lco.shard_size: an edit of an optimiser key reruns LCO, not the plan.
-PLAN_PARAMS = {**stage("lco", ["plan", "shard_size"]), **PAIRS_PARAMS}
+# The plan reads only lco.plan, lco.shard_size and which pairs to lay out: an edit of an optimiser key or of
+# a proximity weight reruns LCO, not the plan.
+PLAN_PARAMS = {**stage("lco", ["plan", "shard_size"]),
+               **({"archive_pairs": {k: config["archive"]["pairs"][k] for k in ("share", "findings")}} if PAIRS_PARAMS else {})}
 # With lco.realism_quantile, lco_margins also fits the realism gate (real scans' steering features) that LCO reads.
 REALISM_ON = config["lco"]["realism_quantile"] is not None
 

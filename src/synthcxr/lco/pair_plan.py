@@ -17,12 +17,15 @@ from ..labels import NO_FINDING
 @dataclass
 class PairsConfig:
     """The ``archive.pairs`` section: how much of the plan is pairs, which findings they edit, and the
-    proximity weights of a variant's optimisation (latent distance; patient-verifier embedding distance)."""
+    proximity weights of a variant's optimisation (latent distance; patient-verifier embedding distance) and
+    how they relax for a variant left short of its edit."""
 
     share: float
     findings: list[str]
     latent_weight: float
     embed_weight: float
+    relax_rounds: int
+    relax_factor: float
 
     @classmethod
     def from_section(cls, sec: Mapping[str, Any] | None) -> "PairsConfig":

@@ -106,7 +106,8 @@ def _with_variants(rows: pd.DataFrame, single: pd.DataFrame, res: pd.DataFrame, 
         variants[f"target_{n}"] = var[n].to_numpy(np.int8)
     base_z = np.stack(res["z"].to_numpy()) if len(res) else np.zeros((0, int(G.latent_dim)), np.float32)
     done = optimise_variants(G, C, space, base_z, variants[base_ok].reset_index(drop=True), lc, pairs.latent_weight,
-                             embed=embed, embed_weight=pairs.embed_weight, gate=gate)
+                             embed=embed, embed_weight=pairs.embed_weight, gate=gate, relax_rounds=pairs.relax_rounds,
+                             relax_factor=pairs.relax_factor)
     ok = np.flatnonzero(base_ok)  # variants optimised: done's rows, in order
 
     def scattered(col: str, missing: Any, dtype: Any) -> np.ndarray:
@@ -117,7 +118,7 @@ def _with_variants(rows: pd.DataFrame, single: pd.DataFrame, res: pd.DataFrame, 
     z = list(base_z[base_i])  # a variant whose base failed keeps the base's latent, unmet
     for j, i in enumerate(ok):
         z[i] = done["z"].iloc[j]
-    vres = pd.DataFrame({"seed": var["seed"].to_numpy(np.int64), "attempts": base_ok.astype(np.int64), "z": z})
+    vres = pd.DataFrame({"seed": var["seed"].to_numpy(np.int64), "attempts": scattered("attempts", 0, np.int64), "z": z})
     for n in lc.labels:
         vres[f"target_{n}"] = var[n].to_numpy(np.int8)
     for n in lc.labels:
@@ -136,8 +137,10 @@ def _with_variants(rows: pd.DataFrame, single: pd.DataFrame, res: pd.DataFrame, 
     out["pair_id"] = rows["pair_id"].to_numpy(np.int64)
     out["base_sample_id"] = rows["base_sample_id"].astype(str).to_numpy()
     out["edit"] = rows["edit"].astype(str).to_numpy()
-    log.info("lco pairs: %d of %d variant(s) met (%d had a base that was not), mean latent distance %.3f, mean embedding distance %s",
-             int(out.loc[out["edit"] != "", "success"].sum()), len(var), int((~base_ok).sum()),
+    met_at = np.bincount(vres.loc[vres["success"], "attempts"].to_numpy(np.int64), minlength=pairs.relax_rounds + 2)[1:]
+    log.info("lco pairs: %d of %d variant(s) met (%d had a base that was not; met at attempt 1, 2, ...: %s), mean latent "
+             "distance %.3f, mean embedding distance %s",
+             int(out.loc[out["edit"] != "", "success"].sum()), len(var), int((~base_ok).sum()), ", ".join(map(str, met_at)),
              float(np.nanmean(out["latent_dist"])) if ok.size else float("nan"),
              f"{float(np.nanmean(out['embed_dist'])):.3f}" if ok.size and embed is not None else "(not used)")
     return out
@@ -215,7 +218,8 @@ def optimise_shard(
         meta["realism"] = {**gate.summary(), "unmet_by_gate": int(unreal)}
         log.info("lco shard %d: realism gate at distance %.2f; %d target(s) met every label's cut but not the gate", shard, gate.threshold, unreal)
     if paired:  # the proximity weights the variants were optimised with (only in shards holding pairs)
-        meta["pairs"] = {"latent_weight": pairs.latent_weight, "embed_weight": pairs.embed_weight}
+        meta["pairs"] = {"latent_weight": pairs.latent_weight, "embed_weight": pairs.embed_weight,
+                         "relax_rounds": pairs.relax_rounds, "relax_factor": pairs.relax_factor}
     res.attrs.clear()
     write_latents(res, lc.labels, out_path, meta)
     log.info(
