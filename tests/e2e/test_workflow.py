@@ -357,6 +357,21 @@ def test_config_edit_reruns_stage_and_downstream_only(tiny_run: Path):
     assert not pair_edit & {"train_reid_verifier", "train_classifier"}
 
 
+def test_a_proximity_edit_keeps_the_plan_and_a_pairs_edit_replans(tiny_run: Path, tmp_path: Path):
+    """The plan reads which pairs to lay out (share, findings), not how variants are optimised: a proximity or
+    relax edit leaves a made plan alone, an edit of the findings to pair replans."""
+    for part in ("prepared", "classifier"):  # the plan's inputs, mtimes kept
+        shutil.copytree(tiny_run / "results" / part, tmp_path / "results" / part)
+    pairs = {"share": 0.25, "findings": ["Effusion"], "latent_weight": 1.0}
+    merged = yaml.safe_load(TINY.read_text())
+    merged["archive"]["pairs"] = pairs
+    (tmp_path / "pairs.yaml").write_text(yaml.safe_dump(merged))
+    proc = snakemake(tmp_path, "--cores", "1", "results/archive/tiny/plan.parquet", config=tmp_path / "pairs.yaml")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "plan" not in _planned_rules(tmp_path, {"archive": {"pairs": {**pairs, "latent_weight": 3.0, "relax_rounds": 0}}})
+    assert "plan" in _planned_rules(tmp_path, {"archive": {"pairs": {**pairs, "findings": ["Effusion", "Nodule"]}}})
+
+
 CROSS_KERNEL = """
 import json, sys
 import numpy as np, pandas as pd, torch
