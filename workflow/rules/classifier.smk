@@ -2,7 +2,7 @@
 # test. The {clf} wildcard names a run: classifier.name (the model LCO steers and metrics use) or
 # classifier.checker.name (an independently seeded second model that audits LCO's results).
 # run_settings raises naming both valid names when {clf} is neither.
-from synthcxr.classifier.train import run_settings
+from synthcxr.classifier.runs import run_settings
 
 
 rule train_classifier:

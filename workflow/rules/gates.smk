@@ -1,7 +1,7 @@
 # Stage 6: the gates. Before the release is built, every rendered sample is audited against the real
 # training scans: memorisation (nearest training image) and re-identification (a patient verifier);
 # finalize_archive withholds what a gate flags (validate.memorization.gate, validate.reid.gate).
-from synthcxr.validate.memorization import MemorizationConfig
+from synthcxr.validate.settings import MemorizationConfig
 
 # The checker's model.pt is an input only when the quality metrics use its features (validate.features: checker).
 VAL_CHECKER = (

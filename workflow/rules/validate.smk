@@ -1,7 +1,7 @@
 # Stage 8: validation of the release against the real data (the oracle, phantom only, in oracle.smk; the
 # reader kit in reader_study.smk). Figures are wrapped in report() so `snakemake --report
 # results/report.html` collects them with the captions in workflow/report/.
-from synthcxr.validate.fid_run import FidConfig
+from synthcxr.validate.settings import FidConfig
 
 
 rule validate_fid:

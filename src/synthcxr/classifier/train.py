@@ -104,7 +104,7 @@ class ClassifierConfig:
 
     @classmethod
     def from_section(cls, sec: Mapping[str, Any]) -> "ClassifierConfig":
-        """From one run's settings (:func:`run_settings`: the ``classifier`` section, or part of it, plus
+        """From one run's settings (:func:`~.runs.run_settings`: the ``classifier`` section, or part of it, plus
         run keys); the schema fills left-out keys and a ConfigError names a bad one."""
         sec = {k: v for k, v in dict(sec).items() if k != "checker"}
         if "labels" not in sec:
@@ -119,25 +119,6 @@ class ClassifierConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def run_settings(section: Mapping[str, Any], run: str) -> dict:
-    """Settings of one named classifier run: ``classifier.name`` or the checker ``classifier.checker.name``.
-
-    The checker is an independently trained second classifier (own seed, width and architecture) that
-    latent class optimisation is verified against, so its success is not judged by the model it fooled.
-    ``section`` is the validated section (the schema has filled the checker's keys).
-    """
-    base = {k: v for k, v in section.items() if k != "checker"}
-    checker = section["checker"]
-    if checker["name"] == base["name"]:
-        raise ValueError(f"classifier.checker.name must differ from classifier.name (both {base['name']!r})")
-    if run == base["name"]:
-        return {**base, "seed_offset": 0}
-    if run == checker["name"]:
-        return {**base, "name": checker["name"], "arch": checker["arch"], "width": checker["width"],
-                "seed_offset": checker["seed_offset"]}
-    raise ValueError(f"classifier run {run!r} is neither classifier.name nor classifier.checker.name ({[base['name'], checker['name']]})")
 
 
 def pos_weights(labels: np.ndarray) -> np.ndarray:

@@ -18,7 +18,6 @@ import logging
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,56 +26,22 @@ import pandas as pd
 import torch
 
 from ..archive.reader import open_archive
-from ..config import ConfigError, build
 from ..data.store import PreparedDataset
 from ..imaging import float_to_uint8, resize_batch, uint8_to_float
 from ..metrics.features import FeatureExtractor, get_extractor
 from ..metrics.fid import fid_from_features
-from ..metrics.registry import MetricOptions, evaluate, get_metric
+from ..metrics.registry import MetricOptions, evaluate
 from ..utils.atomic import write_json, write_text
 from ..utils.runtime import progress, resolve_device, seed_everything, setup_logging
 from . import figures
 from .common import real_batches
 from .feature_cache import cache_key, cached_features, dataset_identity
+from .settings import FID_TUNING, FidConfig  # noqa: F401  (re-exported: the stage's config)
 
 log = logging.getLogger("synthcxr")
 
 _SNAPSHOT_RE = re.compile(r"generator-(\d+)\.pt$")
 HELD_OUT = ("val", "test")
-
-
-#: how FID's features are batched: not a config key
-FID_TUNING = {"batch_size": 64}
-
-
-@dataclass
-class FidConfig:
-    """The ``validate`` section keys this stage uses."""
-
-    features: str
-    inception_weights: str | None
-    max_real: int
-    kid_subsets: int
-    kid_subset_size: int
-    pr_k: int
-    resize: str
-    feature_res: int
-    fid_n_points: int
-    metrics: list[str]
-    seed: int
-    device: str
-    batch_size: int
-
-    @classmethod
-    def from_section(cls, sec: Mapping[str, Any], **tuning: Any) -> "FidConfig":
-        """From the ``validate`` section (or part of it); ``tuning`` overrides :data:`FID_TUNING`."""
-        cfg = build(cls, "validate", sec, **{**FID_TUNING, **tuning})
-        for name in cfg.metrics:
-            try:
-                get_metric(name)
-            except KeyError as exc:
-                raise ConfigError(f"'validate.metrics': {exc.args[0]}") from None
-        return cfg
 
 
 def real_sets(table: pd.DataFrame, max_images: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -22,16 +22,13 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
-from ..config import build, filled
 from ..data.store import PreparedDataset
 from ..imaging import resize_batch
 from ..metrics.features import FeatureExtractor, get_extractor
@@ -39,45 +36,12 @@ from ..utils.atomic import atomic_path, write_json
 from ..utils.runtime import progress, resolve_device, seed_everything, setup_logging
 from . import figures
 from .common import real_batches, real_images, to_float
+from .settings import MEMORIZATION_TUNING, MemorizationConfig  # noqa: F401  (re-exported: the stage's config)
 from .shards import WorkingShards
 
 log = logging.getLogger("synthcxr")
 
 COLUMNS = ["sample_id", "nn_feature_row", "feature_sim", "nn_pixel_row", "pixel_sim", "flagged"]
-
-
-#: how the audit batches and searches: not config keys
-MEMORIZATION_TUNING = {"batch_size": 128, "chunk": 2048, "max_heldout": 1000}
-
-
-@dataclass
-class MemorizationConfig:
-    """``validate.memorization`` plus the knobs the audit needs from ``validate``."""
-
-    pixel_res: int
-    threshold: float
-    gate: bool
-    gallery: int
-    features: str
-    inception_weights: str | None
-    resize: str
-    feature_res: int
-    device: str
-    seed: int
-    batch_size: int
-    chunk: int
-    max_heldout: int
-
-    #: the ``validate`` keys it reads beside its own section
-    FROM_VALIDATE = ("features", "inception_weights", "resize", "feature_res", "device", "seed")
-
-    @classmethod
-    def from_section(cls, sec: Mapping[str, Any], **tuning: Any) -> "MemorizationConfig":
-        """From the ``validate`` config section (as given by ``stage('validate')``, or part of it);
-        ``tuning`` overrides :data:`MEMORIZATION_TUNING`."""
-        v = filled("validate", sec)
-        return build(cls, "validate.memorization", v["memorization"],
-                     **{k: v[k] for k in cls.FROM_VALIDATE}, **{**MEMORIZATION_TUNING, **tuning})
 
 
 class NearestIndex:

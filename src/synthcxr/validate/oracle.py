@@ -25,7 +25,6 @@ import pandas as pd
 
 from ..data.phantom import CHEXNET_AUROC, FINDINGS, PhantomConfig, sample_cohort, true_labels
 from ..data.splits import pseudonym
-from ..data.store import PreparedDataset
 from ..metrics.auroc import auroc
 
 log = logging.getLogger("synthcxr")
@@ -246,6 +245,8 @@ def oracle_report(
     c_probs = model_probs(load_for_labels(checker_model, names, dev), images, names, dev, batch_size)
     o_calls, c_calls = (o_probs >= oracle_thr).astype(int), (c_probs >= checker_thr).astype(int)
     released = released_agreement(lab, o_calls, c_calls, names)
+
+    from ..data.store import PreparedDataset  # loads torch: not while the workflow builds the DAG
 
     ds = PreparedDataset(prepared)
     rows = ds.split("test")
