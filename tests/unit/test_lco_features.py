@@ -113,6 +113,33 @@ def test_the_feature_offset_reaches_targets_the_latent_alone_does_not(models):
     np.testing.assert_allclose(np.stack(alone["z"]), z[:3], atol=1e-4)
 
 
+def test_a_pair_variant_keeps_its_bases_feature_offset_and_edits_the_latent(models):
+    """The proximity terms price latent moves only, so a free offset would carry the edit as a feature patch:
+    a variant keeps its base's offset bit for bit and moves its latent; met variants meet their edited target."""
+    from synthcxr.lco.accept import accept_rule, resolve_label_space
+    from synthcxr.lco.pair_plan import variant_targets
+    from synthcxr.lco.pairs import optimise_variants
+
+    G, C = models
+    thr = {n: 0.5 for n in LABELS}
+    cfg = _cfg(feature_res=8, feature_weight=0.1, feature_lr=0.05)
+    targets = np.array([[1, 0, 1, 0]] * 8, dtype=np.float32)
+    bases = optimise_latents(G, C, thr, targets, np.arange(8) + 100, cfg)
+    ok = bases["success"].to_numpy()
+    zb = np.stack(bases["z"])[ok]
+    assert ok.sum() >= 4 and np.abs(zb[:, 8:]).max() > 0  # the bases carry offsets
+    space = resolve_label_space(LABELS, C.label_names, thr)
+    var = optimise_variants(G, C, space, zb, variant_targets(targets[ok], LABELS, ["Effusion"]), cfg, 0.5)
+    zv = np.stack(var["z"].to_numpy())
+    base_of = var["base_row"].to_numpy()
+    np.testing.assert_array_equal(zv[:, 8:], zb[base_of, 8:])
+    met = var["success"].to_numpy()
+    assert met.sum() >= 2 and (var["latent_dist"].to_numpy()[met] > 0).all()
+    with torch.no_grad():
+        p = torch.sigmoid(C(G(torch.as_tensor(zv[met])))).numpy()
+    assert accept_rule(p, var[[f"target_{n}" for n in LABELS]].to_numpy()[met], [0.5] * len(LABELS), 0.0).all()
+
+
 def test_pool_accepts_carry_a_zero_offset_and_the_shard_records_the_block(models, tmp_path, monkeypatch):
     G, C = models
     from synthcxr.classifier import Classifier

@@ -11,7 +11,8 @@ between the variant's and the base's embeddings. The accept rule is the one ever
 A variant the proximity term holds short of its target gets up to ``relax_rounds`` further attempts, each
 continuing from where the last stopped with both proximity weights scaled by ``relax_factor`` once more:
 only the variants that need it trade closeness for their edit, and ``attempts`` records how far each went
-(attempt ``k`` ran at ``relax_factor ** (k - 1)`` of the weights).
+(attempt ``k`` ran at ``relax_factor ** (k - 1)`` of the weights). With a feature offset (``lco.feature_res``)
+a variant keeps its base's offset and moves only the latent.
 """
 
 from __future__ import annotations
@@ -73,7 +74,10 @@ def optimise_variants(
     res = Results.empty(np.zeros(n, dtype=np.int64), latent_length(G, cfg.feature_res), len(labels))
     # A variant starts at its base or not at all: one attempt, no top-up, and no patience, which cuts a stalled
     # attempt short only to fund a fresh start that a variant never gets (it would forfeit steps, not move them).
-    one_try = dataclasses.replace(cfg, retries=0, topup_rounds=0, patience=None)
+    # The feature offset (lco.feature_res) stays the base's: the proximity terms price latent moves, so a free
+    # offset would carry the edit as a local feature patch that steers the classifier and nothing else (on the
+    # quick demo the checker then saw 4 of 14 +Cardiomegaly edits); the variant edits the patient's latent.
+    one_try = dataclasses.replace(cfg, retries=0, topup_rounds=0, patience=None, feature_lr=0.0)
     combo = np.unique(targets, axis=0, return_inverse=True)[1].reshape(-1) if n else np.zeros(0, np.int64)
     todo = np.arange(n)
     for rnd in range(int(relax_rounds) + 1):
