@@ -26,6 +26,8 @@ rule train_pggan:
     threads: 2
     resources:
         **PGGAN_NODE_RESOURCES,
+    # The longest job, on every path to the release: it starts first when job slots are scarce (--jobs).
+    priority: 10
     # Resubmission is the scheduler's: the job step run inside an allocation must not retry within it.
     retries: config["pggan"]["allocations"] - 1 if workflow.is_main_process else 0
     conda:
