@@ -317,6 +317,15 @@ def test_regenerate_cli(arch, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "not the generator" in err and sha256_file(arch["gen"]) in err  # names the file it needs by hash
     assert cli_main(["regenerate", str(arch["release"]), "nope", "--generator", str(arch["gen"]), "--device", "cpu"]) == 1
+    # several samples in one process: each reported, 0 only when every one is byte-identical
+    ids = man["sample_id"].iloc[:3].tolist()
+    capsys.readouterr()
+    assert cli_main(["regenerate", str(arch["release"]), *ids, "--generator", str(arch["gen"]), "--device", "cpu"]) == 0
+    text = capsys.readouterr().out
+    assert all(f"{sid}: shard" in text for sid in ids) and text.count("h5: byte-identical") == 3
+    assert cli_main(["regenerate", str(arch["release"]), *ids[:2], "nope", "--generator", str(arch["gen"]), "--device", "cpu"]) == 1
+    with pytest.raises(SystemExit):  # --out writes one PNG
+        cli_main(["regenerate", str(arch["release"]), *ids, "--generator", str(arch["gen"]), "--out", str(out)])
 
 
 # ----------------------------------------------------------------------------------------- crash safety

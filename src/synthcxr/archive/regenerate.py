@@ -116,11 +116,13 @@ def regenerate_sample(release_dir: str | os.PathLike, sample_id: str, G: nn.Modu
 def cli(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="synthcxr regenerate", description=__doc__.splitlines()[0])
     ap.add_argument("path", help="release folder")
-    ap.add_argument("sample_id")
+    ap.add_argument("sample_id", nargs="+", help="one or more released sample ids (one process loads the generator once)")
     ap.add_argument("--generator", required=True, help="generator.pt whose sha256 archive.json records (generator.sha256)")
-    ap.add_argument("--out", help="write the re-rendered sample here as PNG")
+    ap.add_argument("--out", help="write the re-rendered sample here as PNG (one sample_id only)")
     ap.add_argument("--device", help="torch device (default: the device the release was rendered on, if present)")
     args = ap.parse_args(argv)
+    if args.out and len(args.sample_id) > 1:
+        ap.error(f"--out writes one PNG: give one sample_id, not {len(args.sample_id)}")
     from .sample import load_generator_file
 
     root = Path(args.path)
@@ -142,18 +144,21 @@ def cli(argv: list[str]) -> int:
         fixed_threads(int(threads))
     device = args.device or _recorded_device(info)
     G, _ = load_generator_file(gen, device)
-    try:
-        r = regenerate_sample(root, args.sample_id, G)
-    except KeyError as exc:
-        print(exc.args[0], file=sys.stderr)
-        return 1
-    if args.out:
-        write_bytes(args.out, r.png)
-        print(f"wrote {args.out}")
-    print(f"{r.sample_id}: shard {r.shard:05d} index {r.index}")
-    for fmt, ok in r.matches.items():
-        print(f"  {fmt}: {'byte-identical to the stored copy' if ok else 'DIFFERS from the stored copy'}")
-    return 0 if r.identical else 1
+    identical = True
+    for sid in args.sample_id:
+        try:
+            r = regenerate_sample(root, sid, G)
+        except KeyError as exc:
+            print(exc.args[0], file=sys.stderr)
+            return 1
+        if args.out:
+            write_bytes(args.out, r.png)
+            print(f"wrote {args.out}")
+        print(f"{r.sample_id}: shard {r.shard:05d} index {r.index}")
+        for fmt, ok in r.matches.items():
+            print(f"  {fmt}: {'byte-identical to the stored copy' if ok else 'DIFFERS from the stored copy'}")
+        identical &= r.identical
+    return 0 if identical else 1
 
 
 def _recorded_device(info: dict) -> str:
