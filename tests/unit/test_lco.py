@@ -598,6 +598,10 @@ def test_agreement_with_same_and_stricter_checker(tmp_path, fake_loaders):
         assert "prior_rate" not in row
         if sel.any():
             assert row["agreement_successful"] == pytest.approx(hand[sel].mean())
+            # the label on its own: the checker's call on it, by hand, among the LCO-met samples that ask for it
+            seen = _probs_of(G, C, z)[:, j] >= np.float32(strict[name])
+            assert row["seen_successful"] == pytest.approx(seen[sel & lco_ok].mean())
+            assert row["seen_successful"] >= row["agreement_successful"]  # one label is easier to match than all
     # random latents scored by the checker: a seeded draw, the same rate by hand
     drawn = agreement(paths, G, C, strict, prior_samples=300, seed=5)
     assert drawn["prior_samples"] == 300
@@ -621,9 +625,10 @@ def test_agreement_with_same_and_stricter_checker(tmp_path, fake_loaders):
     assert (ref["real_test_exact_match"], ref["real_test_n"]) == (0.8, 40)
     eff = got["per_label"]["Effusion"]
     assert ref["per_label"]["Effusion"] == eff | {"real_test_n_pos": 5, "real_test_tpr": 0.8,
-                                                   "agreement_over_real_tpr": pytest.approx(eff["agreement_successful"] / 0.8)}
+                                                   "agreement_over_real_tpr": pytest.approx(eff["agreement_successful"] / 0.8),
+                                                   "seen_over_real_tpr": pytest.approx(eff["seen_successful"] / 0.8)}
     assert ref["per_label"]["Nodule"]["real_test_tpr"] is None and ref["per_label"]["Nodule"]["real_test_n_pos"] is None
-    assert ref["per_label"]["Nodule"]["agreement_over_real_tpr"] is None
+    assert ref["per_label"]["Nodule"]["agreement_over_real_tpr"] is None and ref["per_label"]["Nodule"]["seen_over_real_tpr"] is None
     assert ref["per_combination"]["Effusion"] == got["per_combination"]["Effusion"] | {"real_test_n": 5, "real_test_exact_match": 0.6}
     assert ref["per_combination"]["Cardiomegaly+Effusion+Nodule"]["real_test_n"] == 0
     assert ref["per_combination"]["Cardiomegaly+Effusion+Nodule"]["real_test_exact_match"] is None

@@ -85,8 +85,10 @@ def agreement(
     when the metrics predate this field or the test split has no such scan).
 
     ``per_label`` gives, for each label, the samples whose target includes it, the share of them LCO
-    met (``lco_success``) and the checker's agreement on those (with ``checker_metrics`` also its ratio to
-    the checker's sensitivity on real scans, ``agreement_over_real_tpr``); with ``prior_samples > 0`` also ``prior_rate``, the share of that many seeded random latents
+    met (``lco_success``), the checker's agreement with their whole target (``agreement_successful``) and
+    the share on which it calls the label itself (``seen_successful``: the same measure as its sensitivity
+    on real scans); with ``checker_metrics`` also both over that sensitivity (``agreement_over_real_tpr``,
+    ``seen_over_real_tpr``: the per-finding trust ratio); with ``prior_samples > 0`` also ``prior_rate``, the share of that many seeded random latents
     (un-optimised draws from N(0, I)) on which the checker sees the label, next to ``plan_rate``, its share
     of the targets. A finding the generator almost never draws can only be reached by perturbing latents
     until the steering classifier is fooled, and the checker's agreement on it is low.
@@ -142,7 +144,10 @@ def agreement(
             out["fe_per_success"] = round(forward_equivalents(fwd[sel], bwd[sel], backward_ratio) / ok, 3) if ok else None
         return out
     space = resolve_label_space(labels, checker.label_names, thresholds, where=where)
-    agree = checker_agrees(generator, checker, space, z, targets, batch_size)
+    probs = checker_probs(generator, checker, space, z, batch_size)
+    thr_used = space.thresholds[space.used]
+    agree = np.asarray(success_rule(probs, targets[:, space.used], thr_used), dtype=bool)  # the whole target
+    calls = probs >= thr_used.astype(probs.dtype)[None, :]  # each label on its own, as on real scans
     keys = np.array([combo_key(t, labels) for t in targets])
     per: dict[str, dict[str, Any]] = {}
     for k in sorted(set(keys)):
@@ -168,6 +173,7 @@ def agreement(
             "plan_rate": _rate(sel),
             "lco_success": _rate(lco_ok[sel]),
             "agreement_successful": _rate(agree[sel & lco_ok]),
+            "seen_successful": _rate(calls[sel & lco_ok, col]),
             **cost(sel),
         }
         if prior is not None:
@@ -185,8 +191,9 @@ def agreement(
             row["real_test_n_pos"] = ref.get("n_pos")
             row["real_test_tpr"] = ref.get("tpr")
             # the trust goal: agreement on released samples relative to what this checker sees on real ones
-            tpr, agr = row["real_test_tpr"], row["agreement_successful"]
+            tpr, agr, seen = row["real_test_tpr"], row["agreement_successful"], row["seen_successful"]
             row["agreement_over_real_tpr"] = None if not tpr or agr is None else round(agr / tpr, 6)
+            row["seen_over_real_tpr"] = None if not tpr or seen is None else round(seen / tpr, 6)
     return {
         "labels": labels,
         "n": int(len(agree)),
@@ -242,8 +249,10 @@ def run_agreement(
              result["cost"]["fe_per_success"])
     for name, row in result["per_label"].items():
         log.info(
-            "%s: %d targets, checker agrees on %s of the successful; plan share %.4f, random latents %s; %s FE per success",
-            name, row["n_target"], row["agreement_successful"], row["plan_rate"], row.get("prior_rate"), row.get("fe_per_success"),
+            "%s: %d targets, checker agrees on %s of the successful and sees the label on %s (%s of its real sensitivity); "
+            "plan share %.4f, random latents %s; %s FE per success",
+            name, row["n_target"], row["agreement_successful"], row["seen_successful"], row.get("seen_over_real_tpr"),
+            row["plan_rate"], row.get("prior_rate"), row.get("fe_per_success"),
         )
     write_json(out_path, result)
     return result
