@@ -149,20 +149,21 @@ def _agreement_section(path: Path) -> str:
         f"From `{path.name}`. A second classifier, trained separately from the one that steered the latents, read "
         f"every image; it agreed with the whole target on {_pct(data.get('overall_successful'))} of the "
         f"{data.get('n_successful')} samples whose optimisation succeeded. Per label, over the samples whose "
-        "target includes it (the whole combination must match); for reference, the same checker's exact-match "
-        f"rate on real test scans is {_pct(data.get('real_test_exact_match'))}. \"Real scans\" is how often the "
-        "checker calls the label on real test scans that carry it (how many in brackets): it caps what the checker "
-        "can confirm. The last column is how often it sees the label on un-optimised random latents (what the "
-        "generator draws unsteered).",
+        "target includes it: \"checker agrees\" asks the whole combination to match (for reference, the same "
+        f"checker's exact-match rate on real test scans is {_pct(data.get('real_test_exact_match'))}); \"checker sees "
+        "it\" asks for the label alone, and \"real scans\" is the same measure on real test scans that carry it (how "
+        "many in brackets): it caps what the checker can confirm. The last column is how often it sees the label on "
+        "un-optimised random latents (what the generator draws unsteered).",
         "",
-        "| label | samples | checker agrees | real scans | random latents |",
-        "|---|---|---|---|---|",
+        "| label | samples | checker agrees | checker sees it | real scans | random latents |",
+        "|---|---|---|---|---|---|",
     ]
     low, blind = [], []
     for name, row in per.items():
         agree, tpr, n_pos = row.get("agreement_successful"), row.get("real_test_tpr"), row.get("real_test_n_pos")
         real = _pct(tpr) if n_pos is None else f"{_pct(tpr)} ({n_pos})"
-        lines.append(f"| {name} | {row.get('n_target', 0)} | {_pct(agree)} | {real} | {_pct(row.get('prior_rate'))} |")
+        lines.append(f"| {name} | {row.get('n_target', 0)} | {_pct(agree)} | {_pct(row.get('seen_successful'))} | {real} | "
+                     f"{_pct(row.get('prior_rate'))} |")
         if agree is not None and agree < LOW_AGREEMENT:
             low.append(name)
             if tpr is not None and tpr < LOW_AGREEMENT:
