@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 # snakemake's own entry point, with a note on stderr saying whether the parse loaded torch
 PROBE = ("import sys, atexit; atexit.register(lambda: print('torch loaded:', 'torch' in sys.modules, file=sys.stderr)); "
          "from snakemake.cli import main; sys.argv = ['snakemake'] + sys.argv[1:]; main()")

@@ -51,7 +51,11 @@ def checker_agrees(
 
     ``z`` is ``[n, d]``, ``targets`` ``[n, L]`` over ``space.labels``; returns ``[n]`` bool.
     """
-    probs = checker_probs(generator, checker, space, z, batch_size)
+    return agrees_with_target(checker_probs(generator, checker, space, z, batch_size), targets, space)
+
+
+def agrees_with_target(probs: np.ndarray, targets: np.ndarray, space: LabelSpace) -> np.ndarray:
+    """Per row of :func:`checker_probs`, whether the calls at ``space``'s thresholds are exactly the target row."""
     used = space.used
     return np.asarray(success_rule(probs, np.asarray(targets)[:, used], space.thresholds[used]), dtype=bool)
 
@@ -145,9 +149,8 @@ def agreement(
         return out
     space = resolve_label_space(labels, checker.label_names, thresholds, where=where)
     probs = checker_probs(generator, checker, space, z, batch_size)
-    thr_used = space.thresholds[space.used]
-    agree = np.asarray(success_rule(probs, targets[:, space.used], thr_used), dtype=bool)  # the whole target
-    calls = probs >= thr_used.astype(probs.dtype)[None, :]  # each label on its own, as on real scans
+    agree = agrees_with_target(probs, targets, space)  # the whole target
+    calls = probs >= space.thresholds[space.used].astype(probs.dtype)[None, :]  # each label on its own, as on real scans
     keys = np.array([combo_key(t, labels) for t in targets])
     per: dict[str, dict[str, Any]] = {}
     for k in sorted(set(keys)):
