@@ -60,7 +60,7 @@ def _fake_upstream(root: Path) -> list[str]:
     (val / "tstr.json").write_text(json.dumps({"macro_auroc": {"synthetic": 0.71}}))
     (val / "lco_agreement.json").write_text(json.dumps({
         "overall_successful": 0.9, "n_successful": 10,
-        "per_label": {"Effusion": {"n_target": 4, "plan_rate": 0.33, "agreement_successful": 0.75, "prior_rate": 0.1}},
+        "per_label": {"Effusion": {"n_target": 4, "plan_rate": 0.33, "agreement_successful": 0.75, "seen_successful": 1.0, "prior_rate": 0.1}},
     }))
     rate = lambda k, n: {"k": k, "n": n, "rate": k / n, "ci95": [0.0, 1.0]}  # noqa: E731
     (val / "oracle.json").write_text(json.dumps({  # the phantom's ground-truth oracle (validate_oracle)
@@ -105,7 +105,7 @@ def test_rules_build_verify_and_rerun_only_missing_shard(tmp_path):
         s for s in ids if s not in {"r0-1", "r0-4", "r1-2", "r1-4", "r2-1"})  # failed (last of each shard), flagged, matched
     card = (rel / "README.md").read_text()
     assert "Every image in this archive is synthetic" in card and "| fid.fid | 42.5 |" in card
-    assert "| Effusion | 4 | 75.0% | n/a | 10.0% |" in card and "labelled Effusion." in card
+    assert "| Effusion | 4 | 75.0% | 100.0% | n/a | 10.0% |" in card and "labelled Effusion." in card
     assert "matched to a training patient by re-identification audit (gate on) | 1 |" in card
     assert "ROC AUC 0.9910" in card and "| synthetic samples (gate on) | 12 | 1 (8.3%) |" in card
     assert "ROC AUC 0.9910" in card and "| Effusion | 2 | 1 (50.0%) |" in card
