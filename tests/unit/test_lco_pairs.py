@@ -207,3 +207,59 @@ def test_a_shard_kept_near_its_bases_in_the_patient_verifiers_embedding(bases, t
     both = nv["success"].to_numpy() & fv["success"].to_numpy()
     assert both.sum() >= 3
     assert dist(near)[both].mean() < 0.8 * dist(free)[both].mean()  # 0.29 of it here
+
+
+def test_rebase_rounds_draw_new_bases_for_pairs_left_short_and_keep_the_rest_byte_for_byte(bases, tmp_path):
+    """archive.pairs.rebase_rounds: a pair whose base or a variant went unmet draws a new base for the same target
+    (seed ``rebase_seed(plan seed, round)``) and its variants from it, and takes them only when more members are
+    met; every other pair keeps its bytes. The extra evaluations are charged to the short pairs' rows, every met
+    member meets the accept rule, and a taken variant's latent_dist is measured from its new base."""
+    import pandas as pd
+
+    from synthcxr.lco.pair_plan import PairsConfig
+    from synthcxr.lco.plan import make_plan, rebase_seed
+    from synthcxr.lco.run import optimise_shard
+
+    G, C, _, _ = bases
+    real = pd.DataFrame({"split": ["train"] * 40, "Cardiomegaly": [0.0] * 40, "Effusion": [1.0] * 10 + [0.0] * 30,
+                         "Nodule": [0.0] * 40, "No_Finding": [0.0] * 40})
+    cfg = LCOConfig.from_section(_cfg(steps=80, margin=0.5, retries=1))
+    out = {}
+    for rounds in (0, 2):  # a strong latent term and no relaxing leave a third of the variants unmet
+        pairs = PairsConfig.from_section({"share": 0.75, "findings": ["Effusion", "Nodule"], "latent_weight": 3.0,
+                                          "relax_rounds": 0, "rebase_rounds": rounds})
+        plan = make_plan({"plan": {"mode": "match_real", "n_samples": 24}, "shard_size": 24}, LABELS, real, seed=3, pairs=pairs)
+        hard = plan.index[(plan["pair_id"] == 0) & (plan["edit"] == "")][0]
+        plan.loc[hard, ["Cardiomegaly", "Effusion", "Nodule", "No_Finding"]] = [1, 1, 1, 1]  # a base no seed meets
+        out[rounds] = optimise_shard(plan, 0, G, C, THR, cfg, tmp_path / f"r{rounds}.parquet", pairs=pairs)
+    one, more = out[0], out[2]
+    assert one["sample_id"].tolist() == more["sample_id"].tolist() == plan["sample_id"].tolist()
+    members = one["pair_id"] >= 0
+    met = one[members].groupby("pair_id")["success"].agg(["sum", "size"])
+    short = set(met.index[met["sum"] < met["size"]])
+    assert 3 <= len(short) < len(met) and 0 in short
+    zs1, zs2 = np.stack(one["z"].to_numpy()), np.stack(more["z"].to_numpy())
+    whole = ~one["pair_id"].isin(short).to_numpy()  # single samples and pairs met whole: untouched
+    np.testing.assert_array_equal(zs2[whole], zs1[whole])
+    np.testing.assert_array_equal(more["g_evals"].to_numpy()[whole], one["g_evals"].to_numpy()[whole])
+    in_short = one["pair_id"].isin(short).to_numpy()
+    g1, g2 = one["g_evals"].to_numpy(), more["g_evals"].to_numpy()
+    assert (g2[in_short] >= g1[in_short]).all() and (g2[in_short & (one["edit"] == "").to_numpy()] > g1[in_short & (one["edit"] == "").to_numpy()]).all()
+    # pairs took a new base only to meet more members; some did, and the impossible one stays unmet
+    per1 = one[members].groupby("pair_id")["success"].sum()
+    per2 = more[members].groupby("pair_id")["success"].sum()
+    assert (per2 >= per1).all() and per2.sum() > per1.sum() and per2[0] == 0
+    assert "was not met" in more.loc[(more["pair_id"] == 0) & (more["edit"] != ""), "reason"].iloc[0]
+    took = [g for g in short if per2[g] > per1[g]]
+    for g in took:
+        base = more[(more["pair_id"] == g) & (more["edit"] == "")].iloc[0]
+        plan_seed = int(plan.loc[plan["sample_id"] == base["sample_id"], "seed"].iloc[0])
+        assert int(base["seed"]) in {rebase_seed(plan_seed, r) for r in (1, 2)}  # retry 1 of it would be derived from that
+        var = more[(more["pair_id"] == g) & (more["edit"] != "") & more["success"]]
+        d = G.latent_dim
+        dist = np.sqrt(((np.stack(var["z"].to_numpy())[:, :d] - base["z"][:d]) ** 2).sum(1) / d)
+        np.testing.assert_allclose(var["latent_dist"].to_numpy(), dist, rtol=1e-5)
+    ok = more["success"].to_numpy()
+    p = _probs_of(G, C, zs2[ok])
+    assert accept_rule(p, more[[f"target_{n}" for n in LABELS]].to_numpy()[ok], [THR[n] for n in LABELS], 0.5).all()
+    np.testing.assert_allclose(p, more[[f"prob_{n}" for n in LABELS]].to_numpy()[ok], atol=1e-5)

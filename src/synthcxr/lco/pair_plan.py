@@ -17,8 +17,8 @@ from ..labels import NO_FINDING
 @dataclass
 class PairsConfig:
     """The ``archive.pairs`` section: how much of the plan is pairs, which findings they edit, and the
-    proximity weights of a variant's optimisation (latent distance; patient-verifier embedding distance) and
-    how they relax for a variant left short of its edit."""
+    proximity weights of a variant's optimisation (latent distance; patient-verifier embedding distance), how
+    they relax for a variant left short of its edit, and how many new bases a pair left short may draw."""
 
     share: float
     findings: list[str]
@@ -26,6 +26,7 @@ class PairsConfig:
     embed_weight: float
     relax_rounds: int
     relax_factor: float
+    rebase_rounds: int
 
     @classmethod
     def from_section(cls, sec: Mapping[str, Any] | None) -> "PairsConfig":

@@ -55,6 +55,7 @@ _TAG_SAMPLE = 0x53414D50  # "SAMP"
 _TAG_ATTEMPT = 0x41545450  # "ATTP"
 _TAG_SHUFFLE = 0x53485546  # "SHUF"
 _TAG_POOL = 0x504F4F4C  # "POOL"
+_TAG_REBASE = 0x52424153  # "RBAS"
 
 _MASK64 = (1 << 64) - 1
 
@@ -86,6 +87,12 @@ def sample_seeds(seed: int, n: int) -> np.ndarray:
 def attempt_seed(sample_seed: int, attempt: int) -> int:
     """Seed of retry ``attempt`` of a sample; attempt 0 uses the plan's seed unchanged."""
     return int(sample_seed) if attempt == 0 else derive_seed(sample_seed, _TAG_ATTEMPT, attempt)
+
+
+def rebase_seed(sample_seed: int, rnd: int) -> int:
+    """Seed of a pair's new base in rebase round ``rnd`` (1, 2, ...) of a base sample seeded ``sample_seed``;
+    also seeds that round's prior pool, from the shard's pool seed."""
+    return derive_seed(sample_seed, _TAG_REBASE, rnd)
 
 
 def pool_seed(seed: int, shard: int) -> int:
