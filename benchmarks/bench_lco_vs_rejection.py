@@ -41,15 +41,16 @@ from scipy.stats import binomtest
 from synthcxr.classifier.evaluate import read_thresholds
 from synthcxr.config import deep_merge, load_config, read_config_file, section
 from synthcxr.labels import NO_FINDING, combo_key
-from synthcxr.lco.evaluate import checker_agrees, real_exact_match
-from synthcxr.lco.cost import backward_ratio as lco_backward_ratio
-from synthcxr.lco.cost import forward_equivalents
 from synthcxr.lco.accept import LabelSpace, accept_rule, resolve_label_space
 from synthcxr.lco.config import LCOConfig
+from synthcxr.lco.cost import backward_ratio as lco_backward_ratio
+from synthcxr.lco.cost import forward_equivalents
+from synthcxr.lco.evaluate import checker_agrees, real_exact_match
 from synthcxr.lco.optimize import optimise_latents
-from synthcxr.lco.starts import score_latents
-from synthcxr.lco.plan import pool_seed, read_plan, sample_seeds
+from synthcxr.lco.plan import read_plan
 from synthcxr.lco.rejection import rejection_sample
+from synthcxr.lco.seeds import pool_seed, sample_seeds
+from synthcxr.lco.starts import score_latents
 from synthcxr.utils.runtime import resolve_device, setup_logging
 
 

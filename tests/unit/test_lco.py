@@ -22,16 +22,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 from scipy.special import expit
 
-from synthcxr.lco.evaluate import agreement
 from synthcxr.lco.accept import accept_rule, margin_thresholds, resolve_label_space, success_rule
 from synthcxr.lco.config import LCOConfig
-from synthcxr.lco.optimize import optimise_latents as _optimise_latents
-from synthcxr.lco.pool import match_pool
-from synthcxr.lco.starts import best_of_candidates, initial_latents, pool_block_latents
-from synthcxr.lco.plan import attempt_seed, make_plan, pool_seed, write_plan
-from synthcxr.lco.rejection import rejection_sample
+from synthcxr.lco.evaluate import agreement
 from synthcxr.lco.latents import read_latents
+from synthcxr.lco.optimize import optimise_latents as _optimise_latents
+from synthcxr.lco.plan import make_plan, write_plan
+from synthcxr.lco.pool import match_pool
+from synthcxr.lco.rejection import rejection_sample
 from synthcxr.lco.run import run_shard
+from synthcxr.lco.seeds import attempt_seed, pool_seed
+from synthcxr.lco.starts import best_of_candidates, initial_latents, pool_block_latents
 
 pytestmark = pytest.mark.kernels  # compares floats across batch compositions and processes
 

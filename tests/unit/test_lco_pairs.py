@@ -217,8 +217,9 @@ def test_rebase_rounds_draw_new_bases_for_pairs_left_short_and_keep_the_rest_byt
     import pandas as pd
 
     from synthcxr.lco.pair_plan import PairsConfig
-    from synthcxr.lco.plan import make_plan, rebase_seed
+    from synthcxr.lco.plan import make_plan
     from synthcxr.lco.run import optimise_shard
+    from synthcxr.lco.seeds import rebase_seed
 
     G, C, _, _ = bases
     real = pd.DataFrame({"split": ["train"] * 40, "Cardiomegaly": [0.0] * 40, "Effusion": [1.0] * 10 + [0.0] * 30,

@@ -10,7 +10,8 @@ import pytest
 
 from synthcxr.config import ConfigError, load_config
 from synthcxr.labels import PHANTOM_LABELS, combo_key
-from synthcxr.lco.plan import build_plan, derive_seed, largest_remainder, make_plan, read_plan, write_plan
+from synthcxr.lco.plan import build_plan, largest_remainder, make_plan, read_plan, write_plan
+from synthcxr.lco.seeds import derive_seed
 
 LABELS = ["Cardiomegaly", "Effusion", "Nodule", "No_Finding"]
 

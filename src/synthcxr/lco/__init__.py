@@ -10,9 +10,10 @@ from .accept import LabelSpace, resolve_label_space, success_rule
 from .config import LCOConfig
 from .latents import ShardLatents, read_latents, write_latents
 from .optimize import optimise_latents
-from .plan import PlanConfig, attempt_seed, derive_seed, make_plan, write_plan
+from .plan import PlanConfig, make_plan, write_plan
 from .rejection import RejectionResult, rejection_sample
 from .run import run_shard
+from .seeds import attempt_seed, derive_seed
 
 __all__ = [
     "LCOConfig",

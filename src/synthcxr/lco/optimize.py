@@ -78,9 +78,9 @@ from ..utils.runtime import progress
 from .accept import LabelSpace, resolve_label_space
 from .config import LCOConfig
 from .memory import plan_chunks
-from .plan import _TAG_POOL, derive_seed
 from .pool import draw_pool
 from .realism import RealismGate
+from .seeds import _TAG_POOL, derive_seed
 from .starts import latent_length, module_device
 from .stream import Results, optimise_stream
 

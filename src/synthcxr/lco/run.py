@@ -24,9 +24,10 @@ from .latents import write_latents
 from .margins import read_margins
 from .optimize import optimise_latents
 from .pair_plan import PairsConfig
-from .pairs import optimise_variants
-from .plan import pool_seed, read_plan, rebase_seed
+from .pairs import optimise_pairs
+from .plan import read_plan
 from .realism import RealismGate, load_gate
+from .seeds import pool_seed
 from .starts import module_device
 
 log = logging.getLogger("synthcxr")
@@ -90,131 +91,6 @@ def run_shard(
     return optimise_shard(rows, shard, G, C, space, lc, out_path, pool_seed=pool_seed(lc.seed, shard), pairs=pairs, embed=embed, gate=gate)
 
 
-def _variant_rows(var: pd.DataFrame, base_i: np.ndarray, res: pd.DataFrame, G: Any, C: Any, space: LabelSpace,
-                  lc: LCOConfig, pairs: PairsConfig, embed: Any = None, gate: RealismGate | None = None) -> pd.DataFrame:
-    """The variant rows ``var`` optimised from their bases, row ``base_i`` of ``res`` each: one result row per
-    variant, in order; a variant whose base was not met stays unmet, at its base's latent."""
-    base_ok = res["success"].to_numpy()[base_i]
-    variants = pd.DataFrame({"base_row": base_i, "edit": var["edit"].to_numpy()})
-    for n in lc.labels:
-        variants[f"target_{n}"] = var[n].to_numpy(np.int8)
-    base_z = np.stack(res["z"].to_numpy()) if len(res) else np.zeros((0, int(G.latent_dim)), np.float32)
-    done = optimise_variants(G, C, space, base_z, variants[base_ok].reset_index(drop=True), lc, pairs.latent_weight,
-                             embed=embed, embed_weight=pairs.embed_weight, gate=gate, relax_rounds=pairs.relax_rounds,
-                             relax_factor=pairs.relax_factor)
-    ok = np.flatnonzero(base_ok)  # variants optimised: done's rows, in order
-
-    def scattered(col: str, missing: Any, dtype: Any) -> np.ndarray:
-        arr = np.full(len(var), missing, dtype=dtype)
-        arr[ok] = done[col].to_numpy()
-        return arr
-
-    z = list(base_z[base_i])  # a variant whose base failed keeps the base's latent, unmet
-    for j, i in enumerate(ok):
-        z[i] = done["z"].iloc[j]
-    vres = pd.DataFrame({"seed": var["seed"].to_numpy(np.int64), "attempts": scattered("attempts", 0, np.int64), "z": z})
-    for n in lc.labels:
-        vres[f"target_{n}"] = var[n].to_numpy(np.int8)
-    for n in lc.labels:
-        vres[f"prob_{n}"] = scattered(f"prob_{n}", np.nan, np.float32)
-    vres["steps"], vres["g_evals"] = scattered("steps", 0, np.int64), scattered("g_evals", 0.0, np.float64)
-    vres["grad_steps"], vres["success"] = scattered("grad_steps", 0, np.int64), scattered("success", False, bool)
-    vres["reason"] = scattered("reason", "", object)
-    vres.loc[~base_ok, "reason"] = [f"its base {b} was not met" for b in var.loc[~base_ok, "base_sample_id"]]
-    vres["latent_dist"] = scattered("latent_dist", np.nan, np.float32)
-    vres["embed_dist"] = scattered("embed_dist", np.nan, np.float32) if embed is not None else np.float32(np.nan)
-    return vres
-
-
-_COSTS = ("g_evals", "grad_steps")
-
-
-def _take(dst: pd.DataFrame, rows: np.ndarray, src: pd.DataFrame, src_rows: np.ndarray, adopt: np.ndarray) -> None:
-    """Rows ``rows`` of ``dst`` pay for rows ``src_rows`` of ``src`` (their costs add) and, where ``adopt``,
-    become them."""
-    for col in _COSTS:
-        dst.loc[rows, col] = dst.loc[rows, col].to_numpy() + src[col].to_numpy()[src_rows]
-    to, frm = rows[adopt], src_rows[adopt]
-    if not len(to):
-        return
-    for col in dst.columns:
-        if col in _COSTS or col not in src.columns:
-            continue
-        if col == "z":  # one array per row
-            z = list(dst["z"])
-            for r, s in zip(to, frm):
-                z[r] = src["z"].iloc[s]
-            dst["z"] = z
-        else:
-            dst.loc[to, col] = src[col].to_numpy()[frm]
-
-
-def _rebase(single: pd.DataFrame, var: pd.DataFrame, base_i: np.ndarray, res: pd.DataFrame, vres: pd.DataFrame, G: Any,
-            C: Any, space: LabelSpace, lc: LCOConfig, pairs: PairsConfig, embed: Any, gate: RealismGate | None,
-            pool_seed_: int | None) -> np.ndarray:
-    """``archive.pairs.rebase_rounds``: a pair left short (its base unmet, or a variant) draws a new base for the
-    same target from the next rebase seed, and its variants from it; the pair takes the new members when more
-    of them are met (base and variants counted alike), else keeps its own, bytes and all. Every round's
-    evaluations are charged to the pair's rows, taken or not. ``res`` and ``vres`` change in place; returns which
-    variants are now on a new base."""
-    moved = np.zeros(len(var), dtype=bool)
-    for rnd in range(1, pairs.rebase_rounds + 1):
-        met_v = vres["success"].to_numpy()
-        groups = np.unique(base_i)
-        score = res["success"].to_numpy()[groups].astype(np.int64) + np.array([met_v[base_i == b].sum() for b in groups], dtype=np.int64)
-        short = groups[score < 1 + np.bincount(base_i, minlength=len(res))[groups]]
-        if not len(short):
-            break
-        seeds = np.array([rebase_seed(int(s), rnd) for s in single["seed"].to_numpy()[short]], dtype=np.int64)
-        new = optimise_latents(G, C, space, single[lc.labels].to_numpy()[short], seeds, lc, classifier_labels=list(C.label_names),
-                               pool_seed=None if pool_seed_ is None else rebase_seed(pool_seed_, rnd), gate=gate)
-        sub = np.flatnonzero(np.isin(base_i, short))
-        new_v = _variant_rows(var.iloc[sub].reset_index(drop=True), np.searchsorted(short, base_i[sub]), new, G, C, space,
-                              lc, pairs, embed, gate)
-        new_met = new["success"].to_numpy().astype(np.int64) + np.array(
-            [new_v["success"].to_numpy()[base_i[sub] == b].sum() for b in short], dtype=np.int64)
-        adopt = new_met > score[np.searchsorted(groups, short)]
-        _take(res, short, new, np.arange(len(short)), adopt)
-        _take(vres, sub, new_v, np.arange(len(sub)), adopt[np.searchsorted(short, base_i[sub])])
-        moved[sub[adopt[np.searchsorted(short, base_i[sub])]]] = True
-        log.info("lco pairs: rebase round %d: %d pair(s) short drew a new base, %d of them took it", rnd, len(short), int(adopt.sum()))
-    return moved
-
-
-def _with_variants(rows: pd.DataFrame, single: pd.DataFrame, res: pd.DataFrame, G: Any, C: Any, space: LabelSpace,
-                   lc: LCOConfig, pairs: PairsConfig | None, embed: Any = None, gate: RealismGate | None = None,
-                   pool_seed_: int | None = None) -> pd.DataFrame:
-    """``res`` (the non-variant rows) with the shard's variants optimised from their bases, in plan order;
-    ``embed`` (images -> unit embeddings) adds the embedding proximity term at ``pairs.embed_weight``; pairs left
-    short draw new bases for up to ``pairs.rebase_rounds`` rounds (:func:`_rebase`)."""
-    if pairs is None:
-        raise ValueError("the plan holds paired counterfactuals (an 'edit' column): pass the archive.pairs settings")
-    res = res.reset_index(drop=True)
-    where = {sid: i for i, sid in enumerate(single["sample_id"])}
-    var = rows[rows["edit"] != ""].reset_index(drop=True)
-    base_i = np.array([where[b] for b in var["base_sample_id"]], dtype=np.int64)
-    vres = _variant_rows(var, base_i, res, G, C, space, lc, pairs, embed, gate)
-    moved = _rebase(single.reset_index(drop=True), var, base_i, res, vres, G, C, space, lc, pairs, embed, gate, pool_seed_)
-    res["latent_dist"] = res["embed_dist"] = np.float32(np.nan)
-    out = pd.concat([res, vres], ignore_index=True)
-    order = {sid: i for i, sid in enumerate(rows["sample_id"])}
-    ids = list(single["sample_id"]) + list(var["sample_id"])
-    out = out.iloc[np.argsort([order[s] for s in ids], kind="stable")].reset_index(drop=True)
-    out["pair_id"] = rows["pair_id"].to_numpy(np.int64)
-    out["base_sample_id"] = rows["base_sample_id"].astype(str).to_numpy()
-    out["edit"] = rows["edit"].astype(str).to_numpy()
-    kept = vres["success"].to_numpy() & ~moved
-    met_at = np.bincount(vres.loc[kept, "attempts"].to_numpy(np.int64), minlength=pairs.relax_rounds + 2)[1:]
-    optimised = np.isfinite(vres["latent_dist"].to_numpy(np.float64))
-    log.info("lco pairs: %d of %d variant(s) met (%d on their first base, met at attempt 1, 2, ...: %s; %d on a new base); "
-             "%d variant(s) with a base not met; mean latent distance %.3f, mean embedding distance %s",
-             int(vres["success"].sum()), len(var), int(kept.sum()), ", ".join(map(str, met_at)),
-             int((vres["success"].to_numpy() & moved).sum()), int((~optimised).sum()),
-             float(np.nanmean(vres["latent_dist"])) if optimised.any() else float("nan"),
-             f"{float(np.nanmean(vres['embed_dist'])):.3f}" if optimised.any() and embed is not None else "(not used)")
-    return out
-
-
 def optimise_shard(
     rows: pd.DataFrame,
     shard: int,
@@ -256,7 +132,7 @@ def optimise_shard(
     )
     pool, chunks, unreal = res.attrs.get("pool"), res.attrs.get("chunks"), res.attrs.get("unreal", 0)
     if paired:
-        res = _with_variants(rows, single, res, G, C, thresholds, lc, pairs, embed, gate, pool_seed)
+        res = optimise_pairs(rows, single, res, G, C, thresholds, lc, pairs, embed, gate, pool_seed)
     res.insert(0, "index", rows["index"].to_numpy(dtype=np.int64))
     res.insert(0, "shard", np.full(len(rows), shard, dtype=np.int64))
     res.insert(0, "sample_id", rows["sample_id"].astype(str).to_numpy())

@@ -14,7 +14,7 @@ import torch
 from ..utils.amp import autocast
 from ..utils.runtime import resolve_device
 from .accept import target_loss
-from .plan import derive_seed
+from .seeds import derive_seed
 
 
 def latent_length(G: torch.nn.Module, feature_res: int | None) -> int:

@@ -13,8 +13,8 @@ import torch
 from ..utils.amp import autocast
 from .accept import LabelSpace, accept_rule, loss_cuts, target_loss, unmet_reason
 from .config import LCOConfig
-from .plan import attempt_seed
 from .realism import RealismGate
+from .seeds import attempt_seed
 from .starts import best_of_candidates, initial_latents
 
 _BETA1, _BETA2, _EPS = 0.9, 0.999, 1e-8
