@@ -219,7 +219,7 @@ def test_rebase_rounds_draw_new_bases_for_pairs_left_short_and_keep_the_rest_byt
     from synthcxr.lco.pair_plan import PairsConfig
     from synthcxr.lco.plan import make_plan
     from synthcxr.lco.run import optimise_shard
-    from synthcxr.lco.seeds import rebase_seed
+    from synthcxr.lco.seeds import attempt_seed, rebase_seed
 
     G, C, _, _ = bases
     real = pd.DataFrame({"split": ["train"] * 40, "Cardiomegaly": [0.0] * 40, "Effusion": [1.0] * 10 + [0.0] * 30,
@@ -255,7 +255,8 @@ def test_rebase_rounds_draw_new_bases_for_pairs_left_short_and_keep_the_rest_byt
     for g in took:
         base = more[(more["pair_id"] == g) & (more["edit"] == "")].iloc[0]
         plan_seed = int(plan.loc[plan["sample_id"] == base["sample_id"], "seed"].iloc[0])
-        assert int(base["seed"]) in {rebase_seed(plan_seed, r) for r in (1, 2)}  # retry 1 of it would be derived from that
+        # the seed of its last attempt: a rebase seed, or that seed's retry
+        assert int(base["seed"]) in {attempt_seed(rebase_seed(plan_seed, r), int(base["attempts"]) - 1) for r in (1, 2)}
         var = more[(more["pair_id"] == g) & (more["edit"] != "") & more["success"]]
         d = G.latent_dim
         dist = np.sqrt(((np.stack(var["z"].to_numpy())[:, :d] - base["z"][:d]) ** 2).sum(1) / d)

@@ -15,7 +15,7 @@ only the variants that need it trade closeness for their edit, and ``attempts`` 
 a variant keeps its base's offset and moves only the latent.
 
 A pair still short (its base or a variant unmet) draws a new base for the same target, seeded by
-:func:`~.plan.rebase_seed`, for up to ``archive.pairs.rebase_rounds`` rounds (:func:`optimise_pairs`).
+:func:`~.seeds.rebase_seed`, for up to ``archive.pairs.rebase_rounds`` rounds (:func:`optimise_pairs`).
 """
 
 from __future__ import annotations
@@ -178,39 +178,37 @@ def _take(dst: pd.DataFrame, rows: np.ndarray, src: pd.DataFrame, src_rows: np.n
 
 def _rebase(single: pd.DataFrame, var: pd.DataFrame, base_i: np.ndarray, res: pd.DataFrame, vres: pd.DataFrame, G: Any,
             C: Any, space: LabelSpace, lc: LCOConfig, pairs: PairsConfig, embed: Any, gate: RealismGate | None,
-            pool_seed_: int | None) -> np.ndarray:
+            pool_seed: int | None) -> np.ndarray:
     """``archive.pairs.rebase_rounds``: a pair left short (its base unmet, or a variant) draws a new base for the
     same target from the next rebase seed, and its variants from it; the pair takes the new members when more
     of them are met (base and variants counted alike), else keeps its own, bytes and all. Every round's
     evaluations are charged to the pair's rows, taken or not. ``res`` and ``vres`` change in place; returns which
     variants are now on a new base."""
     moved = np.zeros(len(var), dtype=bool)
+    size = 1 + np.bincount(base_i, minlength=len(res))  # members per base row: the base and its variants
     for rnd in range(1, pairs.rebase_rounds + 1):
-        met_v = vres["success"].to_numpy()
-        groups = np.unique(base_i)
-        score = res["success"].to_numpy()[groups].astype(np.int64) + np.array([met_v[base_i == b].sum() for b in groups], dtype=np.int64)
-        short = groups[score < 1 + np.bincount(base_i, minlength=len(res))[groups]]
+        met = res["success"].to_numpy() + np.bincount(base_i, weights=vres["success"].to_numpy(), minlength=len(res))
+        short = np.flatnonzero((size > 1) & (met < size))  # base rows of the pairs left short
         if not len(short):
             break
         seeds = np.array([rebase_seed(int(s), rnd) for s in single["seed"].to_numpy()[short]], dtype=np.int64)
         new = optimise_latents(G, C, space, single[lc.labels].to_numpy()[short], seeds, lc, classifier_labels=list(C.label_names),
-                               pool_seed=None if pool_seed_ is None else rebase_seed(pool_seed_, rnd), gate=gate)
+                               pool_seed=None if pool_seed is None else rebase_seed(pool_seed, rnd), gate=gate)
         sub = np.flatnonzero(np.isin(base_i, short))
-        new_v = _variant_rows(var.iloc[sub].reset_index(drop=True), np.searchsorted(short, base_i[sub]), new, G, C, space,
-                              lc, pairs, embed, gate)
-        new_met = new["success"].to_numpy().astype(np.int64) + np.array(
-            [new_v["success"].to_numpy()[base_i[sub] == b].sum() for b in short], dtype=np.int64)
-        adopt = new_met > score[np.searchsorted(groups, short)]
+        sub_base = np.searchsorted(short, base_i[sub])  # each retried variant's row in new
+        new_v = _variant_rows(var.iloc[sub].reset_index(drop=True), sub_base, new, G, C, space, lc, pairs, embed, gate)
+        new_met = new["success"].to_numpy() + np.bincount(sub_base, weights=new_v["success"].to_numpy(), minlength=len(short))
+        adopt = new_met > met[short]
         _take(res, short, new, np.arange(len(short)), adopt)
-        _take(vres, sub, new_v, np.arange(len(sub)), adopt[np.searchsorted(short, base_i[sub])])
-        moved[sub[adopt[np.searchsorted(short, base_i[sub])]]] = True
+        _take(vres, sub, new_v, np.arange(len(sub)), adopt[sub_base])
+        moved[sub[adopt[sub_base]]] = True
         log.info("lco pairs: rebase round %d: %d pair(s) short drew a new base, %d of them took it", rnd, len(short), int(adopt.sum()))
     return moved
 
 
 def optimise_pairs(rows: pd.DataFrame, single: pd.DataFrame, res: pd.DataFrame, G: Any, C: Any, space: LabelSpace,
                    lc: LCOConfig, pairs: PairsConfig | None, embed: Any = None, gate: RealismGate | None = None,
-                   pool_seed_: int | None = None) -> pd.DataFrame:
+                   pool_seed: int | None = None) -> pd.DataFrame:
     """A shard's plan ``rows``, whose non-variant rows ``single`` LCO met or not in ``res``: ``res`` with the
     variants optimised from their bases, in plan order, and the pair columns;
     ``embed`` (images -> unit embeddings) adds the embedding proximity term at ``pairs.embed_weight``; pairs left
@@ -222,7 +220,7 @@ def optimise_pairs(rows: pd.DataFrame, single: pd.DataFrame, res: pd.DataFrame, 
     var = rows[rows["edit"] != ""].reset_index(drop=True)
     base_i = np.array([where[b] for b in var["base_sample_id"]], dtype=np.int64)
     vres = _variant_rows(var, base_i, res, G, C, space, lc, pairs, embed, gate)
-    moved = _rebase(single.reset_index(drop=True), var, base_i, res, vres, G, C, space, lc, pairs, embed, gate, pool_seed_)
+    moved = _rebase(single.reset_index(drop=True), var, base_i, res, vres, G, C, space, lc, pairs, embed, gate, pool_seed)
     res["latent_dist"] = res["embed_dist"] = np.float32(np.nan)
     out = pd.concat([res, vres], ignore_index=True)
     order = {sid: i for i, sid in enumerate(rows["sample_id"])}
